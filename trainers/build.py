@@ -1,0 +1,129 @@
+"""Assembling the four PPO roles (policy, reference, reward, value) from a `TrainConfig`.
+
+LoRA, reference='shared': two frozen backbones in all: the policy's (its adapters off = the reference)
+and the reward model's (its adapters on = the value model, with a zero-initialised value head).
+reference='copy': the paper's layout, four separate models (reference and reward frozen).
+lora=false: the full fine-tune baseline: policy and value backbones trained in float32, frozen copies
+for the reference and the reward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+from peft import LoraConfig, TaskType, get_peft_model
+from torch import nn
+
+from trainers import heads, models
+from trainers.config import TrainConfig
+from trainers.heads import ScalarHeadModel
+from trainers.rewards import RuleReward, parse_rule
+
+
+@dataclass
+class PPOModels:
+    policy: nn.Module
+    reference: nn.Module | None  # None: the policy with its adapters disabled
+    value: ScalarHeadModel
+    reward: ScalarHeadModel | RuleReward
+    tokenizer: object
+    reward_tokenizer: object | None  # None: the policy's tokenizer (ids are passed as they are)
+    stop_ids: list[int]
+
+    def reference_context(self):
+        """Context in which calling `reference_model` gives the reference policy."""
+        return self.policy.disable_adapter() if self.reference is None else contextlib.nullcontext()
+
+    @property
+    def reference_model(self) -> nn.Module:
+        return self.policy if self.reference is None else self.reference
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        seen, params = set(), []
+        for module in (self.policy, self.value):
+            for p in module.parameters():
+                if p.requires_grad and id(p) not in seen:
+                    seen.add(id(p))
+                    params.append(p)
+        return params
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trainable and total parameters, each tensor counted once even when shared."""
+        seen: dict[int, nn.Parameter] = {}
+        for module in (self.policy, self.reference, self.value, self.reward):
+            if isinstance(module, nn.Module):
+                for p in module.parameters():
+                    seen[id(p)] = p
+        return {
+            "trainable": sum(p.numel() for p in self.trainable_parameters()),
+            "total": sum(p.numel() for p in seen.values()),
+            "policy_trainable": sum(p.numel() for p in self.policy.parameters() if p.requires_grad),
+            "policy_total": sum(p.numel() for p in self.policy.parameters()),
+        }
+
+
+def lora_config(cfg: TrainConfig, task_type: TaskType) -> LoraConfig:
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.effective_lora_dropout,
+                      target_modules=list(cfg.lora_target_modules), task_type=task_type, bias="none")
+
+
+def _freeze(module: nn.Module) -> nn.Module:
+    for p in module.parameters():
+        p.requires_grad_(False)
+    return module.eval()
+
+
+def _checkpointing(module: nn.Module) -> None:
+    base = module.get_base_model() if hasattr(module, "get_base_model") else module
+    base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def build_models(cfg: TrainConfig, device: torch.device) -> PPOModels:
+    frozen = models.DTYPES[cfg.frozen_dtype]
+    tokenizer = models.load_tokenizer(cfg.policy)
+
+    # 1. policy and reference
+    if cfg.lora:
+        policy = get_peft_model(_freeze(models.load_causal_lm(cfg.policy, frozen)), lora_config(cfg, TaskType.CAUSAL_LM))
+        reference = _freeze(models.load_causal_lm(cfg.policy, frozen)) if cfg.reference == "copy" else None
+    else:
+        policy = models.load_causal_lm(cfg.policy, torch.float32)
+        reference = _freeze(models.load_causal_lm(cfg.policy, frozen))
+    stop_ids = models.stop_token_ids(tokenizer, policy)
+
+    # 2. reward
+    reward_tokenizer = None
+    if cfg.reward_is_rule:
+        reward: ScalarHeadModel | RuleReward = parse_rule(cfg.reward)
+    else:
+        reward = _freeze(heads.load_reward_model(cfg.reward, frozen, seed=cfg.seed))
+        reward_tok = models.load_tokenizer(heads.reward_backbone_spec(cfg.reward))
+        if reward_tok.get_vocab() != tokenizer.get_vocab():
+            if cfg.value_init == "reward":
+                raise ValueError(f"value_init='reward' needs the reward model's tokenizer to equal the policy's; "
+                                 f"reward={cfg.reward!r} and policy={cfg.policy!r} differ: use value_init='policy'")
+            reward_tokenizer = reward_tok
+
+    # 3. value: a backbone with a zero-initialised head
+    if cfg.value_init == "reward" and cfg.lora and cfg.reference == "shared":
+        reward.backbone = get_peft_model(reward.backbone, lora_config(cfg, TaskType.FEATURE_EXTRACTION))
+        reward.adapters_off = True
+        value_backbone = reward.backbone
+    else:
+        source = cfg.reward if cfg.value_init == "reward" else cfg.policy
+        value_backbone = heads.load_backbone(heads.reward_backbone_spec(source), frozen if cfg.lora else torch.float32)
+        if cfg.lora:
+            value_backbone = get_peft_model(_freeze(value_backbone), lora_config(cfg, TaskType.FEATURE_EXTRACTION))
+    value_head = heads.new_head(heads.hidden_size(value_backbone), zero=True, seed=cfg.seed)
+    value = ScalarHeadModel(value_backbone, value_head)
+
+    if cfg.gradient_checkpointing:
+        _checkpointing(policy)
+        _checkpointing(value_backbone)
+    bundle = PPOModels(policy, reference, value, reward, tokenizer, reward_tokenizer, stop_ids)
+    for module in (policy, reference, value, reward):
+        if isinstance(module, nn.Module):
+            module.to(device)
+    return bundle

@@ -1,0 +1,220 @@
+"""`TrainConfig`: every setting of a PPO run, frozen and validated on construction.
+
+Checks here need no files and no weights (types, ranges, names, cross-field rules); checks that look at
+the file system or a model's config.json live in `trainers.preflight`. Every field's help text becomes
+`harness train --help`. Names follow the lineage (AlpacaFarm / TRL): kl_coef, cliprange, vf_coef, lam ...
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from trainers import regularizers
+
+Dtype = Literal["bfloat16", "float32", "float16"]
+
+
+def _f(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass(frozen=True, slots=True)
+class TrainConfig:
+    """One PPO run: models, data, sampling, regulariser, PPO hyper-parameters and bookkeeping."""
+
+    # models
+    policy: str = _f("tiny-random-llama", "policy (SFT) model: builtin name, local directory or Hugging Face id")
+    reward: str = _f(
+        "head:tiny-random-llama",
+        "reward: a reward-model directory or HF id; 'head:MODEL' = MODEL's backbone with a seeded untrained "
+        "scalar head; 'rule:NAME[:ARG...]' = a rule reward (count:TEXT, length:MIN:MAX)",
+    )
+    value_init: Literal["reward", "policy"] = _f("reward", "initialise the value backbone from the reward model (paper) or the policy")
+    reference: Literal["shared", "copy"] = _f(
+        "shared",
+        "shared: reference = policy with adapters disabled and reward = value backbone with adapters disabled "
+        "(frozen weights held once); copy: separate frozen copies, as the paper's code",
+    )
+    lora: bool = _f(True, "train LoRA adapters (true) or every weight (false: the paper's full fine-tune baseline)")
+    lora_r: int = _f(8, "LoRA rank")
+    lora_alpha: float = _f(64.0, "LoRA alpha (scaling = alpha / r)")
+    lora_dropout: float = _f(0.1, "LoRA dropout (the regularisers 'none' forces 0)")
+    lora_target_modules: tuple[str, ...] = _f(("q_proj", "k_proj", "v_proj", "o_proj"), "modules that get LoRA adapters")
+    frozen_dtype: Dtype = _f("bfloat16", "dtype of frozen weights (trainable weights always stay float32)")
+    autocast: bool = _f(True, "run forwards of trainable float32 weights under bfloat16 autocast (full fine-tune)")
+    gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (needed at 7B)")
+    # data
+    prompts: str = _f("", "PPO prompts: JSON/JSONL file of {instruction, input} or 'hf:DATASET[:CONFIG]:SPLIT'")
+    prompt_split: str = _f("", "keep only records whose 'split' field equals this (local files; empty: all)")
+    prompt_template: Literal["alpaca", "chat", "raw"] = _f("alpaca", "prompt format: the paper's Alpaca template, the tokenizer's chat template, or the instruction as is")
+    query_len: int = _f(192, "prompts longer than this many tokens are dropped (AlpacaFarm)")
+    # sampling
+    response_len: int = _f(300, "maximum response tokens")
+    temperature: float = _f(1.0, "sampling temperature (log-probs are taken at this temperature)")
+    top_p: float = _f(1.0, "nucleus sampling mass (1: off)")
+    top_k: int = _f(0, "top-k sampling (0: off)")
+    penalty_reward: float | None = _f(-1.0, "score given to responses that do not end with EOS (none: keep the score)")
+    # regulariser
+    regularizer: str = _f("kl", f"shaped-reward regulariser: {', '.join(regularizers.REGULARIZERS)}")
+    kl_coef: float = _f(0.02, "beta: coefficient of the regulariser (initial value when adaptive)")
+    kl_controller: Literal["fixed", "adaptive"] = _f("fixed", "fixed beta or the adaptive controller")
+    target_kl: float = _f(6.0, "adaptive controller: target per-sequence KL")
+    kl_horizon: int = _f(10000, "adaptive controller: horizon in sequences")
+    # PPO
+    steps: int = _f(200, "PPO steps (one rollout batch each)")
+    rollout_batch_size: int = _f(256, "prompts sampled per PPO step")
+    step_batch_size: int = _f(128, "sequences per optimiser step (minibatch)")
+    micro_batch_size: int = _f(8, "sequences per forward/backward (gradient accumulation up to step_batch_size)")
+    rollout_micro_batch_size: int = _f(32, "sequences per generation / scoring chunk")
+    noptepochs: int = _f(2, "PPO epochs over each rollout batch")
+    lr: float = _f(1e-5, "AdamW learning rate")
+    warmup_steps: int = _f(5, "linear warm-up in optimiser steps, then constant")
+    weight_decay: float = _f(0.0, "AdamW weight decay")
+    adam_eps: float = _f(1e-8, "AdamW epsilon")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
+    cliprange: float = _f(0.2, "policy ratio clip")
+    cliprange_value: float = _f(0.2, "value clip")
+    vf_coef: float = _f(0.1, "value loss coefficient")
+    gamma: float = _f(1.0, "discount")
+    lam: float = _f(0.95, "GAE lambda")
+    whiten_rewards: bool = _f(True, "whiten shaped rewards (no mean shift) before GAE")
+    whiten_advantages: bool = _f(True, "whiten advantages over the rollout batch")
+    # bookkeeping
+    seed: int = _f(42, "seed of sampling, dropout, shuffling and head initialisation")
+    checkpoint_every: int = _f(20, "save a checkpoint every N steps (and at the last step)")
+    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: cuda when available")
+    threads: int = _f(0, "CPU threads for torch (0: all cores)")
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        errors = list(_cross_field_errors(self))
+        if errors:
+            raise ValueError("invalid training configuration:\n  - " + "\n  - ".join(errors))
+
+    # derived sizes
+    @property
+    def num_minibatches(self) -> int:
+        return self.rollout_batch_size // self.step_batch_size
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.step_batch_size // self.micro_batch_size
+
+    @property
+    def effective_lora_dropout(self) -> float:
+        forced = regularizers.get(self.regularizer).lora_dropout
+        return self.lora_dropout if forced is None else forced
+
+    @property
+    def reward_is_rule(self) -> bool:
+        return self.reward.startswith("rule:")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
+
+    def config_hash(self) -> str:
+        """A stable id of the resolved configuration (12 hex digits)."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        unknown = sorted(set(data) - set(field_names()))
+        if unknown:
+            raise ValueError(f"unknown TrainConfig field(s) {unknown}; valid fields: {', '.join(field_names())}")
+        hints = field_types()
+        return cls(**{k: tuple(v) if hints[k] == tuple[str, ...] else v for k, v in data.items()})
+
+
+def field_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def field_types() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
+
+
+def _allowed(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_types(cfg: TrainConfig) -> None:
+    for name, tp in field_types().items():
+        value = getattr(cfg, name)
+        origin, args = typing.get_origin(tp), typing.get_args(tp)
+        if origin is Literal:
+            ok = value in args
+        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+            ok = any(_is_instance(value, a) for a in args)
+        else:
+            ok = _is_instance(value, tp)
+        if not ok:
+            raise ValueError(f"{name}={value!r} is invalid: expected {_allowed(tp)}")
+
+
+def _is_instance(value: Any, tp: Any) -> bool:
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if typing.get_origin(tp) is tuple:
+        return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
+    return isinstance(value, tp)
+
+
+def _cross_field_errors(c: TrainConfig):
+    if c.regularizer not in regularizers.REGULARIZERS:
+        yield f"regularizer={c.regularizer!r} is not known; valid: {', '.join(regularizers.REGULARIZERS)}"
+    for name in ("steps", "rollout_batch_size", "step_batch_size", "micro_batch_size", "rollout_micro_batch_size",
+                 "noptepochs", "query_len", "response_len", "lora_r", "checkpoint_every", "kl_horizon"):
+        if getattr(c, name) < 1:
+            yield f"{name}={getattr(c, name)} must be >= 1"
+    if c.step_batch_size >= 1 and c.rollout_batch_size % c.step_batch_size:
+        yield f"rollout_batch_size={c.rollout_batch_size} must be a multiple of step_batch_size={c.step_batch_size}"
+    if c.micro_batch_size >= 1 and c.step_batch_size % c.micro_batch_size:
+        yield f"step_batch_size={c.step_batch_size} must be a multiple of micro_batch_size={c.micro_batch_size}"
+    if c.rollout_micro_batch_size >= 1 and c.rollout_batch_size % c.rollout_micro_batch_size:
+        yield (f"rollout_batch_size={c.rollout_batch_size} must be a multiple of "
+               f"rollout_micro_batch_size={c.rollout_micro_batch_size}")
+    if not 0.0 <= c.lora_dropout < 1.0:
+        yield f"lora_dropout={c.lora_dropout} must be in [0, 1)"
+    if c.temperature <= 0:
+        yield f"temperature={c.temperature} must be > 0 for PPO sampling"
+    if not 0.0 < c.top_p <= 1.0:
+        yield f"top_p={c.top_p} must be in (0, 1]"
+    if c.top_k < 0:
+        yield f"top_k={c.top_k} must be >= 0 (0: off)"
+    for name in ("lr", "cliprange", "cliprange_value", "target_kl", "lora_alpha"):
+        if getattr(c, name) <= 0:
+            yield f"{name}={getattr(c, name)} must be > 0"
+    for name in ("gamma", "lam"):
+        if not 0.0 <= getattr(c, name) <= 1.0:
+            yield f"{name}={getattr(c, name)} must be in [0, 1]"
+    for name in ("warmup_steps", "weight_decay", "max_grad_norm", "vf_coef", "kl_coef", "threads"):
+        if getattr(c, name) < 0:
+            yield f"{name}={getattr(c, name)} must be >= 0"
+    if not c.lora and c.reference == "shared":
+        yield "reference='shared' needs lora=true (the shared reference is the policy with adapters disabled); use reference='copy'"
+    if c.reward_is_rule and c.value_init == "reward":
+        yield f"value_init='reward' needs a reward model, but reward={c.reward!r} is a rule; use value_init='policy'"
+    if not c.reward:
+        yield "reward='' is empty: give a reward-model path or id, 'head:MODEL' or 'rule:NAME'"
+    if not c.policy:
+        yield "policy='' is empty: give a builtin name, a local directory or a Hugging Face id"
+    if not c.prompts:
+        yield "prompts='' is empty: give a JSON/JSONL file or 'hf:DATASET[:CONFIG]:SPLIT'"
+    if not c.lora_target_modules:
+        yield "lora_target_modules=() is empty"

@@ -1,0 +1,115 @@
+"""Scalar-head models: a transformer backbone plus a linear head giving one number per position.
+
+Reward models read the head at the last non-pad token (AlpacaFarm's convention); value models read it
+at every position that predicts a response token. A reward-model directory (harness format) is a
+Hugging Face backbone directory plus `scalar_head.safetensors` and `scalar_head.json`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from transformers import AutoModel
+
+from trainers import models
+
+HEAD_WEIGHTS = "scalar_head.safetensors"
+HEAD_META = "scalar_head.json"
+
+
+def is_reward_model_dir(path: str | Path) -> bool:
+    return (Path(path) / HEAD_WEIGHTS).is_file()
+
+
+def load_backbone(spec: str, dtype: torch.dtype) -> nn.Module:
+    """The decoder stack of a causal-LM spec, without its LM head."""
+    if spec == models.TINY:
+        return models.tiny_random_llama().model.to(dtype)
+    return AutoModel.from_pretrained(models.resolve_path(spec), dtype=dtype)
+
+
+def hidden_size(backbone: nn.Module) -> int:
+    cfg = backbone.config
+    return getattr(cfg, "hidden_size", None) or cfg.get_text_config().hidden_size
+
+
+def new_head(size: int, *, zero: bool, seed: int) -> nn.Linear:
+    """A float32 linear head: zero-initialised (value heads) or seeded normal(0, 1/sqrt(size)) (untrained rewards)."""
+    head = nn.Linear(size, 1)
+    with torch.no_grad():
+        if zero:
+            head.weight.zero_()
+        else:
+            gen = torch.Generator().manual_seed(seed)
+            head.weight.copy_(torch.randn(1, size, generator=gen) / size**0.5)
+        head.bias.zero_()
+    return head
+
+
+class ScalarHeadModel(nn.Module):
+    """backbone -> last hidden states -> head.
+
+    With `adapters_off`, the backbone runs with its LoRA adapters disabled: a frozen reward model that
+    shares its weights with a LoRA value model.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, adapters_off: bool = False) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.adapters_off = adapters_off
+
+    def _context(self):
+        return self.backbone.disable_adapter() if self.adapters_off else contextlib.nullcontext()
+
+    def hidden_states(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor) -> Tensor:
+        with self._context():
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=False)
+        return out.last_hidden_state
+
+    def values(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, start: int, length: int) -> Tensor:
+        """Head outputs at positions [start, start + length) as float32 [B, length]."""
+        h = self.hidden_states(input_ids, attention_mask, position_ids)[:, start:start + length]
+        return self.head(h.to(self.head.weight.dtype)).squeeze(-1)
+
+    def score_at(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, index: Tensor) -> Tensor:
+        """Head output at position `index[b]` of each row, float32 [B]."""
+        h = self.hidden_states(input_ids, attention_mask, position_ids)
+        picked = h[torch.arange(h.size(0), device=h.device), index]
+        return self.head(picked.to(self.head.weight.dtype)).squeeze(-1)
+
+
+def load_reward_model(spec: str, dtype: torch.dtype, seed: int) -> ScalarHeadModel:
+    """A reward model from a harness reward-model directory, or `head:MODEL` (seeded untrained head)."""
+    if spec.startswith("head:"):
+        backbone = load_backbone(spec.removeprefix("head:"), dtype)
+        return ScalarHeadModel(backbone, new_head(hidden_size(backbone), zero=False, seed=seed)).eval()
+    path = Path(spec).expanduser()
+    if not is_reward_model_dir(path):
+        raise ValueError(f"reward={spec!r} is not a reward-model directory: {HEAD_WEIGHTS} is missing")
+    backbone = load_backbone(str(path), dtype)
+    head = nn.Linear(hidden_size(backbone), 1)
+    head.load_state_dict(load_file(path / HEAD_WEIGHTS))
+    return ScalarHeadModel(backbone, head).eval()
+
+
+def save_reward_model(model: ScalarHeadModel, tokenizer, out_dir: str | Path, meta: dict | None = None) -> Path:
+    """Write a harness reward-model directory (backbone, tokenizer, head)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.backbone.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    save_file({k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()}, out / HEAD_WEIGHTS)
+    (out / HEAD_META).write_text(json.dumps({"format": "harness-reward-model", "version": 1, **(meta or {})}, indent=2))
+    return out
+
+
+def reward_backbone_spec(spec: str) -> str:
+    """The model spec whose tokenizer and backbone a reward spec uses."""
+    return spec.removeprefix("head:")

@@ -1,0 +1,141 @@
+"""Phases 1-3 of a PPO step: sample responses, score them, and take the frozen quantities PPO needs.
+
+Per rollout micro-batch:
+1. sample with the policy (eval mode, KV cache), keeping its temperature-scaled logits;
+2. one reference forward over query + response -> reference logits at the response positions; from the
+   two distributions: sampled-token log-probs, entropy, exact KL(pi || pi_ref) and the regulariser k_t;
+3. the value model's old values and the reward (model score at the last response token, or a rule),
+   replaced by `penalty_reward` when the response did not end with a stop token.
+The policy's log-probs come from the sampling logits: no second policy forward.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from trainers import ppo, regularizers
+from trainers.build import PPOModels
+from trainers.config import TrainConfig
+from trainers.heads import ScalarHeadModel
+from trainers.sampling import position_ids_from_mask, sample
+
+
+@dataclass(slots=True)
+class Rollout:
+    query_ids: Tensor  # [B, Q] left-padded
+    query_mask: Tensor  # [B, Q]
+    tokens: Tensor  # [B, R] right-padded
+    mask: Tensor  # [B, R]
+    logprobs: Tensor  # [B, R] policy, at the sampling temperature
+    ref_logprobs: Tensor  # [B, R]
+    penalties: Tensor  # [B, R] k_t of the configured regulariser
+    true_kl: Tensor  # [B, R] exact KL(pi || pi_ref) per position
+    entropy: Tensor  # [B, R]
+    values: Tensor  # [B, R] old values
+    scores: Tensor  # [B] after the no-EOS penalty
+    raw_scores: Tensor  # [B] before it
+    ended: Tensor  # [B] bool
+
+
+def left_pad(seqs: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def sequences(query_ids: Tensor, query_mask: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(ids, attention mask, position ids) of query + response; response padding stays attended, it is
+    after every real token and so never seen by one."""
+    ids = torch.cat([query_ids, tokens], dim=1)
+    mask = torch.cat([query_mask, torch.ones_like(tokens)], dim=1)
+    return ids, mask, position_ids_from_mask(mask)
+
+
+def response_logits(model, ids: Tensor, mask: Tensor, pos: Tensor, n_response: int) -> Tensor:
+    """Logits at the positions that predict the last `n_response` tokens of `ids` ([B, n_response, V])."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=n_response + 1)
+    return out.logits[:, :-1]
+
+
+def _score(models: PPOModels, cfg: TrainConfig, query_ids, query_mask, tokens, mask) -> Tensor:
+    lengths = mask.sum(1)
+    reward = models.reward
+    if not isinstance(reward, ScalarHeadModel):
+        texts = models.tokenizer.batch_decode([t[: int(n)] for t, n in zip(tokens, lengths)], skip_special_tokens=True)
+        return reward(texts, lengths.cpu()).to(tokens.device)
+    if models.reward_tokenizer is None:
+        ids, amask, pos = sequences(query_ids, query_mask, tokens)
+        last = query_ids.size(1) + lengths - 1
+        return reward.score_at(ids, amask, pos, last).float()
+    # a reward model with its own tokenizer reads the decoded text, as AlpacaFarm does
+    tok = models.tokenizer
+    texts = [tok.decode(q[m.bool()], skip_special_tokens=True) + tok.decode(t[: int(n)], skip_special_tokens=True)
+             for q, m, t, n in zip(query_ids, query_mask, tokens, lengths)]
+    rt = models.reward_tokenizer
+    enc = rt(texts, return_tensors="pt", padding=True, padding_side="left").to(tokens.device)
+    pos = position_ids_from_mask(enc["attention_mask"])
+    last = torch.full((len(texts),), enc["input_ids"].size(1) - 1, device=tokens.device)
+    return reward.score_at(enc["input_ids"], enc["attention_mask"], pos, last).float()
+
+
+@torch.inference_mode()
+def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]], generator, device, timings) -> Rollout:
+    spec = regularizers.get(cfg.regularizer)
+    query_ids, query_mask = left_pad(prompts, models.tokenizer.pad_token_id, device)
+    t0 = time.perf_counter()
+    samples = sample(models.policy, query_ids, query_mask, max_new_tokens=cfg.response_len,
+                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=models.stop_ids,
+                     pad_id=models.tokenizer.pad_token_id, generator=generator)
+    t1 = time.perf_counter()
+    tokens, mask, logits = samples.tokens, samples.mask, samples.logits
+    n = tokens.size(1)
+    ids, amask, pos = sequences(query_ids, query_mask, tokens)
+    with models.reference_context():
+        ref_logits = response_logits(models.reference_model, ids, amask, pos, n).float() / cfg.temperature
+    logprobs = ppo.sequence_logprobs(logits, tokens, 1.0)
+    ref_logprobs = ppo.sequence_logprobs(ref_logits, tokens, 1.0)
+    true_kl = regularizers.kl_full(logits, ref_logits)
+    entropy = ppo.entropy_from_logits(logits)
+    if spec.needs_logits:
+        penalties = spec.full(logits, ref_logits)
+    else:
+        penalties = spec.sampled(logprobs, ref_logprobs)
+    del logits, ref_logits
+    values = models.value.values(ids, amask, pos, start=query_ids.size(1) - 1, length=n).float()
+    raw_scores = _score(models, cfg, query_ids, query_mask, tokens, mask)
+    if cfg.penalty_reward is None:
+        scores = raw_scores
+    else:
+        scores = torch.where(samples.ended, raw_scores, torch.full_like(raw_scores, cfg.penalty_reward))
+    t2 = time.perf_counter()
+    timings["rollout"] += t1 - t0
+    timings["score"] += t2 - t1
+    m = mask.float()
+    return Rollout(query_ids, query_mask, tokens, mask, logprobs * m, ref_logprobs * m, penalties * m,
+                   true_kl * m, entropy * m, values * m, scores, raw_scores, samples.ended)
+
+
+def concat(chunks: list[Rollout], pad_id: int) -> Rollout:
+    """Join micro-batch rollouts: queries re-left-padded, responses right-padded to the longest."""
+    out = {}
+    for f in fields(Rollout):
+        parts = [getattr(c, f.name) for c in chunks]
+        if f.name in ("query_ids", "query_mask"):
+            fill = pad_id if f.name == "query_ids" else 0
+            flipped = [row.flip(0) for p in parts for row in p]
+            out[f.name] = pad_sequence(flipped, batch_first=True, padding_value=fill).flip(1)
+        elif parts[0].dim() == 2:
+            fill = pad_id if f.name == "tokens" else 0
+            out[f.name] = pad_sequence([row for p in parts for row in p], batch_first=True, padding_value=fill)
+        else:
+            out[f.name] = torch.cat(parts)
+    return Rollout(**out)

@@ -1,0 +1,85 @@
+"""A run folder's files: atomic writes, the per-step `metrics.jsonl`, peak memory, progress lines."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """(bytes, kind): CUDA max allocated on a GPU, else the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_rss"
+
+
+class MetricsLog:
+    """`metrics.jsonl`: one JSON object per PPO step, appended and flushed as each step ends."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def append(self, record: dict) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def read(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        records = []
+        for line in self.path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:  # a line cut by a crash: the step is redone on resume
+                break
+        return records
+
+    def truncate_after(self, step: int) -> None:
+        """Keep the steps <= `step` (those a checkpoint covers); later ones are redone on resume."""
+        kept = [r for r in self.read() if r["step"] <= step]
+        atomic_write_text(self.path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in kept))
+
+
+class Progress:
+    """One line per step on stderr: step, reward, KL, speed and ETA."""
+
+    def __init__(self, total: int, start: int, stream=sys.stderr) -> None:
+        self.total, self.start, self.stream = total, start, stream
+        self.t0 = time.perf_counter()
+
+    def update(self, step: int, m: dict) -> None:
+        done = step - self.start
+        elapsed = time.perf_counter() - self.t0
+        eta = elapsed / max(done, 1) * (self.total - step)
+        self.stream.write(
+            f"step {step}/{self.total} | score {m['objective/scores']:+.3f} | true_kl {m['objective/true_kl']:.4f}"
+            f" | len {m['rollout/response_length']:.1f} | {m['time/step']:.1f} s/step"
+            f" | {m['time/tokens_per_s']:.0f} tok/s | ETA {time.strftime('%H:%M:%S', time.gmtime(eta))}\n"
+        )
+        self.stream.flush()

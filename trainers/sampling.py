@@ -1,0 +1,107 @@
+"""Batched, KV-cached sampling that keeps what PPO needs, so nothing is recomputed after generation.
+
+Queries are left-padded; positions come from the attention mask, the same way every later forward
+computes them, so generation-time and training-time log-probs see identical positions. Each step
+keeps the temperature-scaled logits of the step (the policy's distribution at the sampling temperature),
+from which the sampled tokens' log-probs, the entropy and the exact KL to the reference follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache
+
+
+def position_ids_from_mask(mask: Tensor) -> Tensor:
+    """0-based positions that skip left padding: cumsum(mask) - 1, clamped at 0."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
+    """Set logits outside the top-k and outside the smallest set of mass >= top_p to -inf.
+
+    top_k = 0 and top_p = 1 leave the logits unchanged; the most likely token is always kept.
+    """
+    if top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
+        # drop a token once the mass before it already reaches top_p
+        drop_sorted = (cumulative - torch.softmax(sorted_logits, dim=-1)) >= top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    return logits
+
+
+@dataclass(slots=True)
+class Samples:
+    """Responses and the policy's temperature-scaled logits at each response position."""
+
+    tokens: Tensor  # [B, R] sampled ids, pad after the stop token
+    mask: Tensor  # [B, R] 1 up to and including the stop token
+    logits: Tensor | None  # [B, R, V] float32 logits / temperature (None when greedy or not kept)
+    ended: Tensor  # [B] bool: the response ends with a stop token
+
+
+@torch.inference_mode()
+def sample(
+    model: torch.nn.Module,
+    query_ids: Tensor,
+    query_mask: Tensor,
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    stop_ids: list[int],
+    pad_id: int,
+    generator: torch.Generator | None = None,
+    keep_logits: bool = True,
+) -> Samples:
+    """Sample up to `max_new_tokens` per row (temperature 0: greedy); stop when every row has stopped."""
+    device = query_ids.device
+    batch = query_ids.size(0)
+    mask = query_mask.long()
+    positions = position_ids_from_mask(mask)
+    cache = DynamicCache()
+    out = model(input_ids=query_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                use_cache=True, logits_to_keep=1)
+    next_pos = positions[:, -1:] + 1
+    stop = torch.tensor(stop_ids, device=device)
+    finished = torch.zeros(batch, dtype=torch.bool, device=device)
+    tokens, kept = [], []
+    for step in range(max_new_tokens):
+        logits = out.logits[:, -1].float()
+        if temperature > 0:
+            logits = logits / temperature
+            if keep_logits:
+                kept.append(logits)
+            probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+            token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        else:
+            token = logits.argmax(-1)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        finished |= torch.isin(token, stop)
+        if bool(finished.all()) or step == max_new_tokens - 1:
+            break
+        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
+        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, cache=cache,
+                    use_cache=True)
+        next_pos = next_pos + 1
+    tokens_t = torch.stack(tokens, dim=1)
+    is_stop = torch.isin(tokens_t, stop)
+    # real tokens: those up to and including the first stop token
+    after_stop = (is_stop.long().cumsum(1) - is_stop.long()) > 0
+    response_mask = (~after_stop).long()
+    return Samples(
+        tokens=tokens_t,
+        mask=response_mask,
+        logits=torch.stack(kept, dim=1) if kept else None,
+        ended=is_stop.any(1),
+    )

@@ -1,0 +1,239 @@
+"""The PPO loop. Each step reads as its phases:
+
+1. rollout   sample responses from the policy (trainers.rollout)
+2. score     reference, value and reward forwards, regulariser k_t, exact KL
+3. shape     r_t = -beta * k_t, plus the score at the last response token
+4. advantage optional reward whitening, GAE, advantage whitening
+5. update    `noptepochs` passes over shuffled minibatches of distinct samples, gradient accumulation
+6. record    one line of metrics.jsonl, KL controller, checkpoint
+
+A run folder holds `config.json`, `metrics.jsonl` and `checkpoints/`; `train(resume=True)` continues from
+the latest checkpoint and reproduces an uninterrupted run with the same seed on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from trainers import checkpoint, data, ppo, preflight
+from trainers.build import build_models
+from trainers.config import TrainConfig
+from trainers.kl_control import make_kl_controller
+from trainers.rollout import Rollout, collect_chunk, concat, position_ids_from_mask, response_logits
+from trainers.runlog import MetricsLog, Progress, atomic_write_text, peak_memory
+
+RESUMABLE_CHANGES = {"steps", "checkpoint_every", "threads"}
+
+
+def pick_device(choice: str) -> torch.device:
+    if choice == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(choice)
+
+
+class PPOTrainer:
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, log=None) -> None:
+        preflight.check(cfg)
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.log = log or (lambda msg: print(msg, flush=True))
+        self.device = pick_device(cfg.device)
+        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        torch.manual_seed(cfg.seed)
+        self.models = build_models(cfg, self.device)
+        self.prompts = self._tokenized_prompts()
+        params = self.models.trainable_parameters()
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+        warmup = cfg.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
+        self.kl_ctl = make_kl_controller(cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
+        self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
+        self.step = 0
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.autocast and not cfg.lora)
+        counts = self.models.parameter_counts()
+        self.log(f"policy {cfg.policy} | trainable {counts['trainable']:,} of {counts['total']:,} parameters "
+                 f"({100 * counts['trainable'] / counts['total']:.3f}%) | {len(self.prompts)} prompts | "
+                 f"{cfg.num_minibatches} minibatches x {cfg.grad_accum_steps} micro-batches per epoch")
+
+    def _tokenized_prompts(self) -> list[list[int]]:
+        tok, cfg = self.models.tokenizer, self.cfg
+        records = data.load_records(cfg.prompts, cfg.prompt_split)
+        texts = [data.format_prompt(r, cfg.prompt_template, tok) for r in records]
+        ids = [tok(t, add_special_tokens=True)["input_ids"] for t in texts]
+        kept = [x for x in ids if len(x) <= cfg.query_len]
+        if not kept:
+            raise ValueError(f"query_len={cfg.query_len}: every prompt of {cfg.prompts!r} is longer; "
+                             f"the shortest has {min(map(len, ids))} tokens")
+        return kept
+
+    def batch_prompts(self, step: int) -> list[list[int]]:
+        """Prompts of PPO step `step` (0-based): consecutive slices of per-epoch seeded permutations."""
+        n, size = len(self.prompts), self.cfg.rollout_batch_size
+        picked = []
+        for i in range(step * size, (step + 1) * size):
+            epoch = i // n
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
+            picked.append(self.prompts[int(perm[i % n])])
+        return picked
+
+    # ---- run management -------------------------------------------------------------------------
+    def _start_or_resume(self, resume: bool) -> None:
+        saved = self.run_dir / "config.json"
+        if saved.is_file():
+            old = json.loads(saved.read_text())
+            changed = sorted(k for k, v in self.cfg.to_dict().items() if old.get(k) != v and k not in RESUMABLE_CHANGES)
+            if changed:
+                raise ValueError(f"{self.run_dir} holds a run with a different configuration "
+                                 f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(self.cfg, k)!r}' for k in changed)}); "
+                                 "use another --out")
+            if not resume and (self.metrics.read() or checkpoint.latest_checkpoint(self.run_dir)):
+                raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it or use another --out")
+        atomic_write_text(saved, json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True))
+        latest = checkpoint.latest_checkpoint(self.run_dir) if resume else None
+        if latest is None:
+            self.metrics.truncate_after(0)
+            return
+        state = checkpoint.load(latest, self.models, self.optimizer, self.scheduler, self.generator)
+        self.step = state["step"]
+        self.kl_ctl.value = state["kl_coef"]
+        self.metrics.truncate_after(self.step)
+        self.log(f"resumed from {latest} at step {self.step}")
+
+    def train(self, resume: bool = False) -> list[dict]:
+        self._start_or_resume(resume)
+        progress = Progress(self.cfg.steps, self.step)
+        while self.step < self.cfg.steps:
+            record = self.ppo_step()
+            self.metrics.append(record)
+            progress.update(self.step, record)
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                checkpoint.save(self.run_dir, self.step, self.models, self.optimizer, self.scheduler, self.generator,
+                                {"kl_coef": self.kl_ctl.value, "config_hash": self.cfg.config_hash()})
+        return self.metrics.read()
+
+    # ---- one PPO step ---------------------------------------------------------------------------
+    def ppo_step(self) -> dict:
+        cfg, models = self.cfg, self.models
+        timings: dict[str, float] = defaultdict(float)
+        t_start = time.perf_counter()
+        # 1-2. rollout and scoring, one micro-batch at a time
+        models.policy.eval()
+        models.value.eval()
+        prompts = self.batch_prompts(self.step)
+        chunks = []
+        for i in range(0, len(prompts), cfg.rollout_micro_batch_size):
+            with self.autocast:
+                chunks.append(collect_chunk(models, cfg, prompts[i:i + cfg.rollout_micro_batch_size],
+                                            self.generator, self.device, timings))
+        ro = concat(chunks, models.tokenizer.pad_token_id)
+        mask = ro.mask.float()
+        # 3. shape rewards
+        beta = self.kl_ctl.value
+        shaped, non_score = ppo.shape_rewards(ro.scores, ro.penalties, beta, mask)
+        # 4. advantages
+        rewards = ppo.whiten(shaped, mask, shift_mean=False) if cfg.whiten_rewards else shaped
+        advantages, returns = ppo.gae_advantages(rewards * mask, ro.values * mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = ppo.whiten(advantages, mask)
+        # 5. update
+        t_train = time.perf_counter()
+        stats = self.update(ro, advantages, returns)
+        timings["train"] = time.perf_counter() - t_train
+        # 6. record
+        self.step += 1
+        penalty_sum = (ro.penalties * mask).sum(1).mean().item()
+        self.kl_ctl.update(penalty_sum, cfg.rollout_batch_size)
+        step_time = time.perf_counter() - t_start
+        n_tokens = mask.sum().item()
+        peak, peak_kind = peak_memory(self.device)
+        record = {
+            "step": self.step,
+            "objective/scores": ro.scores.mean().item(),
+            "objective/scores_std": ro.scores.std().item() if ro.scores.numel() > 1 else 0.0,
+            "objective/raw_scores": ro.raw_scores.mean().item(),
+            "objective/shaped_reward": shaped.sum(1).mean().item(),
+            "objective/non_score_reward": non_score.sum(1).mean().item(),
+            "objective/regularizer": penalty_sum,
+            "objective/regularizer_per_token": ppo.masked_mean(ro.penalties, mask).item(),
+            "objective/kl_sampled": ((ro.logprobs - ro.ref_logprobs) * mask).sum(1).mean().item(),
+            "objective/true_kl": ppo.masked_mean(ro.true_kl, mask).item(),
+            "objective/entropy": ppo.masked_mean(ro.entropy, mask).item(),
+            "objective/kl_coef": beta,
+            "rollout/response_length": mask.sum(1).mean().item(),
+            "rollout/ended_rate": ro.ended.float().mean().item(),
+            "ppo/learning_rate": self.scheduler.get_last_lr()[0],
+            "ppo/returns/mean": ppo.masked_mean(returns, mask).item(),
+            "ppo/val/mean": ppo.masked_mean(ro.values, mask).item(),
+            **stats,
+            "time/rollout": timings["rollout"],
+            "time/score": timings["score"],
+            "time/train": timings["train"],
+            "time/step": step_time,
+            "time/tokens_per_s": n_tokens / step_time,
+            "time/rollout_tokens_per_s": ro.tokens.numel() / max(timings["rollout"], 1e-9),
+            "memory/peak_bytes": peak,
+            "memory/kind": peak_kind,
+        }
+        return record
+
+    def update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
+        cfg, models = self.cfg, self.models
+        models.policy.train()
+        models.value.train()
+        params = models.trainable_parameters()
+        totals: dict[str, float] = defaultdict(float)
+        n_minibatches = 0
+        for _ in range(cfg.noptepochs):
+            order = torch.randperm(cfg.rollout_batch_size, generator=self.generator, device=self.generator.device)
+            for start in range(0, cfg.rollout_batch_size, cfg.step_batch_size):
+                mb = order[start:start + cfg.step_batch_size].to(ro.tokens.device)
+                denom = ro.mask[mb].sum().clamp(min=1).item()
+                self.optimizer.zero_grad(set_to_none=True)
+                for m0 in range(0, cfg.step_batch_size, cfg.micro_batch_size):
+                    idx = mb[m0:m0 + cfg.micro_batch_size]
+                    for k, v in self._micro_step(ro, advantages, returns, idx, denom).items():
+                        totals[k] += v
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                totals["ppo/grad_norm"] += grad_norm.item()
+                self.optimizer.step()
+                self.scheduler.step()
+                n_minibatches += 1
+        return {k: v / n_minibatches for k, v in totals.items()}
+
+    def _micro_step(self, ro: Rollout, advantages, returns, idx: torch.Tensor, denom: float) -> dict[str, float]:
+        """Forward and backward of one micro-batch; losses are sums over its tokens / the minibatch's tokens."""
+        cfg, models = self.cfg, self.models
+        qmask = ro.query_mask[idx]
+        first = int(qmask.any(0).float().argmax())  # drop columns that are padding in every row
+        n = int(ro.mask[idx].sum(1).max())  # drop response padding after the longest response
+        query_ids, qmask = ro.query_ids[idx, first:], qmask[:, first:]
+        tokens, mask = ro.tokens[idx, :n], ro.mask[idx, :n].float()
+        ids = torch.cat([query_ids, tokens], 1)
+        amask = torch.cat([qmask, torch.ones_like(tokens)], 1)
+        pos = position_ids_from_mask(amask)
+        with self.autocast:
+            logits = response_logits(models.policy, ids, amask, pos, n)
+            logprobs = ppo.sequence_logprobs(logits, tokens, cfg.temperature)
+            del logits
+            vpred = models.value.values(ids, amask, pos, start=query_ids.size(1) - 1, length=n).float()
+        pg_loss, pg_stats = ppo.policy_loss(logprobs, ro.logprobs[idx, :n], advantages[idx, :n], mask,
+                                            cfg.cliprange, denom)
+        vf_loss, vf_stats = ppo.value_loss(vpred, ro.values[idx, :n], returns[idx, :n], mask,
+                                           cfg.cliprange_value, denom)
+        (pg_loss + cfg.vf_coef * vf_loss).backward()
+        return {
+            "ppo/loss/policy": pg_loss.item(),
+            "ppo/loss/value": vf_loss.item(),
+            "ppo/loss/total": (pg_loss + cfg.vf_coef * vf_loss).item(),
+            "ppo/policy/clipfrac": pg_stats["clipfrac"].item(),
+            "ppo/policy/approxkl": pg_stats["approxkl"].item(),
+            "ppo/val/clipfrac": vf_stats["clipfrac"].item(),
+        }

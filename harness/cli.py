@@ -71,8 +71,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "presets":
-        for name in presets.PRESETS:
-            print(f"{name}: {presets.__doc__.split(f'`{name}`: ')[1].splitlines()[0].strip()}")
+        for name, text in presets.PRESET_HELP.items():
+            print(f"{name:6s} {text}")
         return 0
     if args.command == "config":
         cfg = presets.resolve(args.preset, args.config, args.set)

@@ -86,11 +86,15 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_random_llama() -> LlamaForCausalLM:
-    """The tiny Llama, initialised from a fixed seed without touching the global RNG."""
+    """The tiny Llama, initialised from a fixed seed without touching the global RNG.
+
+    initializer_range is 0.1, not Llama's 0.02: with 0.02 the output is almost uniform and, behind the
+    final RMSNorm, no LoRA on attention can move it, so PPO could not be seen to learn in tests.
+    """
     cfg = LlamaConfig(
         vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=TINY_CONTEXT, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, tie_word_embeddings=False,
+        eos_token_id=2, tie_word_embeddings=False, initializer_range=0.1,
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(1234)

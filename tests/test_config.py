@@ -1,0 +1,116 @@
+"""Configuration: validation on construction, presets, overrides, files, and preflight before any weights load."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from harness import presets
+from trainers import models
+from trainers.config import TrainConfig, field_names
+from trainers.trainer import PPOTrainer
+
+
+def test_defaults_are_the_papers_lora_and_ppo_settings():
+    cfg = presets.resolve("paper")
+    assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (8, 64.0, 0.1)
+    assert cfg.lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
+    assert (cfg.rollout_batch_size, cfg.step_batch_size, cfg.noptepochs) == (256, 128, 2)
+    assert (cfg.lr, cfg.cliprange, cfg.vf_coef, cfg.gamma, cfg.lam) == (1e-5, 0.2, 0.1, 1.0, 0.95)
+    assert (cfg.query_len, cfg.response_len, cfg.temperature, cfg.checkpoint_every) == (192, 300, 1.0, 20)
+    assert cfg.num_minibatches == 2 and cfg.grad_accum_steps == 32
+
+
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        ({"regularizer": "kl_div"}, "regularizer='kl_div' is not known; valid: kl, clamped_kl"),
+        ({"rollout_batch_size": 10, "step_batch_size": 4}, "rollout_batch_size=10 must be a multiple of step_batch_size=4"),
+        ({"step_batch_size": 4, "micro_batch_size": 3}, "step_batch_size=4 must be a multiple of micro_batch_size=3"),
+        ({"lora": False, "reference": "shared"}, "reference='shared' needs lora=true"),
+        ({"reward": "rule:count:a", "value_init": "reward"}, "value_init='reward' needs a reward model"),
+        ({"temperature": 0.0}, "temperature=0.0 must be > 0"),
+        ({"lora_dropout": 1.5}, "lora_dropout=1.5 must be in [0, 1)"),
+        ({"reference": "twin"}, "reference='twin' is invalid: expected one of 'shared', 'copy'"),
+        ({"steps": "3"}, "steps='3' is invalid: expected int"),
+    ],
+)
+def test_invalid_configurations_name_field_value_and_allowed(overrides, expected):
+    values = presets.preset("smoke")
+    values.update(overrides)
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**values)
+    assert expected in str(err.value)
+
+
+def test_config_is_frozen_and_hash_is_stable():
+    a, b = presets.resolve("smoke"), presets.resolve("smoke")
+    with pytest.raises(AttributeError):
+        a.steps = 5
+    assert a.config_hash() == b.config_hash()
+    assert presets.resolve("smoke", overrides=["seed=1"]).config_hash() != a.config_hash()
+    assert TrainConfig.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+
+
+def test_none_regularizer_forces_dropout_zero():
+    assert presets.resolve("smoke", overrides=["regularizer=none"]).effective_lora_dropout == 0.0
+    assert presets.resolve("smoke", overrides=["regularizer=dropout_only"]).effective_lora_dropout == 0.1
+
+
+def test_overrides_are_typed_and_unknown_names_get_suggestions():
+    cfg = presets.resolve("smoke", overrides=["steps=3", "lr=5e-4", "lora=false", "reference=copy",
+                                              "penalty_reward=none", "lora_target_modules=q_proj,v_proj"])
+    assert (cfg.steps, cfg.lr, cfg.lora, cfg.penalty_reward) == (3, 5e-4, False, None)
+    assert cfg.lora_target_modules == ("q_proj", "v_proj")
+    with pytest.raises(ValueError, match="did you mean regularizer"):
+        presets.resolve("smoke", overrides=["regulariser=kl"])
+    with pytest.raises(ValueError, match="lora='maybe' is invalid: expected true or false"):
+        presets.resolve("smoke", overrides=["lora=maybe"])
+    with pytest.raises(ValueError, match="preset='huge' is not known; valid presets: smoke, tiny, paper"):
+        presets.resolve("huge")
+
+
+def test_yaml_config_file_with_preset_and_override_order(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("preset: smoke\nlr: 1e-5\nsteps: 7\nregularizer: bregman\n")
+    cfg = presets.resolve(None, str(path), ["steps=2"])
+    assert (cfg.lr, cfg.steps, cfg.regularizer, cfg.policy) == (1e-5, 2, "bregman", "tiny-random-llama")
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"stpes": 3}))
+    with pytest.raises(ValueError, match="unknown setting 'stpes'"):
+        presets.resolve(None, str(bad))
+
+
+def _refuse_weights(monkeypatch):
+    def boom(*a, **k):
+        raise AssertionError("weights were loaded before the configuration was checked")
+    monkeypatch.setattr(models, "load_causal_lm", boom)
+    monkeypatch.setattr(models, "tiny_random_llama", boom)
+
+
+def test_preflight_fails_before_loading_weights(smoke, monkeypatch, tmp_path):
+    _refuse_weights(monkeypatch)
+    cases = [
+        (smoke(policy="./missing/sft10k"), "policy='./missing/sft10k': no such model directory"),
+        (smoke(reward=str(tmp_path)), "is a directory without config.json"),
+        (smoke(prompts=str(tmp_path / "none.json")), "no such file"),
+        (smoke(query_len=512, response_len=600), "query_len + response_len = 512 + 600 exceeds policy"),
+        (smoke(reward="rule:length:9:3", value_init="policy"), "'rule:length:MIN:MAX'"),
+    ]
+    for cfg, expected in cases:
+        with pytest.raises(ValueError) as err:
+            PPOTrainer(cfg, tmp_path / "run")
+        assert expected in str(err.value)
+
+
+def test_cli_help_documents_every_field_and_errors_are_clean(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for name in field_names():
+        assert f"  {name} [" in out.stdout, name
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "train", "--preset", "smoke", "--set",
+                          "regularizer=kl2", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "regularizer='kl2' is not known" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "r").exists()

@@ -157,3 +157,12 @@ def test_smollm2_loads_from_the_wheel_with_a_distinct_pad():
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert (models.cache_dir() / "models" / "smollm2-135m-instruct" / "model.safetensors").is_file()
     assert 2 in models.stop_token_ids(tok, model)
+
+
+def test_sampling_without_stop_tokens_always_fills_the_length():
+    tok = models.tiny_tokenizer()
+    model = models.load_causal_lm("tiny-random-llama", torch.float32)
+    ids, mask = _batch(tok, ["One.", "Two words."])
+    out = sample(model, ids, mask, max_new_tokens=9, temperature=1.0, stop_ids=[], pad_id=0,
+                 generator=torch.Generator().manual_seed(1))
+    assert out.tokens.shape == (2, 9) and out.mask.sum().item() == 18 and not out.ended.any()

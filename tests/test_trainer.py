@@ -110,6 +110,20 @@ def test_other_regularizers_run(smoke, tmp_path, name):
         assert records[-1]["objective/regularizer"] >= 0
 
 
+@pytest.mark.parametrize("overrides", [
+    {"gradient_checkpointing": True},
+    {"kl_controller": "adaptive", "target_kl": 0.01, "kl_horizon": 10},
+    {"top_k": 20, "top_p": 0.9, "temperature": 0.7},
+    {"frozen_dtype": "bfloat16", "lora": False, "reference": "copy"},
+])
+def test_options_run(smoke, tmp_path, overrides):
+    records = run(smoke(steps=2, **overrides), tmp_path / "opt")
+    assert [r["step"] for r in records] == [1, 2]
+    if "kl_controller" in overrides:  # step 1's KL is 0 (policy = reference), below target: beta shrinks
+        first = records[0]["objective/kl_coef"]
+        assert records[1]["objective/kl_coef"] == pytest.approx(first * (1 - 0.2 * 8 / 10))
+
+
 def test_full_fine_tune_and_value_from_policy(smoke, tmp_path):
     full = PPOTrainer(smoke(steps=1, lora=False, reference="copy"), tmp_path / "full", log=quiet)
     counts = full.models.parameter_counts()

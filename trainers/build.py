@@ -19,6 +19,7 @@ from torch import nn
 from trainers import heads, models
 from trainers.config import TrainConfig
 from trainers.heads import ScalarHeadModel
+from trainers.precision import resolve_frozen_dtype
 from trainers.rewards import RuleReward, parse_rule
 
 
@@ -80,8 +81,9 @@ def _checkpointing(module: nn.Module) -> None:
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_models(cfg: TrainConfig, device: torch.device) -> PPOModels:
-    frozen = models.DTYPES[cfg.frozen_dtype]
+def build_models(cfg: TrainConfig, device: torch.device, frozen: torch.dtype | None = None) -> PPOModels:
+    """The four roles on `device`; frozen weights in `frozen` (default: `cfg.frozen_dtype` resolved here)."""
+    frozen = frozen or resolve_frozen_dtype(cfg.frozen_dtype, device)
     tokenizer = models.load_tokenizer(cfg.policy)
 
     # 1. policy and reference

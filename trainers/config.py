@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from trainers import regularizers
 
-Dtype = Literal["bfloat16", "float32", "float16"]
+Dtype = Literal["auto", "bfloat16", "float32", "float16"]
 
 
 def _f(default: Any, help: str) -> Any:
@@ -45,8 +45,10 @@ class TrainConfig:
     lora_alpha: float = _f(64.0, "LoRA alpha (scaling = alpha / r)")
     lora_dropout: float = _f(0.1, "LoRA dropout (the regularisers 'none' forces 0)")
     lora_target_modules: tuple[str, ...] = _f(("q_proj", "k_proj", "v_proj", "o_proj"), "modules that get LoRA adapters")
-    frozen_dtype: Dtype = _f("bfloat16", "dtype of frozen weights (trainable weights always stay float32)")
-    autocast: bool = _f(True, "run forwards of trainable float32 weights under bfloat16 autocast (full fine-tune)")
+    frozen_dtype: Dtype = _f("auto", "dtype of frozen weights; auto: bfloat16 on GPUs and on CPUs where a measured "
+                             "bf16 matrix product beats float32, else float32 (trainable weights always stay float32)")
+    autocast: bool = _f(True, "run forwards of trainable float32 weights under bfloat16 autocast when the frozen "
+                        "dtype resolves to bfloat16 (full fine-tune)")
     gradient_checkpointing: bool = _f(False, "recompute activations in the backward pass (needed at 7B)")
     # data
     prompts: str = _f("", "PPO prompts: JSON/JSONL file of {instruction, input} or 'hf:DATASET[:CONFIG]:SPLIT'")
@@ -58,6 +60,8 @@ class TrainConfig:
     temperature: float = _f(1.0, "sampling temperature (log-probs are taken at this temperature)")
     top_p: float = _f(1.0, "nucleus sampling mass (1: off)")
     top_k: int = _f(0, "top-k sampling (0: off)")
+    stop_at_eos: bool = _f(True, "end a response at EOS (false: always sample response_len tokens, for benchmarks "
+                           "that must do equal work)")
     penalty_reward: float | None = _f(-1.0, "score given to responses that do not end with EOS (none: keep the score)")
     # regulariser
     regularizer: str = _f("kl", f"shaped-reward regulariser: {', '.join(regularizers.REGULARIZERS)}")

@@ -111,7 +111,7 @@ def sequence_logprobs(logits: Tensor, tokens: Tensor, temperature: float) -> Ten
 
     log p(y) = z_y / T - logsumexp(z / T): one gather and one fused reduction over the vocabulary.
     """
-    scaled = logits.float() / temperature
+    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
     picked = scaled.gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
     return picked - torch.logsumexp(scaled, dim=-1)
 

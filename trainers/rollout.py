@@ -66,6 +66,20 @@ def response_logits(model, ids: Tensor, mask: Tensor, pos: Tensor, n_response: i
     return out.logits[:, :-1]
 
 
+def distribution_stats(logits: Tensor, ref_logits: Tensor, tokens: Tensor, spec, rows: int = 4):
+    """Per-token statistics of the two [B, R, V] distributions, `rows` sequences at a time so that the
+    vocabulary-sized temporaries stay small: sampled log-probs (policy, reference), exact KL, entropy,
+    and the full-vocabulary penalty when the regulariser needs one (else None)."""
+    parts = []
+    for i in range(0, tokens.size(0), rows):
+        lg, ref, tok = logits[i:i + rows], ref_logits[i:i + rows], tokens[i:i + rows]
+        parts.append((ppo.sequence_logprobs(lg, tok, 1.0), ppo.sequence_logprobs(ref, tok, 1.0),
+                      regularizers.kl_full(lg, ref), ppo.entropy_from_logits(lg),
+                      spec.full(lg, ref) if spec.needs_logits else None))
+    stacked = [torch.cat(col) if col[0] is not None else None for col in zip(*parts)]
+    return tuple(stacked)
+
+
 def _score(models: PPOModels, cfg: TrainConfig, query_ids, query_mask, tokens, mask) -> Tensor:
     lengths = mask.sum(1)
     reward = models.reward
@@ -93,22 +107,19 @@ def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]],
     query_ids, query_mask = left_pad(prompts, models.tokenizer.pad_token_id, device)
     t0 = time.perf_counter()
     samples = sample(models.policy, query_ids, query_mask, max_new_tokens=cfg.response_len,
-                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, stop_ids=models.stop_ids,
+                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                     stop_ids=models.stop_ids if cfg.stop_at_eos else [],
                      pad_id=models.tokenizer.pad_token_id, generator=generator)
     t1 = time.perf_counter()
     tokens, mask, logits = samples.tokens, samples.mask, samples.logits
     n = tokens.size(1)
     ids, amask, pos = sequences(query_ids, query_mask, tokens)
     with models.reference_context():
-        ref_logits = response_logits(models.reference_model, ids, amask, pos, n).float() / cfg.temperature
-    logprobs = ppo.sequence_logprobs(logits, tokens, 1.0)
-    ref_logprobs = ppo.sequence_logprobs(ref_logits, tokens, 1.0)
-    true_kl = regularizers.kl_full(logits, ref_logits)
-    entropy = ppo.entropy_from_logits(logits)
-    if spec.needs_logits:
-        penalties = spec.full(logits, ref_logits)
-    else:
-        penalties = spec.sampled(logprobs, ref_logprobs)
+        ref_logits = response_logits(models.reference_model, ids, amask, pos, n).float()
+    if cfg.temperature != 1.0:
+        ref_logits = ref_logits / cfg.temperature
+    logprobs, ref_logprobs, true_kl, entropy, full_penalty = distribution_stats(logits, ref_logits, tokens, spec)
+    penalties = full_penalty if spec.needs_logits else spec.sampled(logprobs, ref_logprobs)
     del logits, ref_logits
     values = models.value.values(ids, amask, pos, start=query_ids.size(1) - 1, length=n).float()
     raw_scores = _score(models, cfg, query_ids, query_mask, tokens, mask)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import os
 import resource
@@ -34,6 +37,29 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_rss"
+
+
+@functools.cache
+def _libc():
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
+
+
+def release_host_memory() -> None:
+    """Give freed heap pages back to the OS (glibc's malloc_trim).
+
+    A PPO step frees gigabytes of activations and vocabulary-sized logits per phase; glibc keeps the
+    freed pages in its arenas and, with tensors of varying sizes, the next phase cannot always reuse
+    them, so the resident set climbs phase after phase. Trimming at phase boundaries keeps the peak at
+    weights + the largest single phase. A no-op where glibc is absent.
+    """
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 class MetricsLog:

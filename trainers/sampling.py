@@ -72,15 +72,18 @@ def sample(
     out = model(input_ids=query_ids, attention_mask=mask, position_ids=positions, cache=cache,
                 use_cache=True, logits_to_keep=1)
     next_pos = positions[:, -1:] + 1
-    stop = torch.tensor(stop_ids, device=device)
+    stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
-    tokens, kept = [], []
+    tokens = []
+    kept = None  # [B, max_new_tokens, V], filled in place: no list of per-step copies to stack
     for step in range(max_new_tokens):
         logits = out.logits[:, -1].float()
         if temperature > 0:
             logits = logits / temperature
             if keep_logits:
-                kept.append(logits)
+                if kept is None:
+                    kept = logits.new_empty(batch, max_new_tokens, logits.size(-1))
+                kept[:, step] = logits
             probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
             token = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         else:
@@ -102,6 +105,6 @@ def sample(
     return Samples(
         tokens=tokens_t,
         mask=response_mask,
-        logits=torch.stack(kept, dim=1) if kept else None,
+        logits=kept[:, : tokens_t.size(1)] if kept is not None else None,
         ended=is_stop.any(1),
     )

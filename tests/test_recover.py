@@ -251,3 +251,28 @@ def test_diff_keys_without_raw_counterpart_and_shape_mismatch(models, tmp_path):
     with pytest.raises(ValueError, match=r"num_new_tokens is -1"):
         rc.recover(models["raw_dir"], tmp_path / "small", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_recovers_a_reward_model_into_the_harness_layout(models, tmp_path):
+    """`harness models recover` on a reward diff gives a directory our reward loader scores with."""
+    from harness.cli import main
+    from trainers import heads
+
+    diff_dir, diff = reward_diff_dir(models, tmp_path / "rm-wdiff")
+    out = tmp_path / "reward-model-human"
+    assert main(["models", "recover", "--raw", str(models["raw_dir"]), "--diff", str(diff_dir), "--out", str(out)]) == 0
+    rm = heads.load_reward_model(str(out), torch.float32, seed=0)
+    # the score is reward_head(last hidden state of the tuned backbone) at the last token
+    tuned = LlamaForCausalLM(tiny_config(VOCAB + 1))
+    tuned.load_state_dict(models["tuned"])
+    ids = torch.tensor([[3, 17, 5, 64]])
+    mask = torch.ones_like(ids)
+    pos = torch.arange(4)[None]
+    with torch.no_grad():
+        hidden = tuned.model(input_ids=ids, attention_mask=mask).last_hidden_state[0, -1]
+        expected = hidden @ diff["reward_head.weight"][0] + 0.25
+        got = rm.score_at(ids, mask, pos, torch.tensor([3]))
+    assert got.item() == pytest.approx(expected.item(), abs=1e-5)
+    assert json.loads((out / "scalar_head.json").read_text())["reward_config"]["model_type"] == "reward_model"
+    assert main(["models", "recover", "--raw", str(models["raw_dir"]), "--diff", str(tmp_path / "nope"),
+                 "--out", str(tmp_path / "x")]) == 2

@@ -110,6 +110,45 @@ def save_reward_model(model: ScalarHeadModel, tokenizer, out_dir: str | Path, me
     return out
 
 
+def from_alpacafarm_layout(recovered_dir: str | Path, backbone_config_dir: str | Path, out_dir: str | Path) -> Path:
+    """Rewrite a recovered AlpacaFarm `RewardModel` directory in the harness reward-model layout.
+
+    AlpacaFarm stores `backbone_model.<LlamaForCausalLM key>` tensors and `reward_head.{weight,bias}` under
+    a `RewardConfig` that only names its backbone; the architecture comes from `backbone_config_dir`
+    (the raw LLaMA-7B or the SFT model), its vocabulary taken from the recovered embeddings.
+    """
+    from trainers import recover  # state-dict I/O shared with weight-diff recovery
+
+    src, out = Path(recovered_dir), Path(out_dir)
+    state = recover.load_state_dict(src)
+    prefix = recover.REWARD_PREFIX
+    backbone = {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    head = {k.removeprefix(recover.REWARD_HEAD_PREFIX): v for k, v in state.items()
+            if k.startswith(recover.REWARD_HEAD_PREFIX)}
+    if set(head) != {"weight", "bias"} or not backbone:
+        raise ValueError(f"{src} is not an AlpacaFarm reward model: expected {prefix}* and reward_head.weight/bias tensors")
+    config_path = Path(backbone_config_dir) / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"backbone config {config_path} is missing; expected the raw LLaMA-7B or SFT model directory")
+    config = json.loads(config_path.read_text())
+    embed = backbone.get("model.embed_tokens.weight")
+    if embed is not None:
+        config["vocab_size"] = embed.shape[0]
+    config["architectures"] = ["LlamaForCausalLM"]
+    out.mkdir(parents=True, exist_ok=True)
+    recover.save_state_dict(backbone, out)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    for name in recover.SIDE_FILES:
+        if (src / name).is_file():
+            (out / name).write_bytes((src / name).read_bytes())
+    save_file({k: v.float().contiguous() for k, v in head.items()}, out / HEAD_WEIGHTS)
+    reward_config = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
+    (out / HEAD_META).write_text(json.dumps({"format": "harness-reward-model", "version": 1,
+                                              "source": "alpaca_farm RewardModel", "reward_config": reward_config},
+                                             indent=2))
+    return out
+
+
 def reward_backbone_spec(spec: str) -> str:
     """The model spec whose tokenizer and backbone a reward spec uses."""
     return spec.removeprefix("head:")

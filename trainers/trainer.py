@@ -172,6 +172,7 @@ class PPOTrainer:
         if cfg.whiten_advantages:
             advantages = ppo.whiten(advantages, mask)
         # 5. update
+        lr = self.scheduler.get_last_lr()[0]  # the rate of this step's first optimiser step
         t_train = time.perf_counter()
         stats = self.update(ro, advantages, returns)
         timings["train"] = time.perf_counter() - t_train
@@ -197,7 +198,7 @@ class PPOTrainer:
             "objective/kl_coef": beta,
             "rollout/response_length": mask.sum(1).mean().item(),
             "rollout/ended_rate": ro.ended.float().mean().item(),
-            "ppo/learning_rate": self.scheduler.get_last_lr()[0],
+            "ppo/learning_rate": lr,
             "ppo/returns/mean": ppo.masked_mean(returns, mask).item(),
             "ppo/val/mean": ppo.masked_mean(ro.values, mask).item(),
             **stats,

@@ -161,3 +161,16 @@ def test_mean_rule_reward_rises_within_a_few_dozen_steps(smoke, tmp_path):
     scores = [r["objective/scores"] for r in run(cfg, tmp_path / "rule")]
     first, last = sum(scores[:5]) / 5, sum(scores[-5:]) / 5
     assert first < 0.5 and last > first + 2.0, scores
+
+
+def test_exported_adapter_reproduces_the_trained_policy(smoke, tmp_path):
+    trainer = PPOTrainer(smoke(steps=2, checkpoint_every=2), tmp_path / "run", log=quiet)
+    trainer.train()
+    base = models.load_causal_lm("tiny-random-llama", torch.float32)
+    exported = PeftModel.from_pretrained(base, checkpoint.latest_checkpoint(tmp_path / "run") / "policy").eval()
+    trained = trainer.models.policy.eval()
+    ids = torch.tensor([[1, 40, 41, 42, 43, 44]])
+    with torch.no_grad():
+        assert torch.allclose(exported(input_ids=ids).logits, trained(input_ids=ids).logits, atol=1e-6)
+        untrained = models.load_causal_lm("tiny-random-llama", torch.float32)(input_ids=ids).logits
+        assert not torch.allclose(untrained, trained(input_ids=ids).logits, atol=1e-4)

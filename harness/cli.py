@@ -50,6 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the presets")
 
+    plan = sub.add_parser("plan", help="predict per-device memory of a PPO run and the smallest layout that fits")
+    _add_config_args(plan)
+    plan.add_argument("--gpus", type=int, default=1, help="GPUs (0: this CPU process)")
+    plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80, an A100-80GB)")
+    mode = plan.add_mutually_exclusive_group()
+    mode.add_argument("--lora", dest="lora", action="store_true", default=None, help="LoRA (the config's choice by default)")
+    mode.add_argument("--full", dest="lora", action="store_false", help="full fine-tune (FSDP-sharded over --gpus)")
+    plan.add_argument("--frozen-dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                      help="dtype of frozen weights (default: bf16 on GPUs, fp32 on this CPU)")
+    plan.add_argument("--arch", choices=["llama-7b", "smollm2-135m"], default=None,
+                      help="plan for this architecture instead of reading the models' config.json")
+    plan.add_argument("--query-tokens", type=int, default=None,
+                      help="prompt tokens per sequence after padding (default: query_len, the worst case)")
+
     models = sub.add_parser("models", help="model utilities")
     models_sub = models.add_subparsers(dest="models_command", required=True)
     recover = models_sub.add_parser("recover", help="rebuild AlpacaFarm weights from a weight diff and LLaMA-7B")
@@ -79,6 +93,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = presets.resolve(args.preset, args.config, args.set)
         print(json.dumps({"config_hash": cfg.config_hash(), **cfg.to_dict()}, indent=2))
         return 0
+    if args.command == "plan":
+        return _plan(args)
     if args.command == "train":
         cfg = presets.resolve(args.preset, args.config, args.set)
         from trainers.trainer import PPOTrainer  # heavy imports only when training
@@ -108,6 +124,33 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"recovered {kind} written to {out}")
         return 0
     raise AssertionError(args)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from trainers import memory_plan as mp
+
+    overrides = list(args.set)
+    if args.lora is not None:
+        overrides += ["lora=true"] if args.lora else ["lora=false", "reference=copy"]
+    cfg = presets.resolve(args.preset, args.config, overrides)
+    arch = args.arch
+    if arch is None and (args.preset or "") == "paper" and not Path(cfg.policy).is_dir():
+        arch = "llama-7b"
+        print(f"(policy {cfg.policy!r} is not on disk: planning for LLaMA-7B, the paper's architecture)")
+    dims = mp.Dims.from_config(mp.KNOWN[arch]) if arch else None
+    kw = dict(frozen_dtype=args.frozen_dtype, policy_dims=dims, reward_dims=dims, query_tokens=args.query_tokens)
+    device = int(args.gpu_memory * mp.GIB) if args.gpus else None
+    result = mp.plan(cfg, gpus=args.gpus, device_bytes=device, **kw)
+    where = f"{args.gpus} GPU(s) of {args.gpu_memory:g} GiB" if args.gpus else "this CPU process"
+    print(f"{'LoRA' if cfg.lora else 'full fine-tune'}, reference={cfg.reference}, on {where}: busiest device")
+    for name, size in result.components.items():
+        print(f"  {name:32s} {size / mp.GIB:8.2f} GiB")
+    print(f"  {'total':32s} {result.total / mp.GIB:8.2f} GiB" + ("" if result.fits is None else
+          f"  -> {'fits' if result.fits else 'does NOT fit'}"))
+    if args.gpus:
+        best = mp.smallest_fitting(cfg, device, **kw)
+        print(f"smallest fitting layout: {best} GPU(s)" if best else "no layout up to 64 GPUs fits")
+    return 0
 
 
 if __name__ == "__main__":

@@ -60,7 +60,16 @@ def load_records(source: str, split: str = "") -> list[dict]:
 
         parts = source[3:].split(":")
         name, config, hf_split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
-        rows = list(datasets.load_dataset(name, config, split=hf_split))
+        try:
+            rows = list(datasets.load_dataset(name, config, split=hf_split))
+        except Exception as first:  # noqa: BLE001 - retried below, then reported with both causes
+            # tatsu-lab/alpaca_farm is a loading-script dataset, which datasets >= 4 refuses; the Hub's
+            # automatic Parquet conversion of the same splits lives on this revision.
+            try:
+                rows = list(datasets.load_dataset(name, config, split=hf_split, revision="refs/convert/parquet"))
+            except Exception as second:  # noqa: BLE001
+                raise ValueError(f"prompts={source!r} could not be loaded ({first}); nor its Parquet conversion "
+                                 f"({second}). Offline, pass a local JSON/JSONL file instead") from second
     else:
         path = Path(source).expanduser()
         text = path.read_text()

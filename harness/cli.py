@@ -99,7 +99,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = presets.resolve(args.preset, args.config, args.set)
         from trainers.trainer import PPOTrainer  # heavy imports only when training
 
-        PPOTrainer(cfg, args.out).train(resume=args.resume)
+        records = PPOTrainer(cfg, args.out).train(resume=args.resume)
+        last = records[-1] if records else {}
+        print(f"done: {len(records)} steps in {args.out} (metrics.jsonl, checkpoints/); last step: score "
+              f"{last.get('objective/scores', float('nan')):+.3f}, true KL {last.get('objective/true_kl', float('nan')):.4f}")
         return 0
     if args.command == "models" and args.models_command == "recover":
         from trainers import recover

@@ -35,7 +35,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
     "tiny": dict(
         policy="smollm2-135m-instruct", reward="head:smollm2-135m-instruct", prompts=INSTRUCTIONS,
-        prompt_split="unlabeled", query_len=192, response_len=64, steps=60, rollout_batch_size=16,
+        prompt_split="unlabeled", query_len=192, response_len=64, steps=30, rollout_batch_size=16,
         step_batch_size=16, micro_batch_size=4, rollout_micro_batch_size=16, noptepochs=2, lr=1e-4,
         warmup_steps=2, kl_coef=0.02, checkpoint_every=10,
     ),

@@ -103,11 +103,13 @@ class PPOTrainer:
     def batch_prompts(self, step: int) -> list[list[int]]:
         """Prompts of PPO step `step` (0-based): consecutive slices of per-epoch seeded permutations."""
         n, size = len(self.prompts), self.cfg.rollout_batch_size
+        perms: dict[int, torch.Tensor] = {}  # one permutation per data epoch this batch touches
         picked = []
         for i in range(step * size, (step + 1) * size):
             epoch = i // n
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
-            picked.append(self.prompts[int(perm[i % n])])
+            if epoch not in perms:
+                perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.seed * 100_003 + epoch))
+            picked.append(self.prompts[int(perms[epoch][i % n])])
         return picked
 
     # ---- run management -------------------------------------------------------------------------

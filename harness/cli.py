@@ -4,6 +4,11 @@
   harness config --preset tiny [--set ...]          print the resolved configuration and its hash
   harness presets                                   list the presets
   harness models recover --raw DIR --diff DIR --out DIR   rebuild AlpacaFarm weights from their diffs
+  harness prepare --preset tiny                     preference pairs + proxy reward model (TRL RewardTrainer)
+  harness eval RUN|CHECKPOINT|MODEL [--judge simulated|openai|reward-model] [--eval-set NAME|PATH] [--step N]
+  harness grid --table 2 --preset tiny              list a table's runs and their state, run nothing
+  harness reproduce --table 2 [--preset P] [--executor local|ray]   run what is missing, evaluate, render
+  harness report                                    render report/ from results/ alone
 """
 
 from __future__ import annotations
@@ -72,6 +77,61 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--out", required=True, help="output directory")
     recover.add_argument("--kind", choices=["auto", "causal_lm", "reward_model"], default="auto")
     recover.add_argument("--expected-sum", type=float, default=None, help="integrity check: expected sum of all weights")
+
+    prepare = sub.add_parser("prepare", help="sample preference pairs, label them, train the proxy reward model")
+    _add_config_args(prepare)
+    prepare.add_argument("--force", action="store_true", help="retrain the reward model even if it exists")
+    prepare.add_argument("--limit", type=int, default=None, help="use only the first N preference instructions")
+    prepare.add_argument("--epochs", type=float, default=1.0, help="reward-model training epochs (default 1)")
+
+    ev = sub.add_parser("eval", help="win rate (and factuality) of a run, checkpoint or model")
+    ev.add_argument("target", help="a run folder, a checkpoint folder (RUN/checkpoints/step-N) or a model spec")
+    ev.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: latest; 0 = base policy)")
+    ev.add_argument("--judge", default="simulated", help="simulated (offline), openai, or reward-model")
+    ev.add_argument("--judge-model", default=None, help="openai: the judge model; reward-model: its directory")
+    ev.add_argument("--judge-base-url", default=None, help="any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
+    ev.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    ev.add_argument("--eval-set", default="bundled", help="bundled (offline, 177 instructions), alpaca_farm (Hub), "
+                    "hf:DATASET[:CONFIG]:SPLIT, or a local JSON/JSONL file of {instruction, input, output?}")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate on the first N instructions only")
+    ev.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
+    ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's response_len, else 300")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--order", default="both", help="both (judge each pair in both orders), random, fixed")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--factuality", action="store_true", help="also FActScore on 'Tell me a bio of <entity>.'")
+    ev.add_argument("--factuality-only", action="store_true", help="only factuality, no win rate")
+    ev.add_argument("--factuality-limit", type=int, default=None, help="number of bio entities (default: all)")
+    ev.add_argument("--results", default="results", help="results store (default: results/)")
+    ev.add_argument("--preset", default="custom", help="preset name recorded with the result")
+    ev.add_argument("--run-id", default=None, help="run id recorded with the result (default: from the run's config)")
+
+    for name, text in (("grid", "list the runs of a table or figure and their state; runs nothing"),
+                       ("reproduce", "run what is missing of a table or figure, evaluate it, render the report")):
+        g = sub.add_parser(name, help=text)
+        what = g.add_mutually_exclusive_group(required=True)
+        what.add_argument("--table", type=int, choices=[1, 2, 3])
+        what.add_argument("--figure", type=int, choices=[1, 2])
+        what.add_argument("--all", action="store_true", help="every table and figure")
+        g.add_argument("--preset", default="smoke", choices=sorted(presets.PRESETS),
+                       help="grid size (default smoke: the offline one that runs anywhere)")
+        g.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset grid's)")
+        g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one setting of every run")
+        g.add_argument("--runs", default="runs", help="root of the run folders (default runs/)")
+        g.add_argument("--results", default="results", help="results store (default results/)")
+        if name == "reproduce":
+            g.add_argument("--executor", default="local", help="local or ray")
+            g.add_argument("--workers", type=int, default=1, help="local executor: runs in parallel")
+            g.add_argument("--address", default=None, help="ray: cluster address (default: start a local Ray)")
+            g.add_argument("--retries", type=int, default=1, help="retries of a failed run before it is reported")
+            g.add_argument("--report", default="report", help="where to render (default report/)")
+            g.add_argument("--no-report", action="store_true")
+
+    rep = sub.add_parser("report", help="render tables and figures from results/ alone")
+    rep.add_argument("--results", default="results")
+    rep.add_argument("--out", default="report")
+    rep.add_argument("--preset", default=None, help="the preset whose records to render (default: every preset found)")
     return parser
 
 
@@ -82,6 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"harness: error: {e}", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if type(e).__name__ not in ("JudgeError",):
+            raise
+        print(f"harness: error: the judge could not answer: {e}", file=sys.stderr)
+        return 3
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -103,6 +168,25 @@ def _dispatch(args: argparse.Namespace) -> int:
         last = records[-1] if records else {}
         print(f"done: {len(records)} steps in {args.out} (metrics.jsonl, checkpoints/); last step: score "
               f"{last.get('objective/scores', float('nan')):+.3f}, true KL {last.get('objective/true_kl', float('nan')):.4f}")
+        return 0
+    if args.command == "prepare":
+        from harness.prepare import prepare
+
+        name = args.preset or "tiny"
+        cfg = presets.resolve(name, args.config, args.set)
+        prepare(name, cfg, force=args.force, limit=args.limit, epochs=args.epochs)
+        return 0
+    if args.command == "eval":
+        return _eval(args)
+    if args.command in ("grid", "reproduce"):
+        from harness import reproduce
+
+        return reproduce.main(args)
+    if args.command == "report":
+        from harness.report import render_report
+
+        paths = render_report(args.results, args.out, args.preset)
+        print(f"report: {len(paths)} files in {args.out}/")
         return 0
     if args.command == "models" and args.models_command == "recover":
         from trainers import recover
@@ -127,6 +211,24 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"recovered {kind} written to {out}")
         return 0
     raise AssertionError(args)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from harness.evaluate import EvalRequest, Evaluator
+    from harness.results import ResultsStore
+
+    req = EvalRequest(
+        target=args.target, judge=args.judge, judge_model=args.judge_model, judge_base_url=args.judge_base_url,
+        judge_api_key_env=args.judge_api_key_env, eval_set=args.eval_set, limit=args.limit, step=args.step,
+        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, order=args.order, seed=args.seed,
+        factuality=args.factuality or args.factuality_only, factuality_limit=args.factuality_limit,
+        winrate=not args.factuality_only, preset=args.preset, run_id=args.run_id)
+    store = ResultsStore(args.results)
+    for rec in Evaluator(req, store).run():
+        print(f"record {store.record_path(rec['record_id'])}: {rec['evaluator']} "
+              + ", ".join(f"{k}={v:.4g}" for k, v in rec["metrics"].items() if isinstance(v, (int, float))))
+    return 0
 
 
 def _plan(args: argparse.Namespace) -> int:

@@ -34,7 +34,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         frozen_dtype="float32",  # bf16 gains nothing on 64-wide matrices
     ),
     "tiny": dict(
-        policy="smollm2-135m-instruct", reward="head:smollm2-135m-instruct", prompts=INSTRUCTIONS,
+        # the proxy reward model `harness prepare --preset tiny` trains on simulated preferences
+        policy="smollm2-135m-instruct", reward="prepared:tiny", prompts=INSTRUCTIONS,
         prompt_split="unlabeled", query_len=192, response_len=64, steps=30, rollout_batch_size=16,
         step_batch_size=16, micro_batch_size=4, rollout_micro_batch_size=16, noptepochs=2, lr=1e-4,
         warmup_steps=2, kl_coef=0.02, checkpoint_every=10,

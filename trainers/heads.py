@@ -20,6 +20,17 @@ from trainers import models
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_META = "scalar_head.json"
+PREPARED = "prepared:"
+
+
+def prepared_dir(name: str) -> Path:
+    """Where `harness prepare --preset NAME` writes the proxy reward model (under $HARNESS_CACHE)."""
+    return models.cache_dir() / "prepared" / name / "reward-model"
+
+
+def resolve_reward_spec(spec: str) -> str:
+    """`prepared:NAME` -> the prepared reward model's directory; other specs unchanged."""
+    return str(prepared_dir(spec.removeprefix(PREPARED))) if spec.startswith(PREPARED) else spec
 
 
 def is_reward_model_dir(path: str | Path) -> bool:
@@ -86,7 +97,8 @@ class ScalarHeadModel(nn.Module):
 
 
 def load_reward_model(spec: str, dtype: torch.dtype, seed: int) -> ScalarHeadModel:
-    """A reward model from a harness reward-model directory, or `head:MODEL` (seeded untrained head)."""
+    """A reward model from a harness reward-model directory, `prepared:NAME`, or `head:MODEL` (seeded untrained head)."""
+    spec = resolve_reward_spec(spec)
     if spec.startswith("head:"):
         backbone = load_backbone(spec.removeprefix("head:"), dtype)
         return ScalarHeadModel(backbone, new_head(hidden_size(backbone), zero=False, seed=seed)).eval()
@@ -151,4 +163,4 @@ def from_alpacafarm_layout(recovered_dir: str | Path, backbone_config_dir: str |
 
 def reward_backbone_spec(spec: str) -> str:
     """The model spec whose tokenizer and backbone a reward spec uses."""
-    return spec.removeprefix("head:")
+    return resolve_reward_spec(spec).removeprefix("head:")

@@ -112,7 +112,8 @@ def plan(cfg: TrainConfig, *, gpus: int = 0, device_bytes: int | None = None, fr
          query_tokens: int | None = None, policy_dims: Dims | None = None, reward_dims: Dims | None = None) -> Plan:
     """Predicted peak memory of the busiest device (gpus=0: this CPU process)."""
     pd = policy_dims or dims(cfg.policy)
-    rd = reward_dims or (pd if cfg.reward_is_rule else dims(cfg.reward))
+    # a prepared reward model is trained from the policy's backbone (`harness prepare`), so it has its dimensions
+    rd = reward_dims or (pd if cfg.reward_is_rule or cfg.reward.startswith(heads.PREPARED) else dims(cfg.reward))
     vd = rd if cfg.value_init == "reward" else pd
     frozen = DTYPE_BYTES[frozen_dtype or ("bfloat16" if cfg.frozen_dtype == "auto" and gpus else
                                           "float32" if cfg.frozen_dtype == "auto" else cfg.frozen_dtype)]

@@ -20,7 +20,11 @@ def problems(cfg: TrainConfig) -> list[str]:
             found.append(str(e))
     else:
         backbone = heads.reward_backbone_spec(cfg.reward)
-        if (msg := models.describe_spec_error("reward", backbone)) is not None:
+        if cfg.reward.startswith(heads.PREPARED) and not heads.is_reward_model_dir(backbone):
+            name = cfg.reward.removeprefix(heads.PREPARED)
+            found.append(f"reward={cfg.reward!r} has not been prepared yet ({backbone} is missing); run "
+                         f"`harness prepare --preset {name}` first (it trains the proxy reward model)")
+        elif (msg := models.describe_spec_error("reward", backbone)) is not None:
             found.append(msg)
         elif not cfg.reward.startswith("head:") and not heads.is_reward_model_dir(backbone):
             found.append(f"reward={cfg.reward!r} is not a reward-model directory ({heads.HEAD_WEIGHTS} missing); "

@@ -9,6 +9,10 @@
 
 A run folder holds `config.json`, `metrics.jsonl` and `checkpoints/`; `train(resume=True)` continues from
 the latest checkpoint and reproduces an uninterrupted run with the same seed on CPU.
+
+Launched by `accelerate launch` with WORLD_SIZE > 1, the same loop runs data-parallel (trainers.distributed): each
+process takes its share of the global batch, gradients and statistics are reduced across processes, and only
+rank 0 writes the run folder.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from pathlib import Path
 import torch
 
 from trainers import checkpoint, data, ppo, preflight
+from trainers.distributed import DataParallel
 from trainers.build import build_models
 from trainers.config import TrainConfig
 from trainers.kl_control import make_kl_controller
@@ -55,14 +60,21 @@ class PPOTrainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, log=None) -> None:
         preflight.check(cfg)
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.dp = DataParallel(cfg)  # one process: the identity everywhere
         self.log = log or (lambda msg: print(msg, flush=True))
-        self.device = pick_device(cfg.device)
-        torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        if not self.dp.is_main:
+            self.log = lambda msg: None
+        self.device = self.dp.device if self.dp.enabled else pick_device(cfg.device)
+        torch.set_num_threads(self.dp.threads(cfg.threads) if self.dp.enabled else cfg.threads or os.cpu_count() or 1)
         torch.manual_seed(cfg.seed)
-        self.frozen_dtype = resolve_frozen_dtype(cfg.frozen_dtype, self.device)
+        # auto may measure: every rank takes rank 0's choice
+        self.frozen_dtype = self.dp.broadcast_object(resolve_frozen_dtype(cfg.frozen_dtype, self.device))
         self.models = build_models(cfg, self.device, self.frozen_dtype)
         self.prompts = self._tokenized_prompts()
+        self.local_rollout_size = cfg.rollout_batch_size // self.dp.world_size
+        self.local_step_size = cfg.step_batch_size // self.dp.world_size
         params = self.models.trainable_parameters()
+        self.dp.sync_parameters(params)
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
         warmup = cfg.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -74,6 +86,8 @@ class PPOTrainer:
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=cfg.autocast and not cfg.lora and self.frozen_dtype == torch.bfloat16)
         counts = self.models.parameter_counts()
+        if self.dp.fsdp:  # policy and value sharded by accelerate; their calls now enter through the FSDP root
+            self.models, self.optimizer = self.dp.prepare_fsdp(self.models, self.optimizer)
         self.facts = {
             "config_hash": cfg.config_hash(),
             "device": str(self.device),
@@ -83,11 +97,14 @@ class PPOTrainer:
             "versions": library_versions(),
             **({"cpu_matmul_gflops": cpu_matmul_gflops()} if self.device.type == "cpu" else
                {"gpu": torch.cuda.get_device_name(self.device)}),
+            **self.dp.facts(),
         }
         self.log(f"device {self.device} | frozen weights {str(self.frozen_dtype).removeprefix('torch.')} | "
                  f"policy {cfg.policy} | trainable {counts['trainable']:,} of {counts['total']:,} parameters "
                  f"({100 * counts['trainable'] / counts['total']:.3f}%) | {len(self.prompts)} prompts | "
-                 f"{cfg.num_minibatches} minibatches x {cfg.grad_accum_steps} micro-batches per epoch")
+                 f"{cfg.num_minibatches} minibatches x {self.local_step_size // cfg.micro_batch_size} micro-batches "
+                 f"per epoch" + (f" | {self.dp.world_size} processes ({self.dp.strategy}, {self.dp.backend}), "
+                                 f"{self.local_rollout_size} sequences each" if self.dp.enabled else ""))
 
     def _tokenized_prompts(self) -> list[list[int]]:
         tok, cfg = self.models.tokenizer, self.cfg
@@ -114,6 +131,27 @@ class PPOTrainer:
 
     # ---- run management -------------------------------------------------------------------------
     def _start_or_resume(self, resume: bool) -> None:
+        latest = self.dp.run_on_main(lambda: self._prepare_run_dir(resume))  # rank 0 checks and writes
+        if latest is None:
+            if self.dp.is_main:
+                self.metrics.truncate_after(0)
+            self.dp.barrier()
+            return
+        latest = Path(latest)
+        if self.dp.fsdp:
+            state = self.dp.load_fsdp(latest, self.scheduler)
+        else:
+            state = checkpoint.load(latest, self.models, self.optimizer, self.scheduler, self.generator)
+        self.step = state["step"]
+        self.kl_ctl.value = state["kl_coef"]
+        if self.dp.is_main:
+            self.metrics.truncate_after(self.step)
+        self.dp.barrier()
+        self.log(f"resumed from {latest} at step {self.step}")
+
+    def _prepare_run_dir(self, resume: bool) -> str | None:
+        """Check the run folder against this configuration, write config.json and run.json; the checkpoint to
+        resume from (None: start afresh)."""
         saved = self.run_dir / "config.json"
         if saved.is_file():
             old = json.loads(saved.read_text())
@@ -127,26 +165,35 @@ class PPOTrainer:
         atomic_write_text(saved, json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True))
         atomic_write_text(self.run_dir / "run.json", json.dumps(self.facts, indent=2, sort_keys=True))
         latest = checkpoint.latest_checkpoint(self.run_dir) if resume else None
-        if latest is None:
-            self.metrics.truncate_after(0)
-            return
-        state = checkpoint.load(latest, self.models, self.optimizer, self.scheduler, self.generator)
-        self.step = state["step"]
-        self.kl_ctl.value = state["kl_coef"]
-        self.metrics.truncate_after(self.step)
-        self.log(f"resumed from {latest} at step {self.step}")
+        return None if latest is None else str(latest)
 
     def train(self, resume: bool = False) -> list[dict]:
         self._start_or_resume(resume)
         progress = Progress(self.cfg.steps, self.step)
         while self.step < self.cfg.steps:
             record = self.ppo_step()
-            self.metrics.append(record)
-            progress.update(self.step, record)
+            if self.dp.is_main:
+                self.metrics.append(record)
+                progress.update(self.step, record)
             if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
-                checkpoint.save(self.run_dir, self.step, self.models, self.optimizer, self.scheduler, self.generator,
-                                {"kl_coef": self.kl_ctl.value, "config_hash": self.cfg.config_hash()})
+                self._save_checkpoint()
+        self.dp.barrier()
         return self.metrics.read()
+
+    def _save_checkpoint(self) -> None:
+        extra = {"kl_coef": self.kl_ctl.value, "config_hash": self.cfg.config_hash()}
+        if self.dp.fsdp:
+            self.dp.save_fsdp(self.run_dir, self.step, self.models, self.scheduler, self.generator, extra)
+            return
+        if self.dp.enabled:  # the replicas must be bit-identical: record it, and never save diverged ranks
+            digests = self.dp.parameter_digests(self.models.trainable_parameters())
+            if len(set(digests)) > 1:
+                raise RuntimeError(f"step {self.step}: the processes' trainable parameters differ ({digests})")
+            extra["rank_parameter_digests"] = digests
+        if self.dp.is_main:
+            checkpoint.save(self.run_dir, self.step, self.models, self.optimizer, self.scheduler, self.generator,
+                            extra)
+        self.dp.barrier()
 
     # ---- one PPO step ---------------------------------------------------------------------------
     def ppo_step(self) -> dict:
@@ -156,7 +203,8 @@ class PPOTrainer:
         # 1-2. rollout and scoring, one micro-batch at a time
         models.policy.eval()
         models.value.eval()
-        prompts = self.batch_prompts(self.step)
+        self.dp.reseed(self.step, self.generator)
+        prompts = self.dp.shard(self.batch_prompts(self.step))  # this process's slice of the global batch
         chunks = []
         for i in range(0, len(prompts), cfg.rollout_micro_batch_size):
             with self.autocast:
@@ -169,10 +217,10 @@ class PPOTrainer:
         beta = self.kl_ctl.value
         shaped, non_score = ppo.shape_rewards(ro.scores, ro.penalties, beta, mask)
         # 4. advantages
-        rewards = ppo.whiten(shaped, mask, shift_mean=False) if cfg.whiten_rewards else shaped
+        rewards = self.dp.whiten(shaped, mask, shift_mean=False) if cfg.whiten_rewards else shaped
         advantages, returns = ppo.gae_advantages(rewards * mask, ro.values * mask, cfg.gamma, cfg.lam)
         if cfg.whiten_advantages:
-            advantages = ppo.whiten(advantages, mask)
+            advantages = self.dp.whiten(advantages, mask)
         # 5. update
         lr = self.scheduler.get_last_lr()[0]  # the rate of this step's first optimiser step
         t_train = time.perf_counter()
@@ -180,15 +228,16 @@ class PPOTrainer:
         timings["train"] = time.perf_counter() - t_train
         # 6. record
         self.step += 1
-        penalty_sum = (ro.penalties * mask).sum(1).mean().item()
+        penalty_sum = self.dp.mean((ro.penalties * mask).sum(1).mean().item())  # the global batch's mean
         self.kl_ctl.update(penalty_sum, cfg.rollout_batch_size)
         step_time = time.perf_counter() - t_start
         n_tokens = mask.sum().item()
         peak, peak_kind = peak_memory(self.device)
+        scores = self.dp.gather(ro.scores)  # every rank's scores, for their spread
         record = {
             "step": self.step,
             "objective/scores": ro.scores.mean().item(),
-            "objective/scores_std": ro.scores.std().item() if ro.scores.numel() > 1 else 0.0,
+            "objective/scores_std": scores.std().item() if scores.numel() > 1 else 0.0,
             "objective/raw_scores": ro.raw_scores.mean().item(),
             "objective/shaped_reward": shaped.sum(1).mean().item(),
             "objective/non_score_reward": non_score.sum(1).mean().item(),
@@ -213,7 +262,7 @@ class PPOTrainer:
             "memory/peak_bytes": peak,
             "memory/kind": peak_kind,
         }
-        return record
+        return self.dp.reduce_record(record, n_tokens)
 
     def update(self, ro: Rollout, advantages: torch.Tensor, returns: torch.Tensor) -> dict:
         cfg, models = self.cfg, self.models
@@ -223,17 +272,18 @@ class PPOTrainer:
         totals: dict[str, float] = defaultdict(float)
         n_minibatches = 0
         for _ in range(cfg.noptepochs):
-            order = torch.randperm(cfg.rollout_batch_size, generator=self.generator, device=self.generator.device)
-            for start in range(0, cfg.rollout_batch_size, cfg.step_batch_size):
-                mb = order[start:start + cfg.step_batch_size].to(ro.tokens.device)
-                denom = ro.mask[mb].sum().clamp(min=1).item()
+            order = torch.randperm(self.local_rollout_size, generator=self.generator, device=self.generator.device)
+            for start in range(0, self.local_rollout_size, self.local_step_size):
+                mb = order[start:start + self.local_step_size].to(ro.tokens.device)
+                denom = self.dp.token_denominator(ro.mask[mb])
                 self.optimizer.zero_grad(set_to_none=True)
-                for m0 in range(0, cfg.step_batch_size, cfg.micro_batch_size):
+                for m0 in range(0, self.local_step_size, cfg.micro_batch_size):
                     idx = mb[m0:m0 + cfg.micro_batch_size]
                     for k, v in self._micro_step(ro, advantages, returns, idx, denom).items():
                         totals[k] += v
                     release_host_memory()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                self.dp.average_gradients(params)
+                grad_norm = self.dp.clip_grad_norm(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
                 totals["ppo/grad_norm"] += grad_norm.item()
                 self.optimizer.step()
                 self.scheduler.step()

@@ -1,0 +1,169 @@
+"""Load a policy to evaluate (a run, one of its checkpoints, or a plain model) and generate on an eval set.
+
+Targets, resolved by `resolve_target`:
+- a run folder (`config.json` + `checkpoints/`): its latest checkpoint, or `step=N`; step 0 = the base policy;
+- a checkpoint folder (`.../checkpoints/step-NNNNNN`): that checkpoint of its run;
+- a model spec (`smollm2-135m-instruct`, `tiny-random-llama`, a local model folder, a Hub id): the model itself
+  (the SFT baseline).
+LoRA checkpoints are merged into the base weights after loading: generation then costs what the SFT model costs.
+Generation is batched and KV-cached (`trainers.sampling.sample`), greedy by default like the paper's inference;
+prompts are sorted by length so batches carry little padding, and outputs are returned in the input order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from trainers import checkpoint as ckpt_io
+from trainers.config import TrainConfig
+from trainers.data import format_prompt
+from trainers.models import describe_spec_error, load_causal_lm, load_tokenizer, stop_token_ids
+from trainers.sampling import sample
+
+
+class TargetError(ValueError):
+    """The run, checkpoint or model to evaluate does not exist or is incomplete."""
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What is evaluated: a policy spec plus, optionally, a checkpoint of a run."""
+
+    policy: str  # base model spec
+    run_dir: str | None
+    checkpoint: str | None
+    step: int
+    template: str
+    config_hash: str | None
+
+    def identity(self) -> dict:
+        return asdict(self)
+
+
+def resolve_target(target: str, step: int | None = None, template: str = "alpaca") -> Target:
+    path = Path(target).expanduser()
+    if path.is_dir() and path.parent.name == "checkpoints" and (path.parent.parent / "config.json").is_file():
+        if step is not None:
+            raise TargetError(f"--step {step} cannot be combined with a checkpoint folder ({target})")
+        run_dir, chosen = path.parent.parent, path
+        state = json.loads((chosen / "state.json").read_text()) if (chosen / "state.json").is_file() else {}
+        if "step" not in state:
+            raise TargetError(f"{chosen} is not a complete checkpoint (state.json with 'step' is missing)")
+        step = int(state["step"])
+    elif path.is_dir() and (path / "config.json").is_file() and (path / "metrics.jsonl").exists():
+        run_dir = path
+        found = ckpt_io.list_checkpoints(run_dir)
+        if step == 0:
+            chosen = None
+        elif step is None:
+            if not found:
+                raise TargetError(f"run {target} has no checkpoint yet (checkpoints/ is empty); train it first "
+                                  "or pass --step 0 for its base policy")
+            chosen = found[-1]
+        else:
+            chosen = ckpt_io.checkpoint_dir(run_dir, step)
+            if not chosen.is_dir():
+                steps = [int(p.name.split("-")[-1]) for p in found]
+                raise TargetError(f"--step {step}: run {target} has no such checkpoint; it has steps {steps or 'none'}")
+        step = 0 if chosen is None else int(json.loads((chosen / "state.json").read_text())["step"])
+    else:
+        problem = describe_spec_error("target", target)
+        if problem or (path.exists() and not (path / "config.json").is_file()):
+            raise TargetError(f"target={target!r} is neither a run folder (config.json + metrics.jsonl), a "
+                              f"checkpoint folder (RUN/checkpoints/step-N) nor a model spec"
+                              + (f": {problem}" if problem else ""))
+        if step not in (None, 0):
+            raise TargetError(f"--step {step} needs a run folder; {target!r} is a model")
+        return Target(policy=target, run_dir=None, checkpoint=None, step=0, template=template, config_hash=None)
+    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    return Target(policy=cfg.policy, run_dir=str(run_dir), checkpoint=None if chosen is None else str(chosen),
+                  step=step, template=cfg.prompt_template, config_hash=cfg.config_hash())
+
+
+def load_policy(target: Target, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(model, tokenizer) ready for generation; a LoRA checkpoint is merged into the base weights."""
+    tokenizer = load_tokenizer(target.policy)
+    if target.checkpoint is None:
+        model = load_causal_lm(target.policy, dtype)
+    else:
+        folder = Path(target.checkpoint) / "policy"
+        if (folder / "adapter_config.json").is_file():
+            from peft import PeftModel
+
+            base = load_causal_lm(target.policy, dtype)
+            model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+        else:
+            model = load_causal_lm(str(folder), dtype)
+    return model.to(device).eval(), tokenizer
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationSettings:
+    max_new_tokens: int = 300
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0
+    batch_size: int = 16
+    seed: int = 0
+    max_prompt_tokens: int = 1024
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.max_new_tokens < 1:
+            problems.append(f"max_new_tokens={self.max_new_tokens} must be >= 1")
+        if self.temperature < 0:
+            problems.append(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top_p={self.top_p} must be in (0, 1]")
+        if self.batch_size < 1:
+            problems.append(f"batch_size={self.batch_size} must be >= 1")
+        if problems:
+            raise ValueError("invalid generation settings: " + "; ".join(problems))
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def mode(self) -> str:
+        return "greedy" if self.temperature == 0 else f"temp={self.temperature},top_p={self.top_p}"
+
+
+def generate(model, tokenizer, records: list[dict], template: str, settings: GenerationSettings,
+             device: str = "cpu", progress=None) -> list[str]:
+    """One output per record (decoded continuation, special tokens dropped), in the records' order."""
+    prompts = [format_prompt(r, template, tokenizer) for r in records]
+    ids = [tokenizer(p, add_special_tokens=True)["input_ids"][-settings.max_prompt_tokens:] for p in prompts]
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    stop = stop_token_ids(tokenizer, model)
+    pad = tokenizer.pad_token_id
+    generator = torch.Generator(device).manual_seed(settings.seed)
+    outputs: list[str] = [""] * len(records)
+    started, done_tokens = time.time(), 0
+    for start in range(0, len(order), settings.batch_size):
+        chunk = order[start:start + settings.batch_size]
+        width = max(len(ids[i]) for i in chunk)
+        q = torch.full((len(chunk), width), pad, dtype=torch.long)
+        m = torch.zeros_like(q)
+        for row, i in enumerate(chunk):
+            q[row, width - len(ids[i]):] = torch.tensor(ids[i])
+            m[row, width - len(ids[i]):] = 1
+        out = sample(model, q.to(device), m.to(device), max_new_tokens=settings.max_new_tokens,
+                     temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p, stop_ids=stop,
+                     pad_id=pad, generator=generator, keep_logits=False)
+        for row, i in enumerate(chunk):
+            n = int(out.mask[row].sum())
+            outputs[i] = tokenizer.decode(out.tokens[row, :n].tolist(), skip_special_tokens=True)
+            done_tokens += n
+        if progress is not None:
+            progress(min(start + settings.batch_size, len(order)), len(order), done_tokens, time.time() - started)
+    return outputs
+
+
+def outputs_hash(outputs: list[str]) -> str:
+    return hashlib.sha256(json.dumps(outputs, ensure_ascii=False).encode()).hexdigest()[:16]

@@ -1,0 +1,348 @@
+"""An LLM judge on any OpenAI-compatible server, asked through alpaca-eval's own annotator prompts and parsers.
+
+alpaca-eval 0.6.6 supplies the judging protocol: an annotator config (`alpaca_farm_greedy_gpt4` by default, AlpacaFarm's
+greedy GPT-4 judge, 5 pairs per prompt; `alpaca_eval_gpt4`'s ranking prompt; or our `alpaca_farm_greedy_gpt4_b1`, one
+pair per prompt, in `evals/configs/`), its prompt template, batching/padding and completion parser, all run by its
+`PairwiseAnnotator`. We supply the completion function: the real `openai` client (`chat.completions.create`,
+temperature from the config, 0 for every built-in judge), with bounded retries and exponential backoff. The paper's
+judge models are retired, so the judge model is a setting; `base_url` points the client at any OpenAI-compatible
+server (vLLM, llama.cpp's `python -m llama_cpp.server`, ...).
+
+What alpaca-eval's own wrapper does that we switch off: its random order switching (`evals.judging.annotate` handles
+order: both orders, or a seeded coin), its JSON annotation cache (ours is SQLite; its cache crashes on pandas 3), and
+its error handling (its OpenAI decoder turns an API error into an empty answer, i.e. a silently dropped pair; here it
+raises `JudgeError` and nothing is cached).
+
+The key is read from an environment variable (`OPENAI_API_KEY` by default) and never printed; a loopback server needs
+none. The judge's identity names the model the server says answered (`response.model`, learnt by a one-token probe at
+construction: `gpt-4o-mini` answers as a dated snapshot), so cached annotations of one snapshot are never reused for
+another.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import math
+import os
+import sys
+import tempfile
+import threading
+import time
+import types
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import yaml
+
+from evals.judging import Judge, JudgeError, Pair
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "gpt-4o-mini"
+DEFAULT_ANNOTATOR = "alpaca_farm_greedy_gpt4"
+DEFAULT_BASE_URL = "https://api.openai.com/v1"
+CONFIGS_DIR = Path(__file__).parent / "configs"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+LOOPBACK_KEY = "sk-no-key-required"  # llama.cpp / vLLM servers without --api-key accept any value
+# completions_kwargs our completion function understands; a config asking for more (logprobs, function calls) is refused
+_KNOWN_COMPLETION_KWARGS = {"model_name", "max_tokens", "temperature", "requires_chatml", "is_chat"}
+# SingleAnnotator arguments we set ourselves: a config must not set them
+_OWN_ANNOTATOR_KWARGS = ("fn_completions", "is_randomize_output_order", "is_shuffle", "seed",
+                         "packages_for_which_to_show_version")
+
+
+# --- the client: key, retries, served model ---------------------------------------------------------------------
+
+def is_loopback(base_url: str) -> bool:
+    return (urlsplit(base_url).hostname or "") in LOOPBACK_HOSTS
+
+
+def _is_retryable(error: Exception) -> bool:
+    """Connection problems, timeouts, rate limits and 5xx are worth another try; 4xx (key, model, request) are not."""
+    import openai
+
+    if isinstance(error, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    if isinstance(error, openai.APIStatusError):
+        return error.status_code in (408, 409, 429) or error.status_code >= 500
+    return False
+
+
+class ChatClient:
+    """One OpenAI-compatible endpoint and model: the key from `api_key_env`, `max_attempts` tries per request.
+
+    The wait before retry k (k = 1, 2, ...) is min(backoff * 2**(k-1), max_backoff) seconds, or the server's
+    Retry-After when that is longer. `sleep` and `client` are injectable for tests.
+    """
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                 max_attempts: int = 6, backoff: float = 1.0, max_backoff: float = 60.0, timeout: float = 120.0,
+                 client=None, sleep: Callable[[float], None] = time.sleep) -> None:
+        if max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1; got {max_attempts}")
+        self.model = model
+        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self.api_key_env = api_key_env
+        self.max_attempts, self.backoff, self.max_backoff = max_attempts, backoff, max_backoff
+        self.sleep = sleep
+        self._secret = self._read_key()  # first: a missing key fails before anything slow happens
+        if client is None:
+            import openai
+
+            client = openai.OpenAI(api_key=self._secret, base_url=self.base_url, timeout=timeout, max_retries=0)
+        self.client = client
+        self.served_models: set[str] = set()
+        self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"ChatClient(model={self.model!r}, base_url={self.base_url!r}, api_key_env={self.api_key_env!r})"
+
+    def _read_key(self) -> str:
+        value = os.environ.get(self.api_key_env, "").strip()
+        if value:
+            return value
+        if is_loopback(self.base_url):
+            return LOOPBACK_KEY
+        raise JudgeError(f"no API key for the judge at {self.base_url}: the environment variable {self.api_key_env} "
+                         f"is not set (a server on 127.0.0.1/localhost needs none)")
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self._secret, "***") if self._secret and self._secret != LOOPBACK_KEY else text
+
+    def _delay(self, attempt: int, error: Exception) -> float:
+        delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
+        response = getattr(error, "response", None)
+        try:
+            retry_after = float(response.headers.get("retry-after")) if response is not None else None
+        except (TypeError, ValueError):
+            retry_after = None
+        return max(delay, min(retry_after, self.max_backoff)) if retry_after else delay
+
+    def complete(self, messages: list[dict], *, max_tokens: int, temperature: float = 0.0) -> str:
+        """The assistant's text for `messages`; `JudgeError` when the server cannot answer after the retries."""
+        import openai
+
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                response = self.client.chat.completions.create(model=self.model, messages=messages,
+                                                               temperature=temperature, max_tokens=max_tokens)
+                break
+            except openai.OpenAIError as error:
+                retry = _is_retryable(error) and attempt < self.max_attempts
+                what = f"{type(error).__name__}: {self._scrub(str(error))}"
+                if not retry:
+                    tries = f" after {attempt} attempts" if attempt > 1 else ""
+                    # `from None`: the chained exception would print request details; the message says what failed
+                    raise JudgeError(f"judge {self.model!r} at {self.base_url} failed{tries}: {what}") from None
+                delay = self._delay(attempt, error)
+                log.warning("judge request failed (%s); retry %d/%d in %.1f s", what, attempt,
+                            self.max_attempts - 1, delay)
+                self.sleep(delay)
+        if not response.choices:
+            raise JudgeError(f"judge {self.model!r} at {self.base_url} answered with no choices")
+        with self._lock:
+            self.usage["requests"] += 1
+            if getattr(response, "usage", None) is not None:
+                self.usage["prompt_tokens"] += response.usage.prompt_tokens or 0
+                self.usage["completion_tokens"] += response.usage.completion_tokens or 0
+            served = getattr(response, "model", None)
+            if served and self.served_models and served not in self.served_models:
+                log.warning("judge answered as %r, earlier as %s: the server changed the model mid-run", served,
+                            sorted(self.served_models))
+            if served:
+                self.served_models.add(served)
+        return response.choices[0].message.content or ""
+
+    def probe(self) -> str | None:
+        """One one-token request: checks key and server, and returns the model name the server answers with."""
+        self.complete([{"role": "user", "content": "Say OK."}], max_tokens=1)
+        return next(iter(self.served_models), None)
+
+
+def to_messages(prompt: str) -> list[dict]:
+    """alpaca-eval's ChatML prompts (`<|im_start|>role ... <|im_end|>`) through its own `prompt_to_chatml`; any other
+    text becomes one user message."""
+    prompt = prompt.strip()  # alpaca-eval's OpenAI decoder strips too (is_strip=True)
+    if prompt.startswith("<|im_start|>"):
+        return _alpaca_eval().utils.prompt_to_chatml(prompt)
+    return [{"role": "user", "content": prompt}]
+
+
+def make_completion_fn(model: str = DEFAULT_MODEL, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                       *, max_tokens: int = 256, temperature: float = 0.0, **client_kwargs) -> Callable[[str], str]:
+    """prompt -> completion text on an OpenAI-compatible server (same key handling and retries as the judge), for
+    evaluators that need a plain LLM call (atomic-fact splitting, fact verification). The returned function has
+    `.client` (a `ChatClient`: usage counts, served model names)."""
+    chat = ChatClient(model, base_url=base_url, api_key_env=api_key_env, **client_kwargs)
+
+    def complete(prompt: str) -> str:
+        return chat.complete(to_messages(prompt), max_tokens=max_tokens, temperature=temperature)
+
+    complete.client = chat
+    return complete
+
+
+# --- alpaca-eval: import, annotator configs -----------------------------------------------------------------------
+
+def _alpaca_eval() -> types.ModuleType:
+    """Import alpaca-eval in the AlpacaFarm setting, without its side effects on this process."""
+    if "alpaca_eval" not in sys.modules:
+        os.environ["IS_ALPACA_EVAL_2"] = "False"  # read at import: the AlpacaFarm / davinci-003 defaults
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "pkg_resources is deprecated as an API"
+            import pkg_resources  # noqa: F401  (alpaca_eval.utils imports it)
+    except ImportError:
+        # setuptools >= 82 removed pkg_resources; alpaca-eval uses only these two functions of it
+        from packaging.version import parse as parse_version
+
+        shim = types.ModuleType("pkg_resources")
+        shim.parse_version = parse_version
+        shim.get_distribution = lambda name: types.SimpleNamespace(version=importlib.metadata.version(name))
+        sys.modules["pkg_resources"] = shim
+    root = logging.getLogger()
+    level = root.level
+    try:
+        import alpaca_eval
+        import alpaca_eval.annotators
+        import alpaca_eval.utils
+    finally:
+        root.setLevel(level)  # alpaca_eval.annotators.base sets the root logger to INFO at import
+    return alpaca_eval
+
+
+def annotator_configs() -> dict[str, Path]:
+    """Annotator config names -> configs.yaml: ours (`evals/configs/`) first, then alpaca-eval's built-in ones."""
+    found: dict[str, Path] = {}
+    builtin = Path(_alpaca_eval().__file__).parent / "evaluators_configs"
+    for root in (builtin, CONFIGS_DIR):
+        for path in sorted(root.glob("*/configs.yaml")):
+            found[path.parent.name] = path
+    return found
+
+
+def load_annotator_config(annotator: str | os.PathLike) -> tuple[str, dict]:
+    """(name, SingleAnnotator kwargs) of a one-annotator config, given a name or a configs.yaml / its folder."""
+    path = Path(annotator)
+    if path.is_dir():
+        path = path / "configs.yaml"
+    if not path.is_file():
+        known = annotator_configs()
+        if str(annotator) not in known:
+            raise ValueError(f"annotator config {str(annotator)!r} is not known; use a configs.yaml path or one of: "
+                             f"{', '.join(sorted(known))}")
+        path = known[str(annotator)]
+    configs = yaml.safe_load(path.read_text())
+    if not isinstance(configs, dict) or len(configs) != 1:
+        raise ValueError(f"{path}: one annotator expected (pools such as `alpaca_farm` are not supported); "
+                         f"found {list(configs or {})}")
+    (name, config), = configs.items()
+    config = dict(config)
+    for key in _OWN_ANNOTATOR_KWARGS:
+        config.pop(key, None)
+    kwargs = dict(config.get("completions_kwargs") or {})
+    unknown = set(kwargs) - _KNOWN_COMPLETION_KWARGS
+    if unknown or config.get("completion_key", "completions") != "completions":
+        raise ValueError(f"annotator config {name!r} needs {sorted(unknown) or config.get('completion_key')}, "
+                         "which the OpenAI judge does not provide (it returns the completion text only)")
+    kwargs.pop("model_name", None)  # the judge model is our setting, not the config's retired one
+    config["completions_kwargs"] = kwargs
+    template = config.get("prompt_template")
+    if template and (path.parents[1] / template).is_file():  # relative to the configs' root, as alpaca-eval reads it
+        config["prompt_template"] = str((path.parents[1] / template).resolve())
+    return name, config
+
+
+# --- the judge ----------------------------------------------------------------------------------------------------
+
+class OpenAIJudge(Judge):
+    """alpaca-eval's annotator (prompt, batching, parser) answered by `model` on an OpenAI-compatible server.
+
+    model: the judge model asked for; `self.model` becomes the name the server answers with.
+    annotator: an alpaca-eval annotator config name (`alpaca_farm_greedy_gpt4`, `alpaca_eval_gpt4`, ours
+        `alpaca_farm_greedy_gpt4_b1`) or a configs.yaml path; it must not name `fn_completions`.
+    base_url: any OpenAI-compatible `/v1` endpoint (default: OPENAI_BASE_URL, else api.openai.com).
+    api_key_env: the environment variable holding the key (not needed for a loopback base_url).
+    max_tokens: overrides the config's (it enters the judge's version: a shorter answer can parse differently).
+    max_workers: prompts sent at once.
+    resolve_model: learn the served model name with a one-token probe now (fails fast on a bad key or server).
+        With False, `model` is taken as given: pass the served name to reuse annotations cached under it offline.
+    Other keyword arguments (max_attempts, backoff, max_backoff, timeout, client, sleep) go to `ChatClient`.
+    """
+
+    name = "openai"
+
+    def __init__(self, model: str = DEFAULT_MODEL, *, annotator: str | os.PathLike = DEFAULT_ANNOTATOR,
+                 base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", max_tokens: int | None = None,
+                 max_workers: int = 4, resolve_model: bool = True, **client_kwargs) -> None:
+        self._chat = ChatClient(model, base_url=base_url, api_key_env=api_key_env, **client_kwargs)
+        self.max_workers = max(1, int(max_workers))
+        self.annotator_name, config = load_annotator_config(annotator)
+        self.pairs_per_prompt = int(config.get("batch_size", 1))
+        completion_kwargs = config["completions_kwargs"]
+        self.max_tokens = int(max_tokens or completion_kwargs.get("max_tokens", 250))
+        self.temperature = float(completion_kwargs.get("temperature", 0.0))
+        self._annotator = self._build_annotator(config)
+        served = self._chat.probe() if resolve_model else None
+        self.model = served or model
+        version = f"alpaca-eval {_alpaca_eval().__version__} {self.annotator_name}"
+        if max_tokens is not None:
+            version += f" max_tokens={self.max_tokens}"
+        host = urlsplit(self._chat.base_url).netloc
+        if host != "api.openai.com":
+            version += f" @{host}"
+        self.version = version
+
+    def __repr__(self) -> str:
+        return f"OpenAIJudge({self.identity()}, base_url={self._chat.base_url!r})"
+
+    @property
+    def usage(self) -> dict[str, int]:
+        """Requests and tokens sent so far (for the cost of a run)."""
+        return dict(self._chat.usage)
+
+    def _build_annotator(self, config: dict):
+        ae = _alpaca_eval()
+        with tempfile.TemporaryDirectory() as tmp:  # alpaca-eval reads a config file; the template is read now too
+            path = Path(tmp) / self.annotator_name / "configs.yaml"
+            path.parent.mkdir()
+            path.write_text(yaml.safe_dump({self.annotator_name: config}))
+            return ae.annotators.PairwiseAnnotator(
+                annotators_config=str(path), seed=0, caching_path=None, is_avoid_reannotations=False,
+                fn_completions=self._complete_prompts, is_randomize_output_order=False, is_shuffle=False,
+                packages_for_which_to_show_version=None)
+
+    def _complete_prompts(self, prompts: Sequence[str], **kwargs) -> dict[str, list]:
+        """alpaca-eval's `fn_completions` contract: prompts -> {"completions": [text per prompt], ...}.
+        `**kwargs` are the config's completions_kwargs (our max_tokens and temperature are already read from them)."""
+        start = time.perf_counter()
+        messages = [to_messages(p) for p in prompts]
+
+        def ask(m: list[dict]) -> str:
+            return self._chat.complete(m, max_tokens=self.max_tokens, temperature=self.temperature)
+
+        if self.max_workers == 1 or len(messages) == 1:
+            texts = [ask(m) for m in messages]
+        else:
+            with ThreadPoolExecutor(max_workers=self.max_workers) as pool:
+                texts = list(pool.map(ask, messages))  # the first JudgeError propagates
+        seconds = (time.perf_counter() - start) / max(len(prompts), 1)
+        return {"completions": texts, "time_per_example": [seconds] * len(prompts)}
+
+    def _prefer(self, pairs: Sequence[Pair]) -> list[float | None]:
+        rows = [{"instruction": p.prompt_text, "output_1": p.output_1, "output_2": p.output_2} for p in pairs]
+        try:
+            annotated = self._annotator.annotate_pairs(rows)
+        finally:
+            self._annotator.df_annotations = None  # its in-memory store only grows; we cache in judging.py
+        found = {(r["instruction"], r["output_1"], r["output_2"]): r.get("preference") for r in annotated}
+        out: list[float | None] = []
+        for row in rows:
+            value = found.get((row["instruction"], row["output_1"], row["output_2"]))
+            out.append(None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value))
+        return out

@@ -1,0 +1,100 @@
+"""Win rate against reference outputs, and the offline references themselves.
+
+References: the eval set's own `output` field when it has one (the paper: text-davinci-003, sampled at
+temperature 0.7, top_p 1.0, max 300 new tokens). Offline sets have none; then the SFT model's outputs at those
+same settings stand in, generated once and cached as JSON under `cache_dir`, keyed by the SFT model, the eval
+set's hash and the settings, and checked against the hash stored inside on every read.
+
+`winrate_result` judges model outputs (output_2) against references (output_1) and returns the metric block of
+a results record: win rate (draws half), standard error, n (parsable judgements), mean lengths (words) of both
+sides, and the per-instruction preferences for paired statistics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from evals import stats
+from evals.evalsets import EvalSet
+from evals.judging import AnnotationCache, Judge, Pair, annotate, order_agreement
+
+# text-davinci-003's settings in AlpacaFarm's evaluation set ("temp=0.7,top_p=1.0,max_new_tokens=300")
+REFERENCE_TEMPERATURE, REFERENCE_TOP_P = 0.7, 1.0
+
+
+class EmptyGenerationsError(ValueError):
+    """Every (or nearly every) output is empty: judging them would only measure the failure."""
+
+
+def references_key(policy: str, eval_set: EvalSet, settings: dict) -> str:
+    blob = json.dumps([policy, eval_set.hash, settings], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def cached_references(eval_set: EvalSet, *, policy: str, settings: dict, cache_dir: str | Path,
+                      generate_fn: Callable[[], list[str]], write: Callable[[Path, str], None]) -> tuple[list[str], dict]:
+    """(references, identity): the eval set's outputs, or the SFT model's, generated once and cached."""
+    if eval_set.has_references:
+        refs = [r["output"] for r in eval_set.records]
+        return refs, {"source": "eval set", "generator": eval_set.reference_generator, "hash": _hash(refs)}
+    key = references_key(policy, eval_set, settings)
+    path = Path(cache_dir) / f"references-{key}.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved.get("eval_set_hash") == eval_set.hash and _hash(saved["outputs"]) == saved.get("outputs_hash") \
+                and len(saved["outputs"]) == len(eval_set.records):
+            return saved["outputs"], {"source": "cache", "generator": policy, "hash": saved["outputs_hash"],
+                                      "settings": settings, "path": str(path)}
+    outputs = generate_fn()
+    payload = {"policy": policy, "eval_set": eval_set.identity(), "eval_set_hash": eval_set.hash,
+               "settings": settings, "outputs_hash": _hash(outputs), "outputs": outputs}
+    write(path, json.dumps(payload, indent=1, ensure_ascii=False))
+    return outputs, {"source": "generated", "generator": policy, "hash": payload["outputs_hash"],
+                     "settings": settings, "path": str(path)}
+
+
+def _hash(outputs: list[str]) -> str:
+    return hashlib.sha256(json.dumps(outputs, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+def check_generations(outputs: list[str], what: str, max_empty_share: float = 0.5) -> None:
+    empty = sum(not o.strip() for o in outputs)
+    if not outputs or empty > max_empty_share * len(outputs):
+        raise EmptyGenerationsError(f"{what}: {empty} of {len(outputs)} generations are empty (allowed: at most "
+                                    f"{int(100 * max_empty_share)}%); check the model, the prompt template and "
+                                    "max_new_tokens")
+
+
+def winrate_result(eval_set: EvalSet, outputs: list[str], references: list[str], judge: Judge, *,
+                   cache: AnnotationCache | None = None, order: str = "both", seed: int = 0) -> dict:
+    if len(outputs) != len(eval_set.records) or len(references) != len(eval_set.records):
+        raise ValueError(f"{len(outputs)} outputs and {len(references)} references for {len(eval_set.records)} "
+                         "instructions")
+    pairs = [Pair(r["instruction"], r["input"], ref.strip(), out.strip(), r["id"])
+             for r, ref, out in zip(eval_set.records, references, outputs)]
+    prefs = annotate(judge, pairs, order=order, seed=seed, cache=cache)
+    kept = [(p.id, v) for p, v in zip(pairs, prefs) if v is not None]
+    if not kept:
+        raise ValueError(f"judge {judge.name!r} could not parse any of its {len(pairs)} answers")
+    values = [v for _, v in kept]
+    agreement = order_agreement(judge, pairs, cache) if order == "both" else {"agreement": None}
+
+    def mean_words(texts: list[str]) -> float:
+        return sum(len(t.split()) for t in texts) / max(1, len(texts))
+
+    metrics = {
+        "win_rate": stats.win_rate(values),
+        "standard_error": stats.standard_error(values),
+        "n": len(values),
+        "unparsed": len(pairs) - len(values),
+        "strict_win_rate": 100.0 * sum(v > 1.5 for v in values) / len(values),  # the paper's seed code's count
+        "mean_words_model": mean_words(outputs),
+        "mean_words_reference": mean_words(references),
+        "empty_outputs": sum(not o.strip() for o in outputs),
+        "order_agreement": agreement["agreement"],  # % of pairs with the same winner in both orders
+    }
+    return {"metrics": metrics, "per_item": [{"id": i, "preference": v} for i, v in kept],
+            "judge": judge.identity(), "order": order}

@@ -1,0 +1,215 @@
+"""`harness eval`: generate on an eval set, judge against references, write result records.
+
+Order of work (cheap checks first, so bad input fails before any model loads):
+1. validate the request: judge name and options (an API key is checked by constructing the judge), eval set
+   readable with the needed fields, target resolvable (run, checkpoint or model);
+2. generate the model's outputs (greedy by default) - cached by (target, eval set, settings), so a re-judge or a
+   crashed evaluation costs no generation;
+3. references: the eval set's own outputs, or the SFT policy's at temperature 0.7 (cached in `results/references/`);
+4. judge (annotations cached in SQLite), measure the outputs' token-level true KL against the SFT policy;
+5. one record per evaluator in the results store; optional factuality on "Tell me a bio of <entity>." prompts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from evals.evalsets import EvalSet, load_eval_set
+from evals.generate import GenerationSettings, Target, generate, load_policy, resolve_target
+from evals.judges import check_judge_options, make_judge
+from evals.judging import ORDERS, AnnotationCache
+from evals.winrate import REFERENCE_TEMPERATURE, REFERENCE_TOP_P, cached_references, check_generations, winrate_result
+from harness import presets
+from harness.results import ResultsStore, make_record
+from trainers.models import cache_dir
+from trainers.runlog import atomic_write_text
+
+BUNDLED = "bundled"
+
+
+@dataclass(frozen=True, slots=True)
+class EvalRequest:
+    target: str
+    judge: str = "simulated"
+    judge_model: str | None = None
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    eval_set: str = BUNDLED
+    limit: int | None = None
+    step: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int | None = None  # default: the run's response_len, else 300 (the paper's)
+    batch_size: int = 16
+    order: str = "both"
+    seed: int = 0
+    factuality: bool = False
+    factuality_limit: int | None = None
+    winrate: bool = True
+    preset: str = "custom"
+    run_id: str | None = None
+    label: dict | None = None
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDERS:
+            raise ValueError(f"order={self.order!r} is not known; allowed: {', '.join(ORDERS)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit={self.limit} must be >= 1")
+        check_judge_options(self.judge, reward_model=self.judge_model)
+
+
+def open_eval_set(source: str, limit: int | None = None) -> EvalSet:
+    if source == BUNDLED:
+        return load_eval_set(presets.INSTRUCTIONS, split="eval", name="harness-bundled", limit=limit)
+    return load_eval_set(source, limit=limit)
+
+
+def _label_for(target: Target) -> dict:
+    if target.run_dir is None:
+        return {"regularizer": None, "lora": None, "seed": None, "baseline": "sft"}
+    cfg = json.loads((Path(target.run_dir) / "config.json").read_text())
+    return {"regularizer": cfg["regularizer"], "lora": cfg["lora"], "seed": cfg["seed"],
+            "baseline": None if cfg["lora"] else "full"}
+
+
+def _train_kl_at(target: Target) -> float | None:
+    if target.run_dir is None or target.step == 0:
+        return 0.0
+    path = Path(target.run_dir) / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step") == target.step:
+            return row.get("objective/true_kl")
+    return None
+
+
+class Evaluator:
+    """Runs one EvalRequest; `store` receives the records, `log` the progress lines."""
+
+    def __init__(self, request: EvalRequest, store: ResultsStore, log=print) -> None:
+        self.req, self.store, self.log = request, store, log
+        self.cache = Path(cache_dir())
+
+    def _cached_outputs(self, kind: str, key_parts: list, make) -> list[str]:
+        key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        path = self.cache / "outputs" / f"{kind}-{key}.json"
+        if path.is_file():
+            saved = json.loads(path.read_text())
+            if saved.get("key") == key:
+                self.log(f"{kind}: reusing {len(saved['outputs'])} cached generations ({path})")
+                return saved["outputs"]
+        outputs = make()
+        atomic_write_text(path, json.dumps({"key": key, "parts": key_parts, "outputs": outputs}, ensure_ascii=False,
+                                           default=str))
+        return outputs
+
+    def _progress(self, what: str):
+        def show(done: int, total: int, tokens: int, seconds: float) -> None:
+            rate = tokens / seconds if seconds > 0 else 0.0
+            eta = seconds / done * (total - done) if done else 0.0
+            self.log(f"{what}: {done}/{total} prompts | {rate:.1f} tokens/s | ETA {eta:.0f} s")
+        return show
+
+    def run(self) -> list[dict]:
+        req = self.req
+        started = time.time()
+        # 1. everything that can fail cheaply
+        judge = make_judge(req.judge, model=req.judge_model, base_url=req.judge_base_url,
+                           api_key_env=req.judge_api_key_env, device=req.device, seed=req.seed) if req.winrate else None
+        eval_set = open_eval_set(req.eval_set, req.limit) if req.winrate else None
+        target = resolve_target(req.target, req.step)
+        cfg_response = None
+        if target.run_dir:
+            cfg_response = json.loads((Path(target.run_dir) / "config.json").read_text())["response_len"]
+        settings = GenerationSettings(max_new_tokens=req.max_new_tokens or cfg_response or 300,
+                                      temperature=req.temperature, top_p=req.top_p, batch_size=req.batch_size,
+                                      seed=req.seed)
+        run_id = req.run_id or (target.config_hash if target.run_dir else f"sft:{target.policy}")
+        label = req.label or _label_for(target)
+        self.log(f"evaluating {target.checkpoint or target.policy} (step {target.step}) | {settings.mode} | "
+                 f"max {settings.max_new_tokens} new tokens")
+        model, tokenizer = load_policy(target, device=req.device)
+        records = []
+        if req.winrate:
+            records.append(self._winrate(target, model, tokenizer, eval_set, settings, judge, run_id, label, started))
+        if req.factuality:
+            records.append(self._factuality(target, model, tokenizer, settings, run_id, label))
+        return records
+
+    def _winrate(self, target, model, tokenizer, eval_set, settings, judge, run_id, label, started) -> dict:
+        req = self.req
+        t0 = time.time()
+        outputs = self._cached_outputs("model", [target.identity(), eval_set.hash, settings.as_dict()],
+                                       lambda: generate(model, tokenizer, list(eval_set.records), target.template,
+                                                        settings, req.device, self._progress("generate")))
+        gen_seconds = time.time() - t0
+        check_generations(outputs, f"model outputs of {target.checkpoint or target.policy}")
+        ref_settings = dataclasses.replace(settings, temperature=REFERENCE_TEMPERATURE, top_p=REFERENCE_TOP_P,
+                                           seed=1234)  # a fixed seed, distinct from any evaluation seed
+
+        def make_refs() -> list[str]:
+            self.log(f"references: sampling the SFT policy {target.policy} at temperature {REFERENCE_TEMPERATURE} "
+                     "(once; cached)")
+            base, tok = load_policy(Target(target.policy, None, None, 0, target.template, None), device=req.device)
+            return generate(base, tok, list(eval_set.records), target.template, ref_settings, req.device,
+                            self._progress("references"))
+
+        references, ref_identity = cached_references(
+            eval_set, policy=target.policy, settings=ref_settings.as_dict(),
+            cache_dir=self.store.root / "references", generate_fn=make_refs, write=atomic_write_text)
+        t1 = time.time()
+        cache = AnnotationCache(self.cache / "annotations.sqlite")
+        result = winrate_result(eval_set, outputs, references, judge, cache=cache, order=req.order, seed=req.seed)
+        judge_seconds = time.time() - t1
+        metrics = dict(result["metrics"])
+        t2 = time.time()
+        metrics["true_kl"] = self._true_kl(target, model, tokenizer, eval_set, outputs)
+        train_kl = _train_kl_at(target)
+        if train_kl is not None:
+            metrics["true_kl_train"] = train_kl
+        details = {
+            "target": target.identity(), "generation": settings.as_dict(), "references": ref_identity,
+            "outputs_sha256": hashlib.sha256(json.dumps(outputs).encode()).hexdigest()[:16],
+            "order": req.order, "annotation_cache": {"hits": cache.hits, "misses": cache.misses},
+            "seconds": {"generate": round(gen_seconds, 1), "judge": round(judge_seconds, 1),
+                        "true_kl": round(time.time() - t2, 1), "total": round(time.time() - started, 1)},
+            "examples": [{"id": r["id"], "instruction": r["instruction"], "output": o[:500], "reference": ref[:500]}
+                         for r, o, ref in list(zip(eval_set.records, outputs, references))[:3]],
+        }
+        cache.close()
+        rec = make_record(preset=req.preset, run_id=run_id, label=label, step=target.step, evaluator="winrate",
+                          metrics=metrics, judge=result["judge"], eval_set=eval_set.identity(),
+                          per_item=result["per_item"], details=details)
+        self.store.put(rec)
+        self.log(f"win rate {metrics['win_rate']:.1f} +- {metrics['standard_error']:.1f} (n={metrics['n']}, judge "
+                 f"{judge.name}) | true KL {metrics['true_kl']:.4f} | {details['seconds']['total']:.0f} s")
+        return rec
+
+    def _true_kl(self, target, model, tokenizer, eval_set, outputs) -> float:
+        if target.checkpoint is None:
+            return 0.0
+        from evals.kl import true_kl
+        from trainers.data import format_prompt
+        from trainers.models import load_causal_lm
+
+        reference = load_causal_lm(target.policy, torch.float32).to(self.req.device)
+        prompts = [format_prompt(r, target.template, tokenizer) for r in eval_set.records]
+        value = true_kl(model, reference, tokenizer, prompts, outputs, device=self.req.device)
+        del reference
+        return value
+
+    def _factuality(self, target, model, tokenizer, settings, run_id, label) -> dict:
+        from harness.factuality_eval import run_factuality
+
+        return run_factuality(self, target, model, tokenizer, settings, run_id, label)

@@ -1,0 +1,205 @@
+"""The paper's experiments as data: which runs, which checkpoints, which evaluators, at each preset.
+
+A grid is the cartesian product of a preset's regularisers and seeds (LoRA runs) plus the baselines: the
+SFT policy itself (step 0, no run) and the full fine-tune PPO run (regulariser kl). Every run is a resolved
+`TrainConfig`; its id is `<regularizer>-<lora|full>-s<seed>-<hash>` where the hash covers the whole resolved
+configuration except where it runs (`threads`, `device`) and with bundled data named by content, so the same
+experiment has the same id on every machine and its folder and records are found from its config.
+
+Tables and figures (../shared/PAPER.md):
+  table 1  efficiency: the kl LoRA run and the full fine-tune run (evaluator "efficiency", from run folders)
+  table 2  win rate of every regulariser at every checkpoint, plus the baselines (evaluator "winrate")
+  table 3  factuality of the SFT, full fine-tune and LoRA runs at their last checkpoint ("factuality")
+  figure 1 = table 2's records; figure 2 = win rate against true KL for the figure-2 regularisers
+Every configuration is built and validated before anything runs (`build_grid` raises on the first bad one).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness import presets
+from trainers import checkpoint as ckpt_io
+from trainers.config import TrainConfig
+
+PAPER_REGULARIZERS = ("kl", "clamped_kl", "bregman", "jensen_shannon", "squared_error", "none", "negative_kl",
+                      "dropout_only")
+FIGURE1_REGULARIZERS = ("kl", "none", "jensen_shannon")
+TARGETS = ("table1", "table2", "table3", "figure1", "figure2")
+
+
+@dataclass(frozen=True)
+class PresetGrid:
+    """How a preset instantiates the paper's grid (sizes chosen so the preset finishes where it is meant to)."""
+
+    table2: tuple[str, ...]
+    figure2: tuple[str, ...]
+    seeds: tuple[int, ...]
+    overrides: dict[str, Any]
+    eval_limit: int | None  # instructions of the eval set (None: all)
+    eval_max_new_tokens: int
+    factuality_limit: int | None
+    judge: str = "simulated"
+    eval_set: str = "bundled"
+    note: str = ""
+
+
+GRIDS: dict[str, PresetGrid] = {
+    "smoke": PresetGrid(
+        table2=PAPER_REGULARIZERS, figure2=PAPER_REGULARIZERS, seeds=(1,),
+        overrides=dict(steps=6, checkpoint_every=3), eval_limit=24, eval_max_new_tokens=16, factuality_limit=6,
+        note="tiny random Llama: plumbing, seconds per run; the numbers mean nothing"),
+    "tiny": PresetGrid(
+        table2=FIGURE1_REGULARIZERS, figure2=FIGURE1_REGULARIZERS, seeds=(1,),
+        overrides=dict(steps=12, checkpoint_every=4, rollout_batch_size=16, step_batch_size=16, response_len=48),
+        eval_limit=96, eval_max_new_tokens=48, factuality_limit=24,
+        note="SmolLM2-135M-Instruct on 2 CPU cores: three regularisers, 12 PPO steps, 96 eval instructions"),
+    "paper": PresetGrid(
+        table2=PAPER_REGULARIZERS, figure2=PAPER_REGULARIZERS, seeds=(1,),
+        overrides=dict(steps=200, checkpoint_every=20), eval_limit=None, eval_max_new_tokens=300,
+        factuality_limit=None, judge="openai", eval_set="alpaca_farm",
+        note="the paper's setting: LLaMA-7B AlpacaFarm models, 805 eval instructions, an OpenAI-compatible judge"),
+}
+
+LOCATION_FIELDS = ("threads", "device")
+
+
+def grid_for(preset: str) -> PresetGrid:
+    try:
+        return GRIDS[preset]
+    except KeyError:
+        raise ValueError(f"preset={preset!r} has no grid; grids exist for: {', '.join(GRIDS)}") from None
+
+
+def run_id(cfg: TrainConfig) -> str:
+    values = {k: v for k, v in cfg.to_dict().items() if k not in LOCATION_FIELDS}
+    if values["prompts"] == presets.INSTRUCTIONS:
+        blob = Path(presets.INSTRUCTIONS).read_bytes()
+        values["prompts"] = "bundled:" + hashlib.sha256(blob).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.regularizer}-{'lora' if cfg.lora else 'full'}-s{cfg.seed}-{digest}"
+
+
+@dataclass(frozen=True)
+class Run:
+    run_id: str
+    config: TrainConfig
+    label: dict
+    eval_steps: tuple[int, ...]  # checkpoints evaluated for win rate
+    evaluators: tuple[str, ...]  # of this run, over the requested targets
+
+    @property
+    def last_step(self) -> int:
+        return self.config.steps
+
+
+@dataclass(frozen=True)
+class Grid:
+    preset: str
+    targets: tuple[str, ...]
+    spec: PresetGrid
+    runs: tuple[Run, ...]
+    sft_policy: str
+    sft_evaluators: tuple[str, ...]
+    extra_overrides: tuple[str, ...] = field(default=())
+
+    def describe(self) -> dict:
+        return {"preset": self.preset, "targets": list(self.targets), "note": self.spec.note,
+                "runs": [{"run_id": r.run_id, "label": r.label, "eval_steps": list(r.eval_steps),
+                          "evaluators": list(r.evaluators)} for r in self.runs],
+                "sft": {"policy": self.sft_policy, "evaluators": list(self.sft_evaluators)}}
+
+
+def checkpoint_steps(cfg: TrainConfig) -> tuple[int, ...]:
+    steps = list(range(cfg.checkpoint_every, cfg.steps + 1, cfg.checkpoint_every))
+    if not steps or steps[-1] != cfg.steps:
+        steps.append(cfg.steps)
+    return tuple(steps)
+
+
+def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] | None = None,
+               overrides: tuple[str, ...] = ()) -> Grid:
+    """All runs needed for `targets` (e.g. ("table2",)), each configuration validated now."""
+    bad = [t for t in targets if t not in TARGETS]
+    if bad or not targets:
+        raise ValueError(f"targets={list(targets)}: allowed {', '.join(TARGETS)}")
+    spec = grid_for(preset)
+    seeds = tuple(seeds or spec.seeds)
+    base = presets.preset(preset)
+    base.update(spec.overrides)
+    base.update(presets.parse_overrides(list(overrides)))
+    wanted: dict[tuple, set[str]] = {}  # (regularizer, lora, seed) -> evaluators
+
+    def want(reg: str, lora: bool, evaluator: str) -> None:
+        for seed in seeds:
+            wanted.setdefault((reg, lora, seed), set()).add(evaluator)
+
+    regs_t2 = spec.table2
+    for t in targets:
+        if t in ("table2", "figure1"):
+            for reg in (regs_t2 if t == "table2" else tuple(r for r in FIGURE1_REGULARIZERS if r in regs_t2)):
+                want(reg, True, "winrate")
+            want("kl", False, "winrate")
+        elif t == "figure2":
+            for reg in spec.figure2:
+                want(reg, True, "winrate")
+        elif t == "table1":
+            want("kl", True, "efficiency")
+            want("kl", False, "efficiency")
+        elif t == "table3":
+            for reg in regs_t2:
+                want(reg, True, "factuality")
+            want("kl", False, "factuality")
+    runs = []
+    problems = []
+    for (reg, lora, seed), evaluators in sorted(wanted.items(), key=lambda kv: (not kv[0][1], kv[0][0], kv[0][2])):
+        values = dict(base, regularizer=reg, lora=lora, seed=seed)
+        if not lora:  # a full fine-tune has no adapters to disable: the reference is a frozen copy (the paper's)
+            values["reference"] = "copy"
+        try:
+            cfg = TrainConfig(**values)
+        except ValueError as exc:
+            problems.append(f"{reg}/{'lora' if lora else 'full'}/seed {seed}: {exc}")
+            continue
+        label = {"regularizer": reg, "lora": lora, "seed": seed, "baseline": None if lora else "full"}
+        runs.append(Run(run_id(cfg), cfg, label, checkpoint_steps(cfg), tuple(sorted(evaluators))))
+    if problems:
+        raise ValueError("the grid has invalid configurations:\n  - " + "\n  - ".join(problems))
+    sft = ({"winrate"} if set(targets) & {"table2", "figure1", "figure2"} else set()) \
+        | ({"factuality"} if "table3" in targets else set())
+    sft_evaluators = tuple(sorted(sft))
+    return Grid(preset, tuple(targets), spec, tuple(runs), base["policy"], sft_evaluators, tuple(overrides))
+
+
+# ---- state ------------------------------------------------------------------------------------------------
+def run_dir(runs_root: str | Path, preset: str, rid: str) -> Path:
+    return Path(runs_root) / preset / rid
+
+
+def completed_steps(folder: Path) -> int:
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        return 0
+    n = 0
+    for line in path.read_text().splitlines():
+        try:
+            n = max(n, int(json.loads(line)["step"]))
+        except (ValueError, KeyError, json.JSONDecodeError):
+            break
+    return n
+
+
+def run_state(folder: Path, run: Run) -> str:
+    """done | partial | failed | missing (failed = the last dispatch gave up; a rerun retries it)."""
+    last = ckpt_io.latest_checkpoint(folder) if folder.is_dir() else None
+    if last is not None and last.name == ckpt_io.checkpoint_dir(folder, run.last_step).name:
+        return "done"
+    if (folder / "FAILED").is_file():
+        return "failed"
+    if folder.is_dir() and (completed_steps(folder) or last is not None):
+        return "partial"
+    return "missing"

@@ -1,0 +1,415 @@
+"""The report: tables, figures and a claims summary, rendered from the results store and nothing else.
+
+    python -m harness.report --results results --out report --preset tiny
+
+`render_report(results_root, out_dir, preset)` reads the records and run manifests under `results_root` and
+writes into `out_dir`:
+
+    table1.{md,tex,csv}   efficiency: LoRA vs full fine-tune PPO (GPUs, trainable params, memory, time)
+    table2.{md,tex,csv}   win rate by PPO step, one row per run, the paper's Figure 1 values in their own columns
+    table3.{md,tex,csv}   factuality (FActScore) at each run's latest step
+    figure1.{png,pdf}     win rate vs PPO step: our panel and the paper's panel, never one axis for two judges
+    figure2.{png,pdf}     win rate vs token-level true KL, one point per checkpoint: ours and the paper's
+    summary.md            the paper's four claims, tested with paired statistics on the records' per-item data
+    index.md              links to everything, the results' git commits and the commands that produced them
+
+Which records: ours are source "harness" at `preset`; the paper's are source "paper" in the store, or, when the
+store holds none, `harness.paper_numbers.paper_records()` (code data, the same numbers). Win-rate records of one
+judge only (the judge with the most records, or `judge=`), so no table or figure mixes judges. One row / series per
+run (a run_id); a regulariser with several runs (seeds, settings) gets one row each, told apart by seed or id.
+Missing data never raises: cells read "—", claims "not measured at this preset".
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from evals import stats
+from harness.results import ResultsStore
+
+DASH = "—"
+REG_ORDER = ("kl", "none", "jensen_shannon", "dropout_only", "bregman", "squared_error", "clamped_kl", "negative_kl")
+KIND_ORDER = ("sft", "full", "lora")
+PAPER_JUDGE_TEXT = "AlpacaFarm annotator pool of 2023 (GPT-4/GPT-3.5/davinci-003, retired), n=805"
+
+
+def _kind(label: Mapping) -> str:
+    if label.get("baseline") == "sft":
+        return "sft"
+    if label.get("baseline") == "full" or label.get("lora") is False:
+        return "full"
+    return "lora"
+
+
+def _reg_rank(reg: str | None) -> tuple[int, str]:
+    return (REG_ORDER.index(reg), "") if reg in REG_ORDER else (len(REG_ORDER), str(reg))
+
+
+@dataclass
+class Series:
+    """One run's records of one evaluator, by step."""
+
+    run_id: str
+    kind: str  # "sft" | "full" | "lora"
+    regularizer: str | None
+    seed: int | None
+    points: dict[int, dict] = field(default_factory=dict)
+    tag: str = ""  # disambiguation (seed or run id), set when two series would read the same
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.kind, self.regularizer)
+
+    @property
+    def label(self) -> str:
+        base = {"sft": "SFT", "full": "full FT", "lora": "LoRA"}[self.kind]
+        if self.kind != "sft" and self.regularizer:
+            base += f" {self.regularizer}"
+        return f"{base} ({self.tag})" if self.tag else base
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self.points)
+
+    @property
+    def last(self) -> dict:
+        return self.points[max(self.points)]
+
+    def sort_key(self) -> tuple:
+        return (KIND_ORDER.index(self.kind), _reg_rank(self.regularizer), self.seed if self.seed is not None else -1,
+                self.run_id)
+
+
+def group_series(records: list[dict]) -> list[Series]:
+    """Records -> one Series per run_id (the latest-created record where a run has two at one step)."""
+    by_run: dict[str, Series] = {}
+    for rec in sorted(records, key=lambda r: str(r.get("created"))):
+        lab = rec["label"]
+        s = by_run.setdefault(rec["run_id"], Series(rec["run_id"], _kind(lab), lab.get("regularizer"), lab.get("seed")))
+        s.points[rec["step"]] = rec
+    series = sorted(by_run.values(), key=Series.sort_key)
+    clash = Counter(s.key for s in series)
+    for s in series:
+        if clash[s.key] > 1:
+            same = [t for t in series if t.key == s.key]
+            seeds_unique = len({t.seed for t in same}) == len(same)
+            s.tag = f"seed {s.seed}" if seeds_unique and s.seed is not None else s.run_id[:10]
+    return series
+
+
+def win_rate_of(rec: dict | None) -> tuple[float | None, float | None, int | None]:
+    """(win rate, standard error, n) of a win-rate record: its metrics, or computed from its per-item prefs."""
+    if rec is None:
+        return None, None, None
+    m, prefs = rec["metrics"], list(preferences(rec).values())
+    wr, se, n = m.get("win_rate"), m.get("standard_error"), m.get("n")
+    if wr is None and prefs:
+        wr = stats.win_rate(prefs)
+    if se is None and len(prefs) > 1:
+        se = stats.standard_error(prefs)
+    if n is None:
+        n = len(prefs) or (rec.get("eval_set") or {}).get("n")
+    return wr, se, (int(n) if n is not None else None)
+
+
+def preferences(rec: dict | None) -> dict[str, float]:
+    """Per-item preferences {id: pref in [1, 2]}; unparsed (None) items dropped."""
+    out = {}
+    for item in (rec or {}).get("per_item") or []:
+        p = item.get("preference")
+        if isinstance(p, (int, float)) and "id" in item:
+            out[str(item["id"])] = float(p)
+    return out
+
+
+def item_scores(rec: dict | None) -> dict[str, float]:
+    """Per-entity factuality scores {id: score}; unanswered / unscored (None) items dropped."""
+    out = {}
+    for item in (rec or {}).get("per_item") or []:
+        s = item.get("score")
+        if isinstance(s, (int, float)) and "id" in item:
+            out[str(item["id"])] = float(s)
+    return out
+
+
+def as_percent(v: float | None) -> float | None:
+    """Factuality shares are shown in percent; a value in [0, 1] is read as a fraction (documented heuristic)."""
+    if v is None:
+        return None
+    return 100.0 * v if 0.0 <= v <= 1.0 else float(v)
+
+
+@dataclass
+class ReportData:
+    """Everything the renderers see: our series and records at one preset, and the paper's."""
+
+    preset: str
+    judge: dict | None
+    winrate: list[Series]
+    factuality: list[Series]
+    efficiency: list[dict]
+    paper_fig1: list[Series]
+    paper_fig2: list[Series]
+    paper_efficiency: list[dict]
+    ours: list[dict]
+    manifests: dict[str, dict]
+    paper_source: str
+    notes: list[str] = field(default_factory=list)
+
+    def find(self, series: list[Series], kind: str, regularizer: str | None = None) -> Series | None:
+        for s in series:
+            if s.kind == kind and (kind == "sft" or s.regularizer == regularizer):
+                return s
+        return None
+
+    @property
+    def judge_text(self) -> str:
+        if not self.judge:
+            return "no judge (no win-rate records)"
+        j = self.judge
+        return f"{j.get('name')} ({j.get('model')}, {j.get('version')})"
+
+
+def _judge_key(j: dict | None) -> tuple:
+    return tuple(str((j or {}).get(k)) for k in ("name", "model", "version"))
+
+
+def load(results_root: str | Path, preset: str, judge: str | None = None) -> ReportData:
+    store = ResultsStore(results_root)
+    records = list(store.records())
+    manifests = store.manifests()
+    ours = [r for r in records if r["source"] == "harness" and r["preset"] == preset]
+    paper = [r for r in records if r["source"] == "paper"]
+    paper_source = "the results store"
+    if not paper:
+        from harness.paper_numbers import paper_records
+
+        paper, paper_source = paper_records(), "harness.paper_numbers (the store holds no paper records)"
+    notes = []
+    wr = [r for r in ours if r["evaluator"] == "winrate"]
+    judges = Counter(_judge_key(r["judge"]) for r in wr)
+    chosen = None
+    if judges:
+        key = next((k for k in judges if k[0] == judge), None) if judge else judges.most_common(1)[0][0]
+        if key is None:
+            notes.append(f"no win-rate records of judge {judge!r}; judges present: {sorted(k[0] for k in judges)}")
+        else:
+            chosen = next(r["judge"] for r in wr if _judge_key(r["judge"]) == key)
+            if len(judges) > 1:
+                notes.append(f"win-rate records of other judges left out: "
+                             f"{', '.join(f'{k[0]} ({n})' for k, n in judges.items() if k != key)}")
+    wr = [r for r in wr if chosen is not None and _judge_key(r["judge"]) == _judge_key(chosen)]
+    fig = lambda r, i: r["evaluator"] == "winrate" and (r.get("details") or {}).get("figure") == i  # noqa: E731
+    return ReportData(
+        preset=preset, judge=chosen, winrate=group_series(wr),
+        factuality=group_series([r for r in ours if r["evaluator"] == "factuality"]),
+        efficiency=[r for r in ours if r["evaluator"] == "efficiency"],
+        paper_fig1=group_series([r for r in paper if fig(r, 1)]),
+        paper_fig2=group_series([r for r in paper if fig(r, 2)]),
+        paper_efficiency=[r for r in paper if r["evaluator"] == "efficiency"],
+        ours=ours, manifests=manifests, paper_source=paper_source, notes=notes)
+
+
+# ---------------------------------------------------------------- claims
+
+def paired_bootstrap(a: Mapping[str, float], b: Mapping[str, float], *, scale: float = 100.0,
+                     confidence: float = 0.95, n_bootstrap: int = 10_000, seed: int = 0) -> dict:
+    """A minus B on their common ids, for any scores (e.g. FActScore in [0, 1]): mean difference * scale, a
+    percentile bootstrap interval (ids resampled) and the exact sign test. `evals.stats.paired_comparison` does the
+    same for preferences in [1, 2] only."""
+    keys = sorted(set(a) & set(b))
+    if not keys:
+        raise ValueError("no common ids to pair")
+    x, y = np.array([a[k] for k in keys]), np.array([b[k] for k in keys])
+    d = x - y
+    boot = scale * d[np.random.default_rng(seed).integers(0, d.size, size=(n_bootstrap, d.size))].mean(axis=1)
+    lo, hi = np.quantile(boot, [(1 - confidence) / 2, 1 - (1 - confidence) / 2])
+    ab, bb = int((d > 0).sum()), int((d < 0).sum())
+    return {"n": len(keys), "mean_a": scale * float(x.mean()), "mean_b": scale * float(y.mean()),
+            "difference": scale * float(d.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "a_better": ab, "b_better": bb, "sign_test_p": stats.sign_test(ab, bb)}
+
+
+def verdict(ci_low: float, ci_high: float, direction: int = +1) -> str:
+    """The rule: 'holds' if the 95% CI excludes 0 in the claimed direction, 'contradicted' if it excludes 0 the
+    other way, 'not detected' if it includes 0."""
+    lo, hi = (ci_low, ci_high) if direction > 0 else (-ci_high, -ci_low)
+    return "holds" if lo > 0 else "contradicted" if hi < 0 else "not detected"
+
+
+@dataclass
+class Test:
+    """One paired test behind a claim."""
+
+    what: str
+    result: dict | None = None  # paired_bootstrap / PairedComparison.as_dict()
+    verdict: str = "not measured at this preset"
+    why: str = ""
+
+    def line(self, unit: str = "points") -> str:
+        if self.result is None:
+            return f"- {self.what}: **{self.verdict}**" + (f" ({self.why})" if self.why else "")
+        r = self.result
+        return (f"- {self.what}: {r['difference']:+.2f} {unit} (A {r['mean_a']:.1f} vs B {r['mean_b']:.1f}), "
+                f"95% CI [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}], sign test p = {r['sign_test_p']:.3g} "
+                f"(A better on {r['a_better']}, B on {r['b_better']} of n = {r['n']}): **{self.verdict}**"
+                + (f"; {self.why}" if self.why else ""))
+
+
+def compare_winrate(a: Series | None, b: Series | None, what: str, direction: int = +1) -> Test:
+    """A vs B at their last common step > 0, paired on per-item preferences (evals.stats.paired_comparison)."""
+    if a is None or b is None:
+        return Test(what, why=f"no {'A' if a is None else 'B'} run")
+    common = sorted(set(a.points) & set(b.points) - {0})
+    if not common:
+        return Test(what, why="no common PPO step > 0")
+    step = common[-1]
+    pa, pb = preferences(a.points[step]), preferences(b.points[step])
+    keys = set(pa) & set(pb)
+    if len(keys) < 2:
+        return Test(f"{what} at step {step}", why="records lack per-item preferences on common instructions")
+    r = stats.paired_comparison({k: pa[k] for k in keys}, {k: pb[k] for k in keys}).as_dict()
+    r["mean_a"], r["mean_b"] = r["win_rate_a"], r["win_rate_b"]
+    return Test(f"{what} at step {step}", r, verdict(r["ci_low"], r["ci_high"], direction))
+
+
+def compare_scores(a: Series | None, b: Series | None, what: str, direction: int) -> Test:
+    """Factuality: A's latest step vs B's latest step, paired by entity id (paired_bootstrap)."""
+    if a is None or b is None:
+        return Test(what, why=f"no {'A' if a is None else 'B'} factuality record")
+    sa, sb = item_scores(a.last), item_scores(b.last)
+    if len(set(sa) & set(sb)) < 2:
+        return Test(what, why="records lack per-entity scores on common entities")
+    frac = all(0.0 <= v <= 1.0 for v in [*sa.values(), *sb.values()])
+    r = paired_bootstrap(sa, sb, scale=100.0 if frac else 1.0)
+    return Test(f"{what} (steps {max(a.points)} vs {max(b.points)})", r, verdict(r["ci_low"], r["ci_high"], direction))
+
+
+def efficiency_test(data: ReportData) -> Test:
+    lora = pick_efficiency(data.efficiency, True)
+    full = pick_efficiency(data.efficiency, False)
+    what = "memory: LoRA GPUs x peak GiB per device vs full fine-tune's"
+    if lora is None or full is None:
+        return Test(what, why=f"no {'LoRA' if lora is None else 'full fine-tune'} efficiency record")
+    def total(rec):  # noqa: E306
+        m = rec["metrics"]
+        return None if m.get("peak_memory_gib") is None else (m.get("gpus") or 1) * m["peak_memory_gib"]
+    tl, tf = total(lora), total(full)
+    if tl is None or tf is None:
+        return Test(what, why="peak_memory_gib missing")
+    pct = lora["metrics"].get("trainable_pct")
+    v = "holds" if tl < tf else "contradicted"
+    return Test(what, verdict=v, why=f"LoRA {tl:.2f} GiB in all vs full {tf:.2f} GiB"
+                + (f"; LoRA trains {pct:.3g}% of the parameters" if pct is not None else ""))
+
+
+def pick_efficiency(recs: list[dict], lora: bool) -> dict | None:
+    """The efficiency record for LoRA (lora=True) or the full fine-tune: the kl run if any, then the latest step."""
+    cands = [r for r in recs if (_kind(r["label"]) != "full") == lora and r["label"].get("baseline") != "sft"]
+    if not cands:
+        return None
+    return max(cands, key=lambda r: (r["label"].get("regularizer") == "kl", r["step"], str(r["created"])))
+
+
+def claims(data: ReportData) -> list[tuple[str, str, list[Test]]]:
+    """The paper's four claims (PAPER.md "Claims") with the tests that bear on each."""
+    w, f = data.winrate, data.factuality
+    lora = lambda reg: data.find(w, "lora", reg)  # noqa: E731
+    full_w = next((s for s in w if s.kind == "full"), None)
+    full_f = next((s for s in f if s.kind == "full"), None)
+    lora_f = data.find(f, "lora", "kl") or next((s for s in f if s.kind == "lora"), None)
+    sft_f = data.find(f, "sft")
+    lora_name = f"LoRA {lora_f.regularizer}" if lora_f else "LoRA"
+    return [
+        ("1", "LoRA PPO needs far less GPU memory than full fine-tuning (2 vs 8 A100s, ~0.2% of the parameters) "
+              "and beats the full fine-tune in win rate.",
+         [efficiency_test(data), compare_winrate(lora("kl"), full_w, "win rate: A = LoRA kl, B = full fine-tune")]),
+        ("2", "Under LoRA, removing the KL penalty does not hurt win rate.",
+         [compare_winrate(lora("none"), lora("kl"), "A = LoRA none, B = LoRA kl")]),
+        ("3", "Other regularisers, such as Jensen-Shannon, improve win rate.",
+         [compare_winrate(lora("jensen_shannon"), lora("kl"), "A = LoRA jensen_shannon, B = LoRA kl")]),
+        ("4", "PPO hurts factuality (FActScore); LoRA largely mitigates this.",
+         [compare_scores(full_f, sft_f, "PPO hurts (full FT): A = full fine-tune, B = SFT", -1),
+          compare_scores(lora_f, sft_f, f"PPO hurts (LoRA): A = {lora_name}, B = SFT", -1),
+          compare_scores(lora_f, full_f, f"LoRA mitigates: A = {lora_name}, B = full fine-tune", +1)]),
+    ]
+
+
+def summary_md(data: ReportData) -> str:
+    out = [f"# Summary: the paper's claims at preset `{data.preset}`", "",
+           f"Win-rate judge: {data.judge_text}. The paper's judge ({PAPER_JUDGE_TEXT}) differs, so only the "
+           "direction of each claim is tested, never the paper's numbers.", "",
+           "Rule: a paired 95% bootstrap interval (instructions or entities resampled, 10,000 draws, seed 0) of "
+           "A - B; **holds** if it excludes 0 in the claimed direction, **contradicted** if it excludes 0 the other "
+           "way, **not detected** if it includes 0. The sign test p is given beside it. For claim 2 ('does not "
+           "hurt') 'not detected' is consistent with the claim but does not prove it (no equivalence margin). "
+           "Claim 1's memory test compares GPUs x peak memory per device.", ""]
+    for num, text, tests in claims(data):
+        out += [f"## Claim {num}: {text}", ""]
+        out += [t.line("FActScore points" if num == "4" else "win-rate points") for t in tests]
+        out.append("")
+    return "\n".join(out)
+
+
+def index_md(data: ReportData, files: list[Path], results_root: Path, out_dir: Path) -> str:
+    commits = Counter((r.get("harness") or {}).get("git_commit") or "unknown" for r in data.ours)
+    out = [f"# Report, preset `{data.preset}`", "",
+           f"Rendered by `python -m harness.report --results {results_root} --out {out_dir} --preset {data.preset}` "
+           f"from {len(data.ours)} records of ours and the paper's numbers from {data.paper_source}.", "",
+           "## Files", ""]
+    out += [f"- [{p.name}]({p.name})" for p in files if p.name != "index.md"]
+    out += ["", "## Provenance", "", f"- win-rate judge: {data.judge_text}; the paper's: {PAPER_JUDGE_TEXT}",
+            "- results' git commits (records' `harness.git_commit`): "
+            + (", ".join(f"`{c}` ({n} records)" for c, n in sorted(commits.items())) or "none (no records)")]
+    runs = sorted({r["run_id"] for r in data.ours})
+    if runs:
+        out += ["", "| run | label | command | git commit |", "|---|---|---|---|"]
+        for rid in runs:
+            m = data.manifests.get(rid) or {}
+            cmd = m.get("command") or " ".join(m.get("argv") or [])
+            lab = next(r["label"] for r in data.ours if r["run_id"] == rid)
+            text = ", ".join(f"{k}={v}" for k, v in lab.items() if v is not None)
+            out.append(f"| `{rid}` | {text} | {f'`{cmd}`' if cmd else DASH} | {m.get('git_commit') or DASH} |")
+    out += ["", *(f"- note: {n}" for n in data.notes)]
+    return "\n".join(out) + "\n"
+
+
+def render_report(results_root: str | Path, out_dir: str | Path, preset: str, *, judge: str | None = None) -> list[Path]:
+    """Render every table, figure and summary of `preset` from the store at `results_root`; returns the paths."""
+    from harness import report_figures, report_tables
+
+    results_root, out_dir = Path(results_root), Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = load(results_root, preset, judge)
+    files: list[Path] = []
+    for table in report_tables.build_tables(data):
+        files += report_tables.write_table(table, out_dir)
+    files += report_figures.figure1(data, out_dir)
+    files += report_figures.figure2(data, out_dir)
+    (out_dir / "summary.md").write_text(summary_md(data))
+    files.append(out_dir / "summary.md")
+    index = out_dir / "index.md"
+    index.write_text(index_md(data, files, results_root, out_dir))
+    return [*files, index]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n")[0])
+    p.add_argument("--results", default="results", help="results root (records/, runs/)")
+    p.add_argument("--out", default="report", help="output folder")
+    p.add_argument("--preset", required=True, help="the preset whose records to report")
+    p.add_argument("--judge", default=None, help="win-rate judge name (default: the one with most records)")
+    args = p.parse_args(argv)
+    for path in render_report(args.results, args.out, args.preset, judge=args.judge):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""The report's two figures, each as PNG and PDF: our panel on the left, the paper's on the right.
+
+The panels never share a y-axis: our judge and the paper's (AlpacaFarm's retired annotator pool) differ, so
+their win rates are on separate axes with the judge in each title. Colours and markers are fixed per
+regulariser across both figures and panels. An empty store draws the paper's panel and a note in ours.
+
+- Figure 1: win rate vs PPO step, one line per run with ± one standard error bars; SFT and the full fine-tune
+  as horizontal lines (the full fine-tune at its latest step, its standard error as a band).
+- Figure 2: win rate vs token-level true KL (`metrics.true_kl`), one point per checkpoint, one marker per
+  regulariser, points of one run joined in step order.
+
+Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend switch).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from harness.report import REG_ORDER, Series, win_rate_of
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+
+    from harness.report import ReportData
+
+_PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+COLORS = dict(zip(REG_ORDER, _PALETTE))
+MARKERS = dict(zip(REG_ORDER, ("o", "s", "^", "v", "D", "P", "X", "*")))
+SFT_COLOR, FULL_COLOR = "#7f7f7f", "#000000"
+
+
+def _style(s: Series) -> dict:
+    return {"color": COLORS.get(s.regularizer, "#bcbd22"), "marker": MARKERS.get(s.regularizer, "h")}
+
+
+def _save(fig: Figure, out_dir: Path, name: str) -> list[Path]:
+    FigureCanvasAgg(fig)
+    png, pdf = out_dir / f"{name}.png", out_dir / f"{name}.pdf"
+    fig.savefig(png, dpi=150, metadata={"Software": None})
+    fig.set_layout_engine("none")  # keep the layout just computed: the PDF need not redo it
+    fig.savefig(pdf, metadata={"CreationDate": None, "Creator": None, "Producer": None})
+    return [png, pdf]
+
+
+def _empty(ax: Axes, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=10, color="#555555",
+            wrap=True)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _legend(ax: Axes, title: str | None = None, strip: str = "") -> None:
+    """Below the axes, never over the data; `strip` drops a prefix every label shares (named in `title`)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        labels = [lab.removeprefix(strip) for lab in labels]
+        ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, fontsize=8,
+                  frameon=False, title=title, title_fontsize=8)
+
+
+def _baseline(ax: Axes, s: Series, label: str, color: str, ls: str) -> None:
+    rec = s.last
+    wr, se, _ = win_rate_of(rec)
+    if wr is None:
+        return
+    ax.axhline(wr, color=color, ls=ls, lw=1.3, label=label, zorder=1)
+    if se:
+        ax.axhspan(wr - se, wr + se, color=color, alpha=0.12, lw=0, zorder=0)
+
+
+def _curves(ax: Axes, series: list[Series]) -> bool:
+    drawn = False
+    for s in series:
+        if s.kind == "sft":
+            _baseline(ax, s, "SFT (step 0)" if s.last["step"] == 0 else s.label, SFT_COLOR, "--")
+            drawn = True
+        elif s.kind == "full" and len(s.points) == 1:
+            _baseline(ax, s, f"{s.label} (step {s.last['step']})" if s.last["step"] else "full fine-tune",
+                      FULL_COLOR, "-.")
+            drawn = True
+        else:
+            pts = [(st, *win_rate_of(s.points[st])[:2]) for st in s.steps]
+            pts = [p for p in pts if p[1] is not None]
+            if not pts:
+                continue
+            steps, wr, se = zip(*pts)
+            style = _style(s) if s.kind == "lora" else {"color": FULL_COLOR, "marker": "o"}
+            ax.errorbar(steps, wr, yerr=[e or 0.0 for e in se], capsize=3, lw=1.4, ms=5, label=s.label,
+                        ls="-" if s.kind == "lora" else "-.", **style)
+            drawn = True
+    return drawn
+
+
+def figure1(data: ReportData, out_dir: Path) -> list[Path]:
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    ours, paper = fig.subplots(1, 2)
+    if _curves(ours, data.winrate):
+        ours.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ours.set_xlabel("PPO step")
+        ours.set_ylabel("win rate (%)")
+        ours.grid(alpha=0.3)
+        _legend(ours)
+    else:
+        _empty(ours, f"no win-rate records at preset '{data.preset}'")
+    judge = data.judge["name"] if data.judge else "none (no records)"
+    ours.set_title(f"ours: preset {data.preset}, judge {judge}", fontsize=10)
+    # the paper's lines carry their own labels
+    lines = [s for s in data.paper_fig1 if s.kind != "lora"]
+    for s in lines:
+        s_label = "SFT10k" if s.kind == "sft" else "AlpacaFarm PPO (full FT)"
+        _baseline(paper, s, s_label, SFT_COLOR if s.kind == "sft" else FULL_COLOR, "--" if s.kind == "sft" else "-.")
+    _curves(paper, [s for s in data.paper_fig1 if s.kind == "lora"])
+    paper.set_xlabel("PPO step")
+    paper.set_ylabel("win rate (%)")
+    paper.grid(alpha=0.3)
+    paper.set_title("paper, Figure 1: AlpacaFarm pool judge (retired), n=805", fontsize=10)
+    _legend(paper)
+    fig.suptitle("Win rate vs PPO step (separate judges: compare shapes, not levels)", fontsize=11)
+    return _save(fig, out_dir, "figure1")
+
+
+def _kl_points(ax: Axes, series: list[Series]) -> bool:
+    drawn = False
+    for s in series:
+        pts = [(s.points[st]["metrics"].get("true_kl"), *win_rate_of(s.points[st])[:2]) for st in s.steps]
+        pts = [p for p in pts if p[0] is not None and p[1] is not None]
+        if not pts:
+            continue
+        kl, wr, se = zip(*pts)
+        style = _style(s) if s.kind == "lora" else {"color": FULL_COLOR if s.kind == "full" else SFT_COLOR,
+                                                      "marker": "o"}
+        ax.errorbar(kl, wr, yerr=[e or 0.0 for e in se], capsize=2, lw=0.8, ms=6, alpha=0.9, label=s.label,
+                    ls=":", **style)
+        drawn = True
+    return drawn
+
+
+def figure2(data: ReportData, out_dir: Path) -> list[Path]:
+    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    ours, paper = fig.subplots(1, 2)
+    if _kl_points(ours, data.winrate):
+        ours.set_xlabel("token-level true KL(policy || reference)")
+        ours.set_ylabel("win rate (%)")
+        ours.grid(alpha=0.3)
+        _legend(ours)
+    else:
+        _empty(ours, f"no win-rate records with true_kl at preset '{data.preset}'")
+    judge = data.judge["name"] if data.judge else "none (no records)"
+    ours.set_title(f"ours: preset {data.preset}, judge {judge}", fontsize=10)
+    if _kl_points(paper, data.paper_fig2):
+        paper.set_xscale("log")  # the paper's points crowd below KL 0.05 on a linear axis
+    paper.set_xlabel("token-level true KL (log scale)")
+    paper.set_ylabel("win rate (%)")
+    paper.grid(alpha=0.3)
+    paper.set_title("paper, Figure 2: AlpacaFarm pool judge (retired), n=805", fontsize=10)
+    _legend(paper, title="LoRA PPO, regulariser", strip="LoRA ")
+    fig.suptitle("Win rate vs true KL, one point per checkpoint (separate judges)", fontsize=11)
+    return _save(fig, out_dir, "figure2")
+

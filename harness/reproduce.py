@@ -1,0 +1,290 @@
+"""`harness grid` and `harness reproduce`: list a grid's state; run what is missing, evaluate it, render.
+
+reproduce, in order (each stage skips what exists, so a killed reproduce reruns to completion):
+0. build and validate every configuration of the grid (nothing starts if one is invalid);
+1. `prepare` the preset's proxy reward model when a run needs it (`prepared:P`);
+2. train: one command per unfinished run (`harness train --config RUN/grid-config.json --out RUN --resume`)
+   through the executor (local processes or Ray); partial runs resume from their last checkpoint, failures are
+   retried, then marked FAILED with the tail of their log;
+3. evaluate: one command per missing (run, checkpoint, evaluator) record (`harness eval ...`), the SFT baseline
+   included; efficiency records and run manifests are read from the run folders here;
+4. the paper's own numbers as records of source "paper"; 5. render `report/`.
+A live status line (runs done / running / failed, current step, ETA) prints while jobs run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+from harness import grid as G
+from harness.results import ResultsStore, make_record
+from trainers.runlog import atomic_write_text
+
+HARNESS = (sys.executable, "-m", "harness")
+
+
+def targets_of(args) -> tuple[str, ...]:
+    if getattr(args, "all", False):
+        return G.TARGETS
+    if getattr(args, "table", None):
+        return (f"table{args.table}",)
+    return (f"figure{args.figure}",)
+
+
+def _seeds(text: str | None) -> tuple[int, ...] | None:
+    if not text:
+        return None
+    try:
+        return tuple(int(s) for s in text.split(","))
+    except ValueError:
+        raise ValueError(f"--seeds={text!r}: expected comma-separated integers, e.g. 1,2,3") from None
+
+
+# ---- what exists -------------------------------------------------------------------------------------------
+def existing(store: ResultsStore, preset: str) -> set[tuple]:
+    """(run_id, step, evaluator) of the harness records present for `preset`."""
+    return {(r["run_id"], r["step"], r["evaluator"]) for r in store.records()
+            if r["source"] == "harness" and r["preset"] == preset}
+
+
+def eval_plan(g: G.Grid) -> list[tuple[str, str | None, int, str]]:
+    """(run_id, run or None for the SFT policy, step, evaluator) of every record the grid needs."""
+    items = []
+    sft_id = f"sft:{g.sft_policy}"
+    for ev in g.sft_evaluators:
+        items.append((sft_id, None, 0, ev))
+    for run in g.runs:
+        if "winrate" in run.evaluators:
+            items += [(run.run_id, run, s, "winrate") for s in run.eval_steps]
+        if "factuality" in run.evaluators:
+            items.append((run.run_id, run, run.last_step, "factuality"))
+        if "efficiency" in run.evaluators:
+            items.append((run.run_id, run, run.last_step, "efficiency"))
+    return items
+
+
+def print_grid(g: G.Grid, runs_root: str, store: ResultsStore) -> dict[str, str]:
+    have = existing(store, g.preset)
+    states = {}
+    print(f"grid {'+'.join(g.targets)} at preset {g.preset}: {len(g.runs)} runs + the SFT baseline ({g.spec.note})")
+    print(f"  {'run':34s} {'state':8s} {'steps':>9s}  records")
+    for run in g.runs:
+        folder = G.run_dir(runs_root, g.preset, run.run_id)
+        state = G.run_state(folder, run)
+        states[run.run_id] = state
+        need = [(rid, s, ev) for rid, r, s, ev in eval_plan(g) if rid == run.run_id]
+        done = sum((rid, s, ev) in have for rid, s, ev in need)
+        print(f"  {run.run_id:34s} {state:8s} {G.completed_steps(folder):>4d}/{run.last_step:<4d}  {done}/{len(need)}")
+    sft = [(rid, s, ev) for rid, r, s, ev in eval_plan(g) if r is None]
+    if sft:
+        print(f"  {'sft:' + g.sft_policy:34s} {'-':8s} {'-':>9s}  {sum(x in have for x in sft)}/{len(sft)}")
+    return states
+
+
+# ---- records read from run folders ---------------------------------------------------------------------------
+def _metrics(folder: Path) -> list[dict]:
+    rows = []
+    path = folder / "metrics.jsonl"
+    for line in path.read_text().splitlines() if path.is_file() else ():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def efficiency_record(g: G.Grid, run: G.Run, folder: Path) -> dict:
+    facts = json.loads((folder / "run.json").read_text())
+    rows = _metrics(folder)
+    timed = rows[1:] or rows  # the first step carries start-up costs
+    counts = facts["parameters"]
+    metrics = {
+        "gpus": int(facts.get("world_size", 1)) if str(facts.get("device", "cpu")).startswith("cuda") else 0,
+        "processes": int(facts.get("world_size", 1)),
+        "trainable_params": counts["trainable"], "total_params": counts["total"],
+        "trainable_pct": 100.0 * counts["policy_trainable"] / counts["policy_total"],
+        "peak_memory_gib": max(r["memory/peak_bytes"] for r in rows) / 2**30,
+        "seconds_per_step": statistics.median(r["time/step"] for r in timed),
+        "tokens_per_s": statistics.median(r["time/tokens_per_s"] for r in timed),
+        "steps": len(rows),
+    }
+    details = {"device": facts.get("device"), "frozen_dtype": facts.get("frozen_dtype"),
+               "memory_kind": rows[-1].get("memory/kind"), "config_hash": facts.get("config_hash")}
+    return make_record(preset=g.preset, run_id=run.run_id, label=run.label, step=run.last_step,
+                       evaluator="efficiency", metrics=metrics, details=details)
+
+
+def manifest(run: G.Run, folder: Path) -> dict:
+    facts = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    rows = _metrics(folder)
+    from harness.results import harness_identity
+
+    return {"run_id": run.run_id, "label": run.label, "config": run.config.to_dict(), "facts": facts,
+            "host": {"node": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
+                     "cpus": os.cpu_count()},
+            "harness": harness_identity(), "steps": len(rows),
+            "seconds": round(sum(r.get("time/step", 0.0) for r in rows), 1),
+            "peak_memory_bytes": max((r.get("memory/peak_bytes", 0) for r in rows), default=0)}
+
+
+# ---- live view ----------------------------------------------------------------------------------------------
+class LiveView:
+    """A status line every `every` seconds and on each job event: done / running / failed, step, ETA."""
+
+    def __init__(self, g: G.Grid, runs_root: str, stage: str, total: int, every: float = 20.0, out=print) -> None:
+        self.g, self.runs_root, self.stage, self.total, self.every, self.out = g, runs_root, stage, total, every, out
+        self.running: dict[str, float] = {}
+        self.done = self.failed = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._lock = threading.Lock()
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def event(self, kind: str, job_id: str, info=None) -> None:
+        with self._lock:
+            if kind == "start":
+                self.running[job_id] = time.time()
+            elif kind in ("done", "failed"):
+                self.running.pop(job_id, None)
+                self.done += kind == "done"
+                self.failed += kind == "failed"
+        tail = "" if kind != "failed" else f"\n{(info or {}).get('log_tail', '') if isinstance(info, dict) else ''}"
+        self.out(f"[{self.stage}] {kind} {job_id}{tail}")
+        self.status()
+
+    def _run_progress(self, job_id: str) -> str:
+        run = next((r for r in self.g.runs if r.run_id == job_id), None)
+        if run is None:
+            return f"{job_id} ({time.time() - self.running.get(job_id, time.time()):.0f} s)"
+        rows = _metrics(G.run_dir(self.runs_root, self.g.preset, job_id))
+        if not rows:
+            return f"{job_id} starting"
+        per = statistics.median(r["time/step"] for r in rows[-5:])
+        left = run.last_step - rows[-1]["step"]
+        return f"{job_id} step {rows[-1]['step']}/{run.last_step} ({per:.0f} s/step, ETA {left * per / 60:.1f} min)"
+
+    def status(self) -> None:
+        with self._lock:
+            running = list(self.running)
+            done, failed = self.done, self.failed
+        parts = ", ".join(self._run_progress(j) for j in running) or "-"
+        waiting = self.total - done - failed - len(running)
+        self.out(f"[{self.stage}] {done} done, {len(running)} running, {waiting} waiting, {failed} failed | {parts}")
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.status()
+
+
+# ---- the command ---------------------------------------------------------------------------------------------
+def main(args) -> int:
+    g = G.build_grid(targets_of(args), args.preset, seeds=_seeds(args.seeds), overrides=tuple(args.set))
+    store = ResultsStore(args.results)
+    if args.command == "grid":
+        print_grid(g, args.runs, store)
+        return 0
+    return reproduce(g, args, store)
+
+
+def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
+    from harness.executors import Job, make_executor
+
+    started = time.time()
+    executor_kw = {"retries": args.retries}
+    if args.executor == "local":
+        executor_kw["workers"] = args.workers
+    elif args.executor == "ray":
+        executor_kw["address"] = args.address
+    print_grid(g, args.runs, store)
+    # 1. the proxy reward model
+    needs = {r.config.reward.removeprefix("prepared:") for r in g.runs if r.config.reward.startswith("prepared:")}
+    for name in sorted(needs):
+        from harness.prepare import prepare
+
+        from harness import presets
+
+        prepare(name, presets.resolve(name))
+    # 2. train
+    jobs = []
+    for run in g.runs:
+        folder = G.run_dir(args.runs, g.preset, run.run_id)
+        if G.run_state(folder, run) == "done":
+            continue
+        cfg_path = folder / "grid-config.json"
+        atomic_write_text(cfg_path, json.dumps(run.config.to_dict(), indent=1, sort_keys=True))
+        jobs.append(Job(run_id=run.run_id, argv=(*HARNESS, "train", "--config", str(cfg_path), "--out", str(folder),
+                                                 "--resume"), log_path=str(folder / "train.log")))
+    failed_runs = set()
+    if jobs:
+        with LiveView(g, args.runs, "train", len(jobs)) as view:
+            outcomes = make_executor(args.executor, on_event=view.event, **executor_kw).run(jobs)
+        for rid, outcome in outcomes.items():
+            marker = G.run_dir(args.runs, g.preset, rid) / "FAILED"
+            if outcome.status == "failed":
+                failed_runs.add(rid)
+                atomic_write_text(marker, outcome.log_tail)
+            else:
+                marker.unlink(missing_ok=True)
+    # 3. evaluate
+    have = existing(store, g.preset)
+    eval_jobs = []
+    spec = g.spec
+    for rid, run, step, ev in eval_plan(g):
+        if (rid, step, ev) in have or rid in failed_runs:
+            continue
+        if ev == "efficiency":
+            folder = G.run_dir(args.runs, g.preset, rid)
+            store.put(efficiency_record(g, run, folder))
+            continue
+        target = g.sft_policy if run is None else str(G.run_dir(args.runs, g.preset, rid))
+        argv = [*HARNESS, "eval", target, "--preset", g.preset, "--run-id", rid, "--results", str(store.root),
+                "--judge", spec.judge, "--eval-set", spec.eval_set, "--max-new-tokens", str(spec.eval_max_new_tokens)]
+        if run is not None:
+            argv += ["--step", str(step)]
+        if spec.eval_limit:
+            argv += ["--limit", str(spec.eval_limit)]
+        if ev == "factuality":
+            argv += ["--factuality-only"] + (["--factuality-limit", str(spec.factuality_limit)]
+                                             if spec.factuality_limit else [])
+        log_dir = Path(args.runs) / g.preset / "eval-logs"
+        eval_jobs.append(Job(run_id=f"eval:{rid}:{step}:{ev}", argv=tuple(argv),
+                             log_path=str(log_dir / f"{rid.replace(':', '_').replace('/', '_')}-{step}-{ev}.log")))
+    failed_evals = []
+    if eval_jobs:
+        with LiveView(g, args.runs, "eval", len(eval_jobs)) as view:
+            outcomes = make_executor(args.executor, on_event=view.event, **executor_kw).run(eval_jobs)
+        failed_evals = [k for k, o in outcomes.items() if o.status == "failed"]
+    for run in g.runs:
+        folder = G.run_dir(args.runs, g.preset, run.run_id)
+        if G.run_state(folder, run) == "done":
+            store.put_manifest(run.run_id, manifest(run, folder))
+    # 4. the paper's numbers, 5. the report
+    from harness.paper_numbers import store_paper_records
+
+    store_paper_records(store)
+    if not args.no_report:
+        from harness.report import render_report
+
+        paths = render_report(str(store.root), args.report, g.preset)
+        print(f"report: {len(paths)} files in {args.report}/")
+    minutes = (time.time() - started) / 60
+    if failed_runs or failed_evals:
+        print(f"reproduce: finished in {minutes:.1f} min with failures: runs {sorted(failed_runs) or '-'}, "
+              f"evaluations {failed_evals or '-'}; rerun the same command to retry them")
+        return 1
+    print(f"reproduce: {'+'.join(g.targets)} at preset {g.preset} complete in {minutes:.1f} min")
+    return 0

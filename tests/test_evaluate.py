@@ -1,0 +1,111 @@
+"""`harness eval` and `harness prepare` end to end on the tiny random model (offline judge, local data)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.cli import main
+from harness.results import ResultsStore
+from trainers.trainer import PPOTrainer
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory, prompt_file):
+    from harness import presets
+    from trainers.config import TrainConfig
+
+    values = presets.preset("smoke")
+    values.update(prompts=prompt_file, prompt_split="", query_len=256, threads=2, steps=2, checkpoint_every=2)
+    out = tmp_path_factory.mktemp("run") / "smoke"
+    PPOTrainer(TrainConfig(**values), out, log=lambda m: None).train()
+    return out
+
+
+@pytest.fixture
+def eval_file(tmp_path):
+    path = tmp_path / "evalset.json"
+    rows = [{"instruction": f"Name a colour number {i}.", "input": "Answer briefly." if i % 3 == 0 else ""}
+            for i in range(6)]
+    path.write_text(json.dumps(rows))
+    return str(path)
+
+
+def _eval(target, results, eval_file, *extra):
+    return main(["eval", str(target), "--results", str(results), "--eval-set", eval_file, "--max-new-tokens", "6",
+                 "--preset", "smoke", *extra])
+
+
+def test_eval_writes_one_complete_record_and_reuses_caches(smoke_run, tmp_path, cache, eval_file, capsys):
+    results = tmp_path / "results"
+    assert _eval(smoke_run, results, eval_file) == 0
+    store = ResultsStore(results)
+    (rec,) = list(store.records())
+    assert rec["evaluator"] == "winrate" and rec["step"] == 2 and rec["preset"] == "smoke"
+    assert rec["label"] == {"regularizer": "kl", "lora": True, "seed": 42, "baseline": None}
+    assert rec["judge"]["name"] == "simulated" and "MiniLM" in rec["judge"]["model"]
+    assert rec["eval_set"]["n"] == 6 and len(rec["per_item"]) == 6
+    m = rec["metrics"]
+    prefs = [p["preference"] for p in rec["per_item"]]
+    assert m["win_rate"] == pytest.approx(100 * sum(p - 1 for p in prefs) / 6)
+    assert m["order_agreement"] == 100.0 and m["n"] == 6 and m["true_kl"] > 0
+    assert rec["details"]["generation"]["temperature"] == 0.0
+    assert rec["details"]["references"]["source"] == "generated"
+    # the base policy (step 0) reuses the cached references; a rerun reuses outputs and annotations
+    assert _eval(smoke_run, results, eval_file, "--step", "0") == 0
+    assert _eval(smoke_run, results, eval_file, "--step", "0") == 0
+    recs = {r["step"]: r for r in store.records()}
+    assert set(recs) == {0, 2}
+    assert recs[0]["details"]["references"]["source"] == "cache"
+    assert recs[0]["details"]["annotation_cache"]["misses"] == 0 and recs[0]["metrics"]["true_kl"] == 0.0
+    assert "reusing 6 cached generations" in capsys.readouterr().out
+
+
+def test_eval_errors_are_clear_and_early(smoke_run, tmp_path, cache, eval_file, capsys):
+    assert _eval(tmp_path / "no-such-run", tmp_path / "r", eval_file) == 2
+    assert "neither a run folder" in capsys.readouterr().err
+    assert _eval(smoke_run, tmp_path / "r", eval_file, "--step", "7") == 2
+    err = capsys.readouterr().err
+    assert "--step 7: run" in err and "it has steps [2]" in err
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps([{"prompt": "no instruction field"}]))
+    assert _eval(smoke_run, tmp_path / "r", str(bad)) == 2
+    assert "record 0 has no non-empty string field 'instruction'" in capsys.readouterr().err
+    assert _eval(smoke_run, tmp_path / "r", eval_file, "--judge", "oracle") == 2
+    assert "judge='oracle' is not known; valid judges: simulated, openai, reward-model" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing written before the errors
+
+
+def test_prepare_trains_a_proxy_reward_model_and_is_idempotent(cache, prompt_file, capsys):
+    from harness import presets
+    from harness.prepare import prepare
+    from trainers import heads
+
+    values = presets.preset("smoke")
+    cfg_values = dict(values, prompts=prompt_file, prompt_split="", response_len=8)
+    from trainers.config import TrainConfig
+
+    # the local prompt file has no 'preference' split: point prepare at the bundled one
+    cfg = TrainConfig(**dict(cfg_values, prompts=presets.INSTRUCTIONS))
+    report = prepare("smoke-test", cfg, limit=24, epochs=1, batch_size=4, log=lambda m: None)
+    assert report["pairs"] == 24 and report["heldout_pairs"] == 4 and report["train_pairs"] == 20
+    assert 0.0 <= report["heldout_accuracy_gold"] <= 100.0
+    assert report["trainer"].startswith("trl 1.12.0")
+    folder = heads.prepared_dir("smoke-test")
+    assert heads.is_reward_model_dir(folder)
+    rm = heads.load_reward_model("prepared:smoke-test", __import__("torch").float32, seed=0)
+    assert rm.head.weight.abs().sum() > 0
+    again = prepare("smoke-test", cfg, limit=24, log=print)
+    assert again == report and "already at" in capsys.readouterr().out
+
+
+def test_training_with_an_unprepared_reward_model_says_what_to_run(cache, capsys):
+    assert main(["train", "--preset", "tiny", "--out", str(cache / "x")]) == 2
+    assert "run `harness prepare --preset tiny` first" in capsys.readouterr().err

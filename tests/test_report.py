@@ -1,0 +1,205 @@
+"""The report renderer on a synthetic results store: cells, CSV, LaTeX escaping, figures, claim verdicts, empty store."""
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from evals import stats
+from harness import paper_numbers
+from harness.report import paired_bootstrap, render_report, verdict
+from harness import results
+from harness.results import ResultsStore, make_record
+
+JUDGE = {"name": "fake_judge", "model": "fake-model", "version": "1"}
+EVAL_SET = {"name": "tiny_eval", "hash": "abc123", "n": 60}
+VERIFIER = {"name": "fake_verifier", "model": "fake-model", "version": "1"}
+FACT_SET = {"name": "bios", "hash": "def456", "n": 30}
+N, N_ENT = 60, 30
+
+
+def _label(reg, lora=True, baseline=None, seed=0):
+    return {"regularizer": reg, "lora": lora, "seed": seed, "baseline": baseline}
+
+
+def _prefs(rng, p_win):
+    return [2.0 if u < p_win else 1.0 for u in rng.random(N)]
+
+
+def _winrate(run_id, label, step, prefs, true_kl=None):
+    metrics = {"win_rate": stats.win_rate(prefs), "standard_error": stats.standard_error(prefs), "n": len(prefs)}
+    if true_kl is not None:
+        metrics["true_kl"] = true_kl
+    return make_record(preset="tiny", run_id=run_id, label=label, step=step, evaluator="winrate", metrics=metrics,
+                       judge=JUDGE, eval_set=EVAL_SET, per_item=[{"id": f"q{i}", "preference": p}
+                                                               for i, p in enumerate(prefs)])
+
+
+def _fact(run_id, label, step, scores, factscore):
+    return make_record(preset="tiny", run_id=run_id, label=label, step=step, evaluator="factuality",
+                       metrics={"factscore": factscore, "answered": 96.7, "facts_per_answer": 21.5, "n": N_ENT},
+                       judge=VERIFIER, eval_set=FACT_SET,
+                       per_item=[{"id": f"e{i}", "score": s, "facts": 20} for i, s in enumerate(scores)])
+
+
+def _eff(run_id, label, gpus, peak):
+    return make_record(preset="tiny", run_id=run_id, label=label, step=20, evaluator="efficiency",
+                       metrics={"gpus": gpus, "trainable_params": 1_000_000 if label["lora"] else 100_000_000,
+                                "total_params": 100_000_000, "peak_memory_gib": peak, "seconds_per_step": 1.5,
+                                "tokens_per_s": 800.0})
+
+
+@pytest.fixture(scope="module")
+def store_and_prefs(tmp_path_factory):
+    """kl / none / jensen_shannon at steps 0/10/20, SFT, a full fine-tune; 'none' clearly beats 'kl' at step 20,
+    jensen_shannon ties kl, the full fine-tune clearly beats LoRA kl; full FT loses factuality, LoRA keeps it."""
+    with pytest.MonkeyPatch.context() as mp:  # a fixed identity: fast (no git / metadata per record), checkable
+        mp.setattr(results, "harness_identity", lambda: {"version": "0.test", "git_commit": "c0ffee1"})
+        return _build_store(tmp_path_factory.mktemp("results"))
+
+
+def _build_store(root):
+    store = ResultsStore(root)
+    rng = np.random.default_rng(0)
+    sft = _prefs(rng, 0.3)
+    prefs = {("sft", 0): sft}
+    store.put(_winrate("sft", _label(None, None, "sft", None), 0, sft))
+    kl20 = _prefs(rng, 0.3)
+    js20 = list(kl20)
+    js20[0], js20[1] = 3.0 - js20[0], 3.0 - js20[1]  # two flips: a tie within noise
+    finals = {"kl": kl20, "none": _prefs(rng, 0.9), "jensen_shannon": js20}
+    for reg, final in finals.items():
+        for step, p in ((0, sft), (10, _prefs(rng, 0.4)), (20, final)):
+            prefs[(reg, step)] = p
+            store.put(_winrate(f"run-{reg}", _label(reg), step, p, true_kl=0.01 * step))
+    for step, p_win in ((10, 0.6), (20, 0.95)):
+        prefs[("full", step)] = p = _prefs(rng, p_win)
+        store.put(_winrate("run-full", _label("kl", lora=False), step, p, true_kl=0.02 * step))
+    sft_s = rng.uniform(0.7, 0.9, N_ENT)
+    store.put(_fact("sft", _label(None, None, "sft", None), 0, sft_s, 80.0))
+    store.put(_fact("run-full", _label("kl", lora=False), 20, sft_s - rng.uniform(0.2, 0.3, N_ENT), 55.0))
+    store.put(_fact("run-kl", _label("kl"), 20, sft_s - rng.uniform(0.0, 0.02, N_ENT), 79.0))
+    store.put(_eff("run-kl", _label("kl"), 1, 3.0))
+    store.put(_eff("run-full", _label("kl", lora=False), 2, 5.0))
+    other = make_record(preset="other", run_id="run-bregman", label=_label("bregman"), step=10, evaluator="winrate",
+                        metrics={"win_rate": 50.0}, judge=JUDGE, eval_set=EVAL_SET)
+    store.put(other)
+    store.put_manifest("run-kl", {"command": "harness train --preset tiny --set regularizer=kl", "git_commit": "abc"})
+    paper_numbers.store_paper_records(store)
+    return root, prefs
+
+
+@pytest.fixture(scope="module")
+def report(store_and_prefs, tmp_path_factory):
+    root, prefs = store_and_prefs
+    out = tmp_path_factory.mktemp("report")
+    return out, render_report(root, out, "tiny"), prefs
+
+
+def _md_rows(text):
+    lines = [ln for ln in text.splitlines() if ln.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header[1:], cells[1:]))
+    return header, rows
+
+
+def test_table2_cells(report):
+    out, _, prefs = report
+    header, rows = _md_rows((out / "table2.md").read_text())
+    assert header[1:4] == ["step 0", "step 10", "step 20"]
+    assert "paper 20" in header and "paper 180" in header and "paper line" in header
+    assert set(rows) == {"SFT", "full FT kl", "LoRA kl", "LoRA none", "LoRA jensen_shannon"}  # no other preset
+    for reg in ("kl", "none", "jensen_shannon"):
+        for step in (0, 10, 20):
+            p = prefs[(reg, step)]
+            assert rows[f"LoRA {reg}"][f"step {step}"] == f"{stats.win_rate(p):.1f} ± {stats.standard_error(p):.1f}"
+    assert rows["SFT"]["step 10"] == "—" and rows["full FT kl"]["step 0"] == "—"
+    assert rows["LoRA kl"]["paper 20"] == "35.6" and rows["LoRA jensen_shannon"]["paper 100"] == "49.8"
+    assert rows["SFT"]["paper line"] == "37.0" and rows["full FT kl"]["paper line"] == "46.7"
+    assert rows["LoRA none"]["paper line"] == "—"
+
+
+def test_csv_and_latex(report):
+    out, files, prefs = report
+    df = pd.read_csv(out / "table2.csv")
+    assert len(df) == 5 * (3 + 5 + 1)  # rows x (our steps + paper steps + paper line)
+    cell = df[(df.row == "LoRA none") & (df.column == "step 20")].iloc[0]
+    assert cell.source == "harness" and cell.value == pytest.approx(stats.win_rate(prefs[("none", 20)]))
+    assert cell.run_id == "run-none" and cell.n == N
+    assert set(df[df.column.str.startswith("paper")].source) == {"paper"}
+    t1 = pd.read_csv(out / "table1.csv")
+    lora_gpus = t1[(t1.row == "LoRA") & (t1.column == "GPUs")].iloc[0]
+    assert lora_gpus.value == 1 and t1[(t1.row == "LoRA") & (t1.column == "paper GPUs")].iloc[0].value == 2
+    t3 = pd.read_csv(out / "table3.csv")
+    assert t3[(t3.row == "full FT kl") & (t3.column == "FActScore (%)")].iloc[0].value == 55.0
+    for name in ("table1", "table2", "table3"):
+        tex = (out / f"{name}.tex").read_text()
+        assert r"\toprule" in tex and r"\bottomrule" in tex
+        body = tex.split("\n", 1)[1].replace(" & ", " ")  # the first line is a comment; " & " separates cells
+        assert not re.search(r"(?<!\\)[_%&#]", body), name
+    assert r"jensen\_shannon" in (out / "table2.tex").read_text()
+    assert {p.name for p in files} >= {f"table{i}.{e}" for i in (1, 2, 3) for e in ("md", "tex", "csv")}
+
+
+def test_figures_valid(report):
+    out, _, _ = report
+    for name in ("figure1", "figure2"):
+        png, pdf = (out / f"{name}.png").read_bytes(), (out / f"{name}.pdf").read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
+        assert pdf[:5] == b"%PDF-" and len(pdf) > 5_000
+
+
+def _claim(summary, num):
+    return summary.split(f"## Claim {num}:")[1].split("## Claim")[0]
+
+
+def test_summary_verdicts(report):
+    out, _, _ = report
+    s = (out / "summary.md").read_text()
+    assert "**holds**" in _claim(s, 2)                      # none clearly better than kl
+    assert "**not detected**" in _claim(s, 3)               # jensen_shannon ties kl
+    c1 = _claim(s, 1)
+    assert "memory" in c1 and "**holds**" in c1 and "**contradicted**" in c1  # less memory; full FT wins here
+    c4 = _claim(s, 4).splitlines()
+    assert any("PPO hurts" in ln and "**holds**" in ln for ln in c4)
+    assert any("LoRA mitigates" in ln and "**holds**" in ln for ln in c4)
+    index = (out / "index.md").read_text()
+    assert "summary.md" in index and "harness train --preset tiny --set regularizer=kl" in index
+    assert "`c0ffee1` (" in index
+
+
+def test_verdict_rule_and_bootstrap():
+    assert verdict(0.5, 3.0) == "holds" and verdict(-3.0, -0.5) == "contradicted" and verdict(-1, 1) == "not detected"
+    assert verdict(-3.0, -0.5, direction=-1) == "holds"
+    r = paired_bootstrap({"a": 0.9, "b": 0.8, "c": 0.7}, {"a": 0.5, "b": 0.5, "c": 0.5, "d": 0.1}, n_bootstrap=500)
+    assert r["n"] == 3 and r["difference"] == pytest.approx(30.0) and r["ci_low"] > 0 and r["b_better"] == 0
+
+
+def test_empty_store(tmp_path):
+    files = render_report(tmp_path / "results", tmp_path / "report", "tiny")
+    out = tmp_path / "report"
+    assert all(p.exists() for p in files) and (out / "figure1.png").stat().st_size > 10_000
+    _, rows = _md_rows((out / "table2.md").read_text())
+    assert rows["LoRA kl"]["ours"] == "—" and rows["LoRA kl"]["paper 180"] == "47.6"
+    _, rows1 = _md_rows((out / "table1.md").read_text())
+    assert rows1["LoRA"]["GPUs"] == "—" and rows1["full fine-tune"]["paper GPUs"] == "8"
+    assert "—" in (out / "table3.md").read_text()
+    assert (out / "summary.md").read_text().count("not measured at this preset") >= 4
+
+
+def test_paper_records_idempotent(tmp_path):
+    recs = paper_numbers.paper_records()
+    assert len(recs) == 15 + 2 + sum(map(len, paper_numbers.FIGURE2.values())) + 2
+    assert len({r["record_id"] for r in recs}) == len(recs)
+    assert recs == paper_numbers.paper_records()
+    store = ResultsStore(tmp_path)
+    ids = paper_numbers.store_paper_records(store)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()}
+    assert paper_numbers.store_paper_records(store) == ids
+    assert {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()} == before
+    fig2 = [r for r in store.records() if r["details"].get("figure") == 2]
+    assert all("true_kl" in r["metrics"] for r in fig2) and len(fig2) == 42

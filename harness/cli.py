@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--factuality", action="store_true", help="also FActScore on 'Tell me a bio of <entity>.'")
     ev.add_argument("--factuality-only", action="store_true", help="only factuality, no win rate")
     ev.add_argument("--factuality-limit", type=int, default=None, help="number of bio entities (default: all)")
+    ev.add_argument("--knowledge", default=None, help="factuality knowledge source: a FActScore-format SQLite "
+                    "Wikipedia (table documents(title, text)); default: the bundled people documents")
     ev.add_argument("--results", default="results", help="results store (default: results/)")
     ev.add_argument("--preset", default="custom", help="preset name recorded with the result")
     ev.add_argument("--run-id", default=None, help="run id recorded with the result (default: from the run's config)")
@@ -222,7 +224,7 @@ def _eval(args: argparse.Namespace) -> int:
         judge_api_key_env=args.judge_api_key_env, eval_set=args.eval_set, limit=args.limit, step=args.step,
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, order=args.order, seed=args.seed,
-        factuality=args.factuality or args.factuality_only, factuality_limit=args.factuality_limit,
+        factuality=args.factuality or args.factuality_only, factuality_limit=args.factuality_limit, knowledge=args.knowledge,
         winrate=not args.factuality_only, preset=args.preset, run_id=args.run_id)
     store = ResultsStore(args.results)
     for rec in Evaluator(req, store).run():

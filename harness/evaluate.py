@@ -52,6 +52,7 @@ class EvalRequest:
     seed: int = 0
     factuality: bool = False
     factuality_limit: int | None = None
+    knowledge: str | None = None  # a FActScore-format SQLite Wikipedia (default: the bundled documents)
     winrate: bool = True
     preset: str = "custom"
     run_id: str | None = None

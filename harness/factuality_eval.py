@@ -1,0 +1,64 @@
+"""`harness eval --factuality`: FActScore of a policy on "Tell me a bio of <entity>." (evals.factuality).
+
+Offline (judge `simulated` or `reward-model`): the bundled people documents as knowledge, the rule-based fact
+splitter, BM25 retrieval and SmolLM2-135M-Instruct's True/False logits as verifier (an offline proxy; see
+evals/factuality.py for its measured accuracy). With `--judge openai`: the same judge model (or any
+OpenAI-compatible server) splits answers into atomic facts and verifies them, as FActScore does with ChatGPT.
+`--knowledge PATH` reads a FActScore-format SQLite Wikipedia instead of the bundled documents.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from evals import factuality as F
+from evals.generate import generate
+from harness.results import make_record
+
+
+def _knowledge(path: str | None):
+    return F.SQLiteKnowledge(path) if path else F.BundledKnowledge()
+
+
+def run_factuality(ev, target, model, tokenizer, settings, run_id: str, label: dict) -> dict:
+    req = ev.req
+    started = time.time()
+    knowledge = _knowledge(getattr(req, "knowledge", None))
+    entities = (F.bundled_entities() if getattr(req, "knowledge", None) is None else knowledge.entities())
+    entities = entities[: req.factuality_limit] if req.factuality_limit else entities
+    if req.judge == "openai":
+        from evals.openai_judge import make_completion_fn
+
+        complete = make_completion_fn(req.judge_model or "gpt-4o-mini", req.judge_base_url, req.judge_api_key_env)
+        splitter = F.LLMFactSplitter(complete, model=req.judge_model or "gpt-4o-mini")
+        verifier = F.LLMVerifier(complete, model=req.judge_model or "gpt-4o-mini")
+    else:
+        splitter, verifier = F.RuleFactSplitter(), F.load_smollm2_verifier()
+    records = [{"instruction": p, "input": ""} for p in F.bio_prompts(entities)]
+    set_hash = hashlib.sha256(json.dumps(entities).encode()).hexdigest()[:16]
+    outputs = ev._cached_outputs("bios", [target.identity(), set_hash, settings.as_dict()],
+                                 lambda: generate(model, tokenizer, records, target.template, settings, req.device,
+                                                  ev._progress("bios")))
+    gen_seconds = time.time() - started
+    result = F.evaluate_factuality(list(zip(entities, outputs)), knowledge=knowledge, splitter=splitter,
+                                   verifier=verifier)
+    details = {"target": target.identity(), "generation": settings.as_dict(), "knowledge": result["details"]["knowledge"],
+               "splitter": result["details"]["splitter"], "retriever": result["details"]["retriever"],
+               "gamma": result["details"]["gamma"], "k": result["details"]["k"],
+               "seconds": {"generate": round(gen_seconds, 1), "total": round(time.time() - started, 1)},
+               "examples": [{"entity": e, "output": o[:400]} for e, o in list(zip(entities, outputs))[:3]]}
+    rec = make_record(preset=req.preset, run_id=run_id, label=label, step=target.step, evaluator="factuality",
+                      metrics=result["metrics"], judge=result["verifier"],
+                      eval_set={"name": "bios:" + knowledge.identity().get("name", "knowledge"), "hash": set_hash,
+                                "n": len(entities)},
+                      per_item=[{"id": p["id"], "score": p["score"], "facts": p["facts"],
+                                 "supported": p["supported"], "answered": p["answered"]} for p in result["per_item"]],
+                      details=details)
+    ev.store.put(rec)
+    m = result["metrics"]
+    fs = "n/a" if m["factscore"] is None else f"{m['factscore']:.1f}"
+    ev.log(f"factuality: FActScore {fs} | answered {m['answered']:.0f}% | {m['facts_per_answer'] or 0:.1f} facts "
+           f"per answer (n={m['n']}, verifier {result['verifier'].get('name')}) | {details['seconds']['total']:.0f} s")
+    return rec

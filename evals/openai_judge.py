@@ -86,7 +86,7 @@ class ChatClient:
             raise ValueError(f"max_attempts must be >= 1; got {max_attempts}")
         self.model = model
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-        self.api_key_env = api_key_env
+        self.api_key_env = api_key_env or "OPENAI_API_KEY"
         self.max_attempts, self.backoff, self.max_backoff = max_attempts, backoff, max_backoff
         self.sleep = sleep
         self._secret = self._read_key()  # first: a missing key fails before anything slow happens
@@ -217,7 +217,7 @@ def _alpaca_eval() -> types.ModuleType:
 
 
 def annotator_configs() -> dict[str, Path]:
-    """Annotator config names -> configs.yaml: ours (`evals/configs/`) first, then alpaca-eval's built-in ones."""
+    """Annotator config names -> configs.yaml: alpaca-eval's built-in ones and ours (`evals/configs/`, which win)."""
     found: dict[str, Path] = {}
     builtin = Path(_alpaca_eval().__file__).parent / "evaluators_configs"
     for root in (builtin, CONFIGS_DIR):
@@ -253,8 +253,10 @@ def load_annotator_config(annotator: str | os.PathLike) -> tuple[str, dict]:
     kwargs.pop("model_name", None)  # the judge model is our setting, not the config's retired one
     config["completions_kwargs"] = kwargs
     template = config.get("prompt_template")
-    if template and (path.parents[1] / template).is_file():  # relative to the configs' root, as alpaca-eval reads it
-        config["prompt_template"] = str((path.parents[1] / template).resolve())
+    for root in (path.parents[1], path.parent):  # alpaca-eval reads it relative to the configs' root
+        if template and (root / template).is_file():
+            config["prompt_template"] = str((root / template).resolve())
+            break
     return name, config
 
 
@@ -265,7 +267,7 @@ class OpenAIJudge(Judge):
 
     model: the judge model asked for; `self.model` becomes the name the server answers with.
     annotator: an alpaca-eval annotator config name (`alpaca_farm_greedy_gpt4`, `alpaca_eval_gpt4`, ours
-        `alpaca_farm_greedy_gpt4_b1`) or a configs.yaml path; it must not name `fn_completions`.
+        `alpaca_farm_greedy_gpt4_b1`) or a configs.yaml path; its `fn_completions` and judge model are replaced.
     base_url: any OpenAI-compatible `/v1` endpoint (default: OPENAI_BASE_URL, else api.openai.com).
     api_key_env: the environment variable holding the key (not needed for a loopback base_url).
     max_tokens: overrides the config's (it enters the judge's version: a shorter answer can parse differently).
@@ -301,6 +303,10 @@ class OpenAIJudge(Judge):
     def __repr__(self) -> str:
         return f"OpenAIJudge({self.identity()}, base_url={self._chat.base_url!r})"
 
+    def close(self) -> None:
+        if hasattr(self._chat.client, "close"):
+            self._chat.client.close()
+
     @property
     def usage(self) -> dict[str, int]:
         """Requests and tokens sent so far (for the cost of a run)."""
@@ -323,8 +329,16 @@ class OpenAIJudge(Judge):
         start = time.perf_counter()
         messages = [to_messages(p) for p in prompts]
 
+        failed = threading.Event()  # once one prompt has failed for good, the others are not started
+
         def ask(m: list[dict]) -> str:
-            return self._chat.complete(m, max_tokens=self.max_tokens, temperature=self.temperature)
+            if failed.is_set():
+                raise JudgeError("cancelled: another prompt of this batch failed")
+            try:
+                return self._chat.complete(m, max_tokens=self.max_tokens, temperature=self.temperature)
+            except JudgeError:
+                failed.set()
+                raise
 
         if self.max_workers == 1 or len(messages) == 1:
             texts = [ask(m) for m in messages]
@@ -337,7 +351,9 @@ class OpenAIJudge(Judge):
     def _prefer(self, pairs: Sequence[Pair]) -> list[float | None]:
         rows = [{"instruction": p.prompt_text, "output_1": p.output_1, "output_2": p.output_2} for p in pairs]
         try:
-            annotated = self._annotator.annotate_pairs(rows)
+            with warnings.catch_warnings():  # pandas FutureWarnings from inside alpaca-eval, one per call
+                warnings.filterwarnings("ignore", category=FutureWarning, module="alpaca_eval")
+                annotated = self._annotator.annotate_pairs(rows)
         finally:
             self._annotator.df_annotations = None  # its in-memory store only grows; we cache in judging.py
         found = {(r["instruction"], r["output_1"], r["output_2"]): r.get("preference") for r in annotated}

@@ -1,6 +1,6 @@
 """The report: tables, figures and a claims summary, rendered from the results store and nothing else.
 
-    python -m harness.report --results results --out report --preset tiny
+    harness report --results results --out report --preset tiny      (harness/cli.py; `reproduce` ends with it)
 
 `render_report(results_root, out_dir, preset)` reads the records and run manifests under `results_root` and
 writes into `out_dir`:
@@ -22,7 +22,6 @@ Missing data never raises: cells read "—", claims "not measured at this preset
 
 from __future__ import annotations
 
-import argparse
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -45,10 +44,6 @@ def _kind(label: Mapping) -> str:
     if label.get("baseline") == "full" or label.get("lora") is False:
         return "full"
     return "lora"
-
-
-def _reg_rank(reg: str | None) -> tuple[int, str]:
-    return (REG_ORDER.index(reg), "") if reg in REG_ORDER else (len(REG_ORDER), str(reg))
 
 
 @dataclass
@@ -82,8 +77,8 @@ class Series:
         return self.points[max(self.points)]
 
     def sort_key(self) -> tuple:
-        return (KIND_ORDER.index(self.kind), _reg_rank(self.regularizer), self.seed if self.seed is not None else -1,
-                self.run_id)
+        reg = (REG_ORDER.index(self.regularizer), "") if self.regularizer in REG_ORDER else (99, str(self.regularizer))
+        return (KIND_ORDER.index(self.kind), reg, self.seed if self.seed is not None else -1, self.run_id)
 
 
 def group_series(records: list[dict]) -> list[Series]:
@@ -118,31 +113,19 @@ def win_rate_of(rec: dict | None) -> tuple[float | None, float | None, int | Non
     return wr, se, (int(n) if n is not None else None)
 
 
+def per_item(rec: dict | None, key: str) -> dict[str, float]:
+    """A record's per-item values {id: value} ("preference" in [1, 2] for win rate, "score" for factuality);
+    items whose value is None (an unparsed judgement, an unscored entity) are dropped."""
+    items = (rec or {}).get("per_item") or []
+    return {str(i["id"]): float(i[key]) for i in items if "id" in i and isinstance(i.get(key), (int, float))}
+
+
 def preferences(rec: dict | None) -> dict[str, float]:
-    """Per-item preferences {id: pref in [1, 2]}; unparsed (None) items dropped."""
-    out = {}
-    for item in (rec or {}).get("per_item") or []:
-        p = item.get("preference")
-        if isinstance(p, (int, float)) and "id" in item:
-            out[str(item["id"])] = float(p)
-    return out
+    return per_item(rec, "preference")
 
 
 def item_scores(rec: dict | None) -> dict[str, float]:
-    """Per-entity factuality scores {id: score}; unanswered / unscored (None) items dropped."""
-    out = {}
-    for item in (rec or {}).get("per_item") or []:
-        s = item.get("score")
-        if isinstance(s, (int, float)) and "id" in item:
-            out[str(item["id"])] = float(s)
-    return out
-
-
-def as_percent(v: float | None) -> float | None:
-    """Factuality shares are shown in percent; a value in [0, 1] is read as a fraction (documented heuristic)."""
-    if v is None:
-        return None
-    return 100.0 * v if 0.0 <= v <= 1.0 else float(v)
+    return per_item(rec, "score")
 
 
 @dataclass
@@ -163,17 +146,12 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
 
     def find(self, series: list[Series], kind: str, regularizer: str | None = None) -> Series | None:
-        for s in series:
-            if s.kind == kind and (kind == "sft" or s.regularizer == regularizer):
-                return s
-        return None
+        return next((s for s in series if s.kind == kind and (kind == "sft" or s.regularizer == regularizer)), None)
 
     @property
     def judge_text(self) -> str:
-        if not self.judge:
-            return "no judge (no win-rate records)"
         j = self.judge
-        return f"{j.get('name')} ({j.get('model')}, {j.get('version')})"
+        return f"{j.get('name')} ({j.get('model')}, {j.get('version')})" if j else "no judge (no win-rate records)"
 
 
 def _judge_key(j: dict | None) -> tuple:
@@ -286,26 +264,23 @@ def compare_scores(a: Series | None, b: Series | None, what: str, direction: int
     sa, sb = item_scores(a.last), item_scores(b.last)
     if len(set(sa) & set(sb)) < 2:
         return Test(what, why="records lack per-entity scores on common entities")
-    frac = all(0.0 <= v <= 1.0 for v in [*sa.values(), *sb.values()])
-    r = paired_bootstrap(sa, sb, scale=100.0 if frac else 1.0)
+    r = paired_bootstrap(sa, sb, scale=100.0)  # per-entity scores are fractions (evals/factuality.py)
     return Test(f"{what} (steps {max(a.points)} vs {max(b.points)})", r, verdict(r["ci_low"], r["ci_high"], direction))
 
 
 def efficiency_test(data: ReportData) -> Test:
-    lora = pick_efficiency(data.efficiency, True)
-    full = pick_efficiency(data.efficiency, False)
-    what = "memory: LoRA GPUs x peak GiB per device vs full fine-tune's"
+    """GPUs x peak memory per device, LoRA vs full fine-tune: a measured comparison, no interval."""
+    lora, full = pick_efficiency(data.efficiency, True), pick_efficiency(data.efficiency, False)
+    what = "memory: LoRA devices x peak GiB per device vs full fine-tune's"
     if lora is None or full is None:
         return Test(what, why=f"no {'LoRA' if lora is None else 'full fine-tune'} efficiency record")
-    def total(rec):  # noqa: E306
-        m = rec["metrics"]
-        return None if m.get("peak_memory_gib") is None else (m.get("gpus") or 1) * m["peak_memory_gib"]
-    tl, tf = total(lora), total(full)
+    tl, tf = ((r["metrics"].get("gpus") or r["metrics"].get("processes") or 1) * r["metrics"]["peak_memory_gib"]
+              if r["metrics"].get("peak_memory_gib") is not None else None for r in (lora, full))
     if tl is None or tf is None:
         return Test(what, why="peak_memory_gib missing")
     pct = lora["metrics"].get("trainable_pct")
-    v = "holds" if tl < tf else "contradicted"
-    return Test(what, verdict=v, why=f"LoRA {tl:.2f} GiB in all vs full {tf:.2f} GiB"
+    return Test(what, verdict="holds" if tl < tf else "contradicted" if tl > tf else "not detected",
+                why=f"LoRA {tl:.2f} GiB in all vs full {tf:.2f} GiB"
                 + (f"; LoRA trains {pct:.3g}% of the parameters" if pct is not None else ""))
 
 
@@ -349,7 +324,8 @@ def summary_md(data: ReportData) -> str:
            "A - B; **holds** if it excludes 0 in the claimed direction, **contradicted** if it excludes 0 the other "
            "way, **not detected** if it includes 0. The sign test p is given beside it. For claim 2 ('does not "
            "hurt') 'not detected' is consistent with the claim but does not prove it (no equivalence margin). "
-           "Claim 1's memory test compares GPUs x peak memory per device.", ""]
+           "Claim 1's memory test compares GPUs x peak memory per device. Win rates are paired at the two runs' "
+           "last common PPO step; where a regulariser has several runs, its lowest seed is used.", ""]
     for num, text, tests in claims(data):
         out += [f"## Claim {num}: {text}", ""]
         out += [t.line("FActScore points" if num == "4" else "win-rate points") for t in tests]
@@ -360,31 +336,50 @@ def summary_md(data: ReportData) -> str:
 def index_md(data: ReportData, files: list[Path], results_root: Path, out_dir: Path) -> str:
     commits = Counter((r.get("harness") or {}).get("git_commit") or "unknown" for r in data.ours)
     out = [f"# Report, preset `{data.preset}`", "",
-           f"Rendered by `python -m harness.report --results {results_root} --out {out_dir} --preset {data.preset}` "
-           f"from {len(data.ours)} records of ours and the paper's numbers from {data.paper_source}.", "",
-           "## Files", ""]
+           f"Rendered by `harness report --results {results_root} --out {out_dir} --preset {data.preset}` from "
+           f"{len(data.ours)} records of ours and the paper's numbers from {data.paper_source}. Our records come "
+           f"from `harness reproduce --all --preset {data.preset}` (or `harness train` and `harness eval` by hand); "
+           f"each run's resolved configuration is in `{results_root}/runs/<run>/manifest.json`.", "", "## Files", ""]
     out += [f"- [{p.name}]({p.name})" for p in files if p.name != "index.md"]
     out += ["", "## Provenance", "", f"- win-rate judge: {data.judge_text}; the paper's: {PAPER_JUDGE_TEXT}",
             "- results' git commits (records' `harness.git_commit`): "
             + (", ".join(f"`{c}` ({n} records)" for c, n in sorted(commits.items())) or "none (no records)")]
+    out += [f"- note: {n}" for n in data.notes]
     runs = sorted({r["run_id"] for r in data.ours})
     if runs:
-        out += ["", "| run | label | command | git commit |", "|---|---|---|---|"]
+        out += ["", "| run | label | evaluations (step) | git commit | command |", "|---|---|---|---|---|"]
         for rid in runs:
-            m = data.manifests.get(rid) or {}
+            m, recs = data.manifests.get(rid) or {}, [r for r in data.ours if r["run_id"] == rid]
             cmd = m.get("command") or " ".join(m.get("argv") or [])
-            lab = next(r["label"] for r in data.ours if r["run_id"] == rid)
-            text = ", ".join(f"{k}={v}" for k, v in lab.items() if v is not None)
-            out.append(f"| `{rid}` | {text} | {f'`{cmd}`' if cmd else DASH} | {m.get('git_commit') or DASH} |")
-    out += ["", *(f"- note: {n}" for n in data.notes)]
+            commit = (m.get("harness") or {}).get("git_commit") or m.get("git_commit") or DASH
+            lab = ", ".join(f"{k}={v}" for k, v in recs[0]["label"].items() if v is not None)
+            evs = ", ".join(sorted(f"{r['evaluator']} ({r['step']})" for r in recs))
+            out.append(f"| `{rid}` | {lab} | {evs} | {commit} | {f'`{cmd}`' if cmd else DASH} |")
     return "\n".join(out) + "\n"
 
 
-def render_report(results_root: str | Path, out_dir: str | Path, preset: str, *, judge: str | None = None) -> list[Path]:
-    """Render every table, figure and summary of `preset` from the store at `results_root`; returns the paths."""
+def presets_in(results_root: str | Path) -> list[str]:
+    """The presets of our (source "harness") records in the store, sorted."""
+    return sorted({r["preset"] for r in ResultsStore(results_root).records() if r["source"] == "harness"})
+
+
+def render_report(results_root: str | Path, out_dir: str | Path, preset: str | None, *,
+                  judge: str | None = None) -> list[Path]:
+    """Render every table, figure and summary of `preset` from the store at `results_root`; returns the paths.
+
+    preset None: every preset with records of ours; one is rendered into `out_dir`, several into `out_dir/<preset>/`
+    with an `out_dir/index.md` linking them; none renders the paper-only report under the name "none"."""
     from harness import report_figures, report_tables
 
     results_root, out_dir = Path(results_root), Path(out_dir)
+    if preset is None:
+        found = presets_in(results_root)
+        if len(found) > 1:
+            files = [p for name in found for p in render_report(results_root, out_dir / name, name, judge=judge)]
+            top = out_dir / "index.md"
+            top.write_text("# Reports\n\n" + "".join(f"- [{n}]({n}/index.md)\n" for n in found))
+            return [*files, top]
+        preset = found[0] if found else "none"
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load(results_root, preset, judge)
     files: list[Path] = []
@@ -397,19 +392,3 @@ def render_report(results_root: str | Path, out_dir: str | Path, preset: str, *,
     index = out_dir / "index.md"
     index.write_text(index_md(data, files, results_root, out_dir))
     return [*files, index]
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m harness.report", description=__doc__.split("\n")[0])
-    p.add_argument("--results", default="results", help="results root (records/, runs/)")
-    p.add_argument("--out", default="report", help="output folder")
-    p.add_argument("--preset", required=True, help="the preset whose records to report")
-    p.add_argument("--judge", default=None, help="win-rate judge name (default: the one with most records)")
-    args = p.parse_args(argv)
-    for path in render_report(args.results, args.out, args.preset, judge=args.judge):
-        print(path)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -4,8 +4,9 @@ The panels never share a y-axis: our judge and the paper's (AlpacaFarm's retired
 their win rates are on separate axes with the judge in each title. Colours and markers are fixed per
 regulariser across both figures and panels. An empty store draws the paper's panel and a note in ours.
 
-- Figure 1: win rate vs PPO step, one line per run with ± one standard error bars; SFT and the full fine-tune
-  as horizontal lines (the full fine-tune at its latest step, its standard error as a band).
+- Figure 1: win rate vs PPO step, one line per run with ± one standard error bars; SFT as a horizontal line with
+  its standard error as a band; the full fine-tune as a horizontal line when it has one evaluated step (the
+  paper's public checkpoint), else as a dash-dot black curve, since its steps are as informative as LoRA's.
 - Figure 2: win rate vs token-level true KL (`metrics.true_kl`), one point per checkpoint, one marker per
   regulariser, points of one run joined in step order.
 
@@ -96,11 +97,20 @@ def _curves(ax: Axes, series: list[Series]) -> bool:
     return drawn
 
 
+def _step_ticks(ax: Axes, series: list[Series]) -> None:
+    """Ticks at the evaluated steps when they are few, else integer ticks."""
+    steps = sorted({st for s in series if s.kind != "sft" for st in s.points})
+    if 0 < len(steps) <= 12:
+        ax.set_xticks(steps)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def figure1(data: ReportData, out_dir: Path) -> list[Path]:
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     ours, paper = fig.subplots(1, 2)
     if _curves(ours, data.winrate):
-        ours.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _step_ticks(ours, data.winrate)
         ours.set_xlabel("PPO step")
         ours.set_ylabel("win rate (%)")
         ours.grid(alpha=0.3)
@@ -115,6 +125,7 @@ def figure1(data: ReportData, out_dir: Path) -> list[Path]:
         s_label = "SFT10k" if s.kind == "sft" else "AlpacaFarm PPO (full FT)"
         _baseline(paper, s, s_label, SFT_COLOR if s.kind == "sft" else FULL_COLOR, "--" if s.kind == "sft" else "-.")
     _curves(paper, [s for s in data.paper_fig1 if s.kind == "lora"])
+    _step_ticks(paper, [s for s in data.paper_fig1 if s.kind == "lora"])
     paper.set_xlabel("PPO step")
     paper.set_ylabel("win rate (%)")
     paper.grid(alpha=0.3)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.report import DASH, PAPER_JUDGE_TEXT, Series, as_percent, pick_efficiency, win_rate_of
+from harness.report import DASH, PAPER_JUDGE_TEXT, Series, pick_efficiency, win_rate_of
 
 if TYPE_CHECKING:
     from harness.report import ReportData
@@ -159,7 +159,8 @@ def table1(data: ReportData) -> Table:
             x for x in (f"{params / 1e6:.2f}M" if params is not None else "",
                         f"({pct:.3g}%)" if pct is not None else "") if x)
         cells = [
-            _value(m.get("gpus"), "g", **kw("gpus")),
+            Cell(text=DASH if m.get("gpus") is None else f"{m['gpus']:g}" if m["gpus"] else
+                 f"0 (CPU, {m.get('processes') or 1} proc.)", value=m.get("gpus"), **kw("gpus")),
             _value(pm.get("gpus"), "g", **pkw("gpus")),
             Cell(text=ptext, value=pct, **kw("trainable_pct")),
             Cell(text=DASH if pm.get("trainable_pct") is None
@@ -175,8 +176,10 @@ def table1(data: ReportData) -> Table:
             notes.append(f"{name}: run {rec['run_id']} ({rec['label'].get('regularizer')}), step {rec['step']}"
                          + (f", {dev}" if dev else ""))
     t.caption = (f"Ours at preset {data.preset}: " + ("; ".join(notes) if notes else "no efficiency records")
-                 + ". Paper: A100-80GB GPUs and the share of trained parameters, from its abstract; it reports no "
-                 "per-step memory or time. Peak memory is the largest per-device peak.")
+                 + ". Trainable params: every trained parameter (policy and value model); the % is the policy's "
+                 "trained share (trainable_pct). Peak memory: the largest per-device peak; s / step and tokens / s: "
+                 "medians over the PPO steps after the first (as `harness reproduce` records them). Paper: A100-80GB GPUs and the share of trained parameters, from its "
+                 "abstract; it reports no per-step memory or time.")
     return t
 
 
@@ -233,8 +236,8 @@ def table3(data: ReportData) -> Table:
         facts = m.get("facts_per_answer", m.get("facts"))
         t.rows.append((s.label, [
             _value(None if rec is None else rec["step"], "d", **kw("step")),
-            _value(as_percent(m.get("factscore")), ".1f", **kw("factscore")),
-            _value(as_percent(m.get("answered")), ".1f", **kw("answered")),
+            _value(m.get("factscore"), ".1f", **kw("factscore")),
+            _value(m.get("answered"), ".1f", **kw("answered")),
             _value(facts, ".1f", **kw("facts_per_answer")),
             _value(n, "d", **kw("n")),
         ]))

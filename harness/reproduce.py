@@ -121,7 +121,7 @@ def efficiency_record(g: G.Grid, run: G.Run, folder: Path) -> dict:
                        evaluator="efficiency", metrics=metrics, details=details)
 
 
-def manifest(run: G.Run, folder: Path) -> dict:
+def manifest(run: G.Run, folder: Path, command: str | None = None) -> dict:
     facts = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
     rows = _metrics(folder)
     from harness.results import harness_identity
@@ -129,7 +129,7 @@ def manifest(run: G.Run, folder: Path) -> dict:
     return {"run_id": run.run_id, "label": run.label, "config": run.config.to_dict(), "facts": facts,
             "host": {"node": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
                      "cpus": os.cpu_count()},
-            "harness": harness_identity(), "steps": len(rows),
+            "harness": harness_identity(), "steps": len(rows), "command": command,
             "seconds": round(sum(r.get("time/step", 0.0) for r in rows), 1),
             "peak_memory_bytes": max((r.get("memory/peak_bytes", 0) for r in rows), default=0)}
 
@@ -271,7 +271,8 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     for run in g.runs:
         folder = G.run_dir(args.runs, g.preset, run.run_id)
         if G.run_state(folder, run) == "done":
-            store.put_manifest(run.run_id, manifest(run, folder))
+            command = " ".join(["harness", "reproduce", *sys.argv[2:]]) if sys.argv[1:2] == ["reproduce"] else None
+            store.put_manifest(run.run_id, manifest(run, folder, command))
     # 4. the paper's numbers, 5. the report
     from harness.paper_numbers import store_paper_records
 

@@ -27,6 +27,7 @@ Record schema, version `SCHEMA` (every field present; `null` where it does not a
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import subprocess
@@ -57,14 +58,21 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
         return None
 
 
-def harness_identity() -> dict[str, str | None]:
+@functools.lru_cache(maxsize=1)
+def _identity() -> tuple[str | None, str | None]:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         v = version("harness-lora-rlhf")
     except PackageNotFoundError:
         v = None
-    return {"version": v, "git_commit": git_commit()}
+    return v, git_commit()
+
+
+def harness_identity() -> dict[str, str | None]:
+    """Package version and git commit of this process's code (looked up once per process)."""
+    v, commit = _identity()
+    return {"version": v, "git_commit": commit}
 
 
 def record_id(source: str, run_id: str, step: int, evaluator: str, judge: dict | None, eval_set: dict | None) -> str:

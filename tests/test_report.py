@@ -203,3 +203,47 @@ def test_paper_records_idempotent(tmp_path):
     assert {p.name: p.read_bytes() for p in (tmp_path / "records").iterdir()} == before
     fig2 = [r for r in store.records() if r["details"].get("figure") == 2]
     assert all("true_kl" in r["metrics"] for r in fig2) and len(fig2) == 42
+
+
+def test_seeds_judges_and_missing_items(tmp_path, monkeypatch):
+    """Two seeds get a row each; records of a second judge are left out (and said so); None preferences and
+    records without per-item data do not break the cells or the claims."""
+    from harness import report_tables
+    from harness.report import claims, load
+
+    monkeypatch.setattr(results, "harness_identity", lambda: {"version": "0.test", "git_commit": "c0ffee1"})
+    store = ResultsStore(tmp_path)
+    prefs = [2.0, 1.0, None, 1.5, 2.0]
+    for seed in (0, 1):
+        store.put(_winrate(f"kl-{seed}", _label("kl", seed=seed), 10, [p or 1.0 for p in prefs]))
+    rec = _winrate("none-0", _label("none"), 10, [1.0] * 5)
+    rec["per_item"][0]["preference"] = None
+    store.put(rec)
+    store.put(make_record(preset="tiny", run_id="js-0", label=_label("jensen_shannon"), step=10,
+                          evaluator="winrate", metrics={"win_rate": 40.0}, judge=JUDGE, eval_set=EVAL_SET))
+    store.put(make_record(preset="tiny", run_id="kl-0", label=_label("kl"), step=10, evaluator="winrate",
+                          metrics={"win_rate": 10.0}, judge={**JUDGE, "name": "other_judge"}, eval_set=EVAL_SET))
+    data = load(tmp_path, "tiny")
+    assert data.judge["name"] == "fake_judge" and any("other_judge" in n for n in data.notes)
+    t2 = report_tables.table2(data)
+    rows = {label: cells for label, cells in t2.rows}
+    assert {"LoRA kl (seed 0)", "LoRA kl (seed 1)", "LoRA none", "LoRA jensen_shannon"} <= set(rows)
+    assert rows["LoRA jensen_shannon"][0].text == "40.0"  # metrics only: no standard error to show
+    assert rows["LoRA kl (seed 1)"][0].text.startswith(f"{stats.win_rate([2, 1, 1, 1.5, 2]):.1f} ± ")
+    c = {num: tests for num, _, tests in claims(data)}
+    assert c["3"][0].verdict == "not measured at this preset" and "per-item" in c["3"][0].why
+    assert c["2"][0].result["n"] == 4  # the None preference is dropped from the pairing
+
+
+def test_every_preset_when_none_given(store_and_prefs, tmp_path, monkeypatch):
+    """preset=None (the CLI's default): one report per preset found, under out/<preset>/, and an index of them."""
+    from harness import report, report_figures
+
+    root, _ = store_and_prefs
+    monkeypatch.setattr(report_figures, "figure1", lambda data, out: [])  # figures are tested above; keep it fast
+    monkeypatch.setattr(report_figures, "figure2", lambda data, out: [])
+    assert report.presets_in(root) == ["other", "tiny"]
+    files = render_report(root, tmp_path, None)
+    assert (tmp_path / "tiny" / "table2.md").is_file() and (tmp_path / "other" / "summary.md").is_file()
+    assert "LoRA bregman" in (tmp_path / "other" / "table2.md").read_text()
+    assert "[tiny](tiny/index.md)" in (tmp_path / "index.md").read_text() and tmp_path / "index.md" in files

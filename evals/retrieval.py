@@ -1,7 +1,7 @@
 """FActScore stage 3: knowledge sources (an entity's passages) and top-k retrieval of passages for one fact.
 
 Knowledge sources implement `passages(entity) -> list[Passage]` (KeyError if the entity is unknown),
-`__contains__` and `identity()`:
+`entities()`, `__contains__` and `identity()`:
 - `BundledKnowledge`: the repository's `harness/data/people.json` (a list of {"entity", "document"}), or any list
   of such records; each document is cut into passages of whole sentences of at most `passage_words` words.
 - `SQLiteKnowledge`: a FActScore-format database (their enwiki-20230401.db). Format (read from FActScore's
@@ -90,8 +90,8 @@ class BundledKnowledge:
                 raise ValueError(f"record {i} of {self.source} needs the keys 'entity' and 'document'")
             self._docs[rec["entity"]] = rec["document"]
 
-    @property
     def entities(self) -> list[str]:
+        """The entities in file order."""
         return list(self._docs)
 
     def __contains__(self, entity: str) -> bool:
@@ -126,6 +126,11 @@ class SQLiteKnowledge:
 
     def __contains__(self, entity: str) -> bool:
         return entity in self._cache or self._text(entity) is not None
+
+    def entities(self, limit: int | None = None) -> list[str]:
+        """Titles in table order (the first `limit`; a full Wikipedia dump holds millions)."""
+        sql = "SELECT title FROM documents ORDER BY rowid" + (" LIMIT ?" if limit is not None else "")
+        return [row[0] for row in self._conn.execute(sql, () if limit is None else (limit,))]
 
     def passages(self, entity: str) -> list[Passage]:
         if entity not in self._cache:

@@ -83,10 +83,12 @@ LEXICAL_THRESHOLD = 0.8
 
 
 class LexicalVerifier(Verifier):
-    """Supported iff at least `threshold` (default 0.8) of the fact's content words occur in the passages.
+    """Supported iff every number of the fact and at least `threshold` (default 0.8) of its content words occur
+    in the passages (numbers are checked strictly since dates are what answers most often get wrong).
 
     Content words: `tokens(fact)` minus `STOP_WORDS` and minus the words of the entity's name (which every
-    passage of the entity's article would trivially match). A fact with no content word is supported.
+    passage of the entity's article would trivially match). A fact with no content word claims nothing
+    checkable (e.g. a garbled output) and is not supported.
     Overlap cannot see negation or swapped roles: a baseline, not a verifier of record.
     """
 
@@ -103,12 +105,14 @@ class LexicalVerifier(Verifier):
         name = set(tokens(entity))
         content = [w for w in tokens(fact) if w not in STOP_WORDS and w not in name]
         if not content:
-            return 1.0
+            return 0.0
         seen = {w for p in passages for w in tokens(p.text)}
         return sum(w in seen for w in content) / len(content)
 
     def verify(self, entity: str, fact: str, passages: Sequence[Passage]) -> bool:
-        return self.overlap(entity, fact, passages) >= self.threshold
+        seen = {w for p in passages for w in tokens(p.text)}
+        numbers_found = all(w in seen for w in tokens(fact) if w.isdigit())
+        return numbers_found and self.overlap(entity, fact, passages) >= self.threshold
 
 
 class LogitVerifier(Verifier):

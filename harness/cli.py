@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--factuality", action="store_true", help="also FActScore on 'Tell me a bio of <entity>.'")
     ev.add_argument("--factuality-only", action="store_true", help="only factuality, no win rate")
     ev.add_argument("--factuality-limit", type=int, default=None, help="number of bio entities (default: all)")
+    ev.add_argument("--verifier", default="auto", help="factuality verifier: auto (llm with --judge openai, else "
+                    "lexical), lexical, smollm2 (FActScore-style True/False logits; weak, see README), llm")
     ev.add_argument("--knowledge", default=None, help="factuality knowledge source: a FActScore-format SQLite "
                     "Wikipedia (table documents(title, text)); default: the bundled people documents")
     ev.add_argument("--results", default="results", help="results store (default: results/)")
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):
+        sys.stdout.reconfigure(line_buffering=True)  # progress reaches log files and pipes as it happens
     try:
         return _dispatch(args)
     except (ValueError, FileNotFoundError) as e:
@@ -224,7 +228,8 @@ def _eval(args: argparse.Namespace) -> int:
         judge_api_key_env=args.judge_api_key_env, eval_set=args.eval_set, limit=args.limit, step=args.step,
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, order=args.order, seed=args.seed,
-        factuality=args.factuality or args.factuality_only, factuality_limit=args.factuality_limit, knowledge=args.knowledge,
+        factuality=args.factuality or args.factuality_only, factuality_limit=args.factuality_limit,
+        knowledge=args.knowledge, verifier=args.verifier,
         winrate=not args.factuality_only, preset=args.preset, run_id=args.run_id)
     store = ResultsStore(args.results)
     for rec in Evaluator(req, store).run():

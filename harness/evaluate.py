@@ -31,6 +31,10 @@ from harness.results import ResultsStore, make_record
 from trainers.models import cache_dir
 from trainers.runlog import atomic_write_text
 
+
+def say(msg: str) -> None:
+    print(msg, flush=True)  # progress must reach a log file as it happens
+
 BUNDLED = "bundled"
 
 
@@ -52,6 +56,7 @@ class EvalRequest:
     seed: int = 0
     factuality: bool = False
     factuality_limit: int | None = None
+    verifier: str = "auto"  # factuality: auto (llm with the openai judge, else lexical), lexical, smollm2, llm
     knowledge: str | None = None  # a FActScore-format SQLite Wikipedia (default: the bundled documents)
     winrate: bool = True
     preset: str = "custom"
@@ -65,6 +70,8 @@ class EvalRequest:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be >= 1")
         check_judge_options(self.judge, reward_model=self.judge_model)
+        if self.verifier not in ("auto", "lexical", "smollm2", "llm"):
+            raise ValueError(f"verifier={self.verifier!r} is not known; allowed: auto, lexical, smollm2, llm")
 
 
 def open_eval_set(source: str, limit: int | None = None) -> EvalSet:
@@ -98,8 +105,8 @@ def _train_kl_at(target: Target) -> float | None:
 class Evaluator:
     """Runs one EvalRequest; `store` receives the records, `log` the progress lines."""
 
-    def __init__(self, request: EvalRequest, store: ResultsStore, log=print) -> None:
-        self.req, self.store, self.log = request, store, log
+    def __init__(self, request: EvalRequest, store: ResultsStore, log=None) -> None:
+        self.req, self.store, self.log = request, store, log or say
         self.cache = Path(cache_dir())
 
     def _cached_outputs(self, kind: str, key_parts: list, make) -> list[str]:

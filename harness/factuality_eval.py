@@ -1,8 +1,10 @@
 """`harness eval --factuality`: FActScore of a policy on "Tell me a bio of <entity>." (evals.factuality).
 
 Offline (judge `simulated` or `reward-model`): the bundled people documents as knowledge, the rule-based fact
-splitter, BM25 retrieval and SmolLM2-135M-Instruct's True/False logits as verifier (an offline proxy; see
-evals/factuality.py for its measured accuracy). With `--judge openai`: the same judge model (or any
+splitter, BM25 retrieval, and by default the lexical verifier (every number and 80% of the content words of the
+fact in the retrieved passages). `--verifier smollm2` uses SmolLM2-135M-Instruct's True/False logits as FActScore
+uses LLaMA's, but measured on 40 true and 40 falsified facts it reaches 46% accuracy (it says "True" to nearly
+everything) against the lexical verifier's 96%, so it is not the default (`python -m evals.factuality` measures it). With `--judge openai`: the same judge model (or any
 OpenAI-compatible server) splits answers into atomic facts and verifies them, as FActScore does with ChatGPT.
 `--knowledge PATH` reads a FActScore-format SQLite Wikipedia instead of the bundled documents.
 """
@@ -28,14 +30,18 @@ def run_factuality(ev, target, model, tokenizer, settings, run_id: str, label: d
     knowledge = _knowledge(getattr(req, "knowledge", None))
     entities = (F.bundled_entities() if getattr(req, "knowledge", None) is None else knowledge.entities())
     entities = entities[: req.factuality_limit] if req.factuality_limit else entities
-    if req.judge == "openai":
+    choice = req.verifier if req.verifier != "auto" else ("llm" if req.judge == "openai" else "lexical")
+    splitter = F.RuleFactSplitter()
+    if choice == "llm":
         from evals.openai_judge import make_completion_fn
 
         complete = make_completion_fn(req.judge_model or "gpt-4o-mini", req.judge_base_url, req.judge_api_key_env)
         splitter = F.LLMFactSplitter(complete, model=req.judge_model or "gpt-4o-mini")
         verifier = F.LLMVerifier(complete, model=req.judge_model or "gpt-4o-mini")
+    elif choice == "smollm2":
+        verifier = F.load_smollm2_verifier()
     else:
-        splitter, verifier = F.RuleFactSplitter(), F.load_smollm2_verifier()
+        verifier = F.LexicalVerifier()
     records = [{"instruction": p, "input": ""} for p in F.bio_prompts(entities)]
     set_hash = hashlib.sha256(json.dumps(entities).encode()).hexdigest()[:16]
     outputs = ev._cached_outputs("bios", [target.identity(), set_hash, settings.as_dict()],

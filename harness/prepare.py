@@ -67,8 +67,9 @@ def _split(n: int, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[cut:]), sorted(order[:cut])
 
 
-def prepare(preset_name: str, cfg: TrainConfig, *, log=print, force: bool = False, limit: int | None = None,
+def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False, limit: int | None = None,
             epochs: float = 1.0, batch_size: int = 8, lr: float = 2e-4) -> dict:
+    log = log or (lambda msg: print(msg, flush=True))
     out = prepared_dir(preset_name)
     report_path = out.parent / "prepare.json"
     if out.is_dir() and report_path.is_file() and not force:

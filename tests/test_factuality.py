@@ -36,7 +36,7 @@ def test_sentences_handle_abbreviations_initials_decimals():
 
 def test_sentence_count_of_the_bundled_documents():
     knowledge = BundledKnowledge()
-    docs = [" ".join(p.text for p in knowledge.passages(e)) for e in knowledge.entities]
+    docs = [" ".join(p.text for p in knowledge.passages(e)) for e in knowledge.entities()]
     assert sum(len(split_sentences(d)) for d in docs) == 1408  # the count stated in harness/data/README.md
 
 
@@ -118,7 +118,7 @@ def test_sqlite_knowledge_reads_the_factscore_format(tmp_path):
         conn.execute("INSERT INTO documents VALUES (?, ?)", ("Ada Lovelace", text))
     conn.close()
     kb = SQLiteKnowledge(path)
-    assert "Ada Lovelace" in kb and "Grace Hopper" not in kb
+    assert "Ada Lovelace" in kb and "Grace Hopper" not in kb and kb.entities() == ["Ada Lovelace"]
     assert kb.passages("Ada Lovelace") == [Passage("Ada Lovelace", "Ada Lovelace was a mathematician."),
                                            Passage("Ada Lovelace", "She died in 1852.")]
     with pytest.raises(KeyError):

@@ -109,3 +109,16 @@ def test_prepare_trains_a_proxy_reward_model_and_is_idempotent(cache, prompt_fil
 def test_training_with_an_unprepared_reward_model_says_what_to_run(cache, capsys):
     assert main(["train", "--preset", "tiny", "--out", str(cache / "x")]) == 2
     assert "run `harness prepare --preset tiny` first" in capsys.readouterr().err
+
+
+def test_factuality_record_of_a_checkpoint(smoke_run, tmp_path, cache, eval_file):
+    results = tmp_path / "results"
+    assert _eval(smoke_run, results, eval_file, "--factuality-only", "--factuality-limit", "3") == 0
+    (rec,) = list(ResultsStore(results).records())
+    assert rec["evaluator"] == "factuality" and rec["eval_set"]["n"] == 3
+    assert rec["judge"]["name"] == "lexical-overlap"
+    assert [p["id"] for p in rec["per_item"]] == ["Albert Einstein", "Marie Curie", "Isaac Newton"]
+    m = rec["metrics"]
+    assert set(m) >= {"factscore", "answered", "facts_per_answer", "n"} and m["n"] == 3
+    # a random model's garbled bytes are not checkable facts: nothing it says is supported
+    assert m["factscore"] in (None, 0.0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import textwrap
 from pathlib import Path
@@ -172,6 +173,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         records = PPOTrainer(cfg, args.out).train(resume=args.resume)
         last = records[-1] if records else {}
+        if os.environ.get("RANK", "0") != "0":
+            return 0  # rank 0 reports for a multi-process run
         print(f"done: {len(records)} steps in {args.out} (metrics.jsonl, checkpoints/); last step: score "
               f"{last.get('objective/scores', float('nan')):+.3f}, true KL {last.get('objective/true_kl', float('nan')):.4f}")
         return 0

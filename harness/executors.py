@@ -26,15 +26,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 ACCELERATE_DIR = Path(__file__).parent / "accelerate"
 TAIL_LINES = 40
+HEADER = "===== harness executor:"  # starts the line that opens each attempt in a log
 KILL_GRACE_S = 10.0  # SIGTERM, then SIGKILL after this long
 EventHook = Callable[[str, str, dict], None]
 
@@ -115,19 +117,20 @@ def launch_argv(job: Job, port: int | None = None) -> list[str]:
     """The command of one attempt: the job's argv, wrapped in `accelerate launch` when processes > 1."""
     if job.processes == 1:
         return list(job.argv)
-    head = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(job.config_file()),
-            "--num_processes", str(job.processes), "--main_process_port", str(port or free_port())]
     argv = list(job.argv)
-    if Path(argv[0]).name.startswith("python") and len(argv) > 1:
-        if argv[1] == "-m" and len(argv) > 2:
-            return head + ["-m", *argv[2:]]
-        return head + argv[1:]
-    return head + ["--no_python", *argv]
+    python = Path(argv[0]).name.startswith("python") and len(argv) > 1
+    # accelerate starts every process with the interpreter that runs it: the job's own when it is a Python command
+    head = [argv[0] if python else sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(job.config_file()), "--num_processes", str(job.processes),
+            "--main_process_port", str(port or free_port())]
+    if not python:
+        return head + ["--no_python", *argv]
+    return head + (["-m", *argv[2:]] if argv[1] == "-m" and len(argv) > 2 else argv[1:])
 
 
 def _header(job: Job, attempt: int, attempts: int, argv: list[str]) -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    return f"\n===== harness executor: {job.run_id} attempt {attempt}/{attempts} at {stamp}: {shlex.join(argv)}\n"
+    return f"\n{HEADER} {job.run_id} attempt {attempt}/{attempts} at {stamp}: {shlex.join(argv)}\n"
 
 
 def start_attempt(job: Job, attempt: int, attempts: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
@@ -174,6 +177,7 @@ def _killpg(pgid: int, sig: int) -> None:
 
 
 def log_tail(path: str | Path, lines: int = TAIL_LINES) -> str:
+    """The last `lines` lines of the log's last attempt, its header line included when within them."""
     path = Path(path)
     if not path.is_file():
         return ""
@@ -181,7 +185,9 @@ def log_tail(path: str | Path, lines: int = TAIL_LINES) -> str:
         f.seek(0, os.SEEK_END)
         f.seek(max(0, f.tell() - 256 * lines))
         text = f.read().decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+    kept = text.splitlines()[-lines:]
+    starts = [i for i, line in enumerate(kept) if line.startswith(HEADER)]
+    return "\n".join(kept[starts[-1]:] if starts else kept)
 
 
 def run_attempt(job: Job, attempt: int, attempts: int) -> tuple[int, float, str]:
@@ -191,7 +197,8 @@ def run_attempt(job: Job, attempt: int, attempts: int) -> tuple[int, float, str]
     t0 = time.monotonic()
     proc = start_attempt(job, attempt, attempts)
     try:
-        code = proc.wait()
+        while (code := proc.poll()) is None:  # short sleeps, not one blocking wait: Ray's cancellation is
+            time.sleep(0.2)                    # delivered between bytecodes
     finally:
         terminate([proc])
     return code, time.monotonic() - t0, log_tail(job.log_path)
@@ -266,8 +273,6 @@ class _TerminationSignals:
 
 
 def _main_thread() -> bool:
-    import threading
-
     return threading.current_thread() is threading.main_thread()
 
 

@@ -210,6 +210,10 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     elif args.executor == "ray":
         executor_kw["address"] = args.address
     print_grid(g, args.runs, store)
+    # parallel jobs share the cores: oversubscribed OpenMP threads spin against each other and run many times slower
+    workers = args.workers if args.executor == "local" else 1
+    threads = max(1, (os.cpu_count() or 1) // max(1, workers))
+    job_env = (("OMP_NUM_THREADS", str(threads)), ("MKL_NUM_THREADS", str(threads)))
     # 1. the proxy reward model
     needs = {r.config.reward.removeprefix("prepared:") for r in g.runs if r.config.reward.startswith("prepared:")}
     for name in sorted(needs):
@@ -225,9 +229,11 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         if G.run_state(folder, run) == "done":
             continue
         cfg_path = folder / "grid-config.json"
-        atomic_write_text(cfg_path, json.dumps(run.config.to_dict(), indent=1, sort_keys=True))
+        values = dict(run.config.to_dict(), threads=threads if workers > 1 else run.config.threads)
+        atomic_write_text(cfg_path, json.dumps(values, indent=1, sort_keys=True))
         jobs.append(Job(run_id=run.run_id, argv=(*HARNESS, "train", "--config", str(cfg_path), "--out", str(folder),
-                                                 "--resume"), log_path=str(folder / "train.log")))
+                                                 "--resume"), log_path=str(folder / "train.log"), cpus=threads,
+                        env=job_env if workers > 1 else ()))
     failed_runs = set()
     if jobs:
         with LiveView(g, args.runs, "train", len(jobs)) as view:
@@ -262,7 +268,8 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
                                              if spec.factuality_limit else [])
         log_dir = Path(args.runs) / g.preset / "eval-logs"
         eval_jobs.append(Job(run_id=f"eval:{rid}:{step}:{ev}", argv=tuple(argv),
-                             log_path=str(log_dir / f"{rid.replace(':', '_').replace('/', '_')}-{step}-{ev}.log")))
+                             log_path=str(log_dir / f"{rid.replace(':', '_').replace('/', '_')}-{step}-{ev}.log"),
+                             cpus=threads, env=job_env if workers > 1 else ()))
     failed_evals = []
     if eval_jobs:
         with LiveView(g, args.runs, "eval", len(eval_jobs)) as view:

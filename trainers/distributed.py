@@ -31,6 +31,7 @@ per-rank RNG files.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import hashlib
 import json
@@ -80,8 +81,8 @@ def config_errors(cfg, world_size: int, fsdp: bool = False) -> list[str]:
     if fsdp and cfg.lora:
         errors.append("lora=true under an accelerate FSDP config: the FSDP path is for the full fine-tune "
                       "(lora=false); launch LoRA runs with harness/accelerate/ddp_lora_2gpu.yaml")
-    if fsdp and cfg.device == "cpu":
-        errors.append("device='cpu' under an accelerate FSDP config: FSDP here needs CUDA")
+    if fsdp and (cfg.device == "cpu" or not torch.cuda.is_available()):
+        errors.append(f"device={cfg.device!r} under an accelerate FSDP config: the FSDP path needs CUDA GPUs")
     return errors
 
 
@@ -114,7 +115,9 @@ class DataParallel:
                 torch.cuda.set_device(self.device)
             self.backend = "cuda:nccl,cpu:gloo" if self.device.type == "cuda" else "gloo"
             if not dist.is_initialized():
-                dist.init_process_group(self.backend, timeout=timedelta(minutes=30))
+                dist.init_process_group(self.backend, rank=self.rank, world_size=self.world_size,
+                                        timeout=timedelta(minutes=30))  # MASTER_ADDR / MASTER_PORT: env://
+                atexit.register(self.close)
 
     @property
     def enabled(self) -> bool:
@@ -302,14 +305,15 @@ class DataParallel:
         return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
     # ---- FSDP (full fine-tune under an accelerate FSDP config) ------------------------------------------------
-    def prepare_fsdp(self, models, optimizer):
+    def prepare_fsdp(self, models, optimizer, accelerator=None):
         """Wrap policy and value with `Accelerator.prepare`; returns (models whose policy and value calls enter
-        through the FSDP root, the prepared optimizer)."""
-        from accelerate import Accelerator
+        through the FSDP root, the prepared optimizer). `accelerator`: tests pass a stand-in."""
+        if accelerator is None:
+            from accelerate import Accelerator
 
-        accelerator = Accelerator()
-        if not accelerator.is_fsdp2:
-            raise ValueError("the FSDP path needs FSDP2 (fsdp_version: 2 in the accelerate config)")
+            accelerator = Accelerator()
+            if not accelerator.is_fsdp2:
+                raise ValueError("the FSDP path needs FSDP2 (fsdp_version: 2 in the accelerate config)")
         roles = TrainedRoles(models.policy, models.value)
         roles, prepared = accelerator.prepare(roles, optimizer)
         roles.accelerator, roles.raw_optimizer = accelerator, optimizer

@@ -150,7 +150,9 @@ def _train_reward_model(cfg: TrainConfig, tok, rows: list[dict], workdir: Path, 
                         learning_rate=lr, lr_scheduler_type="linear", warmup_steps=2, max_length=cfg.query_len
                         + cfg.response_len + 8, logging_steps=5, save_strategy="no", report_to="none",
                         use_cpu=not torch.cuda.is_available(), seed=seed, disable_dropout=True,
-                        gradient_checkpointing=False, dataloader_num_workers=0)
+                        activation_checkpointing=False, dataloader_num_workers=0,
+                        # TRL defaults to bf16 autocast; CPUs without bf16 units run it ~500x slower than fp32
+                        bf16=_bf16_is_fast(), fp16=False)
     peft = LoraConfig(task_type=TaskType.SEQ_CLS, r=8, lora_alpha=16, lora_dropout=0.0,
                       target_modules=["q_proj", "k_proj", "v_proj", "o_proj"], modules_to_save=["score"])
     trainer = RewardTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
@@ -178,6 +180,14 @@ def _sequence_classifier(spec: str):
         return clf.float()
     return AutoModelForSequenceClassification.from_pretrained(models.resolve_path(spec), num_labels=1,
                                                               dtype=torch.float32)
+
+
+def _bf16_is_fast() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    from trainers.precision import resolve_frozen_dtype
+
+    return resolve_frozen_dtype("auto", torch.device("cpu")) == torch.bfloat16
 
 
 def _right_padded(tok):

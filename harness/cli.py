@@ -119,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
         what.add_argument("--table", type=int, choices=[1, 2, 3])
         what.add_argument("--figure", type=int, choices=[1, 2])
         what.add_argument("--all", action="store_true", help="every table and figure")
-        g.add_argument("--preset", default="smoke", choices=sorted(presets.PRESETS),
-                       help="grid size (default smoke: the offline one that runs anywhere)")
+        g.add_argument("--preset", default="tiny", choices=sorted(presets.PRESETS),
+                       help="grid size (default tiny: the embedded offline default, SmolLM2 on a CPU; smoke: "
+                       "minutes of plumbing; paper: GPUs)")
         g.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset grid's)")
         g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one setting of every run")
         g.add_argument("--runs", default="runs", help="root of the run folders (default runs/)")

@@ -55,9 +55,9 @@ GRIDS: dict[str, PresetGrid] = {
         note="tiny random Llama: plumbing, seconds per run; the numbers mean nothing"),
     "tiny": PresetGrid(
         table2=FIGURE1_REGULARIZERS, figure2=FIGURE1_REGULARIZERS, seeds=(1,),
-        overrides=dict(steps=8, checkpoint_every=4, rollout_batch_size=16, step_batch_size=16, response_len=48),
+        overrides=dict(steps=4, checkpoint_every=2, rollout_batch_size=16, step_batch_size=16, response_len=48),
         eval_limit=64, eval_max_new_tokens=48, factuality_limit=24,
-        note="SmolLM2-135M-Instruct on 2 CPU cores: three regularisers, 8 PPO steps, 64 eval instructions"),
+        note="SmolLM2-135M-Instruct on 2 CPU cores: three regularisers, 4 PPO steps, 64 eval instructions"),
     "paper": PresetGrid(
         table2=PAPER_REGULARIZERS, figure2=PAPER_REGULARIZERS, seeds=(1,),
         overrides=dict(steps=200, checkpoint_every=20), eval_limit=None, eval_max_new_tokens=300,

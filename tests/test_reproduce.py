@@ -1,0 +1,63 @@
+"""`harness reproduce` end to end at the smoke preset: killed mid-grid with a real signal, rerun to completion."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _reproduce(tmp: Path) -> subprocess.Popen:
+    env = dict(os.environ, HARNESS_CACHE=str(tmp / "cache"), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "harness", "reproduce", "--figure", "1", "--preset", "smoke",
+           "--set", "steps=2", "--set", "checkpoint_every=2", "--set", "threads=1",
+           "--runs", str(tmp / "runs"), "--results", str(tmp / "results"), "--report", str(tmp / "report")]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+def _harness_records(tmp: Path) -> dict[str, bytes]:
+    folder = tmp / "results" / "records"
+    out = {}
+    for p in sorted(folder.glob("*.json")) if folder.exists() else ():
+        if json.loads(p.read_text())["source"] == "harness":
+            out[p.name] = p.read_bytes()
+    return out
+
+
+def test_killed_reproduce_resumes_without_redoing_or_corrupting(tmp_path):
+    proc = _reproduce(tmp_path)
+    deadline = time.time() + 600
+    while time.time() < deadline and not _harness_records(tmp_path):
+        if proc.poll() is not None:
+            pytest.fail(f"reproduce ended before it was killed:\n{proc.stdout.read()[-3000:]}")
+        time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGTERM)  # the orchestrator and every job it started
+    proc.wait(timeout=60)
+    before = _harness_records(tmp_path)
+    assert before, "no record was written before the kill"
+    checkpoints = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("state.json")}
+    assert len(checkpoints) == 4  # every run finished training before the first evaluation record
+
+    second = _reproduce(tmp_path)
+    out, _ = second.communicate(timeout=900)
+    assert second.returncode == 0, out[-3000:]
+    after = _harness_records(tmp_path)
+    # finished work is neither redone nor rewritten: same bytes, same checkpoints
+    assert {k: after[k] for k in before} == before
+    assert {p: p.stat().st_mtime_ns for p in checkpoints} == checkpoints
+    # the grid is complete: 3 LoRA regularisers + the full fine-tune at step 2, and the SFT baseline
+    recs = [json.loads(v) for v in after.values()]
+    assert sorted((r["label"]["regularizer"] or "sft", r["step"]) for r in recs) == \
+        [("jensen_shannon", 2), ("kl", 2), ("kl", 2), ("none", 2), ("sft", 0)]
+    for name in ("table2.md", "figure1.png", "figure1.pdf", "figure2.png", "summary.md"):
+        assert (tmp_path / "report" / name).stat().st_size > 500, name
+    assert "complete" in out

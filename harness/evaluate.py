@@ -162,7 +162,9 @@ class Evaluator:
                                        lambda: generate(model, tokenizer, list(eval_set.records), target.template,
                                                         settings, req.device, self._progress("generate")))
         gen_seconds = time.time() - t0
-        check_generations(outputs, f"model outputs of {target.checkpoint or target.policy}")
+        empty = check_generations(outputs, f"model outputs of {target.checkpoint or target.policy}")
+        if empty:
+            self.log(f"warning: {empty} of {len(outputs)} outputs are empty (judged as they are: they lose)")
         ref_settings = dataclasses.replace(settings, temperature=REFERENCE_TEMPERATURE, top_p=REFERENCE_TOP_P,
                                            seed=1234)  # a fixed seed, distinct from any evaluation seed
 

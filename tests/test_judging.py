@@ -170,3 +170,11 @@ def test_the_real_alpaca_farm_eval_set_loads():
     assert len(s.records) == 805 and s.has_references
     assert s.reference_generator == "text-davinci-003"
     assert sum(bool(r["input"]) for r in s.records) > 100
+
+
+def test_empty_generations_error_only_when_nothing_was_generated():
+    from evals.winrate import EmptyGenerationsError, check_generations
+
+    assert check_generations(["", "an answer", "  "], "outputs") == 2  # a collapsed policy is judged as it is
+    with pytest.raises(EmptyGenerationsError, match="all 2 generations are empty"):
+        check_generations(["", " "], "outputs of X")

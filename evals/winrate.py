@@ -60,16 +60,16 @@ def _hash(outputs: list[str]) -> str:
     return hashlib.sha256(json.dumps(outputs, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
-def check_generations(outputs: list[str], what: str) -> int:
+def check_generations(outputs: list[str], what: str, allow_all_empty: bool = False) -> int:
     """The number of empty outputs; an error when every output is empty (a plumbing failure, not a policy).
 
     A policy that learned to answer with nothing (PPO can collapse to immediate EOS under a weak proxy reward)
     is judged as it is: empty outputs lose, and the record counts them in `empty_outputs`.
     """
     empty = sum(not o.strip() for o in outputs)
-    if not outputs or empty == len(outputs):
+    if not outputs or (empty == len(outputs) and not allow_all_empty):
         raise EmptyGenerationsError(f"{what}: all {len(outputs)} generations are empty; check the model, the "
-                                    "prompt template and max_new_tokens")
+                                    "prompt template and max_new_tokens (--allow-empty judges them anyway)")
     return empty
 
 

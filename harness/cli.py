@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "lexical), lexical, smollm2 (FActScore-style True/False logits; weak, see README), llm")
     ev.add_argument("--knowledge", default=None, help="factuality knowledge source: a FActScore-format SQLite "
                     "Wikipedia (table documents(title, text)); default: the bundled people documents")
+    ev.add_argument("--allow-empty", action="store_true", help="judge the outputs even if every one is empty (a "
+                    "policy collapsed to immediate EOS); by default that is an error")
     ev.add_argument("--results", default="results", help="results store (default: results/)")
     ev.add_argument("--preset", default="custom", help="preset name recorded with the result")
     ev.add_argument("--run-id", default=None, help="run id recorded with the result (default: from the run's config)")
@@ -233,7 +235,7 @@ def _eval(args: argparse.Namespace) -> int:
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, order=args.order, seed=args.seed,
         factuality=args.factuality or args.factuality_only, factuality_limit=args.factuality_limit,
-        knowledge=args.knowledge, verifier=args.verifier,
+        knowledge=args.knowledge, verifier=args.verifier, allow_empty=args.allow_empty,
         winrate=not args.factuality_only, preset=args.preset, run_id=args.run_id)
     store = ResultsStore(args.results)
     for rec in Evaluator(req, store).run():

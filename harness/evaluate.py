@@ -56,6 +56,7 @@ class EvalRequest:
     seed: int = 0
     factuality: bool = False
     factuality_limit: int | None = None
+    allow_empty: bool = False  # judge a policy whose every output is empty (a grid records collapses as results)
     verifier: str = "auto"  # factuality: auto (llm with the openai judge, else lexical), lexical, smollm2, llm
     knowledge: str | None = None  # a FActScore-format SQLite Wikipedia (default: the bundled documents)
     winrate: bool = True
@@ -162,7 +163,8 @@ class Evaluator:
                                        lambda: generate(model, tokenizer, list(eval_set.records), target.template,
                                                         settings, req.device, self._progress("generate")))
         gen_seconds = time.time() - t0
-        empty = check_generations(outputs, f"model outputs of {target.checkpoint or target.policy}")
+        empty = check_generations(outputs, f"model outputs of {target.checkpoint or target.policy}",
+                                  allow_all_empty=req.allow_empty)
         if empty:
             self.log(f"warning: {empty} of {len(outputs)} outputs are empty (judged as they are: they lose)")
         ref_settings = dataclasses.replace(settings, temperature=REFERENCE_TEMPERATURE, top_p=REFERENCE_TOP_P,

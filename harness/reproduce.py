@@ -259,8 +259,8 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         target = g.sft_policy if run is None else str(G.run_dir(args.runs, g.preset, rid))
         argv = [*HARNESS, "eval", target, "--preset", g.preset, "--run-id", rid, "--results", str(store.root),
                 "--judge", spec.judge, "--eval-set", spec.eval_set, "--max-new-tokens", str(spec.eval_max_new_tokens)]
-        if run is not None:
-            argv += ["--step", str(step)]
+        if run is not None:  # a collapsed policy (every answer empty) is a result of the grid, not an error
+            argv += ["--step", str(step), "--allow-empty"]
         if spec.eval_limit:
             argv += ["--limit", str(spec.eval_limit)]
         if ev == "factuality":

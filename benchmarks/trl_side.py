@@ -42,16 +42,11 @@ import time
 import types
 from pathlib import Path
 
-# Copied from trainers/data.py (this script must not import the harness packages).
-ALPACA_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:"
-)
-ALPACA_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:"
-)
+# The prompt template is the harness's own: trainers/data.py needs only the standard library, so this script
+# (which runs in TRL's virtual environment, without the harness installed) imports it by path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from trainers.data import format_prompt  # noqa: E402
+
 PAD_TOKEN = "<|endoftext|>"  # SmolLM2's pad == eos == <|im_end|> would hide EOS from TRL's `!= pad` masks
 PHASES = ("generation", "ref_forward", "value_reward_forward", "train_forward", "backward_optimizer")
 
@@ -140,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     records = json.loads(Path(args.prompts_file).read_text())[: args.batch_size]
     if len(records) < args.batch_size:
         raise SystemExit(f"{args.prompts_file} has {len(records)} records; --batch-size {args.batch_size} needs more")
-    texts = [ALPACA_WITH_INPUT.format(instruction=r["instruction"], input=(r.get("input") or "").strip())
-             if (r.get("input") or "").strip() else ALPACA_NO_INPUT.format(instruction=r["instruction"])
-             for r in records]
+    texts = [format_prompt(r, "alpaca") for r in records]
     ids = [tok(t)["input_ids"][-args.max_prompt_tokens:] for t in texts]
     train_dataset = Dataset.from_dict({"input_ids": ids})
 

@@ -151,8 +151,19 @@ def annotate(judge: Judge, pairs: Sequence[Pair], *, order: Order = "both", seed
         flips = [rng.random() < 0.5 for _ in pairs]
         asked = _ask(judge, [p.swapped() if f else p for p, f in zip(pairs, flips)], cache, batch_size)
         return [None if a is None else (3.0 - a if f else a) for a, f in zip(asked, flips)]
-    forward = _ask(judge, pairs, cache, batch_size)
-    backward = _ask(judge, [p.swapped() for p in pairs], cache, batch_size)
+    forward, backward = both_orders(judge, pairs, cache, batch_size)
+    return combine_orders(forward, backward)
+
+
+def both_orders(judge: Judge, pairs: Sequence[Pair], cache: AnnotationCache | None = None,
+                batch_size: int = 16) -> tuple[list[float | None], list[float | None]]:
+    """The judge's answers with the pairs as given and swapped (the swapped answers not mapped back)."""
+    pairs = list(pairs)
+    return _ask(judge, pairs, cache, batch_size), _ask(judge, [p.swapped() for p in pairs], cache, batch_size)
+
+
+def combine_orders(forward: Sequence[float | None], backward: Sequence[float | None]) -> list[float | None]:
+    """Average of the forward answer and the backward answer mapped back (p -> 3 - p); None where both failed."""
     out: list[float | None] = []
     for f, b in zip(forward, backward):
         kept = [v for v in (f, None if b is None else 3.0 - b) if v is not None]
@@ -162,8 +173,11 @@ def annotate(judge: Judge, pairs: Sequence[Pair], *, order: Order = "both", seed
 
 def order_agreement(judge: Judge, pairs: Sequence[Pair], cache: AnnotationCache | None = None) -> dict[str, float]:
     """How often the judge picks the same output when the order is swapped (a symmetric judge: 100%)."""
-    forward = _ask(judge, list(pairs), cache, 16)
-    backward = _ask(judge, [p.swapped() for p in pairs], cache, 16)
+    return agreement_of(*both_orders(judge, pairs, cache))
+
+
+def agreement_of(forward: Sequence[float | None], backward: Sequence[float | None]) -> dict[str, float]:
+    """Share of pairs (%) whose winner (or tie) is the same in both orders, from answers already given."""
     same = n = 0
     for f, b in zip(forward, backward):
         if f is None or b is None:

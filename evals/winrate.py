@@ -19,7 +19,7 @@ from pathlib import Path
 
 from evals import stats
 from evals.evalsets import EvalSet
-from evals.judging import AnnotationCache, Judge, Pair, annotate, order_agreement
+from evals.judging import AnnotationCache, Judge, Pair, agreement_of, annotate, both_orders, combine_orders
 
 # text-davinci-003's settings in AlpacaFarm's evaluation set ("temp=0.7,top_p=1.0,max_new_tokens=300")
 REFERENCE_TEMPERATURE, REFERENCE_TOP_P = 0.7, 1.0
@@ -80,12 +80,15 @@ def winrate_result(eval_set: EvalSet, outputs: list[str], references: list[str],
                          "instructions")
     pairs = [Pair(r["instruction"], r["input"], ref.strip(), out.strip(), r["id"])
              for r, ref, out in zip(eval_set.records, references, outputs)]
-    prefs = annotate(judge, pairs, order=order, seed=seed, cache=cache)
+    if order == "both":  # the agreement comes from the same answers: no second round of judging
+        forward, backward = both_orders(judge, pairs, cache)
+        prefs, agreement = combine_orders(forward, backward), agreement_of(forward, backward)
+    else:
+        prefs, agreement = annotate(judge, pairs, order=order, seed=seed, cache=cache), {"agreement": None}
     kept = [(p.id, v) for p, v in zip(pairs, prefs) if v is not None]
     if not kept:
         raise ValueError(f"judge {judge.name!r} could not parse any of its {len(pairs)} answers")
     values = [v for _, v in kept]
-    agreement = order_agreement(judge, pairs, cache) if order == "both" else {"agreement": None}
 
     def mean_words(texts: list[str]) -> float:
         return sum(len(t.split()) for t in texts) / max(1, len(texts))

@@ -178,3 +178,15 @@ def test_empty_generations_error_only_when_nothing_was_generated():
     assert check_generations(["", "an answer", "  "], "outputs") == 2  # a collapsed policy is judged as it is
     with pytest.raises(EmptyGenerationsError, match="all 2 generations are empty"):
         check_generations(["", " "], "outputs of X")
+
+
+def test_win_rate_asks_each_order_once_and_reuses_the_answers_for_agreement():
+    from evals.evalsets import EvalSet
+    from evals.winrate import winrate_result
+
+    records = tuple({"id": str(i), "instruction": f"q{i}", "input": "", "output": None, "generator": None}
+                    for i in range(5))
+    judge = LengthJudge()
+    result = winrate_result(EvalSet("s", records), ["a longer answer"] * 5, ["short"] * 5, judge)
+    assert judge.calls == 10  # 5 pairs x 2 orders, no cache
+    assert result["metrics"]["win_rate"] == 100.0 and result["metrics"]["order_agreement"] == 100.0

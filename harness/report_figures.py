@@ -106,19 +106,26 @@ def _step_ticks(ax: Axes, series: list[Series]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def _our_panel(ax: Axes, data: ReportData, *, drawn: bool, xlabel: str, missing: str) -> None:
+    """Labels, grid, legend and title of our panel (or a 'no records' note)."""
+    if drawn:
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("win rate (%)")
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    else:
+        _empty(ax, f"{missing} at preset '{data.preset}'")
+    judge = data.judge["name"] if data.judge else "none (no records)"
+    ax.set_title(f"ours: preset {data.preset}, judge {judge}", fontsize=10)
+
+
 def figure1(data: ReportData, out_dir: Path) -> list[Path]:
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     ours, paper = fig.subplots(1, 2)
-    if _curves(ours, data.winrate):
+    drawn = _curves(ours, data.winrate)
+    if drawn:
         _step_ticks(ours, data.winrate)
-        ours.set_xlabel("PPO step")
-        ours.set_ylabel("win rate (%)")
-        ours.grid(alpha=0.3)
-        _legend(ours)
-    else:
-        _empty(ours, f"no win-rate records at preset '{data.preset}'")
-    judge = data.judge["name"] if data.judge else "none (no records)"
-    ours.set_title(f"ours: preset {data.preset}, judge {judge}", fontsize=10)
+    _our_panel(ours, data, drawn=drawn, xlabel="PPO step", missing="no win-rate records")
     # the paper's lines carry their own labels
     lines = [s for s in data.paper_fig1 if s.kind != "lora"]
     for s in lines:
@@ -154,15 +161,8 @@ def _kl_points(ax: Axes, series: list[Series]) -> bool:
 def figure2(data: ReportData, out_dir: Path) -> list[Path]:
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     ours, paper = fig.subplots(1, 2)
-    if _kl_points(ours, data.winrate):
-        ours.set_xlabel("token-level true KL(policy || reference)")
-        ours.set_ylabel("win rate (%)")
-        ours.grid(alpha=0.3)
-        _legend(ours)
-    else:
-        _empty(ours, f"no win-rate records with true_kl at preset '{data.preset}'")
-    judge = data.judge["name"] if data.judge else "none (no records)"
-    ours.set_title(f"ours: preset {data.preset}, judge {judge}", fontsize=10)
+    _our_panel(ours, data, drawn=_kl_points(ours, data.winrate), xlabel="token-level true KL(policy || reference)",
+               missing="no win-rate records with true_kl")
     if _kl_points(paper, data.paper_fig2):
         paper.set_xscale("log")  # the paper's points crowd below KL 0.05 on a linear axis
     paper.set_xlabel("token-level true KL (log scale)")

@@ -204,6 +204,10 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     from harness.executors import Job, make_executor
 
     started = time.time()
+    if args.executor not in ("local", "ray"):  # before any preparation or training starts
+        raise ValueError(f"--executor={args.executor!r} is not known; allowed: local, ray")
+    if args.workers < 1 or args.retries < 0:
+        raise ValueError(f"--workers={args.workers} must be >= 1 and --retries={args.retries} >= 0")
     executor_kw = {"retries": args.retries}
     if args.executor == "local":
         executor_kw["workers"] = args.workers

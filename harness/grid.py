@@ -24,7 +24,7 @@ from typing import Any
 
 from harness import presets
 from trainers import checkpoint as ckpt_io
-from trainers.config import TrainConfig
+from trainers.config import EXECUTION_FIELDS, TrainConfig
 
 PAPER_REGULARIZERS = ("kl", "clamped_kl", "bregman", "jensen_shannon", "squared_error", "none", "negative_kl",
                       "dropout_only")
@@ -65,7 +65,6 @@ GRIDS: dict[str, PresetGrid] = {
         note="the paper's setting: LLaMA-7B AlpacaFarm models, 805 eval instructions, an OpenAI-compatible judge"),
 }
 
-LOCATION_FIELDS = ("threads", "device")
 
 
 def grid_for(preset: str) -> PresetGrid:
@@ -76,7 +75,7 @@ def grid_for(preset: str) -> PresetGrid:
 
 
 def run_id(cfg: TrainConfig) -> str:
-    values = {k: v for k, v in cfg.to_dict().items() if k not in LOCATION_FIELDS}
+    values = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_FIELDS}
     if values["prompts"] == presets.INSTRUCTIONS:
         blob = Path(presets.INSTRUCTIONS).read_bytes()
         values["prompts"] = "bundled:" + hashlib.sha256(blob).hexdigest()[:12]

@@ -37,6 +37,14 @@ class PPOModels:
         """Context in which calling `reference_model` gives the reference policy."""
         return self.policy.disable_adapter() if self.reference is None else contextlib.nullcontext()
 
+    def sampling_context(self, fold_adapters: bool):
+        """Context for sampling from the policy: its LoRA updates folded into the weights when asked."""
+        if fold_adapters and hasattr(self.policy, "peft_config"):
+            from trainers.lora_merge import folded_adapters
+
+            return folded_adapters(self.policy)
+        return contextlib.nullcontext()
+
     @property
     def reference_model(self) -> nn.Module:
         return self.policy if self.reference is None else self.reference

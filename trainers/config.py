@@ -18,6 +18,13 @@ from trainers import regularizers
 
 Dtype = Literal["auto", "bfloat16", "float32", "float16"]
 
+# Fields that choose where and how fast the same quantities are computed, not which: they are left out of
+# `config_hash` and of grid run ids, and a run may be resumed with them changed. Results differ only by
+# floating-point summation order.
+EXECUTION_FIELDS = frozenset({"threads", "device", "group_by_length", "merge_adapters_for_rollout"})
+# threads and device were hashed before the others existed; they stay in so that recorded hashes keep matching
+_UNHASHED = EXECUTION_FIELDS - {"threads", "device"}
+
 
 def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -93,6 +100,11 @@ class TrainConfig:
     checkpoint_every: int = _f(20, "save a checkpoint every N steps (and at the last step)")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: cuda when available")
     threads: int = _f(0, "CPU threads for torch (0: all cores)")
+    # speed: how the same sums are computed, never what they are (see EXECUTION_FIELDS)
+    group_by_length: bool = _f(True, "order rows by length before splitting them into micro-batches (prefill, "
+                               "scoring forwards, training), so that each micro-batch carries little padding")
+    merge_adapters_for_rollout: bool = _f(True, "sample with the LoRA update folded into temporary copies of the "
+                                          "adapted weights (the originals are put back untouched afterwards)")
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -122,8 +134,9 @@ class TrainConfig:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
 
     def config_hash(self) -> str:
-        """A stable id of the resolved configuration (12 hex digits)."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable id of the resolved configuration (12 hex digits), speed-only fields left out."""
+        identity = {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
+        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @classmethod

@@ -6,7 +6,8 @@ Per rollout micro-batch:
    two distributions: sampled-token log-probs, entropy, exact KL(pi || pi_ref) and the regulariser k_t;
 3. the value model's old values and the reward (model score at the last response token, or a rule),
    replaced by `penalty_reward` when the response did not end with a stop token.
-The policy's log-probs come from the sampling logits: no second policy forward.
+The policy's log-probs come from the sampling logits: no second policy forward. Steps 2-3 run on groups of
+`micro_batch_size` rows of similar length, each trimmed of its padding (`group_by_length`).
 """
 
 from __future__ import annotations
@@ -101,38 +102,71 @@ def _score(models: PPOModels, cfg: TrainConfig, query_ids, query_mask, tokens, m
     return reward.score_at(enc["input_ids"], enc["attention_mask"], pos, last).float()
 
 
+def length_groups(lengths: Tensor, rows: int, enabled: bool = True) -> list[Tensor]:
+    """Row indices in groups of at most `rows`: longest first when `enabled` (so each group's rows have
+    similar lengths and trimming leaves little padding), else in their given order."""
+    order = torch.argsort(lengths, descending=True, stable=True) if enabled else torch.arange(lengths.numel())
+    order = order.to(lengths.device)
+    return list(order.split(max(rows, 1)))
+
+
+def trim_query(query_ids: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Drop leading columns that are padding in every row (left-padded queries)."""
+    first = int(query_mask.any(0).float().argmax())
+    return query_ids[:, first:], query_mask[:, first:]
+
+
 @torch.inference_mode()
 def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]], generator, device, timings) -> Rollout:
     spec = regularizers.get(cfg.regularizer)
     query_ids, query_mask = left_pad(prompts, models.tokenizer.pad_token_id, device)
     t0 = time.perf_counter()
-    samples = sample(models.policy, query_ids, query_mask, max_new_tokens=cfg.response_len,
-                     temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                     stop_ids=models.stop_ids if cfg.stop_at_eos else [],
-                     pad_id=models.tokenizer.pad_token_id, generator=generator)
+    with models.sampling_context(cfg.merge_adapters_for_rollout):
+        samples = sample(models.policy, query_ids, query_mask, max_new_tokens=cfg.response_len,
+                         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                         stop_ids=models.stop_ids if cfg.stop_at_eos else [],
+                         pad_id=models.tokenizer.pad_token_id, generator=generator,
+                         prefill_rows=cfg.micro_batch_size if cfg.group_by_length else 0)
     t1 = time.perf_counter()
-    tokens, mask, logits = samples.tokens, samples.mask, samples.logits
-    n = tokens.size(1)
-    ids, amask, pos = sequences(query_ids, query_mask, tokens)
-    with models.reference_context():
-        ref_logits = response_logits(models.reference_model, ids, amask, pos, n).float()
-    if cfg.temperature != 1.0:
-        ref_logits = ref_logits / cfg.temperature
-    logprobs, ref_logprobs, true_kl, entropy, full_penalty = distribution_stats(logits, ref_logits, tokens, spec)
-    penalties = full_penalty if spec.needs_logits else spec.sampled(logprobs, ref_logprobs)
-    del logits, ref_logits
-    values = models.value.values(ids, amask, pos, start=query_ids.size(1) - 1, length=n).float()
-    raw_scores = _score(models, cfg, query_ids, query_mask, tokens, mask)
+    tokens, mask = samples.tokens, samples.mask
+    batch, width = tokens.shape
+    out = {name: torch.zeros(batch, width, device=device) for name in
+           ("logprobs", "ref_logprobs", "penalties", "true_kl", "entropy", "values")}
+    raw_scores = torch.zeros(batch, device=device)
+    lengths = query_mask.sum(1) + mask.sum(1)
+    # Scoring forwards one group of rows at a time: with groups of similar length, trimmed of the columns
+    # that are padding in all their rows, no forward pays for another row's long prompt or response.
+    for rows in length_groups(lengths, cfg.micro_batch_size if cfg.group_by_length else batch, cfg.group_by_length):
+        q_ids, q_mask = trim_query(query_ids[rows], query_mask[rows])
+        n = int(mask[rows].sum(1).max())
+        toks, tmask = tokens[rows, :n], mask[rows, :n]
+        ids, amask, pos = sequences(q_ids, q_mask, toks)
+        with models.reference_context():
+            ref_logits = response_logits(models.reference_model, ids, amask, pos, n).float()
+        if cfg.temperature != 1.0:
+            ref_logits = ref_logits / cfg.temperature
+        logprobs, ref_logprobs, true_kl, entropy, full_penalty = distribution_stats(
+            samples.logits[rows, :n], ref_logits, toks, spec)
+        del ref_logits
+        penalties = full_penalty if spec.needs_logits else spec.sampled(logprobs, ref_logprobs)
+        values = models.value.values(ids, amask, pos, start=q_ids.size(1) - 1, length=n).float()
+        for name, value in (("logprobs", logprobs), ("ref_logprobs", ref_logprobs), ("penalties", penalties),
+                            ("true_kl", true_kl), ("entropy", entropy), ("values", values)):
+            out[name][rows, :n] = value
+        raw_scores[rows] = _score(models, cfg, q_ids, q_mask, toks, tmask)
+    ended = samples.ended
+    del samples
     if cfg.penalty_reward is None:
         scores = raw_scores
     else:
-        scores = torch.where(samples.ended, raw_scores, torch.full_like(raw_scores, cfg.penalty_reward))
+        scores = torch.where(ended, raw_scores, torch.full_like(raw_scores, cfg.penalty_reward))
     t2 = time.perf_counter()
     timings["rollout"] += t1 - t0
     timings["score"] += t2 - t1
     m = mask.float()
-    return Rollout(query_ids, query_mask, tokens, mask, logprobs * m, ref_logprobs * m, penalties * m,
-                   true_kl * m, entropy * m, values * m, scores, raw_scores, samples.ended)
+    return Rollout(query_ids, query_mask, tokens, mask, out["logprobs"] * m, out["ref_logprobs"] * m,
+                   out["penalties"] * m, out["true_kl"] * m, out["entropy"] * m, out["values"] * m, scores,
+                   raw_scores, ended)
 
 
 def concat(chunks: list[Rollout], pad_id: int) -> Rollout:

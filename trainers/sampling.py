@@ -38,6 +38,49 @@ def filter_logits(logits: Tensor, top_k: int, top_p: float) -> Tensor:
     return logits
 
 
+def prefill(model: torch.nn.Module, query_ids: Tensor, mask: Tensor, group_rows: int = 0) -> tuple[Tensor, DynamicCache]:
+    """Read the left-padded prompts: the logits at their last position [B, V] and the KV cache.
+
+    With `group_rows` > 0 the prompts are read in groups of that many rows, longest first, each group trimmed
+    of the columns that are padding in all its rows; the groups' caches are then laid out left-padded to the
+    full width, as one batched read would have left them (padding slots are masked, so their contents never
+    matter). A batch of prompts of mixed lengths then costs its real tokens, not batch x longest prompt.
+    Models whose cache is not a plain per-layer key/value cache are read in one batch.
+    """
+    batch, width = query_ids.shape
+    if group_rows <= 0 or group_rows >= batch:
+        cache = DynamicCache()
+        out = model(input_ids=query_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), cache=cache,
+                    use_cache=True, logits_to_keep=1)
+        return out.logits[:, -1], cache
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, descending=True, stable=True)
+    last_logits, keys, values = None, [], []
+    for rows in order.split(group_rows):
+        w = int(lengths[rows].max())
+        ids, m = query_ids[rows, width - w:], mask[rows, width - w:]
+        part = DynamicCache()
+        out = model(input_ids=ids, attention_mask=m, position_ids=position_ids_from_mask(m), cache=part,
+                    use_cache=True, logits_to_keep=1)
+        layers = getattr(part, "layers", None)
+        if not layers or not all(type(layer).__name__ == "DynamicLayer" for layer in layers):
+            return prefill(model, query_ids, mask, 0)
+        if last_logits is None:
+            last_logits = out.logits.new_empty(batch, out.logits.size(-1))
+            for layer in layers:
+                k, v = layer.keys, layer.values
+                keys.append(k.new_zeros(batch, k.size(1), width, k.size(3)))
+                values.append(v.new_zeros(batch, v.size(1), width, v.size(3)))
+        last_logits[rows] = out.logits[:, -1]
+        for i, layer in enumerate(layers):
+            keys[i][rows, :, width - w:] = layer.keys
+            values[i][rows, :, width - w:] = layer.values
+    cache = DynamicCache()
+    for i, (k, v) in enumerate(zip(keys, values)):
+        cache.update(k, v, i)
+    return last_logits, cache
+
+
 @dataclass(slots=True)
 class Samples:
     """Responses and the policy's temperature-scaled logits at each response position."""
@@ -62,22 +105,23 @@ def sample(
     pad_id: int,
     generator: torch.Generator | None = None,
     keep_logits: bool = True,
+    prefill_rows: int = 0,
 ) -> Samples:
-    """Sample up to `max_new_tokens` per row (temperature 0: greedy); stop when every row has stopped."""
+    """Sample up to `max_new_tokens` per row (temperature 0: greedy); stop when every row has stopped.
+
+    `prefill_rows` > 0 reads the prompts in length-sorted groups of that many rows (see `prefill`)."""
     device = query_ids.device
     batch = query_ids.size(0)
     mask = query_mask.long()
     positions = position_ids_from_mask(mask)
-    cache = DynamicCache()
-    out = model(input_ids=query_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                use_cache=True, logits_to_keep=1)
+    last_logits, cache = prefill(model, query_ids, mask, prefill_rows)
     next_pos = positions[:, -1:] + 1
     stop = torch.tensor(stop_ids, dtype=torch.long, device=device)
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens = []
     kept = None  # [B, max_new_tokens, V], filled in place: no list of per-step copies to stack
     for step in range(max_new_tokens):
-        logits = out.logits[:, -1].float()
+        logits = last_logits.float()
         if temperature > 0:
             logits = logits / temperature
             if keep_logits:
@@ -94,8 +138,8 @@ def sample(
         if bool(finished.all()) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
-        out = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, cache=cache,
-                    use_cache=True)
+        last_logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, cache=cache,
+                            use_cache=True).logits[:, -1]
         next_pos = next_pos + 1
     tokens_t = torch.stack(tokens, dim=1)
     is_stop = torch.isin(tokens_t, stop)

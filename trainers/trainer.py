@@ -29,13 +29,14 @@ import torch
 from trainers import checkpoint, data, ppo, preflight
 from trainers.distributed import DataParallel
 from trainers.build import build_models
-from trainers.config import TrainConfig
+from trainers.config import EXECUTION_FIELDS, TrainConfig
 from trainers.kl_control import make_kl_controller
 from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
-from trainers.rollout import Rollout, collect_chunk, concat, position_ids_from_mask, response_logits
+from trainers.rollout import (Rollout, collect_chunk, concat, length_groups, position_ids_from_mask, response_logits,
+                              trim_query)
 from trainers.runlog import MetricsLog, Progress, atomic_write_text, peak_memory, release_host_memory
 
-RESUMABLE_CHANGES = {"steps", "checkpoint_every", "threads"}
+RESUMABLE_CHANGES = {"steps", "checkpoint_every"} | EXECUTION_FIELDS
 
 
 def library_versions() -> dict[str, str]:
@@ -155,7 +156,7 @@ class PPOTrainer:
         saved = self.run_dir / "config.json"
         if saved.is_file():
             old = json.loads(saved.read_text())
-            changed = sorted(k for k, v in self.cfg.to_dict().items() if old.get(k) != v and k not in RESUMABLE_CHANGES)
+            changed = sorted(k for k, v in self.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and old.get(k) != v)
             if changed:
                 raise ValueError(f"{self.run_dir} holds a run with a different configuration "
                                  f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(self.cfg, k)!r}' for k in changed)}); "
@@ -277,8 +278,11 @@ class PPOTrainer:
                 mb = order[start:start + self.local_step_size].to(ro.tokens.device)
                 denom = self.dp.token_denominator(ro.mask[mb])
                 self.optimizer.zero_grad(set_to_none=True)
-                for m0 in range(0, self.local_step_size, cfg.micro_batch_size):
-                    idx = mb[m0:m0 + cfg.micro_batch_size]
+                # The minibatch's gradient is a sum over its tokens, whatever the split into micro-batches:
+                # splitting it by length only spares padding.
+                lengths = ro.query_mask[mb].sum(1) + ro.mask[mb].sum(1)
+                for rows in length_groups(lengths, cfg.micro_batch_size, cfg.group_by_length):
+                    idx = mb[rows]
                     for k, v in self._micro_step(ro, advantages, returns, idx, denom).items():
                         totals[k] += v
                     release_host_memory()
@@ -293,10 +297,8 @@ class PPOTrainer:
     def _micro_step(self, ro: Rollout, advantages, returns, idx: torch.Tensor, denom: float) -> dict[str, float]:
         """Forward and backward of one micro-batch; losses are sums over its tokens / the minibatch's tokens."""
         cfg, models = self.cfg, self.models
-        qmask = ro.query_mask[idx]
-        first = int(qmask.any(0).float().argmax())  # drop columns that are padding in every row
+        query_ids, qmask = trim_query(ro.query_ids[idx], ro.query_mask[idx])
         n = int(ro.mask[idx].sum(1).max())  # drop response padding after the longest response
-        query_ids, qmask = ro.query_ids[idx, first:], qmask[:, first:]
         tokens, mask = ro.tokens[idx, :n], ro.mask[idx, :n].float()
         ids = torch.cat([query_ids, tokens], 1)
         amask = torch.cat([qmask, torch.ones_like(tokens)], 1)

@@ -120,3 +120,50 @@ def test_a_ppo_step_is_the_same_with_and_without_the_levers(smoke, tmp_path, ove
     assert records[True]["ppo/grad_norm"] > 0
     for a, b in zip(params[True], params[False]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # Adam divides by |g|: tiny g, loose digits
+
+
+def test_pair_statistics_equal_the_separate_formulas():
+    from trainers import ppo, regularizers
+
+    gen = torch.Generator().manual_seed(0)
+    logits, ref = torch.randn(3, 5, 40, generator=gen) * 3, torch.randn(3, 5, 40, generator=gen) * 3
+    tokens = torch.randint(0, 40, (3, 5), generator=gen)
+    picked, ref_picked, kl, entropy = ppo.pair_statistics(logits, ref, tokens)
+    torch.testing.assert_close(picked, ppo.sequence_logprobs(logits, tokens, 1.0))
+    torch.testing.assert_close(ref_picked, ppo.sequence_logprobs(ref, tokens, 1.0))
+    torch.testing.assert_close(kl, regularizers.kl_full(logits, ref))
+    torch.testing.assert_close(entropy, ppo.entropy_from_logits(logits))
+
+
+def test_inverse_cdf_draws_follow_the_distribution():
+    from trainers.sampling import draw
+
+    probs = torch.tensor([[0.0, 0.5, 0.0, 0.3, 0.2]]).expand(20000, 5).contiguous()
+    tokens = draw(probs, torch.Generator().manual_seed(0))
+    freq = torch.bincount(tokens, minlength=5).float() / tokens.numel()
+    assert freq[0] == 0 and freq[2] == 0  # tokens without mass are never drawn
+    torch.testing.assert_close(freq, probs[0], atol=0.015, rtol=0)
+
+
+def test_roomy_cache_equals_a_growing_cache(smoke):
+    from transformers import DynamicCache
+
+    from trainers.sampling import with_room
+
+    bundle = _perturbed_policy(smoke)
+    ids, mask = _prompts(bundle.tokenizer)
+    step = torch.full((ids.size(0), 1), 7)
+    outs = []
+    with torch.inference_mode():
+        for roomy in (False, True):
+            cache = DynamicCache()
+            bundle.policy(input_ids=ids, attention_mask=mask, cache=cache, use_cache=True)
+            if roomy:
+                cache = with_room(cache, 1)  # room for one: the second step must grow it
+            m = mask
+            for _ in range(3):
+                m = torch.cat([m, torch.ones_like(step)], 1)
+                out = bundle.policy(input_ids=step, attention_mask=m, cache=cache, use_cache=True).logits
+            outs.append(out)
+            assert cache.get_seq_length() == ids.size(1) + 3
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)

@@ -121,3 +121,23 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     z = logits.float()
     p = torch.softmax(z, dim=-1)
     return torch.logsumexp(z, dim=-1) - (p * z).sum(-1)
+
+
+def pair_statistics(logits: Tensor, ref_logits: Tensor, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-position statistics of the policy and the reference at the sampled tokens, from one
+    log-softmax of each ([..., V] logits already divided by the temperature):
+
+        log pi(y_t), log pi_ref(y_t), KL(pi || pi_ref) = sum_v pi(v) (log pi(v) - log pi_ref(v)),
+        H(pi) = -sum_v pi(v) log pi(v).
+
+    The same values as `sequence_logprobs`, `regularizers.kl_full` and `entropy_from_logits` called one by
+    one, in half the passes over the vocabulary.
+    """
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    logq = torch.log_softmax(ref_logits.float(), dim=-1)
+    index = tokens.unsqueeze(-1)
+    picked, ref_picked = logp.gather(-1, index).squeeze(-1), logq.gather(-1, index).squeeze(-1)
+    p = logp.exp()
+    kl = (p * (logp - logq)).sum(-1)
+    entropy = -(p * logp).sum(-1)
+    return picked, ref_picked, kl, entropy

@@ -74,9 +74,7 @@ def distribution_stats(logits: Tensor, ref_logits: Tensor, tokens: Tensor, spec,
     parts = []
     for i in range(0, tokens.size(0), rows):
         lg, ref, tok = logits[i:i + rows], ref_logits[i:i + rows], tokens[i:i + rows]
-        parts.append((ppo.sequence_logprobs(lg, tok, 1.0), ppo.sequence_logprobs(ref, tok, 1.0),
-                      regularizers.kl_full(lg, ref), ppo.entropy_from_logits(lg),
-                      spec.full(lg, ref) if spec.needs_logits else None))
+        parts.append((*ppo.pair_statistics(lg, ref, tok), spec.full(lg, ref) if spec.needs_logits else None))
     stacked = [torch.cat(col) if col[0] is not None else None for col in zip(*parts)]
     return tuple(stacked)
 

@@ -167,3 +167,19 @@ def test_roomy_cache_equals_a_growing_cache(smoke):
             outs.append(out)
             assert cache.get_seq_length() == ids.size(1) + 3
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_few_row_products_equal_linear_and_are_undone():
+    from trainers.decode_linear import MAX_ROWS, few_row_products
+
+    gen = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Linear(5, 3, bias=False))
+    small, large = torch.randn(2, 1, 6, generator=gen), torch.randn(MAX_ROWS + 1, 6, generator=gen)
+    expected = model(small), model(large)
+    with torch.no_grad(), few_row_products(model) as n_patched:
+        got = model(small), model(large)
+    assert n_patched == 2
+    for a, b in zip(got, expected):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b)
+    assert all("forward" not in vars(m) for m in model)

@@ -37,13 +37,16 @@ class PPOModels:
         """Context in which calling `reference_model` gives the reference policy."""
         return self.policy.disable_adapter() if self.reference is None else contextlib.nullcontext()
 
-    def sampling_context(self, fold_adapters: bool):
-        """Context for sampling from the policy: its LoRA updates folded into the weights when asked."""
-        if fold_adapters and hasattr(self.policy, "peft_config"):
-            from trainers.lora_merge import folded_adapters
+    def sampling_context(self, fold_adapters: bool, few_row_products: bool = False):
+        """Context for sampling from the policy: its LoRA updates folded into the weights, and its linear
+        layers in the layout that suits few-row products, when asked (trainers.lora_merge, .decode_linear)."""
+        from trainers import decode_linear, lora_merge
 
-            return folded_adapters(self.policy)
-        return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        if fold_adapters and hasattr(self.policy, "peft_config"):
+            stack.enter_context(lora_merge.folded_adapters(self.policy))
+        stack.enter_context(decode_linear.few_row_products(self.policy, few_row_products))
+        return stack
 
     @property
     def reference_model(self) -> nn.Module:

@@ -21,7 +21,8 @@ Dtype = Literal["auto", "bfloat16", "float32", "float16"]
 # Fields that choose where and how fast the same quantities are computed, not which: they are left out of
 # `config_hash` and of grid run ids, and a run may be resumed with them changed. Results differ only by
 # floating-point summation order.
-EXECUTION_FIELDS = frozenset({"threads", "device", "group_by_length", "merge_adapters_for_rollout"})
+EXECUTION_FIELDS = frozenset({"threads", "device", "group_by_length", "merge_adapters_for_rollout",
+                              "few_row_decode_products"})
 # threads and device were hashed before the others existed; they stay in so that recorded hashes keep matching
 _UNHASHED = EXECUTION_FIELDS - {"threads", "device"}
 
@@ -105,6 +106,8 @@ class TrainConfig:
                                "scoring forwards, training), so that each micro-batch carries little padding")
     merge_adapters_for_rollout: bool = _f(True, "sample with the LoRA update folded into temporary copies of the "
                                           "adapted weights (the originals are put back untouched afterwards)")
+    few_row_decode_products: bool = _f(True, "on CPUs, decode with each linear layer computed as W x^T, which "
+                                       "MKL runs faster than x W^T for a few rows")
 
     def __post_init__(self) -> None:
         _check_types(self)

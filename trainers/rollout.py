@@ -119,7 +119,7 @@ def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]],
     spec = regularizers.get(cfg.regularizer)
     query_ids, query_mask = left_pad(prompts, models.tokenizer.pad_token_id, device)
     t0 = time.perf_counter()
-    with models.sampling_context(cfg.merge_adapters_for_rollout):
+    with models.sampling_context(cfg.merge_adapters_for_rollout, cfg.few_row_decode_products):
         samples = sample(models.policy, query_ids, query_mask, max_new_tokens=cfg.response_len,
                          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                          stop_ids=models.stop_ids if cfg.stop_at_eos else [],

@@ -3,12 +3,18 @@
 The work unit (../shared/BENCH.md): SmolLM2-135M-Instruct (the same dequantised weights on both sides), 16
 prompts = the first AlpacaFarm evaluation instructions whose Alpaca-template prompt fits 128 tokens, every
 response exactly 64 tokens (EOS ignored on both sides, so that both do equal work), temperature 1, LoRA r=8,
-alpha=64, dropout 0.1 on q/k/v/o, reward and value models = the same backbone with a seeded scalar head,
-`--epochs` PPO epochs over one minibatch of 16, 2 threads. Each run is its own process; runs alternate
-(ours, TRL, ours, TRL, ...); each run's first step is a warm-up and is excluded.
+alpha=64 on q/k/v/o with dropout off (TRL's PPOTrainer switches LoRA dropout off, so we do too), reward and
+value models = the same backbone with a seeded scalar head, `--epochs` PPO epochs over one minibatch of 16,
+2 threads. Each run is its own process; runs alternate (ours, TRL, ours, TRL, ...); each run's first step is
+a warm-up and is excluded.
+
+With `--levers`, ours then runs once more per speed lever with that lever off (all others on), so that the
+output shows what each one buys; `--set FIELD=VALUE` passes settings to our side (e.g. micro_batch_size=8).
+The training phase's useful matrix-product FLOPs (counted from the model's shapes and the real tokens) are
+divided by its time and printed beside this CPU's measured float32 and bfloat16 matrix-product rates.
 
   bash benchmarks/setup_trl.sh          # once: .venv-trl with torch==2.13.0, trl==1.12.0
-  python -m benchmarks.side_by_side --steps 3 --repeats 2 [--epochs 1] [--mode lora]
+  python -m benchmarks.side_by_side --steps 3 --repeats 2 [--epochs 1] [--mode lora] [--levers]
 writes benchmarks/results/side_by_side-<mode>-<epochs>ep.{json,md}.
 """
 
@@ -48,14 +54,24 @@ def write_prompts(path: Path, n: int = 16, max_tokens: int = 128) -> Path:
     return path
 
 
-def ours(prompts: Path, out: Path, steps: int, epochs: int, mode: str) -> dict:
+# Speed levers of our trainer, each switched off in turn by --levers (setting, value that switches it off).
+LEVERS = {
+    "length grouping (prefill, scoring, training)": "group_by_length=false",
+    "LoRA folded into the weights while sampling": "merge_adapters_for_rollout=false",
+    "W x^T products while decoding": "few_row_decode_products=false",
+    "one micro-batch of 16 instead of 4": "micro_batch_size=16",
+}
+
+
+def ours(prompts: Path, out: Path, steps: int, epochs: int, mode: str, extra: list[str] = ()) -> dict:
     settings = [
         "policy=smollm2-135m-instruct", "reward=head:smollm2-135m-instruct", "value_init=reward",
         f"prompts={prompts}", "prompt_split=", "query_len=128", "response_len=64", "stop_at_eos=false",
         "temperature=1.0", "rollout_batch_size=16", "step_batch_size=16", "micro_batch_size=4",
         "rollout_micro_batch_size=16", f"noptepochs={epochs}", "lr=1e-5", "kl_coef=0.05", "threads=2",
-        f"steps={steps}", f"checkpoint_every={10**6}",
+        f"steps={steps}", f"checkpoint_every={10**6}", "lora_dropout=0",
         *(["lora=true", "reference=shared"] if mode == "lora" else ["lora=false", "reference=copy"]),
+        *extra,
     ]
     cmd = [sys.executable, "-m", "harness.cli", "train", "--preset", "tiny", "--out", str(out)]
     for s in settings:
@@ -95,43 +111,123 @@ def trl(prompts: Path, out: Path, steps: int, epochs: int, mode: str) -> dict:
     }
 
 
+def matmul_rates(threads: int = 2) -> dict[str, float]:
+    """GFLOP/s of a square matrix product on this CPU: float32 at 2048 (BENCH.md's size), bfloat16 at 512
+    (where bf16 has no hardware path it is ~500x slower, and 2048 would take minutes); best of 3."""
+    import torch
+
+    torch.set_num_threads(threads)
+    rates = {}
+    for name, dtype, size in (("float32", torch.float32, 2048), ("bfloat16", torch.bfloat16, 512)):
+        a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
+        a @ b
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        rates[name] = 2 * size**3 / best / 1e9
+    return rates
+
+
+def training_flops(prompts: Path, response_len: int, epochs: int, mode: str) -> float:
+    """Useful matrix-product FLOPs of our training phase (one PPO step), from SmolLM2's shapes and the real
+    tokens (padding excluded): per token, a forward costs 2 x (the backbone's linear weights) + attention
+    (4 x context x hidden per layer); a backward through frozen weights the same again (input gradients), a
+    backward into trained weights twice that. The LM head runs on the response tokens only."""
+    from trainers import data, models
+
+    tok = models.load_tokenizer(models.SMOLLM2)
+    cfg = json.loads((models.smollm2_dir() / "config.json").read_text())
+    h, inter, layers, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
+    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    linear = layers * (2 * h * h + 2 * h * kv + 3 * h * inter)  # q, o; k, v; gate, up, down
+    lengths = [len(tok(data.format_prompt(r, "alpaca"))["input_ids"]) + response_len
+               for r in json.loads(prompts.read_text())]
+    forward = sum(2 * linear * n + 4 * layers * h * n * n / 2 for n in lengths)  # causal attention: n^2 / 2
+    head = 2 * h * vocab * response_len * len(lengths)
+    backward_factor = 1 if mode == "lora" else 2  # frozen weights: input gradients only
+    policy = (forward + head) * (1 + backward_factor)
+    value = forward * (1 + backward_factor)
+    return epochs * (policy + value)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3, help="PPO steps per run (the first is a warm-up)")
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per side")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--mode", choices=["lora", "full"], default="lora")
+    parser.add_argument("--levers", action="store_true", help="then run ours once per speed lever with it off")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a setting for our side")
     args = parser.parse_args(argv)
     runs: dict[str, list[dict]] = {"harness": [], "trl": []}
+    lever_rows: dict[str, dict] = {}
+    rates = matmul_rates()
     with tempfile.TemporaryDirectory() as tmp:
         prompts = write_prompts(Path(tmp) / "prompts.json")
+        flops = training_flops(prompts, 64, args.epochs, args.mode)
         for rep in range(args.repeats):
-            for side, fn in (("harness", ours), ("trl", trl)):
+            for side in ("harness", "trl"):
                 t0 = time.perf_counter()
-                row = fn(prompts, Path(tmp) / f"{side}-{rep}", args.steps, args.epochs, args.mode)
+                out = Path(tmp) / f"{side}-{rep}"
+                row = (ours(prompts, out, args.steps, args.epochs, args.mode, args.set) if side == "harness"
+                       else trl(prompts, out, args.steps, args.epochs, args.mode))
                 row["wall_s"] = time.perf_counter() - t0
                 runs[side].append(row)
                 print(side, rep, json.dumps(row), flush=True)
+        if args.levers:
+            for name, setting in LEVERS.items():
+                row = ours(prompts, Path(tmp) / f"lever-{len(lever_rows)}", args.steps, args.epochs, args.mode,
+                           [*args.set, setting])
+                lever_rows[name] = {"setting": setting, **row}
+                print("lever off:", name, json.dumps(row), flush=True)
     summary = {side: {k: statistics.median(r[k] for r in rows if r[k] is not None) for k in rows[0]}
                for side, rows in runs.items()}
     ratios = {"speedup_s_per_step": summary["trl"]["s_per_step"] / summary["harness"]["s_per_step"],
               "memory_ratio": summary["harness"]["peak_bytes"] / summary["trl"]["peak_bytes"]}
+    training_rate = flops / summary["harness"]["training"] / 1e9
+    compute = {"training_gflop": flops / 1e9, "training_gflops_per_s": training_rate, "matmul_gflops_per_s": rates,
+               "fraction_of_best_matmul_rate": training_rate / max(rates.values())}
     command = (f"python -m benchmarks.side_by_side --steps {args.steps} --repeats {args.repeats} "
-               f"--epochs {args.epochs} --mode {args.mode}")
+               f"--epochs {args.epochs} --mode {args.mode}" + (" --levers" if args.levers else "")
+               + "".join(f" --set {s}" for s in args.set))
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"side_by_side-{args.mode}-{args.epochs}ep"
     stem.with_suffix(".json").write_text(json.dumps({"command": command, "runs": runs, "summary": summary,
-                                                     "ratios": ratios}, indent=2))
-    lines = [f"Command: `{command}`", "", "| side | s/step | generation | frozen forwards | training | tokens/s | peak |",
-             "|---|---|---|---|---|---|---|"]
+                                                     "ratios": ratios, "compute": compute, "levers": lever_rows,
+                                                     "machine": machine()}, indent=2))
+    lines = [f"Command: `{command}` ({machine()})", "",
+             "| side | s/step | generation | frozen forwards | training | tokens/s | peak |", "|---|---|---|---|---|---|---|"]
     for side, s in summary.items():
         lines.append(f"| {side} | {s['s_per_step']:.1f} | {s['generation'] or 0:.1f} | {s['frozen_forwards']:.1f} | "
                      f"{s['training']:.1f} | {s['tokens_per_s'] or 0:.1f} | {s['peak_bytes'] / 2**30:.2f} GiB |")
     lines.append(f"\nTRL / harness seconds per step: {ratios['speedup_s_per_step']:.2f}x; harness / TRL peak memory: "
                  f"{ratios['memory_ratio']:.2f}x")
+    lines.append(f"\nTraining phase: {flops / 1e9:.0f} GFLOP of useful matrix products in "
+                 f"{summary['harness']['training']:.1f} s = {training_rate:.0f} GFLOP/s; this CPU's matrix products: "
+                 f"float32 {rates['float32']:.0f} GFLOP/s, bfloat16 {rates['bfloat16']:.1f} GFLOP/s "
+                 f"({100 * compute['fraction_of_best_matmul_rate']:.0f}% of the faster)")
+    if lever_rows:
+        base = summary["harness"]
+        lines += ["", "Each lever off in turn (one run each, all other levers on; harness median above for reference):", "",
+                  "| lever off | setting | s/step | generation | frozen forwards | training | peak | step vs all on |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, r in lever_rows.items():
+            lines.append(f"| {name} | `{r['setting']}` | {r['s_per_step']:.1f} | {r['generation']:.1f} | "
+                         f"{r['frozen_forwards']:.1f} | {r['training']:.1f} | {r['peak_bytes'] / 2**30:.2f} GiB | "
+                         f"{r['s_per_step'] / base['s_per_step']:.2f}x |")
     stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def machine() -> str:
+    import platform
+
+    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
+    return f"{model}, {os.cpu_count()} cores, {platform.machine()}"
 
 
 if __name__ == "__main__":

@@ -49,6 +49,26 @@ def _libc():
     return libc if libc is not None and hasattr(libc, "malloc_trim") else None
 
 
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
+
+
+@functools.cache
+def keep_freed_memory_within_a_phase() -> bool:
+    """Let glibc reuse freed memory within a phase instead of returning it to the OS at once.
+
+    By default glibc serves allocations above a (dynamic) threshold with fresh mmaps and gives them back
+    when freed, and returns the heap's free top above 128 KiB: every activation of every micro-batch then
+    page-faults in anew. Measured on SmolLM2 LoRA-PPO here: 2.6 million page faults (~10 GB) per step and
+    a fifth of the training phase. With the mmap threshold at its 32 MiB maximum and the trim threshold
+    at 1 GiB, freed memory is reused within a phase, and `release_host_memory` still returns it between
+    phases. True if applied (glibc only).
+    """
+    libc = _libc()
+    if libc is None or not hasattr(libc, "mallopt"):
+        return False
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
+
+
 def release_host_memory() -> None:
     """Give freed heap pages back to the OS (glibc's malloc_trim).
 

@@ -34,7 +34,8 @@ from trainers.kl_control import make_kl_controller
 from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
 from trainers.rollout import (Rollout, collect_chunk, concat, length_groups, position_ids_from_mask, response_logits,
                               trim_query)
-from trainers.runlog import MetricsLog, Progress, atomic_write_text, peak_memory, release_host_memory
+from trainers.runlog import (MetricsLog, Progress, atomic_write_text, keep_freed_memory_within_a_phase, peak_memory,
+                             release_host_memory)
 
 RESUMABLE_CHANGES = {"steps", "checkpoint_every"} | EXECUTION_FIELDS
 
@@ -68,6 +69,8 @@ class PPOTrainer:
         self.device = self.dp.device if self.dp.enabled else pick_device(cfg.device)
         torch.set_num_threads(self.dp.threads(cfg.threads) if self.dp.enabled else cfg.threads or os.cpu_count() or 1)
         torch.manual_seed(cfg.seed)
+        if self.device.type == "cpu":
+            keep_freed_memory_within_a_phase()
         # auto may measure: every rank takes rank 0's choice
         self.frozen_dtype = self.dp.broadcast_object(resolve_frozen_dtype(cfg.frozen_dtype, self.device))
         self.models = build_models(cfg, self.device, self.frozen_dtype)
@@ -227,6 +230,7 @@ class PPOTrainer:
         t_train = time.perf_counter()
         stats = self.update(ro, advantages, returns)
         timings["train"] = time.perf_counter() - t_train
+        release_host_memory()
         # 6. record
         self.step += 1
         penalty_sum = self.dp.mean((ro.penalties * mask).sum(1).mean().item())  # the global batch's mean
@@ -285,7 +289,6 @@ class PPOTrainer:
                     idx = mb[rows]
                     for k, v in self._micro_step(ro, advantages, returns, idx, denom).items():
                         totals[k] += v
-                    release_host_memory()
                 self.dp.average_gradients(params)
                 grad_norm = self.dp.clip_grad_norm(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
                 totals["ppo/grad_norm"] += grad_norm.item()
@@ -312,7 +315,6 @@ class PPOTrainer:
         # Policy and value share no trainable tensor: two backward passes give the same gradients as one
         # on their sum, and the policy's activations are freed before the value forward (half the peak).
         pg_loss.backward()
-        release_host_memory()
         with self.autocast:
             vpred = models.value.values(ids, amask, pos, start=query_ids.size(1) - 1, length=n).float()
         vf_loss, vf_stats = ppo.value_loss(vpred, ro.values[idx, :n], returns[idx, :n], mask,

@@ -113,7 +113,8 @@ def trl(prompts: Path, out: Path, steps: int, epochs: int, mode: str) -> dict:
 
 def matmul_rates(threads: int = 2) -> dict[str, float]:
     """GFLOP/s of a square matrix product on this CPU: float32 at 2048 (BENCH.md's size), bfloat16 at 512
-    (where bf16 has no hardware path it is ~500x slower, and 2048 would take minutes); best of 3."""
+    (where bf16 has no hardware path it is ~100x slower, and 2048 would take minutes); best of 5, since a
+    shared 2-core machine gives single products that vary by 1.5x."""
     import torch
 
     torch.set_num_threads(threads)
@@ -122,7 +123,7 @@ def matmul_rates(threads: int = 2) -> dict[str, float]:
         a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
         a @ b
         best = float("inf")
-        for _ in range(3):
+        for _ in range(5):
             t0 = time.perf_counter()
             a @ b
             best = min(best, time.perf_counter() - t0)

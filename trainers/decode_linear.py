@@ -14,6 +14,7 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.tensor import DTensor
 
 MAX_ROWS = 64  # measured crossover: above it F.linear is as fast or faster
 
@@ -40,7 +41,8 @@ def few_row_products(model: nn.Module, enabled: bool = True):
     try:
         if enabled:
             for module in model.modules():
-                if type(module) is nn.Linear and module.weight.device.type == "cpu" and "forward" not in vars(module):
+                if (type(module) is nn.Linear and module.weight.device.type == "cpu" and "forward" not in vars(module)
+                        and not isinstance(module.weight, DTensor)):  # FSDP shards gather in their own forward
                     module.forward = _few_rows_forward(module)
                     patched.append(module)
         yield len(patched)

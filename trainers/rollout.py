@@ -23,7 +23,7 @@ from trainers import ppo, regularizers
 from trainers.build import PPOModels
 from trainers.config import TrainConfig
 from trainers.heads import ScalarHeadModel
-from trainers.sampling import position_ids_from_mask, sample
+from trainers.sampling import length_groups, position_ids_from_mask, sample, trim_query
 
 
 @dataclass(slots=True)
@@ -98,20 +98,6 @@ def _score(models: PPOModels, cfg: TrainConfig, query_ids, query_mask, tokens, m
     pos = position_ids_from_mask(enc["attention_mask"])
     last = torch.full((len(texts),), enc["input_ids"].size(1) - 1, device=tokens.device)
     return reward.score_at(enc["input_ids"], enc["attention_mask"], pos, last).float()
-
-
-def length_groups(lengths: Tensor, rows: int, enabled: bool = True) -> list[Tensor]:
-    """Row indices in groups of at most `rows`: longest first when `enabled` (so each group's rows have
-    similar lengths and trimming leaves little padding), else in their given order."""
-    order = torch.argsort(lengths, descending=True, stable=True) if enabled else torch.arange(lengths.numel())
-    order = order.to(lengths.device)
-    return list(order.split(max(rows, 1)))
-
-
-def trim_query(query_ids: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Drop leading columns that are padding in every row (left-padded queries)."""
-    first = int(query_mask.any(0).float().argmax())
-    return query_ids[:, first:], query_mask[:, first:]
 
 
 @torch.inference_mode()

@@ -37,7 +37,8 @@ from trainers.rollout import (Rollout, collect_chunk, concat, length_groups, pos
 from trainers.runlog import (MetricsLog, Progress, atomic_write_text, keep_freed_memory_within_a_phase, peak_memory,
                              release_host_memory)
 
-RESUMABLE_CHANGES = {"steps", "checkpoint_every"} | EXECUTION_FIELDS
+# a run may go on with more steps or another speed setting, but not on another device (whose dtypes differ)
+RESUMABLE_CHANGES = {"steps", "checkpoint_every"} | (EXECUTION_FIELDS - {"device"})
 
 
 def library_versions() -> dict[str, str]:

@@ -3,24 +3,33 @@
 Contents: `policy/` (PEFT adapter, loadable with `PeftModel.from_pretrained`; the whole model in full
 fine-tune mode), `value.safetensors` (the value model's trainable tensors: head, and adapters or
 backbone), `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch, CUDA and the sampling generator) and
-`state.json` (step, KL coefficient, config hash), written last. Optimizer states of older checkpoints are
-dropped once a newer one is complete: they are only needed to resume, which uses the latest.
+`state.json` (step, KL coefficient, config hash and the sha256 of every other file), written last. Optimizer
+states of older checkpoints are dropped once a newer one is complete: they are only needed to resume, which uses
+the latest.
+
+Loading never unpickles code: `.pt` files are read with `weights_only=True` (tensors and plain containers only),
+and `verify` checks the files against the manifest before anything is loaded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import pickle
 import shutil
 import tempfile
 from pathlib import Path
 
 import torch
 from peft import PeftModel, set_peft_model_state_dict
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from trainers.runlog import atomic_write_text
+from trainers.errors import UserError
+from trainers.runlog import atomic_write_text, make_readable
 
 STATE = "state.json"
+MANIFEST = "files"  # state.json's key: {relative path: sha256} of every other file of the checkpoint
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -38,6 +47,75 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def latest_checkpoint(run_dir: Path) -> Path | None:
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_manifest(folder: Path) -> dict[str, str]:
+    return {p.relative_to(folder).as_posix(): sha256_of(p)
+            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != STATE}
+
+
+def read_state(folder: Path) -> dict:
+    path = folder / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} cannot be read ({e}); the checkpoint is damaged") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or isinstance(state.get("step"), bool):
+        raise UserError(f"{path} must be a JSON object with an integer 'step'; the checkpoint is damaged")
+    return state
+
+
+def verify(folder: Path) -> dict:
+    """state.json, after checking its step against the folder's name and every file against its sha256."""
+    state = read_state(folder)
+    if folder.name != f"step-{state['step']:06d}":
+        raise UserError(f"{folder / STATE} says step {state['step']} but the folder is {folder.name}; "
+                        "the checkpoint was edited or moved")
+    manifest = state.get(MANIFEST)
+    if manifest is None:
+        raise UserError(f"{folder / STATE} has no file manifest ('{MANIFEST}'): its files cannot be checked; "
+                        "resume from a checkpoint written by this version, or start a new run")
+    if not isinstance(manifest, dict):
+        raise UserError(f"{folder / STATE}: '{MANIFEST}' must map file names to sha256 digests")
+    for name, digest in manifest.items():
+        path = folder / name
+        if ".." in Path(name).parts or Path(name).is_absolute():
+            raise UserError(f"{folder / STATE} lists {name!r}, outside the checkpoint")
+        if not path.is_file():
+            raise UserError(f"{path} is missing from the checkpoint")
+        if sha256_of(path) != digest:
+            raise UserError(f"{path} does not match the sha256 recorded in {folder / STATE}: the file was changed "
+                            "or damaged after the checkpoint was written")
+    return state
+
+
+def load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file, a damaged one reported by name."""
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise UserError(f"{path} cannot be read as safetensors ({e})") from None
+
+
+def load_pt(path: Path):
+    """A torch file of tensors and plain containers; anything that would run code while unpickling is refused."""
+    if not path.is_file():
+        raise UserError(f"{path} is missing")
+    try:
+        return torch.load(path, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise UserError(f"{path} holds objects other than tensors and plain data; refused to load it "
+                        f"({str(e).splitlines()[0]})") from None
+    except (RuntimeError, OSError, EOFError) as e:
+        raise UserError(f"{path} cannot be read ({str(e).splitlines()[0]}); the checkpoint is damaged") from None
 
 
 def _trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -58,7 +136,9 @@ def save(run_dir: Path, step: int, models, optimizer, scheduler, generator: torc
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, tmp / "rng.pt")
-        atomic_write_text(tmp / STATE, json.dumps({"step": step, **extra}, indent=2))
+        state = {"step": step, **extra, MANIFEST: file_manifest(tmp)}
+        atomic_write_text(tmp / STATE, json.dumps(state, indent=2))
+        make_readable(tmp)
         if final.exists():  # a stale copy from a run that crashed after renaming: replace it
             shutil.rmtree(final)
         tmp.rename(final)
@@ -73,7 +153,7 @@ def save(run_dir: Path, step: int, models, optimizer, scheduler, generator: torc
 def _load_policy(policy: torch.nn.Module, folder: Path) -> None:
     if isinstance(policy, PeftModel):
         weights = folder / "adapter_model.safetensors"
-        result = set_peft_model_state_dict(policy, load_file(weights))
+        result = set_peft_model_state_dict(policy, load_tensors(weights))
         unexpected = getattr(result, "unexpected_keys", [])
         if unexpected:
             raise ValueError(f"{weights} has tensors the policy lacks: {unexpected[:5]}")
@@ -82,7 +162,7 @@ def _load_policy(policy: torch.nn.Module, folder: Path) -> None:
     files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
     state: dict[str, torch.Tensor] = {}
     for name in files:
-        state.update(load_file(folder / name))
+        state.update(load_tensors(folder / name))
     missing, unexpected = policy.load_state_dict(state, strict=False)
     tied = {k for k in missing if "lm_head" in k and policy.config.tie_word_embeddings}
     if set(missing) - tied or unexpected:
@@ -90,9 +170,10 @@ def _load_policy(policy: torch.nn.Module, folder: Path) -> None:
 
 
 def load(folder: Path, models, optimizer, scheduler, generator: torch.Generator) -> dict:
-    """Restore a checkpoint into freshly built models and optimizer; returns its state.json."""
+    """Restore a checkpoint into freshly built models and optimizer; returns its state.json (after `verify`)."""
+    state = verify(folder)
     _load_policy(models.policy, folder / "policy")
-    value_state = load_file(folder / "value.safetensors")
+    value_state = load_tensors(folder / "value.safetensors")
     expected = set(_trainable_state(models.value))
     if set(value_state) != expected:
         raise ValueError(f"{folder / 'value.safetensors'} does not match the value model: "
@@ -100,12 +181,14 @@ def load(folder: Path, models, optimizer, scheduler, generator: torch.Generator)
     models.value.load_state_dict(value_state, strict=False)
     optimizer_file = folder / "optimizer.pt"
     if not optimizer_file.is_file():
-        raise FileNotFoundError(f"{optimizer_file} is missing: only the latest checkpoint keeps optimizer state")
-    optimizer.load_state_dict(torch.load(optimizer_file, weights_only=False))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    rng = torch.load(folder / "rng.pt", weights_only=False)
+        raise UserError(f"{optimizer_file} is missing: only the latest checkpoint keeps optimizer state")
+    optimizer.load_state_dict(load_pt(optimizer_file))
+    scheduler.load_state_dict(load_pt(folder / "scheduler.pt"))
+    rng = load_pt(folder / "rng.pt")
+    if not isinstance(rng, dict) or not {"torch", "sampling"} <= set(rng):
+        raise UserError(f"{folder / 'rng.pt'} lacks the 'torch' and 'sampling' generator states")
     torch.set_rng_state(rng["torch"])
     generator.set_state(rng["sampling"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return json.loads((folder / STATE).read_text())
+    return state

@@ -339,22 +339,24 @@ class DataParallel:
 
     def load_fsdp(self, folder: Path, scheduler) -> dict:
         """Load a checkpoint written by `save_fsdp` into the sharded modules and optimizer (rank 0 reads)."""
-        from safetensors.torch import load_file
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
                                                              set_optimizer_state_dict)
+
+        from trainers import checkpoint
 
         roles = self.roles
         state: dict[str, torch.Tensor] = {}
         optim_state: dict = {}
         if self.is_main:
+            checkpoint.verify(folder)
             policy_dir = folder / "policy"
             index = policy_dir / "model.safetensors.index.json"
             files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
                      else ["model.safetensors"])
             for name in files:
-                state.update({f"policy.{k}": v for k, v in load_file(policy_dir / name).items()})
-            state.update({f"value.{k}": v for k, v in load_file(folder / "value.safetensors").items()})
-            optim_state = torch.load(folder / "optimizer.pt", weights_only=False)
+                state.update({f"policy.{k}": v for k, v in checkpoint.load_tensors(policy_dir / name).items()})
+            state.update({f"value.{k}": v for k, v in checkpoint.load_tensors(folder / "value.safetensors").items()})
+            optim_state = checkpoint.load_pt(folder / "optimizer.pt")
         options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=True, strict=False)
         result = set_model_state_dict(roles, state, options=options)
         tied = roles.policy_raw.config.tie_word_embeddings
@@ -362,8 +364,8 @@ class DataParallel:
         if missing:
             raise ValueError(f"{folder}: the checkpoint lacks {missing[:5]}")
         set_optimizer_state_dict(roles, roles.raw_optimizer, optim_state, options=options)
-        scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-        return json.loads((folder / "state.json").read_text())
+        scheduler.load_state_dict(checkpoint.load_pt(folder / "scheduler.pt"))
+        return checkpoint.read_state(folder)
 
 
 class TrainedRoles(nn.Module):

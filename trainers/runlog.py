@@ -15,6 +15,22 @@ from pathlib import Path
 
 import torch
 
+from trainers.errors import UserError
+
+
+@functools.cache
+def _umask() -> int:
+    mask = os.umask(0)  # reading the mask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: str | Path) -> None:
+    """Give a file or folder made by `tempfile` (0600 / 0700) the mode a plain open would: 0644 / 0755 under the
+    usual umask, so that the group can read run folders and records."""
+    path = Path(path)
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+
 
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
@@ -22,7 +38,8 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
+        make_readable(tmp)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -83,6 +100,38 @@ def release_host_memory() -> None:
         libc.malloc_trim(0)
 
 
+def read_metrics(path: str | Path) -> list[dict]:
+    """The steps of a `metrics.jsonl`. Only the last line may be cut short (a crash while appending: that step is
+    redone on resume); a damaged line anywhere else is an error naming the file and line, since dropping it, or
+    everything after it, would lose steps without a word."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not UTF-8 text ({e}); the metrics log is damaged") from None
+    lines = text.split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        last = number == len(lines)  # a complete record always ends in a newline
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if last:
+                break
+            raise UserError(f"{path}, line {number}: not a JSON record ({e}); the metrics log is damaged: "
+                            "repair or remove that line") from None
+        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+            if last:
+                break
+            raise UserError(f"{path}, line {number}: a record needs an integer 'step'; the metrics log is damaged")
+        records.append(row)
+    return records
+
+
 class MetricsLog:
     """`metrics.jsonl`: one JSON object per PPO step, appended and flushed as each step ends."""
 
@@ -97,15 +146,7 @@ class MetricsLog:
             os.fsync(f.fileno())
 
     def read(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        records = []
-        for line in self.path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:  # a line cut by a crash: the step is redone on resume
-                break
-        return records
+        return read_metrics(self.path)
 
     def truncate_after(self, step: int) -> None:
         """Keep the steps <= `step` (those a checkpoint covers); later ones are redone on resume."""

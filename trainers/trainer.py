@@ -30,6 +30,8 @@ from trainers import checkpoint, data, ppo, preflight
 from trainers.distributed import DataParallel
 from trainers.build import build_models
 from trainers.config import EXECUTION_FIELDS, TrainConfig
+from trainers.errors import UserError
+from trainers import runfolder
 from trainers.kl_control import make_kl_controller
 from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
 from trainers.rollout import (Rollout, collect_chunk, concat, length_groups, position_ids_from_mask, response_logits,
@@ -157,22 +159,41 @@ class PPOTrainer:
     def _prepare_run_dir(self, resume: bool) -> str | None:
         """Check the run folder against this configuration, write config.json and run.json; the checkpoint to
         resume from (None: start afresh)."""
+        self.lock.acquire()  # held until train() returns: a second process on this folder fails here
         saved = self.run_dir / "config.json"
-        if saved.is_file():
-            old = json.loads(saved.read_text())
-            changed = sorted(k for k, v in self.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and old.get(k) != v)
-            if changed:
-                raise ValueError(f"{self.run_dir} holds a run with a different configuration "
-                                 f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(self.cfg, k)!r}' for k in changed)}); "
-                                 "use another --out")
-            if not resume and (self.metrics.read() or checkpoint.latest_checkpoint(self.run_dir)):
-                raise ValueError(f"{self.run_dir} already holds a run; pass --resume to continue it or use another --out")
+        old = runfolder.read_json_object(saved) if saved.is_file() else {}
+        changed = sorted(k for k, v in self.cfg.to_dict().items()
+                         if old and k not in RESUMABLE_CHANGES and old.get(k) != v)
+        if changed:
+            raise UserError(f"{self.run_dir} holds a run with a different configuration "
+                            f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(self.cfg, k)!r}' for k in changed)}); "
+                            "use another --out")
+        logged = [r["step"] for r in self.metrics.read()]
+        latest = checkpoint.latest_checkpoint(self.run_dir)
+        if not resume and (logged or latest):  # config.json may be gone: the log and checkpoints still count
+            raise UserError(f"{self.run_dir} already holds a run; pass --resume to continue it or use another --out")
+        if resume and latest is None:
+            every = old.get("checkpoint_every")
+            self.log(runfolder.check_no_checkpoint(self.run_dir, logged, every if isinstance(every, int) and every > 0
+                                                   else self.cfg.checkpoint_every))
+        elif resume:
+            runfolder.check_resume(latest, checkpoint.read_state(latest), self._resume_hash(), logged,
+                                   self.metrics.path)
         atomic_write_text(saved, json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True))
         atomic_write_text(self.run_dir / "run.json", json.dumps(self.facts, indent=2, sort_keys=True))
-        latest = checkpoint.latest_checkpoint(self.run_dir) if resume else None
-        return None if latest is None else str(latest)
+        return None if latest is None or not resume else str(latest)
+
+    def _resume_hash(self) -> str:
+        return runfolder.resume_hash(self.cfg.to_dict(), RESUMABLE_CHANGES)
 
     def train(self, resume: bool = False) -> list[dict]:
+        self.lock = runfolder.RunLock(self.run_dir)  # taken by rank 0 in _prepare_run_dir
+        try:
+            return self._train(resume)
+        finally:
+            self.lock.release()
+
+    def _train(self, resume: bool) -> list[dict]:
         self._start_or_resume(resume)
         progress = Progress(self.cfg.steps, self.step)
         while self.step < self.cfg.steps:
@@ -186,7 +207,7 @@ class PPOTrainer:
         return self.metrics.read()
 
     def _save_checkpoint(self) -> None:
-        extra = {"kl_coef": self.kl_ctl.value, "config_hash": self.cfg.config_hash()}
+        extra = {"kl_coef": self.kl_ctl.value, "config_hash": self.cfg.config_hash(), "resume_hash": self._resume_hash()}
         if self.dp.fsdp:
             self.dp.save_fsdp(self.run_dir, self.step, self.models, self.scheduler, self.generator, extra)
             return

@@ -1,0 +1,124 @@
+"""Who may write a run folder, and whether its checkpoint belongs to the run about to continue it.
+
+- `RunLock`: an advisory `flock` on `RUN/.lock`, taken without waiting, so that a second `harness train` on the
+  same folder fails at once instead of appending every step a second time. The kernel drops it when the process
+  dies, so a killed run never leaves a stale lock.
+- `check_out`: the `--out` text names a folder we can create and write (checked before any model loads).
+- `resume_hash` / `check_resume`: a checkpoint's state.json against the configuration and the metrics log.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from trainers.errors import UserError
+
+LOCK = ".lock"
+
+
+class RunLock:
+    """An exclusive, non-blocking advisory lock on a run folder; `release` is safe to call when not held."""
+
+    def __init__(self, run_dir: str | Path) -> None:
+        self.run_dir = Path(run_dir)
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        if self._fd is not None:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as e:
+            raise UserError(f"run folder {self.run_dir}: cannot be created or written ({e.strerror or e})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise UserError(f"run folder {self.run_dir} is in use by another process (lock {self.run_dir / LOCK}); "
+                                "wait for it to finish or use another --out") from None
+            raise
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def check_out(text: str) -> Path:
+    """The run folder `--out` names, refused if empty, a file, unwritable or in use."""
+    if not text.strip():
+        raise UserError("--out is empty; give the run folder to write (e.g. --out runs/smoke)")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"--out {text!r} is a file; give a folder")
+    with RunLock(path):  # creates it, proves it writable and not in use
+        pass
+    if not os.access(path, os.W_OK):
+        raise UserError(f"--out {text!r} is not writable")
+    return path
+
+
+def resume_hash(values: dict, resumable: set[str] | frozenset[str]) -> str:
+    """Hash of the settings a resumed run must share with its checkpoint (the config minus `resumable`)."""
+    kept = {k: v for k, v in values.items() if k not in resumable}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+
+
+def check_resume(folder: Path, state: dict, expected_hash: str, steps_logged: list[int], metrics: Path) -> None:
+    """The checkpoint must have been written by this configuration, and the metrics log must hold its steps."""
+    where = folder / "state.json"
+    saved = state.get("resume_hash")
+    if saved is None:
+        raise UserError(f"{where} has no 'resume_hash': it cannot be matched to this configuration; "
+                        "resume from a checkpoint written by this version, or start a new run")
+    if saved != expected_hash:
+        raise UserError(f"{where} was written by another configuration (resume hash {saved}, this run's "
+                        f"{expected_hash}); use the original settings or another --out")
+    step = state["step"]
+    covered = [s for s in steps_logged if s <= step]
+    if covered != list(range(1, step + 1)):
+        raise UserError(f"{metrics} does not hold steps 1..{step} exactly once (found {len(covered)} rows up to step "
+                        f"{step}); the checkpoint {folder.name} and the log disagree, so resuming would lose or "
+                        "repeat steps")
+
+
+def check_no_checkpoint(run_dir: Path, steps_logged: list[int], checkpoint_every: int) -> str:
+    """With --resume and no checkpoint: the line to print, or an error if the log shows checkpoints were lost.
+
+    A run killed before its first checkpoint has logged at most `checkpoint_every` steps (a step is logged just
+    before its checkpoint is written): it restarts from step 0. More logged steps mean a checkpoint was deleted."""
+    if not steps_logged:
+        return f"no checkpoint in {run_dir}; starting fresh"
+    if max(steps_logged) > checkpoint_every:
+        raise UserError(f"{run_dir} has {len(steps_logged)} logged steps (up to {max(steps_logged)}) but no "
+                        f"checkpoint, though one is written every {checkpoint_every} steps; the checkpoints were "
+                        "removed, so it cannot be resumed: use another --out")
+    return (f"no checkpoint in {run_dir}; starting from step 0 (the {len(steps_logged)} logged step(s) before the "
+            "first checkpoint are redone)")
+
+
+def read_json_object(path: Path) -> dict:
+    """A JSON object from a run folder's file, or a clear error naming it."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path} cannot be read as JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")
+    return data

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,14 +67,25 @@ def _read_rows(source: str, split: str) -> list:
         raise EvalSetError(f"eval set {source!r}: no such file; expected a JSON/JSONL list of {{instruction, input, "
                            "output?}}, 'alpaca_farm', or 'hf:DATASET[:CONFIG]:SPLIT'")
     try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EvalSetError(f"eval set {source!r} cannot be read as UTF-8 text ({exc})") from None
+    try:
         if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
         else:
-            rows = json.loads(path.read_text())
+            rows = json.loads(text)
     except json.JSONDecodeError as exc:
         raise EvalSetError(f"eval set {source!r} is not valid JSON: {exc}") from None
-    if isinstance(rows, dict):
-        rows = [dict(r, split=k) for k, v in rows.items() for r in v]
+    if isinstance(rows, dict):  # {split: [records]}, the bundled layout
+        bad = [k for k, v in rows.items() if not isinstance(v, list)]
+        if bad:
+            raise EvalSetError(f"eval set {source!r} is an object whose key {bad[0]!r} does not hold a list of "
+                               "records; expected a list of {instruction, input, output?} (or {split: [records]})")
+        rows = [dict(r, split=k) if isinstance(r, dict) else r for k, v in rows.items() for r in v]
+    elif not isinstance(rows, list):
+        raise EvalSetError(f"eval set {source!r} holds a {type(rows).__name__}; expected a list of "
+                           "{instruction, input, output?}")
     if split:
         rows = [r for r in rows if isinstance(r, dict) and r.get("split") == split]
     return rows
@@ -97,6 +109,10 @@ def load_eval_set(source: str, *, split: str = "", name: str | None = None, limi
                                "expected a string (the reference output)")
         records.append({"id": str(r.get("id", i)), "instruction": r["instruction"], "input": extra,
                         "output": output, "generator": r.get("generator")})
+    repeated = sorted(i for i, n in Counter(r["id"] for r in records).items() if n > 1)
+    if repeated:
+        raise EvalSetError(f"eval set {source!r}: the id(s) {repeated[:5]} occur more than once; paired statistics "
+                           "match items by id, so every record needs its own")
     with_ref = sum(r["output"] is not None for r in records)
     if 0 < with_ref < len(records):
         raise EvalSetError(f"eval set {source!r}: {with_ref} of {len(records)} records have an 'output' reference; "

@@ -10,8 +10,9 @@ loss or a draw. A judge that cannot be reached raises `JudgeError` after its own
 - `order="both"` asks in both orders and averages (the second answer mapped back: p -> 3 - p), which cancels a
   judge's position bias; `order="random"` switches the order per instruction with a seeded coin (alpaca-eval's
   default); `order="fixed"` asks once as given;
-- every answer is cached under (judge identity, instruction, input, first, second) in SQLite, so a rerun costs
-  nothing and a crash loses at most the batch in flight.
+- every parsed answer is cached under (judge identity, instruction, input, first, second) in SQLite, so a rerun
+  costs nothing and a crash loses at most the batch in flight. An unparsable answer (None) is never cached: a
+  rerun asks again rather than inherit one bad reply; `refresh=True` ignores cached answers and overwrites them.
 """
 
 from __future__ import annotations
@@ -77,10 +78,12 @@ def _key(identity: dict, pair: Pair) -> str:
 
 
 class AnnotationCache:
-    """SQLite table (key -> preference); safe across processes, each insert committed."""
+    """SQLite table (key -> preference); safe across processes, each insert committed. `refresh`: read nothing
+    from the table (every pair is asked again), write the new answers over the old."""
 
-    def __init__(self, path: str | Path | None) -> None:
+    def __init__(self, path: str | Path | None, refresh: bool = False) -> None:
         self.path = Path(path) if path else None
+        self.refresh = refresh
         self._lock = threading.Lock()
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,8 +95,11 @@ class AnnotationCache:
         self.misses = 0
 
     def get(self, identity: dict, pair: Pair) -> tuple[bool, float | None]:
-        with self._lock:
-            row = self._db.execute("SELECT preference FROM annotations WHERE key = ?", (_key(identity, pair),)).fetchone()
+        row = None
+        if not self.refresh:
+            with self._lock:
+                row = self._db.execute("SELECT preference FROM annotations WHERE key = ? AND preference IS NOT NULL",
+                                       (_key(identity, pair),)).fetchone()
         if row is None:
             self.misses += 1
             return False, None
@@ -101,7 +107,7 @@ class AnnotationCache:
         return True, row[0]
 
     def put_many(self, identity: dict, items: Sequence[tuple[Pair, float | None]]) -> None:
-        rows = [(_key(identity, p), v, identity.get("name", "")) for p, v in items]
+        rows = [(_key(identity, p), v, identity.get("name", "")) for p, v in items if v is not None]
         with self._lock:
             self._db.executemany("INSERT OR REPLACE INTO annotations VALUES (?, ?, ?)", rows)
             self._db.commit()

@@ -21,6 +21,7 @@ import textwrap
 from pathlib import Path
 
 from harness import presets
+from harness.errors import JUDGE_FAILURE, check_config_file, describe, positive_int, preset_name
 from trainers.config import field_help, field_types
 
 
@@ -43,6 +44,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="LoRA-RLHF experiment harness (PPO, regularisers, evaluation).")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     train = sub.add_parser("train", help="run PPO", epilog=_fields_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -97,7 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="evaluate on the first N instructions only")
     ev.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     ev.add_argument("--top-p", type=float, default=1.0)
-    ev.add_argument("--max-new-tokens", type=int, default=None, help="default: the run's response_len, else 300")
+    ev.add_argument("--max-new-tokens", type=positive_int, default=None,
+                    help="default: the run's response_len, else 300")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--order", default="both", help="both (judge each pair in both orders), random, fixed")
     ev.add_argument("--seed", type=int, default=0)
@@ -111,7 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--allow-empty", action="store_true", help="judge the outputs even if every one is empty (a "
                     "policy collapsed to immediate EOS); by default that is an error")
     ev.add_argument("--results", default="results", help="results store (default: results/)")
-    ev.add_argument("--preset", default="custom", help="preset name recorded with the result")
+    ev.add_argument("--preset", type=preset_name, default="custom", help="preset name recorded with the result "
+                    "(letters, digits, '_', '-', '.')")
+    ev.add_argument("--force", action="store_true", help="replace a record of the same evaluation whose results differ")
+    ev.add_argument("--refresh-judge-cache", action="store_true",
+                    help="ask the judge again instead of reusing its cached answers (and cache the new ones)")
     ev.add_argument("--run-id", default=None, help="run id recorded with the result (default: from the run's config)")
 
     for name, text in (("grid", "list the runs of a table or figure and their state; runs nothing"),
@@ -139,24 +146,29 @@ def build_parser() -> argparse.ArgumentParser:
     rep = sub.add_parser("report", help="render tables and figures from results/ alone")
     rep.add_argument("--results", default="results")
     rep.add_argument("--out", default="report")
-    rep.add_argument("--preset", default=None, help="the preset whose records to render (default: every preset found)")
+    rep.add_argument("--preset", type=preset_name, default=None,
+                     help="the preset whose records to render (default: every preset found)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--debug" in argv:  # accepted after the subcommand too
+        argv = ["--debug", *(a for a in argv if a != "--debug")]
     args = build_parser().parse_args(argv)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress reaches log files and pipes as it happens
     try:
         return _dispatch(args)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"harness: error: {e}", file=sys.stderr)
-        return 2
-    except RuntimeError as e:
-        if type(e).__name__ not in ("JudgeError",):
+    except Exception as e:  # one line for what the user can fix; a traceback only for bugs (or --debug)
+        if type(e).__name__ == JUDGE_FAILURE and not args.debug:
+            print(f"harness: error: the judge could not answer: {e}", file=sys.stderr)
+            return 3
+        message = describe(e)
+        if message is None or args.debug:
             raise
-        print(f"harness: error: the judge could not answer: {e}", file=sys.stderr)
-        return 3
+        print(f"harness: error: {message}", file=sys.stderr)
+        return 2
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -164,6 +176,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         for name, text in presets.PRESET_HELP.items():
             print(f"{name:6s} {text}")
         return 0
+    check_config_file(getattr(args, "config", None))
     if args.command == "config":
         cfg = presets.resolve(args.preset, args.config, args.set)
         print(json.dumps({"config_hash": cfg.config_hash(), **cfg.to_dict()}, indent=2))
@@ -172,6 +185,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _plan(args)
     if args.command == "train":
         cfg = presets.resolve(args.preset, args.config, args.set)
+        from trainers.runfolder import check_out
+
+        check_out(args.out)  # before any model loads
         from trainers.trainer import PPOTrainer  # heavy imports only when training
 
         records = PPOTrainer(cfg, args.out).train(resume=args.resume)
@@ -195,8 +211,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return reproduce.main(args)
     if args.command == "report":
-        from harness.report import render_report
+        from harness.report import check_results_root, render_report
 
+        check_results_root(args.results)  # a mistyped --results must not replace the report with a paper-only one
         paths = render_report(args.results, args.out, args.preset)
         print(f"report: {len(paths)} files in {args.out}/")
         return 0
@@ -236,7 +253,8 @@ def _eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, order=args.order, seed=args.seed,
         factuality=args.factuality or args.factuality_only, factuality_limit=args.factuality_limit,
         knowledge=args.knowledge, verifier=args.verifier, allow_empty=args.allow_empty,
-        winrate=not args.factuality_only, preset=args.preset, run_id=args.run_id)
+        winrate=not args.factuality_only, preset=args.preset, run_id=args.run_id, force=args.force,
+        refresh_judge_cache=args.refresh_judge_cache)
     store = ResultsStore(args.results)
     for rec in Evaluator(req, store).run():
         print(f"record {store.record_path(rec['record_id'])}: {rec['evaluator']} "

@@ -27,6 +27,7 @@ from evals.judges import check_judge_options, make_judge
 from evals.judging import ORDERS, AnnotationCache
 from evals.winrate import REFERENCE_TEMPERATURE, REFERENCE_TOP_P, cached_references, check_generations, winrate_result
 from harness import presets
+from harness.errors import check_preset_name
 from harness.results import ResultsStore, make_record
 from trainers.models import cache_dir
 from trainers.runlog import atomic_write_text
@@ -64,8 +65,13 @@ class EvalRequest:
     run_id: str | None = None
     label: dict | None = None
     device: str = "cpu"
+    force: bool = False  # replace a record of the same evaluation whose results differ
+    refresh_judge_cache: bool = False  # ask the judge again instead of reading its cached answers
 
     def __post_init__(self) -> None:
+        check_preset_name(self.preset, "--preset")
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1 (leave it out for the default)")
         if self.order not in ORDERS:
             raise ValueError(f"order={self.order!r} is not known; allowed: {', '.join(ORDERS)}")
         if self.limit is not None and self.limit < 1:
@@ -73,6 +79,41 @@ class EvalRequest:
         check_judge_options(self.judge, reward_model=self.judge_model)
         if self.verifier not in ("auto", "lexical", "smollm2", "llm"):
             raise ValueError(f"verifier={self.verifier!r} is not known; allowed: auto, lexical, smollm2, llm")
+
+
+def judge_of(req: EvalRequest):
+    return make_judge(req.judge, model=req.judge_model, base_url=req.judge_base_url,
+                      api_key_env=req.judge_api_key_env, device=req.device, seed=req.seed)
+
+
+def generation_settings(req: EvalRequest, run_response_len: int | None = None) -> GenerationSettings:
+    return GenerationSettings(max_new_tokens=req.max_new_tokens or run_response_len or 300,
+                              temperature=req.temperature, top_p=req.top_p, batch_size=req.batch_size, seed=req.seed)
+
+
+def expected_identity(req: EvalRequest) -> dict[str, dict]:
+    """{evaluator: the judge, eval set and settings its records of `req` carry}, found without loading a policy
+    (`req.max_new_tokens` set), so that a caller can tell a record of exactly this evaluation from another."""
+    settings = generation_settings(req)
+    found = {"factuality": {"settings": factuality_settings(req, settings)}}
+    if req.winrate:
+        judge = judge_of(req)
+        found["winrate"] = {"judge": judge.identity(), "eval_set": open_eval_set(req.eval_set, req.limit).identity(),
+                            "settings": record_settings(req, settings)}
+        judge.close()
+    return found
+
+
+def record_settings(req: EvalRequest, settings: GenerationSettings) -> dict:
+    """What, besides target, judge and eval set, changes a win-rate record's result: part of its id."""
+    generation = {k: v for k, v in settings.as_dict().items() if k != "batch_size"}
+    return {"generation": generation, "order": req.order, "limit": req.limit}
+
+
+def factuality_settings(req: EvalRequest, settings: GenerationSettings) -> dict:
+    generation = {k: v for k, v in settings.as_dict().items() if k != "batch_size"}
+    return {"generation": generation, "verifier": req.verifier, "knowledge": req.knowledge,
+            "factuality_limit": req.factuality_limit}
 
 
 def open_eval_set(source: str, limit: int | None = None) -> EvalSet:
@@ -134,16 +175,13 @@ class Evaluator:
         req = self.req
         started = time.time()
         # 1. everything that can fail cheaply
-        judge = make_judge(req.judge, model=req.judge_model, base_url=req.judge_base_url,
-                           api_key_env=req.judge_api_key_env, device=req.device, seed=req.seed) if req.winrate else None
+        judge = judge_of(req) if req.winrate else None
         eval_set = open_eval_set(req.eval_set, req.limit) if req.winrate else None
         target = resolve_target(req.target, req.step)
         cfg_response = None
         if target.run_dir:
             cfg_response = json.loads((Path(target.run_dir) / "config.json").read_text())["response_len"]
-        settings = GenerationSettings(max_new_tokens=req.max_new_tokens or cfg_response or 300,
-                                      temperature=req.temperature, top_p=req.top_p, batch_size=req.batch_size,
-                                      seed=req.seed)
+        settings = generation_settings(req, cfg_response)
         run_id = req.run_id or (target.config_hash if target.run_dir else f"sft:{target.policy}")
         label = req.label or _label_for(target)
         self.log(f"evaluating {target.checkpoint or target.policy} (step {target.step}) | {settings.mode} | "
@@ -181,7 +219,7 @@ class Evaluator:
             eval_set, policy=target.policy, settings=ref_settings.as_dict(),
             cache_dir=self.store.root / "references", generate_fn=make_refs, write=atomic_write_text)
         t1 = time.time()
-        cache = AnnotationCache(self.cache / "annotations.sqlite")
+        cache = AnnotationCache(self.cache / "annotations.sqlite", refresh=req.refresh_judge_cache)
         result = winrate_result(eval_set, outputs, references, judge, cache=cache, order=req.order, seed=req.seed)
         judge_seconds = time.time() - t1
         metrics = dict(result["metrics"])
@@ -202,8 +240,8 @@ class Evaluator:
         cache.close()
         rec = make_record(preset=req.preset, run_id=run_id, label=label, step=target.step, evaluator="winrate",
                           metrics=metrics, judge=result["judge"], eval_set=eval_set.identity(),
-                          per_item=result["per_item"], details=details)
-        self.store.put(rec)
+                          per_item=result["per_item"], details=details, settings=record_settings(req, settings))
+        self.store.put(rec, force=req.force)
         self.log(f"win rate {metrics['win_rate']:.1f} +- {metrics['standard_error']:.1f} (n={metrics['n']}, judge "
                  f"{judge.name}) | true KL {metrics['true_kl']:.4f} | {details['seconds']['total']:.0f} s")
         return rec

@@ -25,6 +25,8 @@ def _knowledge(path: str | None):
 
 
 def run_factuality(ev, target, model, tokenizer, settings, run_id: str, label: dict) -> dict:
+    from harness.evaluate import factuality_settings
+
     req = ev.req
     started = time.time()
     knowledge = _knowledge(getattr(req, "knowledge", None))
@@ -61,8 +63,8 @@ def run_factuality(ev, target, model, tokenizer, settings, run_id: str, label: d
                                 "n": len(entities)},
                       per_item=[{"id": p["id"], "score": p["score"], "facts": p["facts"],
                                  "supported": p["supported"], "answered": p["answered"]} for p in result["per_item"]],
-                      details=details)
-    ev.store.put(rec)
+                      details=details, settings=factuality_settings(req, settings))
+    ev.store.put(rec, force=req.force)
     m = result["metrics"]
     fs = "n/a" if m["factscore"] is None else f"{m['factscore']:.1f}"
     ev.log(f"factuality: FActScore {fs} | answered {m['answered']:.0f}% | {m['facts_per_answer'] or 0:.1f} facts "

@@ -120,6 +120,6 @@ def store_paper_records(store: ResultsStore) -> list[str]:
     ids = []
     for rec in paper_records():
         if store.get(rec["record_id"]) != rec:
-            store.put(rec)
+            store.put(rec, force=True)  # code data: a corrected number replaces the stored one
         ids.append(rec["record_id"])
     return ids

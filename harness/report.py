@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from evals import stats
+from harness.errors import UserError
 from harness.results import ResultsStore
 
 DASH = "—"
@@ -361,6 +362,17 @@ def index_md(data: ReportData, files: list[Path], results_root: Path, out_dir: P
 def presets_in(results_root: str | Path) -> list[str]:
     """The presets of our (source "harness") records in the store, sorted."""
     return sorted({r["preset"] for r in ResultsStore(results_root).records() if r["source"] == "harness"})
+
+
+def check_results_root(results_root: str | Path) -> None:
+    """A results store that exists and holds records of ours (a typo would otherwise render a paper-only report)."""
+    root = Path(results_root)
+    if not root.is_dir():
+        raise UserError(f"--results {str(results_root)!r}: no such folder; give the results store that "
+                        "`harness eval` / `harness reproduce` wrote (default results/)")
+    if not presets_in(root):
+        raise UserError(f"--results {str(results_root)!r} holds no evaluation records of ours ({root / 'records'} "
+                        "has none of source 'harness'); evaluate something first, or give the right folder")
 
 
 def render_report(results_root: str | Path, out_dir: str | Path, preset: str | None, *,

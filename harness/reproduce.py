@@ -25,7 +25,7 @@ from pathlib import Path
 
 from harness import grid as G
 from harness.results import ResultsStore, make_record
-from trainers.runlog import atomic_write_text
+from trainers.runlog import atomic_write_text, read_metrics
 
 HARNESS = (sys.executable, "-m", "harness")
 
@@ -48,10 +48,23 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
 
 
 # ---- what exists -------------------------------------------------------------------------------------------
-def existing(store: ResultsStore, preset: str) -> set[tuple]:
-    """(run_id, step, evaluator) of the harness records present for `preset`."""
+def existing(store: ResultsStore, preset: str, wanted: dict[str, dict] | None = None) -> set[tuple]:
+    """(run_id, step, evaluator) of the harness records present for `preset`. With `wanted` ({evaluator: {field:
+    value}}, `evaluate.expected_identity`), only records whose judge, eval set and settings are the ones asked for:
+    a record of another judge, eval set or generation setting does not stand in for the grid's."""
     return {(r["run_id"], r["step"], r["evaluator"]) for r in store.records()
-            if r["source"] == "harness" and r["preset"] == preset}
+            if r["source"] == "harness" and r["preset"] == preset
+            and all(r.get(k) == v for k, v in (wanted or {}).get(r["evaluator"], {}).items())}
+
+
+def grid_identity(g: G.Grid) -> dict[str, dict]:
+    """The judge, eval set and settings of the records `harness eval` writes for this grid's cells."""
+    from harness.evaluate import EvalRequest, expected_identity
+
+    spec = g.spec
+    return expected_identity(EvalRequest(target="", judge=spec.judge, eval_set=spec.eval_set, limit=spec.eval_limit,
+                                         max_new_tokens=spec.eval_max_new_tokens, preset=g.preset,
+                                         factuality_limit=spec.factuality_limit))
 
 
 def eval_plan(g: G.Grid) -> list[tuple[str, str | None, int, str]]:
@@ -90,14 +103,7 @@ def print_grid(g: G.Grid, runs_root: str, store: ResultsStore) -> dict[str, str]
 
 # ---- records read from run folders ---------------------------------------------------------------------------
 def _metrics(folder: Path) -> list[dict]:
-    rows = []
-    path = folder / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else ():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
+    return read_metrics(folder / "metrics.jsonl")
 
 
 def efficiency_record(g: G.Grid, run: G.Run, folder: Path) -> dict:
@@ -250,7 +256,7 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
             else:
                 marker.unlink(missing_ok=True)
     # 3. evaluate
-    have = existing(store, g.preset)
+    have = existing(store, g.preset, grid_identity(g))
     eval_jobs = []
     spec = g.spec
     for rid, run, step, ev in eval_plan(g):

@@ -1,0 +1,104 @@
+"""The command line's error boundary: which exceptions are expected failures, and their one-line message.
+
+Expected: `UserError` (raised where the input is checked), and the errors a bad file or folder raises
+(ValueError, OSError, non-UTF-8 text, YAML and JSON syntax, damaged safetensors, refused pickles). Everything
+else is a bug and keeps its traceback. No torch here: the CLI imports this before any model code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import re
+from pathlib import Path
+
+from trainers.errors import UserError
+
+__all__ = ["UserError", "check_config_file", "check_preset_name", "describe", "positive_int", "preset_name"]
+PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def check_preset_name(name: object, where: str = "preset") -> str:
+    """A preset name becomes a folder name of the report: letters, digits, '_', '-', '.'; never '..' or a path."""
+    if not isinstance(name, str) or not PRESET_NAME.fullmatch(name) or ".." in name:
+        raise UserError(f"{where}={name!r} is not a valid preset name: use 1-64 letters, digits, '_', '-' or '.', "
+                        "starting with a letter or digit (no '..', no '/')")
+    return name
+
+
+def _expected_types() -> tuple[type, ...]:
+    found: list[type] = [ValueError, OSError, pickle.UnpicklingError]
+    try:
+        import yaml
+
+        found.append(yaml.YAMLError)
+    except ImportError:
+        pass
+    try:
+        from safetensors import SafetensorError
+
+        found.append(SafetensorError)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def describe(exc: BaseException) -> str | None:
+    """One line for an expected failure; None for a bug (whose traceback must show)."""
+    if not isinstance(exc, _expected_types()):
+        return None
+    if isinstance(exc, UnicodeDecodeError):
+        text = f"text is not UTF-8 ({exc.reason} at byte {exc.start})"
+    elif isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())
+
+
+def check_config_file(path: str | None) -> None:
+    """A --config file that exists, is UTF-8 and parses (YAML or JSON), or a UserError naming it."""
+    if path is None:
+        return
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"--config {path!r}: no such file")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--config {path!r} cannot be read as UTF-8 text ({describe(e)})") from None
+    if file.suffix in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise UserError(f"--config {path!r} is not valid YAML ({describe(e)})") from None
+    else:
+        try:
+            json.loads(text)
+        except json.JSONDecodeError as e:
+            raise UserError(f"--config {path!r} is not valid JSON ({e})") from None
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 1 (leave the option out for the default)")
+    return value
+
+
+def preset_name(text: str) -> str:
+    """argparse type: a preset name that is safe as a folder name of the report."""
+    try:
+        return check_preset_name(text, "--preset")
+    except UserError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+# evals.judging.JudgeError by name: importing it here would pull the judges into every command
+JUDGE_FAILURE = "JudgeError"

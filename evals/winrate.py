@@ -6,8 +6,9 @@ same settings stand in, generated once and cached as JSON under `cache_dir`, key
 set's hash and the settings, and checked against the hash stored inside on every read.
 
 `winrate_result` judges model outputs (output_2) against references (output_1) and returns the metric block of
-a results record: win rate (draws half), standard error, n (parsable judgements), mean lengths (words) of both
-sides, and the per-instruction preferences for paired statistics.
+a results record: win rate (draws half), standard error, the length-controlled win rate and its standard error
+(`evals.length_control`), n (parsable judgements), the unparsable share of the judge's answers, mean lengths (words)
+of both sides, and the per-instruction preferences for paired statistics.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from pathlib import Path
 
 from evals import stats
 from evals.evalsets import EvalSet
+from evals.judge_monitor import MonitoredJudge, check_unparsed
 from evals.judging import AnnotationCache, Judge, Pair, agreement_of, annotate, both_orders, combine_orders
+from evals.length_control import length_controlled_win_rate
 
 # text-davinci-003's settings in AlpacaFarm's evaluation set ("temp=0.7,top_p=1.0,max_new_tokens=300")
 REFERENCE_TEMPERATURE, REFERENCE_TOP_P = 0.7, 1.0
@@ -74,21 +77,31 @@ def check_generations(outputs: list[str], what: str, allow_all_empty: bool = Fal
 
 
 def winrate_result(eval_set: EvalSet, outputs: list[str], references: list[str], judge: Judge, *,
-                   cache: AnnotationCache | None = None, order: str = "both", seed: int = 0) -> dict:
+                   cache: AnnotationCache | None = None, order: str = "both", seed: int = 0,
+                   max_unparsed: float | None = None, log: Callable[[str], None] | None = None) -> dict:
+    """The metric block; `max_unparsed`: the largest unparsable share of the judge's answers (else
+    `UnparsableJudgeError`, nothing measured); `log`: progress lines while the judge answers."""
     if len(outputs) != len(eval_set.records) or len(references) != len(eval_set.records):
         raise ValueError(f"{len(outputs)} outputs and {len(references)} references for {len(eval_set.records)} "
                          "instructions")
     pairs = [Pair(r["instruction"], r["input"], ref.strip(), out.strip(), r["id"])
              for r, ref, out in zip(eval_set.records, references, outputs)]
+    asked = [p.output_1 != p.output_2 for p in pairs]  # identical outputs are a draw without asking
+    rounds = 2 if order == "both" else 1
+    monitored = MonitoredJudge(judge, expected=rounds * sum(asked), max_unparsed=max_unparsed, log=log)
     if order == "both":  # the agreement comes from the same answers: no second round of judging
-        forward, backward = both_orders(judge, pairs, cache)
+        forward, backward = both_orders(monitored, pairs, cache)
         prefs, agreement = combine_orders(forward, backward), agreement_of(forward, backward)
+        answers = [a for f, b, ask in zip(forward, backward, asked) if ask for a in (f, b)]
     else:
-        prefs, agreement = annotate(judge, pairs, order=order, seed=seed, cache=cache), {"agreement": None}
+        prefs, agreement = annotate(monitored, pairs, order=order, seed=seed, cache=cache), {"agreement": None}
+        answers = [a for a, ask in zip(prefs, asked) if ask]
+    unparsed_share = check_unparsed(judge, answers, max_unparsed)
     kept = [(p.id, v) for p, v in zip(pairs, prefs) if v is not None]
     if not kept:
         raise ValueError(f"judge {judge.name!r} could not parse any of its {len(pairs)} answers")
     values = [v for _, v in kept]
+    lc = length_controlled_win_rate(prefs, [len(p.output_1) for p in pairs], [len(p.output_2) for p in pairs])
 
     def mean_words(texts: list[str]) -> float:
         return sum(len(t.split()) for t in texts) / max(1, len(texts))
@@ -96,13 +109,19 @@ def winrate_result(eval_set: EvalSet, outputs: list[str], references: list[str],
     metrics = {
         "win_rate": stats.win_rate(values),
         "standard_error": stats.standard_error(values),
+        # alpaca-eval's length_controlled_minimal GLM (evals/length_control.py); None under 5 judged pairs
+        "lc_win_rate": lc and lc["lc_win_rate"],
+        "lc_standard_error": lc and lc["lc_standard_error"],
         "n": len(values),
         "unparsed": len(pairs) - len(values),
+        "unparsed_answers_pct": 100.0 * unparsed_share,  # of every answer asked (both orders), cached ones too
         "strict_win_rate": 100.0 * sum(v > 1.5 for v in values) / len(values),  # the paper's seed code's count
         "mean_words_model": mean_words(outputs),
         "mean_words_reference": mean_words(references),
         "empty_outputs": sum(not o.strip() for o in outputs),
         "order_agreement": agreement["agreement"],  # % of pairs with the same winner in both orders
     }
+    length_control = None if lc is None else {"glm": "length_controlled_minimal", "length_weight": lc["length_weight"],
+                                              "C": lc["C"]}
     return {"metrics": metrics, "per_item": [{"id": i, "preference": v} for i, v in kept],
-            "judge": judge.identity(), "order": order}
+            "judge": judge.identity(), "order": order, "length_control": length_control}

@@ -2,23 +2,49 @@
 
 from __future__ import annotations
 
+import math
+
 from evals.judging import Judge
 
 JUDGES = ("simulated", "openai", "reward-model")
 
 
-def check_judge_options(name: str, *, reward_model: str | None = None) -> None:
-    """Raise ValueError naming the option when `name` or its settings cannot work (cheap: no model loads)."""
+def check_judge_options(name: str, *, reward_model: str | None = None, config: str | None = None,
+                        timeout: float | None = None, max_retries: int | None = None,
+                        max_tokens: int | None = None, max_unparsed: float | None = None) -> None:
+    """Raise ValueError naming the option when `name` or its settings cannot work (cheap: no model loads; a
+    `config` name is looked up among alpaca-eval's configs and ours)."""
     if name not in JUDGES:
         raise ValueError(f"judge={name!r} is not known; valid judges: {', '.join(JUDGES)}")
     if name == "reward-model" and not reward_model:
         raise ValueError("judge='reward-model' needs --judge-model DIR (a reward-model directory or head:MODEL)")
+    openai_only = {"--judge-config": config, "--judge-timeout": timeout, "--judge-max-retries": max_retries,
+                   "--judge-max-tokens": max_tokens}
+    given = [flag for flag, value in openai_only.items() if value is not None]
+    if given and name != "openai":
+        raise ValueError(f"{', '.join(given)} set for judge={name!r}; these options apply to --judge openai only")
+    if timeout is not None and not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"--judge-timeout={timeout!r}: seconds per request, a number > 0")
+    if max_retries is not None and max_retries < 0:
+        raise ValueError(f"--judge-max-retries={max_retries!r}: re-asks after a failed request, an integer >= 0")
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"--judge-max-tokens={max_tokens!r}: an integer >= 1")
+    if max_unparsed is not None and not 0.0 <= max_unparsed <= 1.0:
+        raise ValueError(f"--judge-max-unparsed={max_unparsed!r}: a share of the judge's answers in [0, 1]")
+    if config is not None:
+        from evals.openai_judge import load_annotator_config
+
+        load_annotator_config(config)  # unknown name, missing file or an unsupported config: one line now
 
 
 def make_judge(name: str, *, model: str | None = None, base_url: str | None = None,
-               api_key_env: str = "OPENAI_API_KEY", device: str = "cpu", seed: int = 0) -> Judge:
-    """A judge instance. `model`: the judge model (openai) or the reward-model directory (reward-model)."""
-    check_judge_options(name, reward_model=model)
+               api_key_env: str = "OPENAI_API_KEY", device: str = "cpu", seed: int = 0, config: str | None = None,
+               timeout: float | None = None, max_retries: int | None = None,
+               max_tokens: int | None = None) -> Judge:
+    """A judge instance. `model`: the judge model (openai) or the reward-model directory (reward-model).
+    openai only: `config` (an alpaca-eval annotator config name or configs.yaml path), `timeout` (seconds per
+    request), `max_retries` (re-asks after a failed request), `max_tokens` (the answer's length)."""
+    check_judge_options(name, reward_model=model, timeout=timeout, max_retries=max_retries, max_tokens=max_tokens)
     if name == "simulated":
         from evals.simulated import SimulatedJudge
 
@@ -29,7 +55,8 @@ def make_judge(name: str, *, model: str | None = None, base_url: str | None = No
         return RewardModelJudge(model, device=device, seed=seed)
     from evals.openai_judge import OpenAIJudge
 
-    kwargs = {"base_url": base_url, "api_key_env": api_key_env}
-    if model:
-        kwargs["model"] = model
+    kwargs = {"base_url": base_url, "api_key_env": api_key_env, "max_tokens": max_tokens}
+    optional = {"model": model, "annotator": config, "timeout": timeout,
+                "max_attempts": None if max_retries is None else max_retries + 1}
+    kwargs.update({k: v for k, v in optional.items() if v is not None})
     return OpenAIJudge(**kwargs)

@@ -21,6 +21,7 @@ another.
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import logging
 import math
@@ -34,7 +35,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 
@@ -61,6 +62,17 @@ def is_loopback(base_url: str) -> bool:
     return (urlsplit(base_url).hostname or "") in LOOPBACK_HOSTS
 
 
+def public_url(url: str) -> str:
+    """`url` fit to store and print: no user:password@, query values masked (`?api-key=***`), no fragment."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal
+        host = f"[{host}]"
+    netloc = host + (f":{parts.port}" if parts.port else "")
+    query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
 def _is_retryable(error: Exception) -> bool:
     """Connection problems, timeouts, rate limits and 5xx are worth another try; 4xx (key, model, request) are not."""
     import openai
@@ -85,7 +97,8 @@ class ChatClient:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1; got {max_attempts}")
         self.model = model
-        self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self._url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self.base_url = public_url(self._url)  # what is printed and stored; the client alone gets `_url`
         self.api_key_env = api_key_env or "OPENAI_API_KEY"
         self.max_attempts, self.backoff, self.max_backoff = max_attempts, backoff, max_backoff
         self.sleep = sleep
@@ -93,7 +106,7 @@ class ChatClient:
         if client is None:
             import openai
 
-            client = openai.OpenAI(api_key=self._secret, base_url=self.base_url, timeout=timeout, max_retries=0)
+            client = openai.OpenAI(api_key=self._secret, base_url=self._url, timeout=timeout, max_retries=0)
         self.client = client
         self.served_models: set[str] = set()
         self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
@@ -106,13 +119,20 @@ class ChatClient:
         value = os.environ.get(self.api_key_env, "").strip()
         if value:
             return value
-        if is_loopback(self.base_url):
+        if is_loopback(self._url):
             return LOOPBACK_KEY
         raise JudgeError(f"no API key for the judge at {self.base_url}: the environment variable {self.api_key_env} "
                          f"is not set (a server on 127.0.0.1/localhost needs none)")
 
     def _scrub(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret and self._secret != LOOPBACK_KEY else text
+        """`text` without the key, the URL's credentials or its query values (a server may echo them)."""
+        parts = urlsplit(self._url)
+        secrets = [self._url, self._secret if self._secret != LOOPBACK_KEY else "", parts.password or "",
+                   *(v for _, v in parse_qsl(parts.query))]
+        # the whole URL before its pieces; pieces under 4 characters would mangle the text ("v1" in every path)
+        for secret in sorted((x for x in secrets if len(x) >= 4), key=len, reverse=True):
+            text = text.replace(secret, self.base_url if secret == self._url else "***")
+        return text
 
     def _delay(self, attempt: int, error: Exception) -> float:
         delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
@@ -213,7 +233,29 @@ def _alpaca_eval() -> types.ModuleType:
         import alpaca_eval.utils
     finally:
         root.setLevel(level)  # alpaca_eval.annotators.base sets the root logger to INFO at import
+    if not any(isinstance(f, _AlpacaEvalWarnings) for f in root.filters):
+        root.addFilter(_AlpacaEvalWarnings(Path(alpaca_eval.__file__).parent))
+        # its one progress bar (per annotate call) would interleave with the judge's own progress lines
+        alpaca_eval.utils.tqdm = types.SimpleNamespace(tqdm=functools.partial(_tqdm().tqdm, disable=True))
     return alpaca_eval
+
+
+def _tqdm() -> types.ModuleType:
+    import tqdm
+
+    return tqdm
+
+
+class _AlpacaEvalWarnings(logging.Filter):
+    """Drops alpaca-eval's warnings on the root logger (three lines per unparsable answer, which
+    `evals.judge_monitor` counts and reports instead); its errors still show."""
+
+    def __init__(self, package_dir: Path) -> None:
+        super().__init__()
+        self.package_dir = str(package_dir)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not record.pathname.startswith(self.package_dir)
 
 
 def annotator_configs() -> dict[str, Path]:
@@ -260,6 +302,22 @@ def load_annotator_config(annotator: str | os.PathLike) -> tuple[str, dict]:
     return name, config
 
 
+def describe_annotator_configs() -> list[dict]:
+    """Every known config: name, source ("alpaca-eval" or "harness"), pairs per prompt, and whether the OpenAI
+    judge can run it (`usable`; else `why` not: pools, logprob or function-call judges)."""
+    rows = []
+    for name, path in annotator_configs().items():
+        row = {"name": name, "source": "harness" if path.parent.parent == CONFIGS_DIR else "alpaca-eval",
+               "pairs_per_prompt": None, "usable": False, "why": ""}
+        try:
+            _, config = load_annotator_config(path)
+            row.update(pairs_per_prompt=int(config.get("batch_size", 1)), usable=True)
+        except (ValueError, TypeError, OSError, yaml.YAMLError) as error:
+            row["why"] = str(error).removeprefix(f"{path}: ")
+        rows.append(row)
+    return rows
+
+
 # --- the judge ----------------------------------------------------------------------------------------------------
 
 class OpenAIJudge(Judge):
@@ -295,10 +353,14 @@ class OpenAIJudge(Judge):
         version = f"alpaca-eval {_alpaca_eval().__version__} {self.annotator_name}"
         if max_tokens is not None:
             version += f" max_tokens={self.max_tokens}"
-        host = urlsplit(self._chat.base_url).netloc
+        host = urlsplit(self._chat.base_url).netloc  # public_url: no credentials
         if host != "api.openai.com":
             version += f" @{host}"
         self.version = version
+
+    def identity(self) -> dict[str, str]:
+        """name, model, version, and the annotator config by name (two configs are two judges)."""
+        return {**super().identity(), "config": self.annotator_name}
 
     def __repr__(self) -> str:
         return f"OpenAIJudge({self.identity()}, base_url={self._chat.base_url!r})"

@@ -6,6 +6,7 @@
   harness models recover --raw DIR --diff DIR --out DIR   rebuild AlpacaFarm weights from their diffs
   harness prepare --preset tiny                     preference pairs + proxy reward model (TRL RewardTrainer)
   harness eval RUN|CHECKPOINT|MODEL [--judge simulated|openai|reward-model] [--eval-set NAME|PATH] [--step N]
+  harness judges                                    list the judges and the annotator configs of --judge openai
   harness grid --table 2 --preset tiny              list a table's runs and their state, run nothing
   harness reproduce --table 2 [--preset P] [--executor local|ray]   run what is missing, evaluate, render
   harness report                                    render report/ from results/ alone
@@ -57,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(config)
 
     sub.add_parser("presets", help="list the presets")
+    sub.add_parser("judges", help="list the judges and the annotator configs --judge openai can use")
 
     plan = sub.add_parser("plan", help="predict per-device memory of a PPO run and the smallest layout that fits")
     _add_config_args(plan)
@@ -94,6 +96,16 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge-model", default=None, help="openai: the judge model; reward-model: its directory")
     ev.add_argument("--judge-base-url", default=None, help="any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
     ev.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    ev.add_argument("--judge-config", default=None, metavar="NAME|PATH", help="openai: alpaca-eval annotator config "
+                    "(default alpaca_farm_greedy_gpt4, 5 pairs per prompt; alpaca_farm_greedy_gpt4_b1 asks one pair, "
+                    "for small local judges); `harness judges` lists them")
+    ev.add_argument("--judge-timeout", type=float, default=None, help="openai: seconds per request (default 120)")
+    ev.add_argument("--judge-max-retries", type=int, default=None, help="openai: re-asks after a failed request "
+                    "(default 5, with exponential backoff)")
+    ev.add_argument("--judge-max-tokens", type=int, default=None, help="openai: the answer's length in tokens "
+                    "(default: the config's)")
+    ev.add_argument("--judge-max-unparsed", type=float, default=0.5, help="stop with an error, recording nothing, "
+                    "when more than this share of the judge's answers cannot be parsed (default 0.5; 1: never)")
     ev.add_argument("--eval-set", default="bundled", help="bundled (offline, 177 instructions), alpaca_farm (Hub), "
                     "hf:DATASET[:CONFIG]:SPLIT, or a local JSON/JSONL file of {instruction, input, output?}")
     ev.add_argument("--limit", type=int, default=None, help="evaluate on the first N instructions only")
@@ -183,6 +195,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "plan":
         return _plan(args)
+    if args.command == "judges":
+        return _judges()
     if args.command == "train":
         cfg = presets.resolve(args.preset, args.config, args.set)
         from trainers.runfolder import check_out
@@ -248,7 +262,9 @@ def _eval(args: argparse.Namespace) -> int:
 
     req = EvalRequest(
         target=args.target, judge=args.judge, judge_model=args.judge_model, judge_base_url=args.judge_base_url,
-        judge_api_key_env=args.judge_api_key_env, eval_set=args.eval_set, limit=args.limit, step=args.step,
+        judge_api_key_env=args.judge_api_key_env, judge_config=args.judge_config, judge_timeout=args.judge_timeout,
+        judge_max_retries=args.judge_max_retries, judge_max_tokens=args.judge_max_tokens,
+        judge_max_unparsed=args.judge_max_unparsed, eval_set=args.eval_set, limit=args.limit, step=args.step,
         temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size, order=args.order, seed=args.seed,
         factuality=args.factuality or args.factuality_only, factuality_limit=args.factuality_limit,
@@ -259,6 +275,23 @@ def _eval(args: argparse.Namespace) -> int:
     for rec in Evaluator(req, store).run():
         print(f"record {store.record_path(rec['record_id'])}: {rec['evaluator']} "
               + ", ".join(f"{k}={v:.4g}" for k, v in rec["metrics"].items() if isinstance(v, (int, float))))
+    return 0
+
+
+def _judges() -> int:
+    from evals.judges import JUDGES
+    from evals.openai_judge import DEFAULT_ANNOTATOR, describe_annotator_configs
+
+    rows = describe_annotator_configs()
+    print(f"judges (--judge): {', '.join(JUDGES)}")
+    print("annotator configs of --judge openai (--judge-config NAME, or a path to a configs.yaml):")
+    width = max(len(r["name"]) for r in rows) + len(" (default)")
+    for r in (r for r in rows if r["usable"]):
+        name = r["name"] + (" (default)" if r["name"] == DEFAULT_ANNOTATOR else "")
+        print(f"  {name:{width}s}  {r['source']:11s}  {r['pairs_per_prompt']} pair(s) per prompt")
+    print("not usable by --judge openai:")
+    for r in (r for r in rows if not r["usable"]):
+        print(f"  {r['name']:{width}s}  {r['source']:11s}  {r['why']}")
     return 0
 
 

@@ -46,6 +46,11 @@ class EvalRequest:
     judge_model: str | None = None
     judge_base_url: str | None = None
     judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_config: str | None = None  # openai: an alpaca-eval annotator config name or configs.yaml path
+    judge_timeout: float | None = None  # openai: seconds per request
+    judge_max_retries: int | None = None  # openai: re-asks after a failed request
+    judge_max_tokens: int | None = None  # openai: the answer's length (default: the config's)
+    judge_max_unparsed: float | None = 0.5  # stop when more of the judge's answers are unparsable (None: never)
     eval_set: str = BUNDLED
     limit: int | None = None
     step: int | None = None
@@ -76,14 +81,18 @@ class EvalRequest:
             raise ValueError(f"order={self.order!r} is not known; allowed: {', '.join(ORDERS)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be >= 1")
-        check_judge_options(self.judge, reward_model=self.judge_model)
+        check_judge_options(self.judge, reward_model=self.judge_model, config=self.judge_config,
+                            timeout=self.judge_timeout, max_retries=self.judge_max_retries,
+                            max_tokens=self.judge_max_tokens, max_unparsed=self.judge_max_unparsed)
         if self.verifier not in ("auto", "lexical", "smollm2", "llm"):
             raise ValueError(f"verifier={self.verifier!r} is not known; allowed: auto, lexical, smollm2, llm")
 
 
 def judge_of(req: EvalRequest):
     return make_judge(req.judge, model=req.judge_model, base_url=req.judge_base_url,
-                      api_key_env=req.judge_api_key_env, device=req.device, seed=req.seed)
+                      api_key_env=req.judge_api_key_env, device=req.device, seed=req.seed,
+                      config=req.judge_config, timeout=req.judge_timeout, max_retries=req.judge_max_retries,
+                      max_tokens=req.judge_max_tokens)
 
 
 def generation_settings(req: EvalRequest, run_response_len: int | None = None) -> GenerationSettings:
@@ -220,7 +229,8 @@ class Evaluator:
             cache_dir=self.store.root / "references", generate_fn=make_refs, write=atomic_write_text)
         t1 = time.time()
         cache = AnnotationCache(self.cache / "annotations.sqlite", refresh=req.refresh_judge_cache)
-        result = winrate_result(eval_set, outputs, references, judge, cache=cache, order=req.order, seed=req.seed)
+        result = winrate_result(eval_set, outputs, references, judge, cache=cache, order=req.order, seed=req.seed,
+                                max_unparsed=req.judge_max_unparsed, log=self.log)
         judge_seconds = time.time() - t1
         metrics = dict(result["metrics"])
         t2 = time.time()
@@ -232,6 +242,7 @@ class Evaluator:
             "target": target.identity(), "generation": settings.as_dict(), "references": ref_identity,
             "outputs_sha256": hashlib.sha256(json.dumps(outputs).encode()).hexdigest()[:16],
             "order": req.order, "annotation_cache": {"hits": cache.hits, "misses": cache.misses},
+            "length_control": result.get("length_control"),
             "seconds": {"generate": round(gen_seconds, 1), "judge": round(judge_seconds, 1),
                         "true_kl": round(time.time() - t2, 1), "total": round(time.time() - started, 1)},
             "examples": [{"id": r["id"], "instruction": r["instruction"], "output": o[:500], "reference": ref[:500]}
@@ -242,8 +253,11 @@ class Evaluator:
                           metrics=metrics, judge=result["judge"], eval_set=eval_set.identity(),
                           per_item=result["per_item"], details=details, settings=record_settings(req, settings))
         self.store.put(rec, force=req.force)
-        self.log(f"win rate {metrics['win_rate']:.1f} +- {metrics['standard_error']:.1f} (n={metrics['n']}, judge "
-                 f"{judge.name}) | true KL {metrics['true_kl']:.4f} | {details['seconds']['total']:.0f} s")
+        lc = metrics.get("lc_win_rate")
+        lc_text = "n/a" if lc is None else f"{lc:.1f} +- {metrics['lc_standard_error']:.1f}"
+        self.log(f"win rate {metrics['win_rate']:.1f} +- {metrics['standard_error']:.1f}, length-controlled {lc_text} "
+                 f"(n={metrics['n']}, judge {judge.name}, {metrics['unparsed_answers_pct']:.0f}% of its answers "
+                 f"unparsable) | true KL {metrics['true_kl']:.4f} | {details['seconds']['total']:.0f} s")
         return rec
 
     def _true_kl(self, target, model, tokenizer, eval_set, outputs) -> float:

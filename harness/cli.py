@@ -160,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report")
     rep.add_argument("--preset", type=preset_name, default=None,
                      help="the preset whose records to render (default: every preset found)")
+    rep.add_argument("--metric", default="win_rate", choices=["win_rate", "lc_win_rate"],
+                     help="what Figure 1 plots for our runs: the raw or the length-controlled win rate")
     return parser
 
 
@@ -228,7 +230,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from harness.report import check_results_root, render_report
 
         check_results_root(args.results)  # a mistyped --results must not replace the report with a paper-only one
-        paths = render_report(args.results, args.out, args.preset)
+        paths = render_report(args.results, args.out, args.preset, metric=args.metric)
         print(f"report: {len(paths)} files in {args.out}/")
         return 0
     if args.command == "models" and args.models_command == "recover":

@@ -99,15 +99,20 @@ def group_series(records: list[dict]) -> list[Series]:
     return series
 
 
-def win_rate_of(rec: dict | None) -> tuple[float | None, float | None, int | None]:
-    """(win rate, standard error, n) of a win-rate record: its metrics, or computed from its per-item prefs."""
+# a win-rate record's two rates, each with the name of its standard error
+WIN_RATE_METRICS = {"win_rate": "standard_error", "lc_win_rate": "lc_standard_error"}
+
+
+def win_rate_of(rec: dict | None, metric: str = "win_rate") -> tuple[float | None, float | None, int | None]:
+    """(win rate, standard error, n) of a win-rate record: its metrics, or computed from its per-item prefs.
+    metric "lc_win_rate": the length-controlled rate (None in records older than it: they lack the lengths)."""
     if rec is None:
         return None, None, None
     m, prefs = rec["metrics"], list(preferences(rec).values())
-    wr, se, n = m.get("win_rate"), m.get("standard_error"), m.get("n")
-    if wr is None and prefs:
+    wr, se, n = m.get(metric), m.get(WIN_RATE_METRICS[metric]), m.get("n")
+    if wr is None and prefs and metric == "win_rate":
         wr = stats.win_rate(prefs)
-    if se is None and len(prefs) > 1:
+    if se is None and len(prefs) > 1 and metric == "win_rate":
         se = stats.standard_error(prefs)
     if n is None:
         n = len(prefs) or (rec.get("eval_set") or {}).get("n")
@@ -145,6 +150,7 @@ class ReportData:
     manifests: dict[str, dict]
     paper_source: str
     notes: list[str] = field(default_factory=list)
+    metric: str = "win_rate"  # what Figure 1 plots for our runs: "win_rate" or "lc_win_rate"
 
     def find(self, series: list[Series], kind: str, regularizer: str | None = None) -> Series | None:
         return next((s for s in series if s.kind == kind and (kind == "sft" or s.regularizer == regularizer)), None)
@@ -376,24 +382,29 @@ def check_results_root(results_root: str | Path) -> None:
 
 
 def render_report(results_root: str | Path, out_dir: str | Path, preset: str | None, *,
-                  judge: str | None = None) -> list[Path]:
+                  judge: str | None = None, metric: str = "win_rate") -> list[Path]:
     """Render every table, figure and summary of `preset` from the store at `results_root`; returns the paths.
 
     preset None: every preset with records of ours; one is rendered into `out_dir`, several into `out_dir/<preset>/`
-    with an `out_dir/index.md` linking them; none renders the paper-only report under the name "none"."""
+    with an `out_dir/index.md` linking them; none renders the paper-only report under the name "none".
+    metric: what Figure 1 plots for our runs, "win_rate" or "lc_win_rate" (Table 2 shows both)."""
+    if metric not in WIN_RATE_METRICS:
+        raise ValueError(f"metric={metric!r} is not known; allowed: {', '.join(WIN_RATE_METRICS)}")
     from harness import report_figures, report_tables
 
     results_root, out_dir = Path(results_root), Path(out_dir)
     if preset is None:
         found = presets_in(results_root)
         if len(found) > 1:
-            files = [p for name in found for p in render_report(results_root, out_dir / name, name, judge=judge)]
+            files = [p for name in found
+                     for p in render_report(results_root, out_dir / name, name, judge=judge, metric=metric)]
             top = out_dir / "index.md"
             top.write_text("# Reports\n\n" + "".join(f"- [{n}]({n}/index.md)\n" for n in found))
             return [*files, top]
         preset = found[0] if found else "none"
     out_dir.mkdir(parents=True, exist_ok=True)
     data = load(results_root, preset, judge)
+    data.metric = metric
     files: list[Path] = []
     for table in report_tables.build_tables(data):
         files += report_tables.write_table(table, out_dir)

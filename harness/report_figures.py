@@ -4,7 +4,8 @@ The panels never share a y-axis: our judge and the paper's (AlpacaFarm's retired
 their win rates are on separate axes with the judge in each title. Colours and markers are fixed per
 regulariser across both figures and panels. An empty store draws the paper's panel and a note in ours.
 
-- Figure 1: win rate vs PPO step, one line per run with ± one standard error bars; SFT as a horizontal line with
+- Figure 1: win rate (raw, or length-controlled when `data.metric` is "lc_win_rate"; the paper's panel is raw: it
+  reports no LC rate) vs PPO step, one line per run with ± one standard error bars; SFT as a horizontal line with
   its standard error as a band; the full fine-tune as a horizontal line when it has one evaluated step (the
   paper's public checkpoint), else as a dash-dot black curve, since its steps are as informative as LoRA's.
 - Figure 2: win rate vs token-level true KL (`metrics.true_kl`), one point per checkpoint, one marker per
@@ -23,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from harness.report import REG_ORDER, Series, win_rate_of
+
+YLABELS = {"win_rate": "win rate (%)", "lc_win_rate": "length-controlled win rate (%)"}
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -64,9 +67,9 @@ def _legend(ax: Axes, title: str | None = None, strip: str = "") -> None:
                   frameon=False, title=title, title_fontsize=8)
 
 
-def _baseline(ax: Axes, s: Series, label: str, color: str, ls: str) -> None:
+def _baseline(ax: Axes, s: Series, label: str, color: str, ls: str, metric: str = "win_rate") -> None:
     rec = s.last
-    wr, se, _ = win_rate_of(rec)
+    wr, se, _ = win_rate_of(rec, metric)
     if wr is None:
         return
     ax.axhline(wr, color=color, ls=ls, lw=1.3, label=label, zorder=1)
@@ -74,18 +77,18 @@ def _baseline(ax: Axes, s: Series, label: str, color: str, ls: str) -> None:
         ax.axhspan(wr - se, wr + se, color=color, alpha=0.12, lw=0, zorder=0)
 
 
-def _curves(ax: Axes, series: list[Series]) -> bool:
+def _curves(ax: Axes, series: list[Series], metric: str = "win_rate") -> bool:
     drawn = False
     for s in series:
         if s.kind == "sft":
-            _baseline(ax, s, "SFT (step 0)" if s.last["step"] == 0 else s.label, SFT_COLOR, "--")
+            _baseline(ax, s, "SFT (step 0)" if s.last["step"] == 0 else s.label, SFT_COLOR, "--", metric)
             drawn = True
         elif s.kind == "full" and len(s.points) == 1:
             _baseline(ax, s, f"{s.label} (step {s.last['step']})" if s.last["step"] else "full fine-tune",
-                      FULL_COLOR, "-.")
+                      FULL_COLOR, "-.", metric)
             drawn = True
         else:
-            pts = [(st, *win_rate_of(s.points[st])[:2]) for st in s.steps]
+            pts = [(st, *win_rate_of(s.points[st], metric)[:2]) for st in s.steps]
             pts = [p for p in pts if p[1] is not None]
             if not pts:
                 continue
@@ -106,11 +109,12 @@ def _step_ticks(ax: Axes, series: list[Series]) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def _our_panel(ax: Axes, data: ReportData, *, drawn: bool, xlabel: str, missing: str) -> None:
+def _our_panel(ax: Axes, data: ReportData, *, drawn: bool, xlabel: str, missing: str,
+               ylabel: str = YLABELS["win_rate"]) -> None:
     """Labels, grid, legend and title of our panel (or a 'no records' note)."""
     if drawn:
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("win rate (%)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
         _legend(ax)
     else:
@@ -120,12 +124,14 @@ def _our_panel(ax: Axes, data: ReportData, *, drawn: bool, xlabel: str, missing:
 
 
 def figure1(data: ReportData, out_dir: Path) -> list[Path]:
+    metric = data.metric
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     ours, paper = fig.subplots(1, 2)
-    drawn = _curves(ours, data.winrate)
+    drawn = _curves(ours, data.winrate, metric)
     if drawn:
         _step_ticks(ours, data.winrate)
-    _our_panel(ours, data, drawn=drawn, xlabel="PPO step", missing="no win-rate records")
+    missing = "no win-rate records" + (" with a length-controlled win rate" if metric == "lc_win_rate" else "")
+    _our_panel(ours, data, drawn=drawn, xlabel="PPO step", missing=missing, ylabel=YLABELS[metric])
     # the paper's lines carry their own labels
     lines = [s for s in data.paper_fig1 if s.kind != "lora"]
     for s in lines:
@@ -138,7 +144,8 @@ def figure1(data: ReportData, out_dir: Path) -> list[Path]:
     paper.grid(alpha=0.3)
     paper.set_title("paper, Figure 1: AlpacaFarm pool judge (retired), n=805", fontsize=10)
     _legend(paper)
-    fig.suptitle("Win rate vs PPO step (separate judges: compare shapes, not levels)", fontsize=11)
+    what = "Length-controlled win rate (ours; the paper's: raw)" if metric == "lc_win_rate" else "Win rate"
+    fig.suptitle(f"{what} vs PPO step (separate judges: compare shapes, not levels)", fontsize=11)
     return _save(fig, out_dir, "figure1")
 
 

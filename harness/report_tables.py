@@ -7,7 +7,8 @@ cells. Empty cells read "—" (and have no value in the CSV).
 - Table 1, efficiency: rows LoRA / full fine-tune; our GPUs, trainable parameters (% of total), peak memory per
   device, seconds and tokens per PPO step, with the paper's GPUs and trainable share beside them.
 - Table 2, win rate: one row per run (SFT, full fine-tune, LoRA per regulariser; the paper's Figure 1 series get
-  a row even when we have no run for them), a block of our PPO steps, then a block of the paper's Figure 1 values
+  a row even when we have no run for them), a block of our PPO steps (raw and length-controlled win rate side by
+  side), then a block of the paper's Figure 1 values
   at its own steps and its horizontal lines. The two blocks have different judges: side by side, never merged.
 - Table 3, factuality: FActScore, % answered, facts per answer at each run's latest step.
 """
@@ -133,12 +134,12 @@ def _rec_kw(rec: dict | None, source: str, metric: str) -> dict:
             "record_id": rec["record_id"]}
 
 
-def _win_cell(rec: dict | None, source: str) -> Cell:
-    wr, se, n = win_rate_of(rec)
+def _win_cell(rec: dict | None, source: str, metric: str = "win_rate") -> Cell:
+    wr, se, n = win_rate_of(rec, metric)
     if wr is None:
-        return Cell(source=source, metric="win_rate")
+        return Cell(source=source, metric=metric)
     text = f"{wr:.1f}" + (f" ± {se:.1f}" if se is not None else "")
-    return Cell(text=text, value=wr, se=se, n=n, **_rec_kw(rec, source, "win_rate"))
+    return Cell(text=text, value=wr, se=se, n=n, **_rec_kw(rec, source, metric))
 
 
 def table1(data: ReportData) -> Table:
@@ -198,15 +199,18 @@ def table2(data: ReportData) -> Table:
     steps = sorted({st for s in data.winrate for st in s.points})
     pseries = [p for p in data.paper_fig1 if p.kind == "lora"]
     psteps = sorted({st for p in pseries for st in p.points})
-    ours_cols = [f"step {st}" for st in steps] or ["ours"]
+    raw_cols = [f"step {st}" for st in steps] or ["ours"]
+    ours_cols = [*raw_cols, *(f"LC {c}" for c in raw_cols)]  # raw block, then the length-controlled block
     pcols = [f"paper {st}" for st in psteps] + ["paper line"]
     t = Table("table2", "Win rate (%) by PPO step", "", "run", [*ours_cols, *pcols],
-              groups=[(f"ours: {data.judge['name'] if data.judge else 'no records'}", len(ours_cols)),
+              groups=[(f"ours: {data.judge['name'] if data.judge else 'no records'}", len(raw_cols)),
+                      ("ours, length-controlled", len(raw_cols)),
                       ("paper, Figure 1 (other judge)", len(pcols))])
     ours_ids = {s.run_id for s in data.winrate}
     for s in rows:
         mine = s.run_id in ours_ids
-        cells = [_win_cell(s.points.get(st) if mine else None, "harness") for st in steps] or [Cell(source="harness")]
+        cells = [_win_cell(s.points.get(st) if mine else None, "harness", metric)
+                 for metric in ("win_rate", "lc_win_rate") for st in (steps or [None])]
         p = _paper_for(data, s)
         line = p is not None and p.kind != "lora"
         cells += [_win_cell(p.points.get(st) if p is not None and not line else None, "paper") for st in psteps]
@@ -216,7 +220,10 @@ def table2(data: ReportData) -> Table:
     ntext = DASH if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
     t.caption = (
         f"Ours (preset {data.preset}): win rate against the evaluation set's reference outputs, ± one standard "
-        f"error, judge {data.judge_text}, n = {ntext} instructions; step 0 is the SFT policy. Paper: read off its "
+        f"error, judge {data.judge_text}, n = {ntext} instructions; step 0 is the SFT policy. LC: the length-"
+        "controlled win rate, the win rate predicted at equal output lengths by alpaca-eval's "
+        "length_controlled_minimal model (evals/length_control.py); — where a record predates it or has under 5 "
+        "judged pairs. Paper: read off its "
         f"Figure 1 (±0.2 points), judge {PAPER_JUDGE_TEXT}, against text-davinci-003; 'paper line' holds Figure 1's "
         "horizontal lines (SFT10k, and the public AlpacaFarm PPO checkpoint, a full fine-tune). The judges, "
         "references and model scale differ: compare directions within a block, not numbers across blocks.")

@@ -126,7 +126,8 @@ def test_table2_cells(report):
 def test_csv_and_latex(report):
     out, files, prefs = report
     df = pd.read_csv(out / "table2.csv")
-    assert len(df) == 5 * (3 + 5 + 1)  # rows x (our steps + paper steps + paper line)
+    assert len(df) == 5 * (2 * 3 + 5 + 1)  # rows x (our steps, raw and LC + paper steps + paper line)
+    assert set(df[df.column.str.startswith("LC ")].text) == {"—"}  # these records predate the LC win rate
     cell = df[(df.row == "LoRA none") & (df.column == "step 20")].iloc[0]
     assert cell.source == "harness" and cell.value == pytest.approx(stats.win_rate(prefs[("none", 20)]))
     assert cell.run_id == "run-none" and cell.n == N

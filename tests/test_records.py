@@ -166,3 +166,32 @@ def test_an_unparsable_answer_is_never_cached_and_the_cache_can_be_refreshed(tmp
     assert judge.calls == 2  # a parsed answer is cached
     annotate(judge, pairs, order="fixed", cache=AnnotationCache(tmp_path / "c.sqlite", refresh=True))
     assert judge.calls == 3
+
+
+def test_eval_at_another_temperature_keeps_the_greedy_record_and_reruns_need_force(smoke, tmp_path, monkeypatch,
+                                                                                  capsys):
+    from harness.cli import main
+    from trainers.trainer import PPOTrainer
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    run = tmp_path / "run"
+    PPOTrainer(smoke(steps=1, checkpoint_every=1), run, log=lambda m: None).train()
+    eval_set = tmp_path / "set.json"
+    eval_set.write_text(json.dumps([{"instruction": f"Name a colour number {i}."} for i in range(3)]))
+    store = ResultsStore(tmp_path / "results")
+
+    def evaluate(*extra):
+        return main(["eval", str(run), "--results", str(store.root), "--eval-set", str(eval_set), "--max-new-tokens",
+                     "4", "--preset", "smoke", *extra])
+
+    assert evaluate() == 0 and evaluate("--temperature", "0.7") == 0
+    by_temp = {r["settings"]["generation"]["temperature"]: r for r in store.records()}
+    assert set(by_temp) == {0.0, 0.7}
+    greedy = by_temp[0.0]
+    path = store.record_path(greedy["record_id"])
+    path.write_text(json.dumps({**greedy, "metrics": {**greedy["metrics"], "win_rate": 99.0}}))
+    capsys.readouterr()
+    assert evaluate() == 2
+    assert f"{path} holds a record of the same evaluation with other results" in capsys.readouterr().err
+    assert evaluate("--force") == 0
+    assert store.get(greedy["record_id"])["metrics"]["win_rate"] == greedy["metrics"]["win_rate"]

@@ -31,8 +31,9 @@ def _fingerprint(spec: str) -> str:
 
 
 def reward_text(prompt: str, output: str, eos: str) -> str:
-    """What a reward model reads: the prompt, the response as generated (decoded continuation), then EOS, so the
-    score sits on the EOS token exactly as in PPO's rollouts (and in `harness prepare`'s training pairs)."""
+    """What a reward model reads: the prompt, the response as generated (decoded continuation), then `eos`: the
+    EOS token for a model that reads its score there, "" for one that reads the response's last token (its
+    `score_token`), as in PPO's rollouts."""
     return prompt + output + eos
 
 
@@ -51,7 +52,7 @@ class RewardModelJudge(Judge):
 
     @torch.inference_mode()
     def rewards(self, prompts: Sequence[str], outputs: Sequence[str]) -> torch.Tensor:
-        eos = self.tokenizer.eos_token or ""
+        eos = (self.tokenizer.eos_token or "") if self.reward.reads_eos else ""
         texts = [reward_text(p, o, eos) for p, o in zip(prompts, outputs)]
         scores = []
         for start in range(0, len(texts), self.batch_size):

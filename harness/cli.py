@@ -193,7 +193,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     check_config_file(getattr(args, "config", None))
     if args.command == "config":
         cfg = presets.resolve(args.preset, args.config, args.set)
-        print(json.dumps({"config_hash": cfg.config_hash(), **cfg.to_dict()}, indent=2))
+        print(json.dumps({"config_hash": cfg.config_hash(), **cfg.to_dict(), "derived": cfg.derived()}, indent=2))
         return 0
     if args.command == "plan":
         return _plan(args)

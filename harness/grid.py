@@ -1,7 +1,8 @@
 """The paper's experiments as data: which runs, which checkpoints, which evaluators, at each preset.
 
 A grid is the cartesian product of a preset's regularisers and seeds (LoRA runs) plus the baselines: the
-SFT policy itself (step 0, no run) and the full fine-tune PPO run (regulariser kl). Every run is a resolved
+SFT policy itself (step 0, no run) and the full fine-tune PPO run (regulariser kl, or the preset's
+`full_overrides`: at paper scale, AlpacaFarm's own PPO settings). Every run is a resolved
 `TrainConfig`; its id is `<regularizer>-<lora|full>-s<seed>-<hash>` where the hash covers the whole resolved
 configuration except where it runs (`threads`, `device`) and with bundled data named by content, so the same
 experiment has the same id on every machine and its folder and records are found from its config.
@@ -46,6 +47,12 @@ class PresetGrid:
     judge: str = "simulated"
     eval_set: str = "bundled"
     note: str = ""
+    # the full fine-tune baseline's own settings over the preset's (its regulariser included; default kl)
+    full_overrides: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def full_regularizer(self) -> str:
+        return self.full_overrides.get("regularizer", "kl")
 
 
 GRIDS: dict[str, PresetGrid] = {
@@ -60,8 +67,11 @@ GRIDS: dict[str, PresetGrid] = {
         note="SmolLM2-135M-Instruct on 2 CPU cores: three regularisers, 4 PPO steps, 64 eval instructions"),
     "paper": PresetGrid(
         table2=PAPER_REGULARIZERS, figure2=PAPER_REGULARIZERS, seeds=(1,),
-        overrides=dict(steps=200, checkpoint_every=20), eval_limit=None, eval_max_new_tokens=300,
+        overrides=dict(steps=200, checkpoint_every=20), eval_limit=None, eval_max_new_tokens=512,
         factuality_limit=None, judge="openai", eval_set="alpaca_farm",
+        # the paper's full fine-tune line is AlpacaFarm's public PPO checkpoint: its rlhf_ppo.sh (clamped KL at
+        # beta 0.0067, 512 rollouts per PPO step, one optimiser step per 256 of them)
+        full_overrides=dict(regularizer="clamped_kl", kl_coef=0.0067, rollout_batch_size=512, step_batch_size=256),
         note="the paper's setting: LLaMA-7B AlpacaFarm models, 805 eval instructions, an OpenAI-compatible judge"),
 }
 
@@ -142,23 +152,23 @@ def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] 
         if t in ("table2", "figure1"):
             for reg in (regs_t2 if t == "table2" else tuple(r for r in FIGURE1_REGULARIZERS if r in regs_t2)):
                 want(reg, True, "winrate")
-            want("kl", False, "winrate")
+            want(spec.full_regularizer, False, "winrate")
         elif t == "figure2":
             for reg in spec.figure2:
                 want(reg, True, "winrate")
         elif t == "table1":
             want("kl", True, "efficiency")
-            want("kl", False, "efficiency")
+            want(spec.full_regularizer, False, "efficiency")
         elif t == "table3":
             for reg in regs_t2:
                 want(reg, True, "factuality")
-            want("kl", False, "factuality")
+            want(spec.full_regularizer, False, "factuality")
     runs = []
     problems = []
     for (reg, lora, seed), evaluators in sorted(wanted.items(), key=lambda kv: (not kv[0][1], kv[0][0], kv[0][2])):
         values = dict(base, regularizer=reg, lora=lora, seed=seed)
         if not lora:  # a full fine-tune has no adapters to disable: the reference is a frozen copy (the paper's)
-            values["reference"] = "copy"
+            values.update(spec.full_overrides, reference="copy")
         try:
             cfg = TrainConfig(**values)
         except ValueError as exc:

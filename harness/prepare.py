@@ -25,11 +25,11 @@ import torch
 
 from evals.generate import GenerationSettings, generate
 from evals.judging import AnnotationCache, Pair, annotate
-from evals.reward_judge import RewardModelJudge, reward_text
+from evals.reward_judge import RewardModelJudge
 from evals.simulated import SimulatedJudge, training_labels
 from trainers import data
 from trainers.config import TrainConfig
-from trainers.heads import ScalarHeadModel, prepared_dir, save_reward_model
+from trainers.heads import HEAD_META, ScalarHeadModel, prepared_dir, save_reward_model
 from trainers import models
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
 from trainers.runlog import atomic_write_text
@@ -72,7 +72,9 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
     log = log or (lambda msg: print(msg, flush=True))
     out = prepared_dir(preset_name)
     report_path = out.parent / "prepare.json"
-    if out.is_dir() and report_path.is_file() and not force:
+    # a model written before reward models recorded where they read their score is retrained
+    knows_its_position = (out / HEAD_META).is_file() and "score_token" in json.loads((out / HEAD_META).read_text())
+    if out.is_dir() and report_path.is_file() and knows_its_position and not force:
         report = json.loads(report_path.read_text())
         log(f"prepare: reward model already at {out} (held-out accuracy {report['heldout_accuracy_gold']:.1f}%); "
             "--force retrains it")
@@ -165,7 +167,13 @@ def _train_reward_model(cfg: TrainConfig, tok, rows: list[dict], workdir: Path, 
         head.weight.copy_(score.weight.float())
         head.bias.copy_(score.bias.float() if score.bias is not None else torch.zeros(1))
     shutil.rmtree(workdir, ignore_errors=True)
-    return ScalarHeadModel(merged.model, head).eval()
+    return ScalarHeadModel(merged.model, head, score_token=trl_score_token(tok)).eval()
+
+
+def trl_score_token(tok) -> str:
+    """Where TRL's RewardTrainer taught the classifier to read: it appends EOS to every response, and the
+    classifier reads the last token that is not padding, which is the token before EOS when the pad token is EOS."""
+    return "last_token" if tok.pad_token_id == tok.eos_token_id else "eos"
 
 
 def _sequence_classifier(spec: str):

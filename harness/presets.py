@@ -40,11 +40,16 @@ PRESETS: dict[str, dict[str, Any]] = {
         step_batch_size=16, micro_batch_size=4, rollout_micro_batch_size=16, noptepochs=2, lr=1e-4,
         warmup_steps=2, kl_coef=0.02, checkpoint_every=10,
     ),
+    # The authors' command (SimengSun/alpaca_farm_lora README): one AdamW step per 16 rollouts
+    # (step_per_device_batch_size), Hugging Face's linear schedule stepped once per PPO step with 5 warm-up steps
+    # and a horizon of 10 passes over the prompts (total_epochs), AdamW eps 1e-5, no penalty for unfinished
+    # responses. docs/paper-preset.md lists every setting against their code, and where we differ.
     "paper": dict(
         policy="models/alpaca-farm-sft10k", reward="models/alpaca-farm-reward-model-human",
         prompts="hf:tatsu-lab/alpaca_farm:alpaca_instructions:unlabeled", prompt_split="",
-        query_len=192, response_len=300, steps=200, rollout_batch_size=256, step_batch_size=128,
-        micro_batch_size=4, rollout_micro_batch_size=32, noptepochs=2, lr=1e-5, warmup_steps=5,
+        query_len=192, response_len=300, steps=200, rollout_batch_size=256, step_batch_size=16,
+        micro_batch_size=4, rollout_micro_batch_size=32, noptepochs=2, lr=1e-5, lr_schedule="linear",
+        lr_schedule_unit="ppo_step", warmup_steps=5, lr_decay_epochs=10.0, adam_eps=1e-5, penalty_reward=None,
         kl_coef=0.02, cliprange=0.2, cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95,
         whiten_rewards=True, temperature=1.0, top_p=1.0, top_k=0, checkpoint_every=20,
         gradient_checkpointing=True, reference="copy",

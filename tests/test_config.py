@@ -16,10 +16,11 @@ def test_defaults_are_the_papers_lora_and_ppo_settings():
     cfg = presets.resolve("paper")
     assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (8, 64.0, 0.1)
     assert cfg.lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
-    assert (cfg.rollout_batch_size, cfg.step_batch_size, cfg.noptepochs) == (256, 128, 2)
+    # the authors' command: 256 rollouts, one optimiser step per 16 of them, 2 epochs
+    assert (cfg.rollout_batch_size, cfg.step_batch_size, cfg.noptepochs) == (256, 16, 2)
     assert (cfg.lr, cfg.cliprange, cfg.vf_coef, cfg.gamma, cfg.lam) == (1e-5, 0.2, 0.1, 1.0, 0.95)
     assert (cfg.query_len, cfg.response_len, cfg.temperature, cfg.checkpoint_every) == (192, 300, 1.0, 20)
-    assert cfg.num_minibatches == 2 and cfg.grad_accum_steps == 32
+    assert cfg.num_minibatches == 16 and cfg.grad_accum_steps == 4
 
 
 @pytest.mark.parametrize(
@@ -34,6 +35,11 @@ def test_defaults_are_the_papers_lora_and_ppo_settings():
         ({"lora_dropout": 1.5}, "lora_dropout=1.5 must be in [0, 1)"),
         ({"reference": "twin"}, "reference='twin' is invalid: expected one of 'shared', 'copy'"),
         ({"steps": "3"}, "steps='3' is invalid: expected int"),
+        ({"kl_coef": float("nan")}, "kl_coef=nan must be a finite number"),
+        ({"temperature": float("inf")}, "temperature=inf must be a finite number"),
+        ({"penalty_reward": float("-inf")}, "penalty_reward=-inf must be a finite number"),
+        ({"adam_eps": 0.0}, "adam_eps=0.0 must be > 0"),
+        ({"lr_schedule": "cosine"}, "lr_schedule='cosine' is invalid: expected one of 'constant', 'linear'"),
     ],
 )
 def test_invalid_configurations_name_field_value_and_allowed(overrides, expected):

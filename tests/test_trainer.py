@@ -176,3 +176,21 @@ def test_exported_adapter_reproduces_the_trained_policy(smoke, tmp_path):
         assert torch.allclose(exported(input_ids=ids).logits, trained(input_ids=ids).logits, atol=1e-6)
         untrained = models.load_causal_lm("tiny-random-llama", torch.float32)(input_ids=ids).logits
         assert not torch.allclose(untrained, trained(input_ids=ids).logits, atol=1e-4)
+
+
+def test_a_non_finite_loss_stops_training_before_the_update(smoke, tmp_path, monkeypatch):
+    from trainers import ppo
+
+    real = ppo.policy_loss
+
+    def poisoned(*args, **kwargs):
+        loss, stats = real(*args, **kwargs)
+        return loss * float("nan"), stats
+
+    monkeypatch.setattr(ppo, "policy_loss", poisoned)
+    trainer = PPOTrainer(smoke(steps=2, checkpoint_every=1), tmp_path / "run", log=lambda m: None)
+    before = [p.detach().clone() for p in trainer.models.trainable_parameters()]
+    with pytest.raises(ValueError, match="PPO step 1: the gradient norm is nan"):
+        trainer.train()
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.models.trainable_parameters()))
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -70,7 +71,8 @@ class TrainConfig:
     top_k: int = _f(0, "top-k sampling (0: off)")
     stop_at_eos: bool = _f(True, "end a response at EOS (false: always sample response_len tokens, for benchmarks "
                            "that must do equal work)")
-    penalty_reward: float | None = _f(-1.0, "score given to responses that do not end with EOS (none: keep the score)")
+    penalty_reward: float | None = _f(None, "score given to responses that do not end with EOS (none: keep the "
+                                      "score, as AlpacaFarm's default; OpenAI's summarisation setting used -1)")
     # regulariser
     regularizer: str = _f("kl", f"shaped-reward regulariser: {', '.join(regularizers.REGULARIZERS)}")
     kl_coef: float = _f(0.02, "beta: coefficient of the regulariser (initial value when adaptive)")
@@ -85,7 +87,15 @@ class TrainConfig:
     rollout_micro_batch_size: int = _f(32, "sequences per generation / scoring chunk")
     noptepochs: int = _f(2, "PPO epochs over each rollout batch")
     lr: float = _f(1e-5, "AdamW learning rate")
-    warmup_steps: int = _f(5, "linear warm-up in optimiser steps, then constant")
+    lr_schedule: Literal["constant", "linear"] = _f(
+        "constant", "constant: linear warm-up, then constant; linear: Hugging Face's linear schedule (warm-up from 0, "
+        "then linear decay to 0 at the horizon), AlpacaFarm's")
+    lr_schedule_unit: Literal["optimizer_step", "ppo_step"] = _f(
+        "optimizer_step", "what the schedule and warmup_steps count: optimiser steps, or PPO steps (AlpacaFarm steps "
+        "its scheduler once per PPO step, after the update)")
+    lr_decay_epochs: float = _f(0.0, "linear schedule: decay over floor(prompts x this / rollout_batch_size) PPO "
+                                "steps, AlpacaFarm's total_epochs (0: over the run's steps)")
+    warmup_steps: int = _f(5, "linear warm-up length, in lr_schedule_unit")
     weight_decay: float = _f(0.0, "AdamW weight decay")
     adam_eps: float = _f(1e-8, "AdamW epsilon")
     max_grad_norm: float = _f(1.0, "gradient clipping norm (0: off)")
@@ -121,6 +131,10 @@ class TrainConfig:
         return self.rollout_batch_size // self.step_batch_size
 
     @property
+    def optimizer_steps_per_ppo_step(self) -> int:
+        return self.noptepochs * self.num_minibatches
+
+    @property
     def grad_accum_steps(self) -> int:
         return self.step_batch_size // self.micro_batch_size
 
@@ -132,6 +146,13 @@ class TrainConfig:
     @property
     def reward_is_rule(self) -> bool:
         return self.reward.startswith("rule:")
+
+    def derived(self) -> dict[str, Any]:
+        """Sizes that follow from the fields, printed beside them by `harness config`."""
+        return {"minibatches_per_epoch": self.num_minibatches,
+                "optimizer_steps_per_ppo_step": self.optimizer_steps_per_ppo_step,
+                "micro_batches_per_optimizer_step": self.grad_accum_steps,
+                "effective_lora_dropout": self.effective_lora_dropout}
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
@@ -223,6 +244,14 @@ def _cross_field_errors(c: TrainConfig):
     for name in ("gamma", "lam"):
         if not 0.0 <= getattr(c, name) <= 1.0:
             yield f"{name}={getattr(c, name)} must be in [0, 1]"
+    for name in field_names():
+        value = getattr(c, name)
+        if isinstance(value, float) and not math.isfinite(value):
+            yield f"{name}={value} must be a finite number"
+    if c.adam_eps <= 0:
+        yield f"adam_eps={c.adam_eps} must be > 0"
+    if c.lr_decay_epochs < 0:
+        yield f"lr_decay_epochs={c.lr_decay_epochs} must be >= 0 (0: decay over the run's steps)"
     for name in ("warmup_steps", "weight_decay", "max_grad_norm", "vf_coef", "kl_coef", "threads"):
         if getattr(c, name) < 0:
             yield f"{name}={getattr(c, name)} must be >= 0"

@@ -1,8 +1,14 @@
 """Scalar-head models: a transformer backbone plus a linear head giving one number per position.
 
-Reward models read the head at the last non-pad token (AlpacaFarm's convention); value models read it
-at every position that predicts a response token. A reward-model directory (harness format) is a
-Hugging Face backbone directory plus `scalar_head.safetensors` and `scalar_head.json`.
+Reward models read the head at one position, which is a property of how the model was trained
+(`score_token`, stored in `scalar_head.json`):
+- "eos": at the EOS token that follows the response (trained on sequences ending with EOS, which the
+  classifier read there);
+- "last_token": at the response's last token, EOS excluded (AlpacaFarm's reward models, trained without EOS
+  and fed decoded text with special tokens skipped; TRL's RewardTrainer when its pad token is the EOS token,
+  because the classifier then reads the last non-pad token, the one before EOS).
+Value models read the head at every position that predicts a response token. A reward-model directory
+(harness format) is a Hugging Face backbone directory plus `scalar_head.safetensors` and `scalar_head.json`.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from trainers import models
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_META = "scalar_head.json"
 PREPARED = "prepared:"
+SCORE_TOKENS = ("eos", "last_token")
 
 
 def prepared_dir(name: str) -> Path:
@@ -69,11 +76,19 @@ class ScalarHeadModel(nn.Module):
     shares its weights with a LoRA value model.
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Linear, adapters_off: bool = False) -> None:
+    def __init__(self, backbone: nn.Module, head: nn.Linear, adapters_off: bool = False,
+                 score_token: str = "eos") -> None:
         super().__init__()
+        if score_token not in SCORE_TOKENS:
+            raise ValueError(f"score_token={score_token!r} is not known; valid: {', '.join(SCORE_TOKENS)}")
         self.backbone = backbone
         self.head = head
         self.adapters_off = adapters_off
+        self.score_token = score_token
+
+    @property
+    def reads_eos(self) -> bool:
+        return self.score_token == "eos"
 
     def _context(self):
         return self.backbone.disable_adapter() if self.adapters_off else contextlib.nullcontext()
@@ -108,7 +123,17 @@ def load_reward_model(spec: str, dtype: torch.dtype, seed: int) -> ScalarHeadMod
     backbone = load_backbone(str(path), dtype)
     head = nn.Linear(hidden_size(backbone), 1)
     head.load_state_dict(load_file(path / HEAD_WEIGHTS))
-    return ScalarHeadModel(backbone, head).eval()
+    return ScalarHeadModel(backbone, head, score_token=reward_score_token(path)).eval()
+
+
+def reward_score_token(path: str | Path) -> str:
+    """Where the reward model in `path` reads its score; directories written before the field existed read at EOS."""
+    meta_path = Path(path) / HEAD_META
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    token = meta.get("score_token", "eos")
+    if token not in SCORE_TOKENS:
+        raise ValueError(f"{meta_path}: score_token={token!r} is not known; valid: {', '.join(SCORE_TOKENS)}")
+    return token
 
 
 def save_reward_model(model: ScalarHeadModel, tokenizer, out_dir: str | Path, meta: dict | None = None) -> Path:
@@ -118,7 +143,8 @@ def save_reward_model(model: ScalarHeadModel, tokenizer, out_dir: str | Path, me
     model.backbone.save_pretrained(out)
     tokenizer.save_pretrained(out)
     save_file({k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()}, out / HEAD_WEIGHTS)
-    (out / HEAD_META).write_text(json.dumps({"format": "harness-reward-model", "version": 1, **(meta or {})}, indent=2))
+    (out / HEAD_META).write_text(json.dumps({"format": "harness-reward-model", "version": 1,
+                                              "score_token": model.score_token, **(meta or {})}, indent=2))
     return out
 
 
@@ -155,9 +181,10 @@ def from_alpacafarm_layout(recovered_dir: str | Path, backbone_config_dir: str |
             (out / name).write_bytes((src / name).read_bytes())
     save_file({k: v.float().contiguous() for k, v in head.items()}, out / HEAD_WEIGHTS)
     reward_config = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
+    # AlpacaFarm trains its reward models without EOS (`end_sequence_with_eos=False`) and scores decoded text
     (out / HEAD_META).write_text(json.dumps({"format": "harness-reward-model", "version": 1,
-                                              "source": "alpaca_farm RewardModel", "reward_config": reward_config},
-                                             indent=2))
+                                              "score_token": "last_token", "source": "alpaca_farm RewardModel",
+                                              "reward_config": reward_config}, indent=2))
     return out
 
 

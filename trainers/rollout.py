@@ -4,8 +4,9 @@ Per rollout micro-batch:
 1. sample with the policy (eval mode, KV cache), keeping its temperature-scaled logits;
 2. one reference forward over query + response -> reference logits at the response positions; from the
    two distributions: sampled-token log-probs, entropy, exact KL(pi || pi_ref) and the regulariser k_t;
-3. the value model's old values and the reward (model score at the last response token, or a rule),
-   replaced by `penalty_reward` when the response did not end with a stop token.
+3. the value model's old values and the reward (a reward model's score where it was trained to read it, at the
+   EOS or at the last token before it, or a rule), replaced by `penalty_reward` when the response did not end
+   with a stop token (when that setting is on).
 The policy's log-probs come from the sampling logits: no second policy forward. Steps 2-3 run on groups of
 `micro_batch_size` rows of similar length, each trimmed of its padding (`group_by_length`).
 """
@@ -79,7 +80,9 @@ def distribution_stats(logits: Tensor, ref_logits: Tensor, tokens: Tensor, spec,
     return tuple(stacked)
 
 
-def _score(models: PPOModels, cfg: TrainConfig, query_ids, query_mask, tokens, mask) -> Tensor:
+def _score(models: PPOModels, query_ids, query_mask, tokens, mask, ended) -> Tensor:
+    """The reward of each response, read where the reward model was trained to read (`score_token`): at the EOS
+    that ended the response, or at the response's last token before it."""
     lengths = mask.sum(1)
     reward = models.reward
     if not isinstance(reward, ScalarHeadModel):
@@ -88,12 +91,14 @@ def _score(models: PPOModels, cfg: TrainConfig, query_ids, query_mask, tokens, m
     if models.reward_tokenizer is None:
         ids, amask, pos = sequences(query_ids, query_mask, tokens)
         last = query_ids.size(1) + lengths - 1
+        if not reward.reads_eos:
+            last = last - ended.long()
         return reward.score_at(ids, amask, pos, last).float()
     # a reward model with its own tokenizer reads the decoded text, as AlpacaFarm does
-    tok = models.tokenizer
+    tok, rt = models.tokenizer, models.reward_tokenizer
+    eos = rt.eos_token if reward.reads_eos and rt.eos_token else ""
     texts = [tok.decode(q[m.bool()], skip_special_tokens=True) + tok.decode(t[: int(n)], skip_special_tokens=True)
-             for q, m, t, n in zip(query_ids, query_mask, tokens, lengths)]
-    rt = models.reward_tokenizer
+             + (eos if e else "") for q, m, t, n, e in zip(query_ids, query_mask, tokens, lengths, ended)]
     enc = rt(texts, return_tensors="pt", padding=True, padding_side="left").to(tokens.device)
     pos = position_ids_from_mask(enc["attention_mask"])
     last = torch.full((len(texts),), enc["input_ids"].size(1) - 1, device=tokens.device)
@@ -137,7 +142,7 @@ def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]],
         for name, value in (("logprobs", logprobs), ("ref_logprobs", ref_logprobs), ("penalties", penalties),
                             ("true_kl", true_kl), ("entropy", entropy), ("values", values)):
             out[name][rows, :n] = value
-        raw_scores[rows] = _score(models, cfg, q_ids, q_mask, toks, tmask)
+        raw_scores[rows] = _score(models, q_ids, q_mask, toks, tmask, samples.ended[rows])
     ended = samples.ended
     del samples
     if cfg.penalty_reward is None:

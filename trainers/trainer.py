@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from trainers import checkpoint, data, ppo, preflight
+from trainers import checkpoint, data, ppo, preflight, schedule
 from trainers.distributed import DataParallel
 from trainers.build import build_models
 from trainers.config import EXECUTION_FIELDS, TrainConfig
@@ -83,9 +83,11 @@ class PPOTrainer:
         params = self.models.trainable_parameters()
         self.dp.sync_parameters(params)
         self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
-        warmup = cfg.warmup_steps
+        horizon = schedule.decay_horizon(cfg.steps, cfg.lr_decay_epochs, len(self.prompts), cfg.rollout_batch_size)
+        if cfg.lr_schedule_unit == "optimizer_step":
+            horizon *= cfg.optimizer_steps_per_ppo_step
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
+            self.optimizer, lambda count: schedule.lr_factor(cfg.lr_schedule, count, cfg.warmup_steps, horizon))
         self.kl_ctl = make_kl_controller(cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.step = 0
@@ -238,6 +240,10 @@ class PPOTrainer:
                                             self.generator, self.device, timings))
             release_host_memory()
         ro = concat(chunks, models.tokenizer.pad_token_id)
+        if not torch.isfinite(ro.scores).all():
+            raise ValueError(f"PPO step {self.step + 1}: the reward is not finite for "
+                             f"{int((~torch.isfinite(ro.scores)).sum())} of {ro.scores.numel()} responses "
+                             f"(reward={cfg.reward!r}); training stopped with the last checkpoint intact")
         mask = ro.mask.float()
         # 3. shape rewards
         beta = self.kl_ctl.value
@@ -251,6 +257,8 @@ class PPOTrainer:
         lr = self.scheduler.get_last_lr()[0]  # the rate of this step's first optimiser step
         t_train = time.perf_counter()
         stats = self.update(ro, advantages, returns)
+        if cfg.lr_schedule_unit == "ppo_step":
+            self.scheduler.step()
         timings["train"] = time.perf_counter() - t_train
         release_host_memory()
         # 6. record
@@ -313,9 +321,13 @@ class PPOTrainer:
                         totals[k] += v
                 self.dp.average_gradients(params)
                 grad_norm = self.dp.clip_grad_norm(params, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                if not torch.isfinite(grad_norm):  # before the step: NaN weights must never reach a checkpoint
+                    raise ValueError(f"PPO step {self.step + 1}: the gradient norm is {grad_norm.item()}; training "
+                                     "stopped before the update, with the last checkpoint intact (lower lr?)")
                 totals["ppo/grad_norm"] += grad_norm.item()
                 self.optimizer.step()
-                self.scheduler.step()
+                if cfg.lr_schedule_unit == "optimizer_step":
+                    self.scheduler.step()
                 n_minibatches += 1
         return {k: v / n_minibatches for k, v in totals.items()}
 

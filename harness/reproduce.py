@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from harness import grid as G
+from harness.errors import UserError
 from harness.results import ResultsStore, make_record
 from trainers.runlog import atomic_write_text, read_metrics
 
@@ -176,7 +177,10 @@ class LiveView:
         run = next((r for r in self.g.runs if r.run_id == job_id), None)
         if run is None:
             return f"{job_id} ({time.time() - self.running.get(job_id, time.time()):.0f} s)"
-        rows = _metrics(G.run_dir(self.runs_root, self.g.preset, job_id))
+        try:
+            rows = _metrics(G.run_dir(self.runs_root, self.g.preset, job_id))
+        except UserError as e:  # the run itself stops on it; the status line must go on
+            return f"{job_id} ({e})"
         if not rows:
             return f"{job_id} starting"
         per = statistics.median(r["time/step"] for r in rows[-5:])

@@ -26,6 +26,7 @@ from pathlib import Path
 from harness import grid as G
 from harness.errors import UserError
 from harness.results import ResultsStore, make_record
+from trainers.runfolder import read_json_object
 from trainers.runlog import atomic_write_text, read_metrics
 
 HARNESS = (sys.executable, "-m", "harness")
@@ -108,7 +109,7 @@ def _metrics(folder: Path) -> list[dict]:
 
 
 def efficiency_record(g: G.Grid, run: G.Run, folder: Path) -> dict:
-    facts = json.loads((folder / "run.json").read_text())
+    facts = read_json_object(folder / "run.json")
     rows = _metrics(folder)
     timed = rows[1:] or rows  # the first step carries start-up costs
     counts = facts["parameters"]
@@ -129,7 +130,7 @@ def efficiency_record(g: G.Grid, run: G.Run, folder: Path) -> dict:
 
 
 def manifest(run: G.Run, folder: Path, command: str | None = None) -> dict:
-    facts = json.loads((folder / "run.json").read_text()) if (folder / "run.json").is_file() else {}
+    facts = read_json_object(folder / "run.json") if (folder / "run.json").is_file() else {}
     rows = _metrics(folder)
     from harness.results import harness_identity
 

@@ -178,6 +178,20 @@ class ChatClient:
                 self.served_models.add(served)
         return response.choices[0].message.content or ""
 
+    def listed_model(self) -> str:
+        """The one model the server lists (`GET /models`); a file path (llama.cpp lists its GGUF) by its file name."""
+        import openai
+
+        try:
+            ids = [m.id for m in self.client.models.list()]
+        except openai.OpenAIError as error:
+            raise JudgeError(f"the judge server at {self.base_url} did not list its models ({type(error).__name__}: "
+                             f"{self._scrub(str(error))}); name one with --judge-model") from None
+        if len(ids) != 1:
+            raise JudgeError(f"the judge server at {self.base_url} lists {len(ids)} models "
+                             f"({', '.join(ids[:10]) or 'none'}); choose one with --judge-model")
+        return Path(ids[0]).name.removesuffix(".gguf") if os.path.isabs(ids[0]) else ids[0]
+
     def probe(self) -> str | None:
         """One one-token request: checks key and server, and returns the model name the server answers with."""
         self.complete([{"role": "user", "content": "Say OK."}], max_tokens=1)
@@ -323,7 +337,8 @@ def describe_annotator_configs() -> list[dict]:
 class OpenAIJudge(Judge):
     """alpaca-eval's annotator (prompt, batching, parser) answered by `model` on an OpenAI-compatible server.
 
-    model: the judge model asked for; `self.model` becomes the name the server answers with.
+    model: the judge model asked for; `self.model` becomes the name the server answers with. None: gpt-4o-mini at
+        api.openai.com, else the one model the server lists (`GET /models`; an error when it lists several).
     annotator: an alpaca-eval annotator config name (`alpaca_farm_greedy_gpt4`, `alpaca_eval_gpt4`, ours
         `alpaca_farm_greedy_gpt4_b1`) or a configs.yaml path; its `fn_completions` and judge model are replaced.
     base_url: any OpenAI-compatible `/v1` endpoint (default: OPENAI_BASE_URL, else api.openai.com).
@@ -337,10 +352,14 @@ class OpenAIJudge(Judge):
 
     name = "openai"
 
-    def __init__(self, model: str = DEFAULT_MODEL, *, annotator: str | os.PathLike = DEFAULT_ANNOTATOR,
+    def __init__(self, model: str | None = None, *, annotator: str | os.PathLike = DEFAULT_ANNOTATOR,
                  base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY", max_tokens: int | None = None,
                  max_workers: int = 4, resolve_model: bool = True, **client_kwargs) -> None:
-        self._chat = ChatClient(model, base_url=base_url, api_key_env=api_key_env, **client_kwargs)
+        self._chat = ChatClient(model or DEFAULT_MODEL, base_url=base_url, api_key_env=api_key_env, **client_kwargs)
+        if model is None and resolve_model and urlsplit(self._chat.base_url).hostname != "api.openai.com":
+            # llama.cpp and vLLM answer as whatever model is asked for: the record must name the one they serve
+            self._chat.model = model = self._chat.listed_model()
+        model = model or DEFAULT_MODEL
         self.max_workers = max(1, int(max_workers))
         self.annotator_name, config = load_annotator_config(annotator)
         self.pairs_per_prompt = int(config.get("batch_size", 1))

@@ -34,21 +34,29 @@ def longer_output(messages: list[dict]) -> str:
 
 
 class FakeOpenAIServer:
-    """`POST /v1/chat/completions` -> `answer(messages)` after `delay` seconds; `requests` counts them."""
+    """`POST /v1/chat/completions` -> `answer(messages)` after `delay` seconds, answering as whatever model is asked
+    for (as llama.cpp does); `requests` counts them. `GET /v1/models` lists `models`."""
 
-    def __init__(self, answer=longer_output, delay: float = 0.0) -> None:
-        self.answer, self.delay, self.requests = answer, delay, 0
+    def __init__(self, answer=longer_output, delay: float = 0.0,
+                 models=("/models/fake-local-judge.gguf",)) -> None:  # llama.cpp lists its GGUF by path
+        self.answer, self.delay, self.requests, self.models = answer, delay, 0, list(models)
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802
+                self._send({"object": "list", "data": [{"id": m, "object": "model"} for m in owner.models]})
+
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 owner.requests += 1
                 time.sleep(owner.delay)
-                reply = {"id": "c1", "object": "chat.completion", "created": 0, "model": "fake-local-judge",
+                reply = {"id": "c1", "object": "chat.completion", "created": 0, "model": body["model"],
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": owner.answer(body["messages"])}}],
                          "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+                self._send(reply)
+
+            def _send(self, reply: dict) -> None:
                 data = json.dumps(reply).encode()
                 try:
                     self.send_response(200)
@@ -143,6 +151,16 @@ def test_timeout_and_retry_cap_bound_a_silent_server(server, tmp_path, eval_file
     err = capsys.readouterr().err
     assert "after 2 attempts" in err and "APITimeoutError" in err
     assert fake.requests == 2  # the probe, asked twice, then the end (no model was loaded)
+
+
+def test_the_record_names_the_served_model_not_the_default(server, monkeypatch):
+    """A local server answers as any model asked for: without --judge-model the judge asks which one it serves."""
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    fake = server(models=["qwen-a", "qwen-b"])
+    with pytest.raises(JudgeError, match=r"lists 2 models \(qwen-a, qwen-b\); choose one with --judge-model"):
+        OpenAIJudge(annotator=B1, base_url=fake.url)
+    assert fake.requests == 0
+    assert OpenAIJudge("qwen-b", annotator=B1, base_url=fake.url).identity()["model"] == "qwen-b"
 
 
 def test_bad_judge_options_fail_before_any_work(tmp_path, eval_file, capsys):

@@ -282,6 +282,14 @@ def annotator_configs() -> dict[str, Path]:
     return found
 
 
+class UnsupportedConfigError(ValueError):
+    """An annotator config the OpenAI judge cannot run; `short` says why in a few words."""
+
+    def __init__(self, message: str, short: str) -> None:
+        super().__init__(message)
+        self.short = short
+
+
 def load_annotator_config(annotator: str | os.PathLike) -> tuple[str, dict]:
     """(name, SingleAnnotator kwargs) of a one-annotator config, given a name or a configs.yaml / its folder."""
     path = Path(annotator)
@@ -295,8 +303,9 @@ def load_annotator_config(annotator: str | os.PathLike) -> tuple[str, dict]:
         path = known[str(annotator)]
     configs = yaml.safe_load(path.read_text())
     if not isinstance(configs, dict) or len(configs) != 1:
-        raise ValueError(f"{path}: one annotator expected (pools such as `alpaca_farm` are not supported); "
-                         f"found {list(configs or {})}")
+        raise UnsupportedConfigError(f"{path}: one annotator expected (pools such as `alpaca_farm` are not "
+                                     f"supported); found {list(configs or {})}",
+                                     f"a pool of {len(configs or {})} annotators")
     (name, config), = configs.items()
     config = dict(config)
     for key in _OWN_ANNOTATOR_KWARGS:
@@ -304,8 +313,9 @@ def load_annotator_config(annotator: str | os.PathLike) -> tuple[str, dict]:
     kwargs = dict(config.get("completions_kwargs") or {})
     unknown = set(kwargs) - _KNOWN_COMPLETION_KWARGS
     if unknown or config.get("completion_key", "completions") != "completions":
-        raise ValueError(f"annotator config {name!r} needs {sorted(unknown) or config.get('completion_key')}, "
-                         "which the OpenAI judge does not provide (it returns the completion text only)")
+        needs = sorted(unknown) or [config.get("completion_key")]
+        raise UnsupportedConfigError(f"annotator config {name!r} needs {needs}, which the OpenAI judge does not "
+                                     "provide (it returns the completion text only)", f"needs {', '.join(needs)}")
     kwargs.pop("model_name", None)  # the judge model is our setting, not the config's retired one
     config["completions_kwargs"] = kwargs
     template = config.get("prompt_template")
@@ -326,8 +336,10 @@ def describe_annotator_configs() -> list[dict]:
         try:
             _, config = load_annotator_config(path)
             row.update(pairs_per_prompt=int(config.get("batch_size", 1)), usable=True)
+        except UnsupportedConfigError as error:
+            row["why"] = error.short
         except (ValueError, TypeError, OSError, yaml.YAMLError) as error:
-            row["why"] = str(error).removeprefix(f"{path}: ")
+            row["why"] = str(error)
         rows.append(row)
     return rows
 

@@ -154,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--retries", type=int, default=1, help="retries of a failed run before it is reported")
             g.add_argument("--report", default="report", help="where to render (default report/)")
             g.add_argument("--no-report", action="store_true")
+            g.add_argument("--recompute", action="append", default=[], metavar="RUN_ID",
+                           help="evaluate this run again even where its records exist, training it first if "
+                           "its folder is not here (differing results replace the records); 'all' for every run")
 
     rep = sub.add_parser("report", help="render tables and figures from results/ alone")
     rep.add_argument("--results", default="results")
@@ -287,13 +290,13 @@ def _judges() -> int:
     rows = describe_annotator_configs()
     print(f"judges (--judge): {', '.join(JUDGES)}")
     print("annotator configs of --judge openai (--judge-config NAME, or a path to a configs.yaml):")
-    width = max(len(r["name"]) for r in rows) + len(" (default)")
+    width = max(len(r["name"]) for r in rows if r["usable"]) + len(" (default)")
     for r in (r for r in rows if r["usable"]):
         name = r["name"] + (" (default)" if r["name"] == DEFAULT_ANNOTATOR else "")
         print(f"  {name:{width}s}  {r['source']:11s}  {r['pairs_per_prompt']} pair(s) per prompt")
     print("not usable by --judge openai:")
     for r in (r for r in rows if not r["usable"]):
-        print(f"  {r['name']:{width}s}  {r['source']:11s}  {r['why']}")
+        print(f"  {r['name']} ({r['source']}): {r['why']}")
     return 0
 
 

@@ -181,8 +181,8 @@ def test_judges_lists_alpaca_eval_configs_and_ours(capsys):
     usable, _, unusable = out.partition("not usable by --judge openai:")
     assert re.search(r"alpaca_farm_greedy_gpt4 \(default\)\s+alpaca-eval\s+5 pair\(s\) per prompt", usable)
     assert re.search(rf"{B1}\s+harness\s+1 pair\(s\) per prompt", usable)
-    assert re.search(r"\n  alpaca_farm\s+alpaca-eval\s+.*one annotator expected", unusable)
-    assert "weighted_alpaca_eval_gpt4_turbo" in unusable
+    assert "\n  alpaca_farm (alpaca-eval): a pool of 13 annotators\n" in unusable
+    assert "\n  weighted_alpaca_eval_gpt4_turbo (alpaca-eval): needs logprobs, top_logprobs\n" in unusable
 
 
 # --- credentials ---------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from trainers import checkpoint as ckpt_io
+from trainers import identity
 from trainers.config import TrainConfig
 from trainers.data import format_prompt
 from trainers.models import describe_spec_error, load_causal_lm, load_tokenizer, stop_token_ids
@@ -41,7 +42,7 @@ class Target:
     checkpoint: str | None
     step: int
     template: str
-    config_hash: str | None
+    run_id: str | None  # the run's identity (trainers.identity), None for a plain model
 
     def identity(self) -> dict:
         return asdict(self)
@@ -81,10 +82,10 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
                               + (f": {problem}" if problem else ""))
         if step not in (None, 0):
             raise TargetError(f"--step {step} needs a run folder; {target!r} is a model")
-        return Target(policy=target, run_dir=None, checkpoint=None, step=0, template=template, config_hash=None)
+        return Target(policy=target, run_dir=None, checkpoint=None, step=0, template=template, run_id=None)
     cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
     return Target(policy=cfg.policy, run_dir=str(run_dir), checkpoint=None if chosen is None else str(chosen),
-                  step=step, template=cfg.prompt_template, config_hash=cfg.config_hash())
+                  step=step, template=cfg.prompt_template, run_id=identity.run_id(cfg))
 
 
 def load_policy(target: Target, dtype: torch.dtype = torch.float32, device: str = "cpu"):

@@ -196,7 +196,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     check_config_file(getattr(args, "config", None))
     if args.command == "config":
         cfg = presets.resolve(args.preset, args.config, args.set)
-        print(json.dumps({"config_hash": cfg.config_hash(), **cfg.to_dict(), "derived": cfg.derived()}, indent=2))
+        from trainers import identity
+
+        print(json.dumps({"run_id": identity.run_id(cfg), **cfg.to_dict(), "derived": cfg.derived()}, indent=2))
         return 0
     if args.command == "plan":
         return _plan(args)

@@ -191,7 +191,7 @@ class Evaluator:
         if target.run_dir:
             cfg_response = json.loads((Path(target.run_dir) / "config.json").read_text())["response_len"]
         settings = generation_settings(req, cfg_response)
-        run_id = req.run_id or (target.config_hash if target.run_dir else f"sft:{target.policy}")
+        run_id = req.run_id or (target.run_id if target.run_dir else f"sft:{target.policy}")
         label = req.label or _label_for(target)
         self.log(f"evaluating {target.checkpoint or target.policy} (step {target.step}) | {settings.mode} | "
                  f"max {settings.max_new_tokens} new tokens")

@@ -3,9 +3,10 @@
 A grid is the cartesian product of a preset's regularisers and seeds (LoRA runs) plus the baselines: the
 SFT policy itself (step 0, no run) and the full fine-tune PPO run (regulariser kl, or the preset's
 `full_overrides`: at paper scale, AlpacaFarm's own PPO settings). Every run is a resolved
-`TrainConfig`; its id is `<regularizer>-<lora|full>-s<seed>-<hash>` where the hash covers the whole resolved
-configuration except where it runs (`threads`, `device`) and with bundled data named by content, so the same
-experiment has the same id on every machine and its folder and records are found from its config.
+`TrainConfig`; its id is `trainers.identity.run_id`: `<regularizer>-<lora|full>-s<seed>-<digest>` over the
+resolved configuration except where and how fast it runs, with the prompts and models named by content (the
+prepared reward model included), so the same experiment has the same id on every machine and its folder and
+records are found from its config.
 
 Tables and figures (../shared/PAPER.md):
   table 1  efficiency: the kl LoRA run and the full fine-tune run (evaluator "efficiency", from run folders)
@@ -17,7 +18,6 @@ Every configuration is built and validated before anything runs (`build_grid` ra
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +25,8 @@ from typing import Any
 
 from harness import presets
 from trainers import checkpoint as ckpt_io
-from trainers.config import EXECUTION_FIELDS, TrainConfig
+from trainers import identity
+from trainers.config import TrainConfig
 
 PAPER_REGULARIZERS = ("kl", "clamped_kl", "bregman", "jensen_shannon", "squared_error", "none", "negative_kl",
                       "dropout_only")
@@ -84,15 +85,6 @@ def grid_for(preset: str) -> PresetGrid:
         raise ValueError(f"preset={preset!r} has no grid; grids exist for: {', '.join(GRIDS)}") from None
 
 
-def run_id(cfg: TrainConfig) -> str:
-    values = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_FIELDS}
-    if values["prompts"] == presets.INSTRUCTIONS:
-        blob = Path(presets.INSTRUCTIONS).read_bytes()
-        values["prompts"] = "bundled:" + hashlib.sha256(blob).hexdigest()[:12]
-    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:8]
-    return f"{cfg.regularizer}-{'lora' if cfg.lora else 'full'}-s{cfg.seed}-{digest}"
-
-
 @dataclass(frozen=True)
 class Run:
     run_id: str
@@ -115,6 +107,16 @@ class Grid:
     sft_policy: str
     sft_evaluators: tuple[str, ...]
     extra_overrides: tuple[str, ...] = field(default=())
+    seeds: tuple[int, ...] = field(default=())
+
+    @property
+    def provisional(self) -> bool:
+        """Some run's id names an input that does not exist yet (an unprepared reward model)."""
+        return any(identity.is_provisional(r.config) for r in self.runs)
+
+    def rebuilt(self) -> "Grid":
+        """The same grid with every id derived again (after `harness prepare` made the reward model)."""
+        return build_grid(self.targets, self.preset, seeds=self.seeds, overrides=self.extra_overrides)
 
     def describe(self) -> dict:
         return {"preset": self.preset, "targets": list(self.targets), "note": self.spec.note,
@@ -175,13 +177,13 @@ def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] 
             problems.append(f"{reg}/{'lora' if lora else 'full'}/seed {seed}: {exc}")
             continue
         label = {"regularizer": reg, "lora": lora, "seed": seed, "baseline": None if lora else "full"}
-        runs.append(Run(run_id(cfg), cfg, label, checkpoint_steps(cfg), tuple(sorted(evaluators))))
+        runs.append(Run(identity.run_id(cfg), cfg, label, checkpoint_steps(cfg), tuple(sorted(evaluators))))
     if problems:
         raise ValueError("the grid has invalid configurations:\n  - " + "\n  - ".join(problems))
     sft = ({"winrate"} if set(targets) & {"table2", "figure1", "figure2"} else set()) \
         | ({"factuality"} if "table3" in targets else set())
     sft_evaluators = tuple(sorted(sft))
-    return Grid(preset, tuple(targets), spec, tuple(runs), base["policy"], sft_evaluators, tuple(overrides))
+    return Grid(preset, tuple(targets), spec, tuple(runs), base["policy"], sft_evaluators, tuple(overrides), seeds)
 
 
 # ---- state ------------------------------------------------------------------------------------------------

@@ -85,10 +85,19 @@ def eval_plan(g: G.Grid) -> list[tuple[str, str | None, int, str]]:
     return items
 
 
+def reused_runs(g: G.Grid, have: set[tuple], recompute: tuple[str, ...] = ()) -> list[G.Run]:
+    """Runs whose every record the grid needs is already in the store: nothing to train or evaluate."""
+    plan = eval_plan(g)
+    return [run for run in g.runs if run.run_id not in recompute
+            and all((rid, s, ev) in have for rid, _, s, ev in plan if rid == run.run_id)]
+
+
 def print_grid(g: G.Grid, runs_root: str, store: ResultsStore) -> dict[str, str]:
-    have = existing(store, g.preset)
+    have = existing(store, g.preset, grid_identity(g))
     states = {}
     print(f"grid {'+'.join(g.targets)} at preset {g.preset}: {len(g.runs)} runs + the SFT baseline ({g.spec.note})")
+    if g.provisional:
+        print("  (run ids are provisional: they name the reward model by content, and it is not prepared yet)")
     print(f"  {'run':34s} {'state':8s} {'steps':>9s}  records")
     for run in g.runs:
         folder = G.run_dir(runs_root, g.preset, run.run_id)
@@ -124,7 +133,7 @@ def efficiency_record(g: G.Grid, run: G.Run, folder: Path) -> dict:
         "steps": len(rows),
     }
     details = {"device": facts.get("device"), "frozen_dtype": facts.get("frozen_dtype"),
-               "memory_kind": rows[-1].get("memory/kind"), "config_hash": facts.get("config_hash")}
+               "memory_kind": rows[-1].get("memory/kind"), "run_id": facts.get("run_id")}
     return make_record(preset=g.preset, run_id=run.run_id, label=run.label, step=run.last_step,
                        evaluator="efficiency", metrics=metrics, details=details)
 
@@ -237,11 +246,25 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         from harness import presets
 
         prepare(name, presets.resolve(name))
-    # 2. train
+    if g.provisional:
+        g = g.rebuilt()
+        print("run ids now that the reward model exists:")
+        print_grid(g, args.runs, store)
+    # 2. train, except runs whose every record is already in the store (made elsewhere: same id, same inputs)
+    recompute = tuple(args.recompute) if "all" not in args.recompute else tuple(r.run_id for r in g.runs)
+    unknown = sorted(set(recompute) - {r.run_id for r in g.runs})
+    if unknown:
+        raise ValueError(f"--recompute {', '.join(unknown)}: not a run of this grid; its runs: "
+                         f"{', '.join(r.run_id for r in g.runs)}")
+    have = existing(store, g.preset, grid_identity(g))
+    reused = reused_runs(g, have, recompute)
+    for run in reused:
+        print(f"reusing the records of {run.run_id} already in {store.root} (not trained here); to recompute them, "
+              f"rerun with --recompute {run.run_id} or remove them")
     jobs = []
     for run in g.runs:
         folder = G.run_dir(args.runs, g.preset, run.run_id)
-        if G.run_state(folder, run) == "done":
+        if G.run_state(folder, run) == "done" or run in reused:
             continue
         cfg_path = folder / "grid-config.json"
         values = dict(run.config.to_dict(), threads=threads if workers > 1 else run.config.threads)
@@ -265,17 +288,19 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     eval_jobs = []
     spec = g.spec
     for rid, run, step, ev in eval_plan(g):
-        if (rid, step, ev) in have or rid in failed_runs:
+        if ((rid, step, ev) in have and rid not in recompute) or rid in failed_runs:
             continue
         if ev == "efficiency":
             folder = G.run_dir(args.runs, g.preset, rid)
-            store.put(efficiency_record(g, run, folder))
+            store.put(efficiency_record(g, run, folder), force=rid in recompute)
             continue
         target = g.sft_policy if run is None else str(G.run_dir(args.runs, g.preset, rid))
         argv = [*HARNESS, "eval", target, "--preset", g.preset, "--run-id", rid, "--results", str(store.root),
                 "--judge", spec.judge, "--eval-set", spec.eval_set, "--max-new-tokens", str(spec.eval_max_new_tokens)]
         if run is not None:  # a collapsed policy (every answer empty) is a result of the grid, not an error
             argv += ["--step", str(step), "--allow-empty"]
+        if rid in recompute:
+            argv.append("--force")
         if spec.eval_limit:
             argv += ["--limit", str(spec.eval_limit)]
         if ev == "factuality":

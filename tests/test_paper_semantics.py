@@ -153,3 +153,17 @@ def test_reward_model_directory_keeps_its_score_token(tmp_path):
     with pytest.raises(ValueError, match="score_token"):
         ScalarHeadModel(reward.backbone, reward.head, score_token="bos")
 
+
+
+def test_a_run_whose_schedule_decays_over_its_steps_cannot_be_extended(smoke, tmp_path):
+    from trainers.errors import UserError
+
+    linear = dict(lr_schedule="linear", lr_schedule_unit="ppo_step", warmup_steps=0, checkpoint_every=1)
+    PPOTrainer(smoke(steps=1, **linear), tmp_path / "run", log=lambda m: None).train()
+    with pytest.raises(UserError, match="steps: 1 -> 2"):
+        PPOTrainer(smoke(steps=2, **linear), tmp_path / "run", log=lambda m: None).train(resume=True)
+    # a horizon in prompt epochs does not move with `steps`: that run may go on
+    fixed = dict(linear, lr_decay_epochs=3.0)
+    PPOTrainer(smoke(steps=1, **fixed), tmp_path / "run2", log=lambda m: None).train()
+    records = PPOTrainer(smoke(steps=2, **fixed), tmp_path / "run2", log=lambda m: None).train(resume=True)
+    assert [r["step"] for r in records] == [1, 2]

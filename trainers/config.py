@@ -8,8 +8,6 @@ the file system or a model's config.json live in `trainers.preflight`. Every fie
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
 import typing
 from dataclasses import dataclass, field
@@ -19,13 +17,11 @@ from trainers import regularizers
 
 Dtype = Literal["auto", "bfloat16", "float32", "float16"]
 
-# Fields that choose where and how fast the same quantities are computed, not which: they are left out of
-# `config_hash` and of grid run ids, and a run may be resumed with them changed. Results differ only by
+# Fields that choose where and how fast the same quantities are computed, not which: they are left out of a run's
+# identity (`trainers.identity`), and a run may be resumed with them changed. Results differ only by
 # floating-point summation order.
 EXECUTION_FIELDS = frozenset({"threads", "device", "group_by_length", "merge_adapters_for_rollout",
                               "few_row_decode_products"})
-# threads and device were hashed before the others existed; they stay in so that recorded hashes keep matching
-_UNHASHED = EXECUTION_FIELDS - {"threads", "device"}
 
 
 def _f(default: Any, help: str) -> Any:
@@ -156,12 +152,6 @@ class TrainConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v) for f in dataclasses.fields(self)}
-
-    def config_hash(self) -> str:
-        """A stable id of the resolved configuration (12 hex digits), speed-only fields left out."""
-        identity = {k: v for k, v in self.to_dict().items() if k not in _UNHASHED}
-        blob = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from trainers import checkpoint, data, ppo, preflight, schedule
+from trainers import checkpoint, data, identity, ppo, preflight, schedule
 from trainers.distributed import DataParallel
 from trainers.build import build_models
 from trainers.config import EXECUTION_FIELDS, TrainConfig
@@ -41,6 +41,13 @@ from trainers.runlog import (MetricsLog, Progress, atomic_write_text, keep_freed
 
 # a run may go on with more steps or another speed setting, but not on another device (whose dtypes differ)
 RESUMABLE_CHANGES = {"steps", "checkpoint_every"} | (EXECUTION_FIELDS - {"device"})
+
+
+def resumable_changes(cfg: TrainConfig) -> set[str]:
+    """Fields a resumed run may change: not `steps` when a linear schedule decays over them (the rate of every
+    step already taken would have been another)."""
+    decays_over_steps = cfg.lr_schedule == "linear" and cfg.lr_decay_epochs == 0
+    return RESUMABLE_CHANGES - {"steps"} if decays_over_steps else RESUMABLE_CHANGES
 
 
 def library_versions() -> dict[str, str]:
@@ -98,7 +105,7 @@ class PPOTrainer:
         if self.dp.fsdp:  # policy and value sharded by accelerate; their calls now enter through the FSDP root
             self.models, self.optimizer = self.dp.prepare_fsdp(self.models, self.optimizer)
         self.facts = {
-            "config_hash": cfg.config_hash(),
+            "run_id": identity.run_id(cfg),
             "device": str(self.device),
             "frozen_dtype": str(self.frozen_dtype).removeprefix("torch."),
             "parameters": counts,
@@ -165,7 +172,7 @@ class PPOTrainer:
         saved = self.run_dir / "config.json"
         old = runfolder.read_json_object(saved) if saved.is_file() else {}
         changed = sorted(k for k, v in self.cfg.to_dict().items()
-                         if old and k not in RESUMABLE_CHANGES and old.get(k) != v)
+                         if old and k not in resumable_changes(self.cfg) and old.get(k) != v)
         if changed:
             raise UserError(f"{self.run_dir} holds a run with a different configuration "
                             f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(self.cfg, k)!r}' for k in changed)}); "
@@ -186,7 +193,7 @@ class PPOTrainer:
         return None if latest is None or not resume else str(latest)
 
     def _resume_hash(self) -> str:
-        return runfolder.resume_hash(self.cfg.to_dict(), RESUMABLE_CHANGES)
+        return runfolder.resume_hash(self.cfg.to_dict(), resumable_changes(self.cfg))
 
     def train(self, resume: bool = False) -> list[dict]:
         self.lock = runfolder.RunLock(self.run_dir)  # taken by rank 0 in _prepare_run_dir
@@ -209,7 +216,7 @@ class PPOTrainer:
         return self.metrics.read()
 
     def _save_checkpoint(self) -> None:
-        extra = {"kl_coef": self.kl_ctl.value, "config_hash": self.cfg.config_hash(), "resume_hash": self._resume_hash()}
+        extra = {"kl_coef": self.kl_ctl.value, "run_id": self.facts["run_id"], "resume_hash": self._resume_hash()}
         if self.dp.fsdp:
             self.dp.save_fsdp(self.run_dir, self.step, self.models, self.scheduler, self.generator, extra)
             return

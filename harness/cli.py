@@ -87,7 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(prepare)
     prepare.add_argument("--force", action="store_true", help="retrain the reward model even if it exists")
     prepare.add_argument("--limit", type=int, default=None, help="use only the first N preference instructions")
-    prepare.add_argument("--epochs", type=float, default=1.0, help="reward-model training epochs (default 1)")
+    prepare.add_argument("--epochs", type=float, default=1.0, help="--method trl: training epochs (default 1)")
+    prepare.add_argument("--samples", type=positive_int, default=4,
+                         help="responses sampled per preference instruction; every pair of them is labelled (default 4)")
+    prepare.add_argument("--method", choices=["head", "trl"], default="head",
+                         help="head: a Bradley-Terry linear head on the frozen SFT backbone (default); trl: TRL's "
+                         "RewardTrainer with LoRA")
+    prepare.add_argument("--l2", type=float, default=1.0, help="--method head: L2 penalty on standardised features")
+    prepare.add_argument("--results", default="results", help="results store for the proxy_rm record (default results/)")
 
     ev = sub.add_parser("eval", help="win rate (and factuality) of a run, checkpoint or model")
     ev.add_argument("target", help="a run folder, a checkpoint folder (RUN/checkpoints/step-N) or a model spec")
@@ -223,7 +230,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         name = args.preset or "tiny"
         cfg = presets.resolve(name, args.config, args.set)
-        prepare(name, cfg, force=args.force, limit=args.limit, epochs=args.epochs)
+        prepare(name, cfg, force=args.force, limit=args.limit, epochs=args.epochs, samples=args.samples,
+                method=args.method, l2=args.l2, results=args.results)
         return 0
     if args.command == "eval":
         return _eval(args)

@@ -1,20 +1,27 @@
 """`harness prepare --preset P`: AlpacaFarm in miniature - preference data and a proxy reward model.
 
-1. sample two responses per `preference` instruction from the SFT policy (temperature 1.0, the preset's
-   response length; both cached in `pairs.json`);
-2. label each pair with the simulated judge in both orders: the noiseless preference is the "gold" label, and
-   AlpacaFarm-style training labels flip 25% of them (seeded);
-3. train the proxy reward model with TRL's RewardTrainer (Bradley-Terry loss; LoRA r=8 on q/k/v/o of the SFT
-   backbone plus a trained scalar `score` head), on 85% of the instructions;
-4. merge the LoRA weights, write a harness reward-model directory at `prepared:P` ($HARNESS_CACHE/prepared/P/
-   reward-model), which the preset's PPO reads, and report held-out preference accuracy (against the gold and
-   the noisy labels) in `prepare.json` beside it.
+1. sample K responses (`samples`) per `preference` instruction from the SFT policy (temperature 1, the preset's
+   response length), cached in `samples.json`;
+2. every pair of an instruction's responses, K(K-1)/2 of them, labelled by the simulated judge in both orders:
+   its noiseless preference is the "gold" label, and AlpacaFarm-style training labels flip 25% of them (seeded);
+3. split by instruction: 85% for training, 15% held out (no pair of a held-out instruction is seen in training);
+4. fit the proxy reward model on the training pairs' noisy labels:
+   - `head` (the default): the SFT backbone frozen, a linear head on its last hidden state at the EOS token fitted
+     by Bradley-Terry maximum likelihood (`trainers.reward_fit`): forward passes only, and the reward model is the
+     policy's own base weights plus a head;
+   - `trl`: TRL's RewardTrainer (LoRA r=8 on q/k/v/o plus a trained `score` head, merged), backward passes;
+5. write the harness reward-model directory at `prepared:P` ($HARNESS_CACHE/prepared/P/reward-model), and its
+   held-out agreement with the judge's noiseless preferences ("gold") and with the noisy labels, in `prepare.json`
+   beside it and as a `proxy_rm` record (metric `gold_agreement`, with the number of training pairs) in the
+   results store.
 
-Idempotent: each stage's output is kept, a rerun reuses it (pairs, then the model); `--force` redoes the model.
+Idempotent: the samples are kept and reused; `--force` refits the model.
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 import random
 import shutil
@@ -25,112 +32,200 @@ import torch
 
 from evals.generate import GenerationSettings, generate
 from evals.judging import AnnotationCache, Pair, annotate
-from evals.reward_judge import RewardModelJudge
+from evals.reward_judge import RewardModelJudge, reward_text
 from evals.simulated import SimulatedJudge, training_labels
-from trainers import data
+from harness.results import ResultsStore, make_record
+from trainers import data, identity
 from trainers.config import TrainConfig
-from trainers.heads import HEAD_META, ScalarHeadModel, prepared_dir, save_reward_model
+from trainers.heads import (HEAD_META, ScalarHeadModel, hidden_size, load_backbone, new_head, prepared_dir,
+                            save_reward_model)
 from trainers import models
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
+from trainers.reward_fit import fit_bradley_terry_head, pair_accuracy
 from trainers.runlog import atomic_write_text
+from trainers.sampling import position_ids_from_mask
 
 HELD_OUT = 0.15
 LABEL_FLIP = 0.25
+METHODS = ("head", "trl")
 
 
-def _pairs(cfg: TrainConfig, folder: Path, log, limit: int | None) -> list[dict]:
-    path = folder / "pairs.json"
+def _samples(cfg: TrainConfig, folder: Path, log, limit: int | None, k: int) -> list[dict]:
+    """[{id, instruction, input, outputs: [K strings]}] for the preference instructions (cached)."""
+    path = folder / "samples.json"
     records = data.load_records(cfg.prompts, "preference")[:limit]
+    key = {"policy": cfg.policy, "k": k, "response_len": cfg.response_len, "template": cfg.prompt_template,
+           "instructions": len(records)}
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved.get("policy") == cfg.policy and len(saved["pairs"]) == len(records):
-            log(f"pairs: reusing {len(saved['pairs'])} sampled pairs ({path})")
-            return saved["pairs"]
+        if isinstance(saved, dict) and saved.get("key") == key:
+            log(f"samples: reusing {k} responses to each of {len(records)} preference instructions ({path})")
+            return saved["samples"]
     model, tok = load_causal_lm(cfg.policy, torch.float32), load_tokenizer(cfg.policy)
     outs = []
-    for seed in (1, 2):
+    for seed in range(1, k + 1):
         settings = GenerationSettings(max_new_tokens=cfg.response_len, temperature=1.0, top_p=1.0, batch_size=32,
                                       seed=seed)
-        log(f"pairs: sampling response {seed} of 2 for {len(records)} preference instructions")
+        log(f"samples: response {seed} of {k} for {len(records)} preference instructions")
         outs.append(generate(model, tok, records, cfg.prompt_template, settings,
                              progress=lambda d, t, n, s: log(f"  {d}/{t} prompts, {n / max(s, 1e-9):.0f} tokens/s")))
-    pairs = [{"id": f"pref-{i}", "instruction": r["instruction"], "input": r["input"], "output_1": a, "output_2": b}
-             for i, (r, a, b) in enumerate(zip(records, *outs))]
-    atomic_write_text(path, json.dumps({"policy": cfg.policy, "pairs": pairs}, ensure_ascii=False, indent=1))
+    samples = [{"id": f"pref-{i}", "instruction": r["instruction"], "input": r["input"],
+                "outputs": [o[i] for o in outs]} for i, r in enumerate(records)]
+    atomic_write_text(path, json.dumps({"key": key, "samples": samples}, ensure_ascii=False, indent=1))
+    return samples
+
+
+def all_pairs(samples: list[dict]) -> list[Pair]:
+    """Every pair of each instruction's responses, identical outputs left out (nothing to prefer)."""
+    pairs = []
+    for s in samples:
+        for a, b in itertools.combinations(range(len(s["outputs"])), 2):
+            if s["outputs"][a] != s["outputs"][b]:
+                pairs.append(Pair(s["instruction"], s["input"], s["outputs"][a], s["outputs"][b], f"{s['id']}:{a}-{b}"))
     return pairs
 
 
-def _split(n: int, seed: int) -> tuple[list[int], list[int]]:
-    order = list(range(n))
+def split_instructions(ids: list[str], seed: int) -> tuple[set[str], set[str]]:
+    """(training, held-out) instruction ids: a seeded HELD_OUT share of the instructions is held out."""
+    order = sorted(set(ids))
     random.Random(seed).shuffle(order)
-    cut = max(1, int(round(HELD_OUT * n)))
-    return sorted(order[cut:]), sorted(order[:cut])
+    cut = max(1, int(round(HELD_OUT * len(order))))
+    return set(order[cut:]), set(order[:cut])
 
 
 def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False, limit: int | None = None,
-            epochs: float = 1.0, batch_size: int = 8, lr: float = 2e-4) -> dict:
+            samples: int = 4, method: str = "head", l2: float = 1.0, epochs: float = 1.0, batch_size: int = 8,
+            lr: float = 2e-4, results: str | Path | None = "results") -> dict:
     log = log or (lambda msg: print(msg, flush=True))
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is not known; valid: {', '.join(METHODS)}")
+    if samples < 2:
+        raise ValueError(f"samples={samples} must be >= 2 (pairs are formed among an instruction's responses)")
     out = prepared_dir(preset_name)
     report_path = out.parent / "prepare.json"
-    # a model written before reward models recorded where they read their score is retrained
+    # a model written before reward models recorded where they read their score is refitted
     knows_its_position = (out / HEAD_META).is_file() and "score_token" in json.loads((out / HEAD_META).read_text())
     if out.is_dir() and report_path.is_file() and knows_its_position and not force:
         report = json.loads(report_path.read_text())
-        log(f"prepare: reward model already at {out} (held-out accuracy {report['heldout_accuracy_gold']:.1f}%); "
-            "--force retrains it")
+        log(f"prepare: reward model already at {out} (held-out agreement with the judge "
+            f"{report.get('heldout_accuracy_gold', float('nan')):.1f}%); --force refits it")
         return report
     started = time.time()
     folder = out.parent
     folder.mkdir(parents=True, exist_ok=True)
-    pairs = _pairs(cfg, folder, log, limit)
-    t_pairs = time.time() - started
+    sampled = _samples(cfg, folder, log, limit, samples)
+    t_samples = time.time() - started
 
     judge = SimulatedJudge()
-    cache = AnnotationCache(cache_dir() / "annotations.sqlite")
-    objs = [Pair(p["instruction"], p["input"], p["output_1"], p["output_2"], p["id"]) for p in pairs]
-    gold = annotate(judge, objs, order="both", cache=cache)
+    pairs = all_pairs(sampled)
+    gold = annotate(judge, pairs, order="both", cache=AnnotationCache(cache_dir() / "annotations.sqlite"))
     noisy = training_labels(gold, p_flip=LABEL_FLIP, seed=cfg.seed)
-    train_idx, test_idx = _split(len(pairs), cfg.seed)
-
+    instruction_of = [p.id.split(":")[0] for p in pairs]
+    train_ids, held_ids = split_instructions(instruction_of, cfg.seed)
+    train = [i for i, x in enumerate(instruction_of) if x in train_ids]
+    held = [i for i, x in enumerate(instruction_of) if x in held_ids]
     tok = load_tokenizer(cfg.policy)
-    prompts = [data.format_prompt({"instruction": p["instruction"], "input": p["input"]}, cfg.prompt_template, tok)
-               for p in pairs]
-    rows = []
-    for i in train_idx:
-        good, bad = ("output_2", "output_1") if noisy[i] == 2 else ("output_1", "output_2")
-        rows.append({"prompt": prompts[i], "chosen": pairs[i][good], "rejected": pairs[i][bad]})
-    log(f"reward model: TRL RewardTrainer on {len(rows)} pairs ({100 * LABEL_FLIP:.0f}% label noise), "
-        f"{len(test_idx)} held out")
+    prompt_of = {s["id"]: data.format_prompt({"instruction": s["instruction"], "input": s["input"]},
+                                             cfg.prompt_template, tok) for s in sampled}
+    log(f"reward model ({method}): {len(train)} training pairs from {len(train_ids)} instructions "
+        f"({100 * LABEL_FLIP:.0f}% label noise), {len(held)} pairs of {len(held_ids)} instructions held out")
     t0 = time.time()
-    reward = _train_reward_model(cfg, tok, rows, folder / "trl", epochs=epochs, batch_size=batch_size, lr=lr,
-                                 seed=cfg.seed)
+    if method == "head":
+        reward = _fit_head(cfg, tok, sampled, prompt_of, pairs, train, noisy, l2, log)
+        how = {"trained_by": "Bradley-Terry head on the frozen SFT backbone", "l2": l2}
+    else:
+        rows = []
+        for i in train:
+            p = pairs[i]
+            good, bad = (p.output_2, p.output_1) if noisy[i] == 2 else (p.output_1, p.output_2)
+            rows.append({"prompt": prompt_of[instruction_of[i]], "chosen": good, "rejected": bad})
+        reward = _train_reward_model(cfg, tok, rows, folder / "trl", epochs=epochs, batch_size=batch_size, lr=lr,
+                                     seed=cfg.seed)
+        how = {"trained_by": f"trl {_version('trl')} RewardTrainer", "epochs": epochs, "lr": lr}
     tmp = folder / "reward-model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_reward_model(reward, tok, tmp, meta={"trained_by": "trl RewardTrainer", "pairs": len(rows),
+    save_reward_model(reward, tok, tmp, meta={**how, "pairs": len(train), "samples": samples,
                                               "label_flip": LABEL_FLIP, "policy": cfg.policy})
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     t_train = time.time() - t0
 
+    # held-out agreement, read back from the saved directory exactly as PPO and the reward-model judge read it
     rm = RewardModelJudge(str(out), template=cfg.prompt_template)
-    held = [objs[i] for i in test_idx]
-    r1 = rm.rewards([prompts[i] for i in test_idx], [objs[i].output_1 for i in test_idx])
-    r2 = rm.rewards([prompts[i] for i in test_idx], [objs[i].output_2 for i in test_idx])
-    pred = [2 if b > a else 1 for a, b in zip(r1.tolist(), r2.tolist())]
-    decided = [(p, g) for p, g in zip(pred, [gold[i] for i in test_idx]) if g != 1.5]
-    acc_gold = 100.0 * sum(p == (2 if g > 1.5 else 1) for p, g in decided) / max(1, len(decided))
-    acc_noisy = 100.0 * sum(p == noisy[i] for p, i in zip(pred, test_idx)) / max(1, len(test_idx))
+    hp = [pairs[i] for i in held]
+    r1 = rm.rewards([prompt_of[instruction_of[i]] for i in held], [p.output_1 for p in hp])
+    r2 = rm.rewards([prompt_of[instruction_of[i]] for i in held], [p.output_2 for p in hp])
+    decided = [(a, b, g) for a, b, g in zip(r1.tolist(), r2.tolist(), [gold[i] for i in held]) if g not in (None, 1.5)]
+    acc_gold = 100.0 * sum((b > a) == (g > 1.5) for a, b, g in decided) / max(1, len(decided))
+    acc_noisy = 100.0 * sum((b > a) == (noisy[i] == 2) for a, b, i in zip(r1.tolist(), r2.tolist(), held)) / max(1, len(held))
     report = {
-        "preset": preset_name, "reward_model": str(out), "policy": cfg.policy, "pairs": len(pairs),
-        "train_pairs": len(rows), "heldout_pairs": len(held), "label_flip": LABEL_FLIP,
-        "heldout_accuracy_gold": acc_gold, "heldout_accuracy_noisy": acc_noisy,
-        "judge": judge.identity(), "trainer": f"trl {_version('trl')} RewardTrainer",
-        "seconds": {"pairs": round(t_pairs, 1), "train": round(t_train, 1), "total": round(time.time() - started, 1)},
+        "preset": preset_name, "reward_model": f"prepared:{preset_name}", "policy": cfg.policy, "method": method,
+        "samples_per_instruction": samples, "pairs": len(pairs), "train_pairs": len(train),
+        "heldout_pairs": len(decided), "train_instructions": len(train_ids), "heldout_instructions": len(held_ids),
+        "label_flip": LABEL_FLIP, "heldout_accuracy_gold": acc_gold, "heldout_accuracy_noisy": acc_noisy,
+        "judge": judge.identity(), **how,
+        "seconds": {"samples": round(t_samples, 1), "fit": round(t_train, 1), "total": round(time.time() - started, 1)},
     }
     atomic_write_text(report_path, json.dumps(report, indent=2))
-    log(f"reward model ready at {out}: held-out accuracy {acc_gold:.1f}% vs the judge's noiseless labels, "
-        f"{acc_noisy:.1f}% vs the noisy labels (n={len(held)}); {report['seconds']['total']:.0f} s")
+    if results is not None:
+        path = ResultsStore(results).put(proxy_record(preset_name, report, out, [p.id for p in hp]))
+        log(f"proxy_rm record: {path}")
+    log(f"reward model ready at {out}: held-out agreement {acc_gold:.1f}% with the judge's noiseless preferences, "
+        f"{acc_noisy:.1f}% with the noisy labels (n={len(decided)} pairs); {report['seconds']['total']:.0f} s")
     return report
+
+
+def proxy_record(preset_name: str, report: dict, model_dir: Path, heldout_ids: list[str]) -> dict:
+    """The `proxy_rm` record: how often the proxy reward model agrees with the gold judge on held-out pairs."""
+    fingerprint = identity.model_fingerprint(str(model_dir))
+    settings = {key: report[key] for key in ("method", "samples_per_instruction", "label_flip", "policy")}
+    return make_record(
+        preset=preset_name, run_id=f"prepared:{preset_name}", label={}, step=0, evaluator="proxy_rm",
+        judge=report["judge"],
+        eval_set={"name": "preference-heldout", "n": report["heldout_pairs"],
+                  "hash": hashlib.sha256("\n".join(heldout_ids).encode()).hexdigest()[:12]},
+        metrics={"gold_agreement": report["heldout_accuracy_gold"],
+                 "noisy_agreement": report["heldout_accuracy_noisy"], "train_pairs": report["train_pairs"],
+                 "heldout_pairs": report["heldout_pairs"]},
+        details={"reward_model": fingerprint, "seconds": report["seconds"], "trained_by": report["trained_by"]},
+        settings={**settings, "reward_model": fingerprint})
+
+
+def _fit_head(cfg: TrainConfig, tok, sampled: list[dict], prompt_of: dict, pairs: list[Pair], train: list[int],
+              noisy: list[int], l2: float, log) -> ScalarHeadModel:
+    """The frozen SFT backbone with a Bradley-Terry linear head on its hidden state at EOS (`score_token`)."""
+    backbone = load_backbone(cfg.policy, torch.float32).eval()
+    reader = ScalarHeadModel(backbone, new_head(hidden_size(backbone), zero=True, seed=0), score_token="eos")
+    index = {}
+    texts = []
+    for s in sampled:
+        for k, o in enumerate(s["outputs"]):
+            index[(s["id"], o)] = len(texts)
+            texts.append(reward_text(prompt_of[s["id"]], o, tok.eos_token or ""))
+    feats = _last_hidden_states(reader, tok, texts, log)
+    rows = torch.tensor([[index[(p.id.split(":")[0], p.output_1)], index[(p.id.split(":")[0], p.output_2)]]
+                         for p in (pairs[i] for i in train)])
+    labels = torch.tensor([1.0 if noisy[i] == 2 else 0.0 for i in train])
+    head = fit_bradley_terry_head(feats, rows, labels, l2=l2)
+    with torch.no_grad():
+        fitted = head(feats).squeeze(-1)
+    log(f"  head fitted: agreement with its own noisy training labels {100 * pair_accuracy(fitted, rows, labels):.1f}%")
+    return ScalarHeadModel(backbone, head, score_token="eos").eval()
+
+
+@torch.inference_mode()
+def _last_hidden_states(reader: ScalarHeadModel, tok, texts: list[str], log, batch_size: int = 16) -> torch.Tensor:
+    """The backbone's last hidden state at the last token of each text (left-padded batches)."""
+    tok = _padded(tok, "left")
+    out = []
+    started = time.time()
+    for start in range(0, len(texts), batch_size):
+        enc = tok(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=True)
+        h = reader.hidden_states(enc["input_ids"], enc["attention_mask"], position_ids_from_mask(enc["attention_mask"]))
+        out.append(h[:, -1].float())
+        if (start // batch_size) % 10 == 0:
+            log(f"  features: {start + len(out[-1])}/{len(texts)} responses, {time.time() - started:.0f} s")
+    return torch.cat(out)
 
 
 def _version(name: str) -> str:
@@ -147,7 +242,7 @@ def _train_reward_model(cfg: TrainConfig, tok, rows: list[dict], workdir: Path, 
 
     model = _sequence_classifier(cfg.policy)
     model.config.pad_token_id = tok.pad_token_id
-    tok = _right_padded(tok)
+    tok = _padded(tok, "right")
     args = RewardConfig(output_dir=str(workdir), per_device_train_batch_size=batch_size, num_train_epochs=epochs,
                         learning_rate=lr, lr_scheduler_type="linear", warmup_steps=2, max_length=cfg.query_len
                         + cfg.response_len + 8, logging_steps=5, save_strategy="no", report_to="none",
@@ -198,9 +293,9 @@ def _bf16_is_fast() -> bool:
     return resolve_frozen_dtype("auto", torch.device("cpu")) == torch.bfloat16
 
 
-def _right_padded(tok):
+def _padded(tok, side: str):
     import copy
 
     tok = copy.deepcopy(tok)
-    tok.padding_side = "right"
+    tok.padding_side = side
     return tok

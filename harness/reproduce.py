@@ -245,7 +245,7 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
 
         from harness import presets
 
-        prepare(name, presets.resolve(name))
+        prepare(name, presets.resolve(name), results=store.root)
     if g.provisional:
         g = g.rebuilt()
         print("run ids now that the reward model exists:")

@@ -17,7 +17,7 @@ Record schema, version `SCHEMA` (every field present; `null` where it does not a
     run_id        the run's stable id (hash of its resolved config), or a baseline name ("sft")
     label         {"regularizer": ..., "lora": bool|None, "seed": int|None, "baseline": "sft"|"full"|None}
     step          PPO step of the checkpoint (0 = the SFT policy)
-    evaluator     "winrate" | "factuality" | "efficiency"
+    evaluator     "winrate" | "factuality" | "efficiency" | "proxy_rm" (the proxy reward model against the judge)
     judge         {"name", "model", "version"} of the judge / verifier (null for efficiency)
     eval_set      {"name", "hash", "n"} (null for efficiency)
     metrics       flat {name: number}: win_rate, standard_error, n, true_kl, ... / factscore, answered, facts
@@ -48,16 +48,16 @@ from trainers.runlog import atomic_write_text
 
 SCHEMA = "harness.record/1"
 SOURCES = ("harness", "paper")
-EVALUATORS = ("winrate", "factuality", "efficiency")
+EVALUATORS = ("winrate", "factuality", "efficiency", "proxy_rm")
 REQUIRED = ("schema", "record_id", "source", "preset", "run_id", "label", "step", "evaluator", "judge",
             "eval_set", "metrics", "per_item", "details", "created", "harness")
 LABEL_KEYS = ("regularizer", "lora", "seed", "baseline")
 BASELINES = (None, "sft", "full")
 PERCENT_METRICS = ("win_rate", "lc_win_rate", "factscore", "factscore_no_penalty", "answered", "trainable_pct", "agreement",
-                   "unparsed_answers_pct")
+                   "unparsed_answers_pct", "gold_agreement", "noisy_agreement")
 NONNEGATIVE_METRICS = ("standard_error", "lc_standard_error", "n", "true_kl_train", "facts_per_answer", "gpus", "processes",
                        "trainable_params", "total_params", "peak_memory_gib", "seconds_per_step", "tokens_per_s",
-                       "steps")
+                       "steps", "train_pairs", "heldout_pairs")
 
 
 class RecordError(UserError):

@@ -83,27 +83,33 @@ def test_eval_errors_are_clear_and_early(smoke_run, tmp_path, cache, eval_file, 
     assert not (tmp_path / "r").exists()  # nothing written before the errors
 
 
-def test_prepare_trains_a_proxy_reward_model_and_is_idempotent(cache, prompt_file, capsys):
+@pytest.mark.parametrize("method,samples", [("head", 3), ("trl", 2)])
+def test_prepare_fits_a_proxy_reward_model_records_its_agreement_and_is_idempotent(cache, prompt_file, capsys,
+                                                                                  tmp_path, method, samples):
     from harness import presets
     from harness.prepare import prepare
     from trainers import heads
-
-    values = presets.preset("smoke")
-    cfg_values = dict(values, prompts=prompt_file, prompt_split="", response_len=8)
     from trainers.config import TrainConfig
 
     # the local prompt file has no 'preference' split: point prepare at the bundled one
-    cfg = TrainConfig(**dict(cfg_values, prompts=presets.INSTRUCTIONS))
-    report = prepare("smoke-test", cfg, limit=24, epochs=1, batch_size=4, log=lambda m: None)
-    assert report["pairs"] == 24 and report["heldout_pairs"] == 4 and report["train_pairs"] == 20
+    cfg = TrainConfig(**dict(presets.preset("smoke"), prompts=presets.INSTRUCTIONS, prompt_split="", response_len=8))
+    report = prepare("smoke-test", cfg, limit=24, samples=samples, method=method, batch_size=4,
+                     results=tmp_path / "results", log=lambda m: None)
+    # pairs among each instruction's responses; 4 of the 24 instructions held out, none of their pairs trained on
+    assert report["samples_per_instruction"] == samples and report["heldout_instructions"] == 4
+    assert report["train_pairs"] + report["heldout_pairs"] <= report["pairs"] <= 24 * samples * (samples - 1) // 2
+    assert report["train_pairs"] > report["heldout_pairs"] > 0
     assert 0.0 <= report["heldout_accuracy_gold"] <= 100.0
-    assert report["trainer"].startswith("trl 1.12.0")
+    assert report["trained_by"].startswith("trl 1.12.0" if method == "trl" else "Bradley-Terry head")
     folder = heads.prepared_dir("smoke-test")
-    assert heads.is_reward_model_dir(folder)
     rm = heads.load_reward_model("prepared:smoke-test", __import__("torch").float32, seed=0)
-    assert rm.head.weight.abs().sum() > 0
-    again = prepare("smoke-test", cfg, limit=24, log=print)
+    assert rm.head.weight.abs().sum() > 0 and rm.score_token == "eos"
+    (record,) = [r for r in ResultsStore(tmp_path / "results").records() if r["evaluator"] == "proxy_rm"]
+    assert record["metrics"]["gold_agreement"] == report["heldout_accuracy_gold"]
+    assert record["metrics"]["train_pairs"] == report["train_pairs"] and record["run_id"] == "prepared:smoke-test"
+    again = prepare("smoke-test", cfg, limit=24, samples=samples, method=method, log=print)
     assert again == report and "already at" in capsys.readouterr().out
+    assert heads.is_reward_model_dir(folder)
 
 
 def test_training_with_an_unprepared_reward_model_says_what_to_run(cache, capsys):

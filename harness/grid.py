@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness import presets
-from trainers import checkpoint as ckpt_io
+from trainers import checkpoint_paths as ckpt_io
 from trainers import identity
 from trainers.config import TrainConfig
 

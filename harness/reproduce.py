@@ -26,8 +26,8 @@ from pathlib import Path
 from harness import grid as G
 from harness.errors import UserError
 from harness.results import ResultsStore, make_record
-from trainers.runfolder import read_json_object
-from trainers.runlog import atomic_write_text, read_metrics
+from trainers.io import atomic_write_text, read_json_object
+from trainers.runlog import read_metrics
 
 HARNESS = (sys.executable, "-m", "harness")
 

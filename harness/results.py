@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError, check_preset_name
-from trainers.runlog import atomic_write_text
+from trainers.io import atomic_write_text
 
 SCHEMA = "harness.record/1"
 SOURCES = ("harness", "paper")

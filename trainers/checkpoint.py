@@ -25,28 +25,11 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from trainers.checkpoint_paths import STATE, checkpoint_dir, latest_checkpoint, list_checkpoints  # noqa: F401
 from trainers.errors import UserError
-from trainers.runlog import atomic_write_text, make_readable
+from trainers.io import atomic_write_text, make_readable
 
-STATE = "state.json"
 MANIFEST = "files"  # state.json's key: {relative path: sha256} of every other file of the checkpoint
-
-
-def checkpoint_dir(run_dir: Path, step: int) -> Path:
-    return run_dir / "checkpoints" / f"step-{step:06d}"
-
-
-def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first."""
-    root = run_dir / "checkpoints"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("step-*") if (p / STATE).is_file())
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = list_checkpoints(run_dir)
-    return found[-1] if found else None
 
 
 def sha256_of(path: Path) -> str:

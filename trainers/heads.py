@@ -23,21 +23,11 @@ from torch import Tensor, nn
 from transformers import AutoModel
 
 from trainers import models
+from trainers.specs import PREPARED, prepared_dir, resolve_reward_spec  # noqa: F401  (re-exported)
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_META = "scalar_head.json"
-PREPARED = "prepared:"
 SCORE_TOKENS = ("eos", "last_token")
-
-
-def prepared_dir(name: str) -> Path:
-    """Where `harness prepare --preset NAME` writes the proxy reward model (under $HARNESS_CACHE)."""
-    return models.cache_dir() / "prepared" / name / "reward-model"
-
-
-def resolve_reward_spec(spec: str) -> str:
-    """`prepared:NAME` -> the prepared reward model's directory; other specs unchanged."""
-    return str(prepared_dir(spec.removeprefix(PREPARED))) if spec.startswith(PREPARED) else spec
 
 
 def is_reward_model_dir(path: str | Path) -> bool:

@@ -18,8 +18,7 @@ import json
 from pathlib import Path
 
 from trainers.config import EXECUTION_FIELDS, TrainConfig
-from trainers.heads import PREPARED, resolve_reward_spec
-from trainers.models import BUILTINS, cache_dir
+from trainers.specs import BUILTINS, PREPARED, cache_dir, resolve_reward_spec
 
 ABSENT = "absent:"
 _CHUNK = 1 << 20

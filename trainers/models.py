@@ -23,17 +23,11 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers import PreTrainedTokenizerFast
 
-TINY = "tiny-random-llama"
-SMOLLM2 = "smollm2-135m-instruct"
-BUILTINS = (TINY, SMOLLM2)
+from trainers.specs import BUILTINS, SMOLLM2, TINY, cache_dir  # noqa: F401  (re-exported)
+
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 TINY_CONTEXT = 1024
-
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("HARNESS_CACHE", Path.home() / ".cache" / "harness"))
 
 
 def describe_spec_error(field: str, spec: str) -> str | None:

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # the formulas use tensor methods only, so the configuration can list names without torch
+    from torch import Tensor
 
 LOG_HALF = math.log(0.5)
 
@@ -39,7 +39,7 @@ def clamped_kl(lp: Tensor, lq: Tensor) -> Tensor:
 def bregman(lp: Tensor, lq: Tensor) -> Tensor:
     """k_t = q/p - 1 + log p - log q (the Bregman divergence of -log; the "k3" estimator, always >= 0)."""
     log_ratio = lp - lq
-    return torch.expm1(-log_ratio) + log_ratio
+    return (-log_ratio).expm1() + log_ratio
 
 
 def squared_error(lp: Tensor, lq: Tensor) -> Tensor:
@@ -53,7 +53,7 @@ def jensen_shannon(lp: Tensor, lq: Tensor) -> Tensor:
     m = (p + q) / 2;  k_t = 0.5 * [max(0, log p - log m) + max(0, log q - log m)].
     log m is computed as logaddexp(lp, lq) + log(1/2) so that tiny probabilities do not underflow.
     """
-    lm = torch.logaddexp(lp, lq) + LOG_HALF
+    lm = lp.logaddexp(lq) + LOG_HALF
     return 0.5 * ((lp - lm).clamp(min=0.0) + (lq - lm).clamp(min=0.0))
 
 
@@ -64,7 +64,7 @@ def negative_kl(lp: Tensor, lq: Tensor) -> Tensor:
 
 def zero(lp: Tensor, lq: Tensor) -> Tensor:
     """k_t = 0 (no penalty; used by `none` and `dropout_only`)."""
-    return torch.zeros_like(lp)
+    return lp.new_zeros(lp.shape)
 
 
 def kl_full(logits: Tensor, ref_logits: Tensor) -> Tensor:
@@ -73,16 +73,16 @@ def kl_full(logits: Tensor, ref_logits: Tensor) -> Tensor:
     `logits` and `ref_logits` are [..., V] and already divided by the sampling temperature.
     This is also the "token-level true KL" that the trainer logs whatever the regulariser.
     """
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    logq = torch.log_softmax(ref_logits.float(), dim=-1)
+    logp = logits.float().log_softmax(dim=-1)
+    logq = ref_logits.float().log_softmax(dim=-1)
     return (logp.exp() * (logp - logq)).sum(-1)
 
 
 def jensen_shannon_full(logits: Tensor, ref_logits: Tensor) -> Tensor:
     """Exact per-position JS(pi, pi_ref) = 0.5 KL(pi || m) + 0.5 KL(pi_ref || m), m = (pi + pi_ref) / 2."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    logq = torch.log_softmax(ref_logits.float(), dim=-1)
-    logm = torch.logaddexp(logp, logq) + LOG_HALF
+    logp = logits.float().log_softmax(dim=-1)
+    logq = ref_logits.float().log_softmax(dim=-1)
+    logm = logp.logaddexp(logq) + LOG_HALF
     return 0.5 * ((logp.exp() * (logp - logm)).sum(-1) + (logq.exp() * (logq - logm)).sum(-1))
 
 

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from trainers.errors import UserError
+from trainers.io import read_json_object  # noqa: F401  (re-exported)
 
 LOCK = ".lock"
 
@@ -112,13 +113,3 @@ def check_no_checkpoint(run_dir: Path, steps_logged: list[int], checkpoint_every
     return (f"no checkpoint in {run_dir}; starting from step 0 (the {len(steps_logged)} logged step(s) before the "
             "first checkpoint are redone)")
 
-
-def read_json_object(path: Path) -> dict:
-    """A JSON object from a run folder's file, or a clear error naming it."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"{path} cannot be read as JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")
-    return data

@@ -1,4 +1,4 @@
-"""A run folder's files: atomic writes, the per-step `metrics.jsonl`, peak memory, progress lines."""
+"""A run folder's files: the per-step `metrics.jsonl`, peak memory, progress lines."""
 
 from __future__ import annotations
 
@@ -9,49 +9,22 @@ import json
 import os
 import resource
 import sys
-import tempfile
 import time
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from trainers.errors import UserError
+from trainers.io import atomic_write_text
 
-
-@functools.cache
-def _umask() -> int:
-    mask = os.umask(0)  # reading the mask means setting it: put it straight back
-    os.umask(mask)
-    return mask
-
-
-def make_readable(path: str | Path) -> None:
-    """Give a file or folder made by `tempfile` (0600 / 0700) the mode a plain open would: 0644 / 0755 under the
-    usual umask, so that the group can read run folders and records."""
-    path = Path(path)
-    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        make_readable(tmp)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+if TYPE_CHECKING:  # reading a metrics log (reproduce, report) must not load torch
+    import torch
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
     """(bytes, kind): CUDA max allocated on a GPU, else the process's peak resident set size."""
     if device.type == "cuda":
+        import torch  # already loaded by whoever holds a CUDA device
+
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_rss"
 

@@ -28,9 +28,10 @@ from evals.judging import ORDERS, AnnotationCache
 from evals.winrate import REFERENCE_TEMPERATURE, REFERENCE_TOP_P, cached_references, check_generations, winrate_result
 from harness import presets
 from harness.errors import check_preset_name
+from harness.factuality_eval import factuality_settings
 from harness.results import ResultsStore, make_record
-from trainers.models import cache_dir
-from trainers.runlog import atomic_write_text
+from trainers.io import atomic_write_text
+from trainers.specs import cache_dir
 
 
 def say(msg: str) -> None:
@@ -117,12 +118,6 @@ def record_settings(req: EvalRequest, settings: GenerationSettings) -> dict:
     """What, besides target, judge and eval set, changes a win-rate record's result: part of its id."""
     generation = {k: v for k, v in settings.as_dict().items() if k != "batch_size"}
     return {"generation": generation, "order": req.order, "limit": req.limit}
-
-
-def factuality_settings(req: EvalRequest, settings: GenerationSettings) -> dict:
-    generation = {k: v for k, v in settings.as_dict().items() if k != "batch_size"}
-    return {"generation": generation, "verifier": req.verifier, "knowledge": req.knowledge,
-            "factuality_limit": req.factuality_limit}
 
 
 def open_eval_set(source: str, limit: int | None = None) -> EvalSet:

@@ -24,9 +24,14 @@ def _knowledge(path: str | None):
     return F.SQLiteKnowledge(path) if path else F.BundledKnowledge()
 
 
-def run_factuality(ev, target, model, tokenizer, settings, run_id: str, label: dict) -> dict:
-    from harness.evaluate import factuality_settings
+def factuality_settings(req, settings) -> dict:
+    """What, besides target and verifier, changes a factuality record's result: part of its id."""
+    generation = {k: v for k, v in settings.as_dict().items() if k != "batch_size"}
+    return {"generation": generation, "verifier": req.verifier, "knowledge": req.knowledge,
+            "factuality_limit": req.factuality_limit}
 
+
+def run_factuality(ev, target, model, tokenizer, settings, run_id: str, label: dict) -> dict:
     req = ev.req
     started = time.time()
     knowledge = _knowledge(getattr(req, "knowledge", None))

@@ -23,14 +23,14 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from harness.report import REG_ORDER, Series, win_rate_of
+from harness.report_data import REG_ORDER, Series, win_rate_of
 
 YLABELS = {"win_rate": "win rate (%)", "lc_win_rate": "length-controlled win rate (%)"}
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
 
-    from harness.report import ReportData
+    from harness.report_data import ReportData
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 COLORS = dict(zip(REG_ORDER, _PALETTE))

@@ -1,4 +1,4 @@
-"""The report's three tables: built from `harness.report.ReportData`, written as Markdown, LaTeX and CSV.
+"""The report's three tables: built from `harness.report_data.ReportData`, written as Markdown, LaTeX and CSV.
 
 A `Table` is rows of `Cell`s; each cell keeps its number, standard error, source ("harness" = ours, "paper")
 and the record it came from, so the CSV has one line per cell and the Markdown / LaTeX are views of the same
@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.report import DASH, PAPER_JUDGE_TEXT, Series, pick_efficiency, win_rate_of
+from harness.report_data import DASH, PAPER_JUDGE_TEXT, Series, pick_efficiency, win_rate_of
 
 if TYPE_CHECKING:
-    from harness.report import ReportData
+    from harness.report_data import ReportData
 
 
 @dataclass

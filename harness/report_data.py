@@ -1,0 +1,190 @@
+"""The report's data: records grouped into one series per run, read from the results store (no rendering).
+
+The lowest of the report's modules: `report_tables` and `report_figures` draw from it, `report` tests the claims
+and writes everything.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from evals import stats
+from harness.results import ResultsStore
+
+DASH = "—"
+REG_ORDER = ("kl", "none", "jensen_shannon", "dropout_only", "bregman", "squared_error", "clamped_kl", "negative_kl")
+KIND_ORDER = ("sft", "full", "lora")
+PAPER_JUDGE_TEXT = "AlpacaFarm annotator pool of 2023 (GPT-4/GPT-3.5/davinci-003, retired), n=805"
+
+
+def _kind(label: Mapping) -> str:
+    if label.get("baseline") == "sft":
+        return "sft"
+    if label.get("baseline") == "full" or label.get("lora") is False:
+        return "full"
+    return "lora"
+
+
+@dataclass
+class Series:
+    """One run's records of one evaluator, by step."""
+
+    run_id: str
+    kind: str  # "sft" | "full" | "lora"
+    regularizer: str | None
+    seed: int | None
+    points: dict[int, dict] = field(default_factory=dict)
+    tag: str = ""  # disambiguation (seed or run id), set when two series would read the same
+
+    @property
+    def key(self) -> tuple[str, str | None]:
+        return (self.kind, self.regularizer)
+
+    @property
+    def label(self) -> str:
+        base = {"sft": "SFT", "full": "full FT", "lora": "LoRA"}[self.kind]
+        if self.kind != "sft" and self.regularizer:
+            base += f" {self.regularizer}"
+        return f"{base} ({self.tag})" if self.tag else base
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted(self.points)
+
+    @property
+    def last(self) -> dict:
+        return self.points[max(self.points)]
+
+    def sort_key(self) -> tuple:
+        reg = (REG_ORDER.index(self.regularizer), "") if self.regularizer in REG_ORDER else (99, str(self.regularizer))
+        return (KIND_ORDER.index(self.kind), reg, self.seed if self.seed is not None else -1, self.run_id)
+
+
+def group_series(records: list[dict]) -> list[Series]:
+    """Records -> one Series per run_id (the latest-created record where a run has two at one step)."""
+    by_run: dict[str, Series] = {}
+    for rec in sorted(records, key=lambda r: str(r.get("created"))):
+        lab = rec["label"]
+        s = by_run.setdefault(rec["run_id"], Series(rec["run_id"], _kind(lab), lab.get("regularizer"), lab.get("seed")))
+        s.points[rec["step"]] = rec
+    series = sorted(by_run.values(), key=Series.sort_key)
+    clash = Counter(s.key for s in series)
+    for s in series:
+        if clash[s.key] > 1:
+            same = [t for t in series if t.key == s.key]
+            seeds_unique = len({t.seed for t in same}) == len(same)
+            s.tag = f"seed {s.seed}" if seeds_unique and s.seed is not None else s.run_id[:10]
+    return series
+
+
+# a win-rate record's two rates, each with the name of its standard error
+WIN_RATE_METRICS = {"win_rate": "standard_error", "lc_win_rate": "lc_standard_error"}
+
+
+def win_rate_of(rec: dict | None, metric: str = "win_rate") -> tuple[float | None, float | None, int | None]:
+    """(win rate, standard error, n) of a win-rate record: its metrics, or computed from its per-item prefs.
+    metric "lc_win_rate": the length-controlled rate (None in records older than it: they lack the lengths)."""
+    if rec is None:
+        return None, None, None
+    m, prefs = rec["metrics"], list(preferences(rec).values())
+    wr, se, n = m.get(metric), m.get(WIN_RATE_METRICS[metric]), m.get("n")
+    if wr is None and prefs and metric == "win_rate":
+        wr = stats.win_rate(prefs)
+    if se is None and len(prefs) > 1 and metric == "win_rate":
+        se = stats.standard_error(prefs)
+    if n is None:
+        n = len(prefs) or (rec.get("eval_set") or {}).get("n")
+    return wr, se, (int(n) if n is not None else None)
+
+
+def per_item(rec: dict | None, key: str) -> dict[str, float]:
+    """A record's per-item values {id: value} ("preference" in [1, 2] for win rate, "score" for factuality);
+    items whose value is None (an unparsed judgement, an unscored entity) are dropped."""
+    items = (rec or {}).get("per_item") or []
+    return {str(i["id"]): float(i[key]) for i in items if "id" in i and isinstance(i.get(key), (int, float))}
+
+
+def preferences(rec: dict | None) -> dict[str, float]:
+    return per_item(rec, "preference")
+
+
+def item_scores(rec: dict | None) -> dict[str, float]:
+    return per_item(rec, "score")
+
+
+@dataclass
+class ReportData:
+    """Everything the renderers see: our series and records at one preset, and the paper's."""
+
+    preset: str
+    judge: dict | None
+    winrate: list[Series]
+    factuality: list[Series]
+    efficiency: list[dict]
+    paper_fig1: list[Series]
+    paper_fig2: list[Series]
+    paper_efficiency: list[dict]
+    ours: list[dict]
+    manifests: dict[str, dict]
+    paper_source: str
+    notes: list[str] = field(default_factory=list)
+    metric: str = "win_rate"  # what Figure 1 plots for our runs: "win_rate" or "lc_win_rate"
+
+    def find(self, series: list[Series], kind: str, regularizer: str | None = None) -> Series | None:
+        return next((s for s in series if s.kind == kind and (kind == "sft" or s.regularizer == regularizer)), None)
+
+    @property
+    def judge_text(self) -> str:
+        j = self.judge
+        return f"{j.get('name')} ({j.get('model')}, {j.get('version')})" if j else "no judge (no win-rate records)"
+
+
+def _judge_key(j: dict | None) -> tuple:
+    return tuple(str((j or {}).get(k)) for k in ("name", "model", "version"))
+
+
+def load(results_root: str | Path, preset: str, judge: str | None = None) -> ReportData:
+    store = ResultsStore(results_root)
+    records = list(store.records())
+    manifests = store.manifests()
+    ours = [r for r in records if r["source"] == "harness" and r["preset"] == preset]
+    paper = [r for r in records if r["source"] == "paper"]
+    paper_source = "the results store"
+    if not paper:
+        from harness.paper_numbers import paper_records
+
+        paper, paper_source = paper_records(), "harness.paper_numbers (the store holds no paper records)"
+    notes = []
+    wr = [r for r in ours if r["evaluator"] == "winrate"]
+    judges = Counter(_judge_key(r["judge"]) for r in wr)
+    chosen = None
+    if judges:
+        key = next((k for k in judges if k[0] == judge), None) if judge else judges.most_common(1)[0][0]
+        if key is None:
+            notes.append(f"no win-rate records of judge {judge!r}; judges present: {sorted(k[0] for k in judges)}")
+        else:
+            chosen = next(r["judge"] for r in wr if _judge_key(r["judge"]) == key)
+            if len(judges) > 1:
+                notes.append(f"win-rate records of other judges left out: "
+                             f"{', '.join(f'{k[0]} ({n})' for k, n in judges.items() if k != key)}")
+    wr = [r for r in wr if chosen is not None and _judge_key(r["judge"]) == _judge_key(chosen)]
+    fig = lambda r, i: r["evaluator"] == "winrate" and (r.get("details") or {}).get("figure") == i  # noqa: E731
+    return ReportData(
+        preset=preset, judge=chosen, winrate=group_series(wr),
+        factuality=group_series([r for r in ours if r["evaluator"] == "factuality"]),
+        efficiency=[r for r in ours if r["evaluator"] == "efficiency"],
+        paper_fig1=group_series([r for r in paper if fig(r, 1)]),
+        paper_fig2=group_series([r for r in paper if fig(r, 2)]),
+        paper_efficiency=[r for r in paper if r["evaluator"] == "efficiency"],
+        ours=ours, manifests=manifests, paper_source=paper_source, notes=notes)
+
+
+def pick_efficiency(recs: list[dict], lora: bool) -> dict | None:
+    """The efficiency record for LoRA (lora=True) or the full fine-tune: the kl run if any, then the latest step."""
+    cands = [r for r in recs if (_kind(r["label"]) != "full") == lora and r["label"].get("baseline") != "sft"]
+    if not cands:
+        return None
+    return max(cands, key=lambda r: (r["label"].get("regularizer") == "kl", r["step"], str(r["created"])))

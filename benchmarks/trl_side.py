@@ -310,12 +310,14 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {"batch_size": args.batch_size, "response_length": args.response_length,
                      "threads": args.threads, "seed": args.seed, "kl_coef": args.kl_coef,
                      "max_prompt_tokens": args.max_prompt_tokens, "prompt_tokens": [len(x) for x in ids],
-                     "model_dir": str(Path(args.model_dir).resolve()), "pad_token_id": tok.pad_token_id,
+                     "model_dir": Path(args.model_dir).resolve().name, "pad_token_id": tok.pad_token_id,
                      "eos_token_id": tok.eos_token_id},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "trl": trl.__version__,
                      "transformers": transformers.__version__, "peft": peft.__version__,
                      "accelerate": accelerate.__version__},
-        "command": " ".join([sys.executable, *sys.argv]),
+        # a result names no machine's folders: absolute paths (model, output) by their last part
+        "command": " ".join(["python benchmarks/trl_side.py",
+                             *(Path(a).name if Path(a).is_absolute() else a for a in sys.argv[1:])]),
     }
     if torch.cuda.is_available():
         result["peak_cuda_bytes"] = torch.cuda.max_memory_allocated()

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from evals.atomic_facts import split_sentences
+from trainers.io import repository_path
 
 SEPARATOR = "####SPECIAL####SEPARATOR####"
 PASSAGE_WORDS = 256
@@ -103,7 +104,7 @@ class BundledKnowledge:
         return [Passage(entity, t) for t in split_passages(self._docs[entity], self.passage_words)]
 
     def identity(self) -> dict:
-        return {"name": self.name, "source": self.source, "entities": len(self._docs),
+        return {"name": self.name, "source": repository_path(self.source), "entities": len(self._docs),
                 "passage_words": self.passage_words}
 
 

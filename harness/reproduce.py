@@ -26,7 +26,7 @@ from pathlib import Path
 from harness import grid as G
 from harness.errors import UserError
 from harness.results import ResultsStore, make_record
-from trainers.io import atomic_write_text, read_json_object
+from trainers.io import atomic_write_text, read_json_object, repository_path
 from trainers.runlog import read_metrics
 
 HARNESS = (sys.executable, "-m", "harness")
@@ -143,7 +143,8 @@ def manifest(run: G.Run, folder: Path, command: str | None = None) -> dict:
     rows = _metrics(folder)
     from harness.results import harness_identity
 
-    return {"run_id": run.run_id, "label": run.label, "config": run.config.to_dict(), "facts": facts,
+    config = dict(run.config.to_dict(), prompts=repository_path(run.config.prompts))
+    return {"run_id": run.run_id, "label": run.label, "config": config, "facts": facts,
             "host": {"node": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
                      "cpus": os.cpu_count()},
             "harness": harness_identity(), "steps": len(rows), "command": command,

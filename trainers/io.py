@@ -1,4 +1,5 @@
-"""Torch-free file I/O shared by run folders, checkpoints and the results store: atomic writes and JSON objects."""
+"""Torch-free file I/O shared by run folders, checkpoints and the results store: atomic writes, JSON objects, and
+paths as committed results store them."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ import tempfile
 from pathlib import Path
 
 from trainers.errors import UserError
+
+REPOSITORY = Path(__file__).resolve().parents[1]
 
 
 @functools.cache
@@ -51,3 +54,14 @@ def read_json_object(path: Path) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")
     return data
+
+
+def repository_path(path: str | Path) -> str:
+    """An absolute path inside the repository as a path relative to it, so that committed results name no machine's
+    folders; any other path (a relative one, a dataset id, a file elsewhere) as given."""
+    if not Path(path).is_absolute():
+        return str(path)
+    try:
+        return Path(path).resolve().relative_to(REPOSITORY).as_posix()
+    except ValueError:
+        return str(path)

@@ -1,9 +1,9 @@
-"""One PPO step of our side of the side-by-side work unit under the torch profiler (issue: performance).
+"""One PPO step of our side of the side-by-side work unit under the torch profiler.
 
 Builds the trainer with the side-by-side settings (SmolLM2, 16 AlpacaFarm prompts, 64-token responses, LoRA
 without dropout, micro-batches of 4, 2 threads), runs a warm-up step, then profiles one step and prints its
 phase times, the minor page faults it caused, and the operators that took the most time. The figures behind
-the README's list of measured levers (KV-cache concatenation, multinomial draws, batched LM-head products,
+docs/performance.md's list of measured levers (KV-cache concatenation, multinomial draws, batched LM-head products,
 page faults) come from this command, run before and after each change:
 
   python -m benchmarks.profile_step [--rows 25] [--no-profile] [--set FIELD=VALUE ...]

@@ -1,4 +1,4 @@
-"""Our LoRA-PPO step side by side with TRL 1.12's PPOTrainer on the same work (issue: performance).
+"""Our LoRA-PPO step side by side with TRL 1.12's PPOTrainer on the same work.
 
 The work unit (../shared/BENCH.md): SmolLM2-135M-Instruct (the same dequantised weights on both sides), 16
 prompts = the first AlpacaFarm evaluation instructions whose Alpaca-template prompt fits 128 tokens, every

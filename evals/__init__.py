@@ -1,1 +1,1 @@
-"""Evaluators (win rate, factuality): built in the evaluator issue on top of `trainers`."""
+"""Evaluators (win rate, factuality), built on `trainers`; they never import `harness`."""

@@ -18,14 +18,13 @@ Protocol, one answer to "Tell me a bio of <entity>." (`bio_prompts`) at a time:
 
 Limits (measured with `python -m evals.factuality`, i.e. `verifier_accuracy`: 40 true atomic facts of the bundled
 documents and 40 copies falsified by moving a year or swapping a place, seed 0, BM25 top-5):
-- SmolLM2-135M-Instruct as a `LogitVerifier` is an offline proxy that does NOT work: 46.2% accuracy with
-  FActScore's raw prompt (it accepts 87.5% of the true facts and rejects only 5% of the false ones), 47.5% with
-  the chat template (`--chat`); the ranking quality of its True-False margin is below chance (AUC 0.40 raw,
-  0.46 chat; 0.46 / 0.36 with a single 40-word passage). A FActScore from it measures how often the model says
-  "True", not factuality: use it only to exercise the pipeline, never to compare policies or with published
-  FActScore numbers (Inst-LLaMA-7B or ChatGPT verifiers), and prefer `LLMVerifier` on a capable model.
-- `LexicalVerifier` reaches 96.2% on the same set (100% of true facts, 92.5% of false ones rejected), but the set
-  flatters it: its true facts are verbatim document sentences and each false one differs by one word. Real
+- SmolLM2-135M-Instruct as a `LogitVerifier` is an offline proxy that does NOT work: it is at chance, says
+  "True" to nearly every fact, and its True-False margin ranks facts below chance (docs/evaluation.md has the
+  numbers). A FActScore from it measures how often the model says "True", not factuality: use it only to
+  exercise the pipeline, never to compare policies or with published FActScore numbers (Inst-LLaMA-7B or
+  ChatGPT verifiers), and prefer `LLMVerifier` on a capable model.
+- `LexicalVerifier` is nearly always right on the same set, but the set flatters it: its true facts are
+  verbatim document sentences and each false one differs by one word. Real
   answers paraphrase (lost recall) and can be wrong without a new word (a swapped role, a negation).
 - The rule splitter is a heuristic (it keeps "X, Y and Z" lists as one fact and may pick a wrong antecedent for
   "which"), so `facts_per_answer` is not comparable with the LLM splitter's, nor with FActScore's.

@@ -1,1 +1,1 @@
-"""`harness`: the LoRA-RLHF experiment harness (CLI, presets, and later the grid, dispatch and report)."""
+"""`harness`: the LoRA-RLHF experiment harness (CLI, presets, the grid, dispatch and report)."""

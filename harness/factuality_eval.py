@@ -3,8 +3,8 @@
 Offline (judge `simulated` or `reward-model`): the bundled people documents as knowledge, the rule-based fact
 splitter, BM25 retrieval, and by default the lexical verifier (every number and 80% of the content words of the
 fact in the retrieved passages). `--verifier smollm2` uses SmolLM2-135M-Instruct's True/False logits as FActScore
-uses LLaMA's, but measured on 40 true and 40 falsified facts it reaches 46% accuracy (it says "True" to nearly
-everything) against the lexical verifier's 96%, so it is not the default (`python -m evals.factuality` measures it). With `--judge openai`: the same judge model (or any
+uses LLaMA's, but it says "True" to nearly everything and is far less accurate than the lexical verifier, so it
+is not the default (`python -m evals.factuality` measures both). With `--judge openai`: the same judge model (or any
 OpenAI-compatible server) splits answers into atomic facts and verifies them, as FActScore does with ChatGPT.
 `--knowledge PATH` reads a FActScore-format SQLite Wikipedia instead of the bundled documents.
 """

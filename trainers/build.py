@@ -92,8 +92,8 @@ def contiguous_lm_head(model: nn.Module) -> None:
 
     Transformers slices the positions to keep (`logits_to_keep`) as a strided view; a strided 3-D input to a
     Linear cannot be folded into one matrix product, and PyTorch falls back to a batched product against
-    an expanded weight (measured here: 62 GFLOP/s against 72 for one product, and a fifth of a SmolLM2
-    scoring forward).
+    an expanded weight, slower than one product (`python -m benchmarks.profile_step` shows it in a scoring
+    forward).
     """
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(head, nn.Linear):

@@ -2,8 +2,8 @@
 
 Each decoding step sends one token per sequence through every linear layer: a matrix product with a handful
 of rows. MKL's kernel for x W^T with few rows is poorly blocked on CPUs; the same product asked as W x^T
-runs 1.1-1.5x faster for SmolLM2's layer shapes and 1.5-2.6x for its 49k-word LM head at 4-64 rows here
-(AMD EPYC, AVX2; `python -m benchmarks.decode_products`). The sums are the same, in another order. Larger
+runs faster for SmolLM2's layer shapes and most for its 49k-word LM head (`python -m benchmarks.decode_products`
+measures both layouts; docs/performance.md). The sums are the same, in another order. Larger
 inputs (prefill, scoring, training) keep `F.linear`.
 """
 

@@ -9,7 +9,7 @@ Components, in bytes, for one device:
 - logits: micro-batch response tokens x vocabulary x 4 bytes x 3 (logits, log-sum-exp input, its gradient);
 - rollout: the policy's kept logits and the reference's (rollout micro-batch x response x vocabulary x 4 B
   each, x 2 for the reference's temperature copy) and the KV cache;
-- runtime: the CPU process baseline (Python, torch, transformers), measured here; 0 on a GPU, whose
+- runtime: the CPU process baseline (Python, torch, transformers), a measured constant; 0 on a GPU, whose
   allocator peak does not count the CUDA context.
 Peak = weights + trainable state + runtime + max(rollout phase, training phase).
 

@@ -1,8 +1,8 @@
 """Choosing the dtype of frozen weights, by measurement rather than by belief.
 
 bf16 is the fast path on GPUs and on CPUs with native bf16 matrix units (AVX512-BF16, AMX), where it
-runs 2-4x faster than fp32. On CPUs without them (e.g. AVX2-only AMD EPYC), PyTorch falls back to a
-reference kernel and a bf16 matrix product runs ~100-500x *slower* than fp32. `frozen_dtype='auto'`
+runs faster than fp32. On CPUs without them (AVX2 only), PyTorch falls back to a reference kernel and a bf16
+matrix product runs orders of magnitude *slower* than fp32 (docs/performance.md). `frozen_dtype='auto'`
 therefore times one small matrix product in both dtypes on this machine and keeps the faster.
 """
 

@@ -48,9 +48,9 @@ def keep_freed_memory_within_a_phase() -> bool:
 
     By default glibc serves allocations above a (dynamic) threshold with fresh mmaps and gives them back
     when freed, and returns the heap's free top above 128 KiB: every activation of every micro-batch then
-    page-faults in anew: 2.8 million page faults (~11 GB zeroed) per SmolLM2 LoRA-PPO step here, 1.1-1.2
-    million with this setting (`python -m benchmarks.profile_step --no-profile`), for 0.25-0.4 GiB more
-    peak memory. With the mmap threshold at its 32 MiB maximum and the trim threshold
+    page-faults in anew; this setting removes most of those faults for a little more peak memory
+    (`python -m benchmarks.profile_step --no-profile` counts them; docs/performance.md). With the mmap
+    threshold at its 32 MiB maximum and the trim threshold
     at 1 GiB, freed memory is reused within a phase, and `release_host_memory` still returns it between
     phases. True if applied (glibc only).
     """

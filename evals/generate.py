@@ -24,6 +24,7 @@ from trainers import checkpoint as ckpt_io
 from trainers import identity
 from trainers.config import TrainConfig
 from trainers.data import format_prompt
+from trainers.runfolder import read_json_object
 from trainers.models import describe_spec_error, load_causal_lm, load_tokenizer, stop_token_ids
 from trainers.decode_linear import few_row_products
 from trainers.sampling import sample
@@ -54,7 +55,7 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
         if step is not None:
             raise TargetError(f"--step {step} cannot be combined with a checkpoint folder ({target})")
         run_dir, chosen = path.parent.parent, path
-        state = json.loads((chosen / "state.json").read_text()) if (chosen / "state.json").is_file() else {}
+        state = read_json_object(chosen / "state.json") if (chosen / "state.json").is_file() else {}
         if "step" not in state:
             raise TargetError(f"{chosen} is not a complete checkpoint (state.json with 'step' is missing)")
         step = int(state["step"])
@@ -73,7 +74,7 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
             if not chosen.is_dir():
                 steps = [int(p.name.split("-")[-1]) for p in found]
                 raise TargetError(f"--step {step}: run {target} has no such checkpoint; it has steps {steps or 'none'}")
-        step = 0 if chosen is None else int(json.loads((chosen / "state.json").read_text())["step"])
+        step = 0 if chosen is None else int(read_json_object(chosen / "state.json")["step"])
     else:
         problem = describe_spec_error("target", target)
         if problem or (path.exists() and not (path / "config.json").is_file()):
@@ -83,7 +84,7 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
         if step not in (None, 0):
             raise TargetError(f"--step {step} needs a run folder; {target!r} is a model")
         return Target(policy=target, run_dir=None, checkpoint=None, step=0, template=template, run_id=None)
-    cfg = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    cfg = TrainConfig.from_dict(read_json_object(run_dir / "config.json"))
     return Target(policy=cfg.policy, run_dir=str(run_dir), checkpoint=None if chosen is None else str(chosen),
                   step=step, template=cfg.prompt_template, run_id=identity.run_id(cfg))
 

@@ -1,10 +1,10 @@
 """The `harness` command line (argparse: no dependency, and `--help` generated from the config's field docs).
 
   harness train --preset smoke --out runs/smoke [--config FILE] [--set FIELD=VALUE ...] [--resume]
-  harness config --preset tiny [--set ...]          print the resolved configuration and its hash
+  harness config --preset tiny [--set ...]          print the resolved configuration, its run id and derived sizes
   harness presets                                   list the presets
   harness models recover --raw DIR --diff DIR --out DIR   rebuild AlpacaFarm weights from their diffs
-  harness prepare --preset tiny                     preference pairs + proxy reward model (TRL RewardTrainer)
+  harness prepare --preset tiny                     preference pairs + proxy reward model (a head on the SFT backbone)
   harness eval RUN|CHECKPOINT|MODEL [--judge simulated|openai|reward-model] [--eval-set NAME|PATH] [--step N]
   harness judges                                    list the judges and the annotator configs of --judge openai
   harness grid --table 2 --preset tiny              list a table's runs and their state, run nothing

@@ -1,6 +1,8 @@
 """Weight-diff recovery (trainers/recover.py) on tiny local LLaMA fixtures laid out like the AlpacaFarm diffs."""
 
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -126,6 +128,10 @@ def test_recover_causal_lm_matches_tuned_and_loads(models, tmp_path):
         assert (out / name).read_text() == text
     assert json.loads((out / "config.json").read_text())["vocab_size"] == VOCAB + 1
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp folder left
+    mask = os.umask(0o022)
+    os.umask(mask)
+    if not mask & stat.S_IRGRP:  # the group may read what the umask lets it read
+        assert out.stat().st_mode & stat.S_IRGRP and out.stat().st_mode & stat.S_IXGRP
 
     loaded = LlamaForCausalLM.from_pretrained(out)
     for key, tensor in loaded.state_dict().items():

@@ -31,6 +31,8 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
+from trainers.io import make_readable
+
 StateDict = dict[str, torch.Tensor]
 Kind = Literal["auto", "causal_lm", "reward_model"]
 
@@ -209,6 +211,7 @@ def recover(raw_dir: str | Path, diff_dir: str | Path, out_dir: str | Path, *, k
     recovered = {k: v.to(dtype) for k, v in recovered.items()}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    make_readable(tmp)  # the recovered model is shared like any model folder, not 0700
     try:
         save_state_dict(recovered, tmp)
         _write_side_files(diff_dir, tmp, config, dtype)

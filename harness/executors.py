@@ -133,6 +133,24 @@ def _header(job: Job, attempt: int, attempts: int, argv: list[str]) -> str:
     return f"\n{HEADER} {job.run_id} attempt {attempt}/{attempts} at {stamp}: {shlex.join(argv)}\n"
 
 
+def _ending_with_this_thread():
+    """Linux: a function that makes the child get SIGTERM when the thread starting it dies, even by SIGKILL, so
+    that a killed orchestrator leaves no job running (and holding its run folder's lock). The signal follows the
+    starting thread, not the process: used only from the main thread."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+
+    def set_parent_death_signal() -> None:
+        import ctypes
+
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    return set_parent_death_signal
+
+
 def start_attempt(job: Job, attempt: int, attempts: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start one attempt in a new session (its own process group), stdout and stderr appended to the log."""
     argv = launch_argv(job)
@@ -144,7 +162,7 @@ def start_attempt(job: Job, attempt: int, attempts: int, extra_env: dict[str, st
         f.flush()
         try:
             return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
-                                    start_new_session=True)
+                                    start_new_session=True, preexec_fn=_ending_with_this_thread())
         except OSError as e:  # a missing executable is a failed attempt, not an orchestrator crash
             f.write(f"harness executor: could not start {argv[0]!r}: {e}\n")
             return subprocess.Popen([sys.executable, "-c", "raise SystemExit(127)"], stdin=subprocess.DEVNULL,

@@ -152,6 +152,25 @@ def test_interrupting_the_orchestrator_leaves_no_child_alive(tmp_path, sig):
     assert_ended(pids)
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_a_killed_orchestrator_takes_its_jobs_with_it(tmp_path):
+    """SIGKILL gives the orchestrator no chance to stop its jobs: each job must end by itself, or it would go on
+    writing (and locking) a run folder that the next `reproduce` needs."""
+    script, pids = tmp_path / "orchestrate.py", tmp_path / "pids"
+    script.write_text(ORCHESTRATOR)
+    orchestrator = subprocess.Popen([PY, str(script), str(pids), str(tmp_path / "sleeper.log")],
+                                    stderr=subprocess.PIPE, text=True)
+    wait_for(pids)
+    child = int(pids.read_text().split()[0])
+    assert alive(child)
+    orchestrator.kill()
+    orchestrator.wait(timeout=30)
+    deadline = time.time() + 10
+    while alive(child) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not alive(child)
+
+
 # ---- commands, names, validation ---------------------------------------------------------------------------
 def test_multi_process_jobs_are_wrapped_in_accelerate_launch(tmp_path):
     assert {"cpu_gloo_2proc", "ddp_lora_2gpu", "fsdp_full_8gpu"} <= set(shipped_accelerate_configs())

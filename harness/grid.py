@@ -18,7 +18,6 @@ Every configuration is built and validated before anything runs (`build_grid` ra
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from harness import presets
 from trainers import checkpoint_paths as ckpt_io
 from trainers import identity
 from trainers.config import TrainConfig
+from trainers.runlog import read_metrics
 
 PAPER_REGULARIZERS = ("kl", "clamped_kl", "bregman", "jensen_shannon", "squared_error", "none", "negative_kl",
                       "dropout_only")
@@ -192,16 +192,8 @@ def run_dir(runs_root: str | Path, preset: str, rid: str) -> Path:
 
 
 def completed_steps(folder: Path) -> int:
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        return 0
-    n = 0
-    for line in path.read_text().splitlines():
-        try:
-            n = max(n, int(json.loads(line)["step"]))
-        except (ValueError, KeyError, json.JSONDecodeError):
-            break
-    return n
+    """The last step in the run's metrics log (0 for none); a damaged log is an error naming its line."""
+    return max((row["step"] for row in read_metrics(folder / "metrics.jsonl")), default=0)
 
 
 def run_state(folder: Path, run: Run) -> str:

@@ -196,79 +196,88 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    if args.command == "presets":
-        for name, text in presets.PRESET_HELP.items():
-            print(f"{name:6s} {text}")
-        return 0
-    check_config_file(getattr(args, "config", None))
-    if args.command == "config":
-        cfg = presets.resolve(args.preset, args.config, args.set)
-        from trainers import identity
+    if args.command != "presets":
+        check_config_file(getattr(args, "config", None))  # named before any work starts
+    return HANDLERS[args.command](args)
 
-        print(json.dumps({"run_id": identity.run_id(cfg), **cfg.to_dict(), "derived": cfg.derived()}, indent=2))
-        return 0
-    if args.command == "plan":
-        return _plan(args)
-    if args.command == "judges":
-        return _judges()
-    if args.command == "train":
-        cfg = presets.resolve(args.preset, args.config, args.set)
-        from trainers.runfolder import check_out
 
-        check_out(args.out)  # before any model loads
-        from trainers.trainer import PPOTrainer  # heavy imports only when training
+def _presets(args: argparse.Namespace) -> int:
+    for name, text in presets.PRESET_HELP.items():
+        print(f"{name:6s} {text}")
+    return 0
 
-        records = PPOTrainer(cfg, args.out).train(resume=args.resume)
-        last = records[-1] if records else {}
-        if os.environ.get("RANK", "0") != "0":
-            return 0  # rank 0 reports for a multi-process run
-        print(f"done: {len(records)} steps in {args.out} (metrics.jsonl, checkpoints/); last step: score "
-              f"{last.get('objective/scores', float('nan')):+.3f}, true KL {last.get('objective/true_kl', float('nan')):.4f}")
-        return 0
-    if args.command == "prepare":
-        from harness.prepare import prepare
 
-        name = args.preset or "tiny"
-        cfg = presets.resolve(name, args.config, args.set)
-        prepare(name, cfg, force=args.force, limit=args.limit, epochs=args.epochs, samples=args.samples,
-                method=args.method, l2=args.l2, results=args.results)
-        return 0
-    if args.command == "eval":
-        return _eval(args)
-    if args.command in ("grid", "reproduce"):
-        from harness import reproduce
+def _config(args: argparse.Namespace) -> int:
+    from trainers import identity
 
-        return reproduce.main(args)
-    if args.command == "report":
-        from harness.report import check_results_root, render_report
+    cfg = presets.resolve(args.preset, args.config, args.set)
+    print(json.dumps({"run_id": identity.run_id(cfg), **cfg.to_dict(), "derived": cfg.derived()}, indent=2))
+    return 0
 
-        check_results_root(args.results)  # a mistyped --results must not replace the report with a paper-only one
-        paths = render_report(args.results, args.out, args.preset, metric=args.metric)
-        print(f"report: {len(paths)} files in {args.out}/")
-        return 0
-    if args.command == "models" and args.models_command == "recover":
-        from trainers import recover
 
-        kind = args.kind
-        if kind == "auto":
-            config_file = Path(args.diff) / "config.json"
-            kind = recover.detect_kind(json.loads(config_file.read_text()) if config_file.is_file() else {}, [])
-        if kind == "reward_model":  # rebuild, then rewrite in the layout our reward loader reads
-            import tempfile
+def _train(args: argparse.Namespace) -> int:
+    cfg = presets.resolve(args.preset, args.config, args.set)
+    from trainers.runfolder import check_out
 
-            from trainers import heads
+    check_out(args.out)  # before any model loads
+    from trainers.trainer import PPOTrainer  # heavy imports only when training
 
-            with tempfile.TemporaryDirectory(dir=Path(args.out).parent) as tmp:
-                raw_out = recover.recover(args.raw, args.diff, Path(tmp) / "alpacafarm", kind=kind,
-                                          expected_sum=args.expected_sum)
-                out = heads.from_alpacafarm_layout(raw_out, args.raw, Path(tmp) / "harness")
-                Path(out).rename(args.out)
-            out = Path(args.out)
-        else:
-            out = recover.recover(args.raw, args.diff, args.out, kind=kind, expected_sum=args.expected_sum)
-        print(f"recovered {kind} written to {out}")
-        return 0
-    raise AssertionError(args)
+    records = PPOTrainer(cfg, args.out).train(resume=args.resume)
+    last = records[-1] if records else {}
+    if os.environ.get("RANK", "0") != "0":
+        return 0  # rank 0 reports for a multi-process run
+    print(f"done: {len(records)} steps in {args.out} (metrics.jsonl, checkpoints/); last step: score "
+          f"{last.get('objective/scores', float('nan')):+.3f}, true KL {last.get('objective/true_kl', float('nan')):.4f}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from harness.prepare import prepare
+
+    name = args.preset or "tiny"
+    cfg = presets.resolve(name, args.config, args.set)
+    prepare(name, cfg, force=args.force, limit=args.limit, epochs=args.epochs, samples=args.samples,
+            method=args.method, l2=args.l2, results=args.results)
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from harness import reproduce
+
+    return reproduce.main(args)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harness.report import check_results_root, render_report
+
+    check_results_root(args.results)  # a mistyped --results must not replace the report with a paper-only one
+    paths = render_report(args.results, args.out, args.preset, metric=args.metric)
+    print(f"report: {len(paths)} files in {args.out}/")
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    from trainers import recover
+
+    kind = args.kind
+    if kind == "auto":
+        config_file = Path(args.diff) / "config.json"
+        kind = recover.detect_kind(json.loads(config_file.read_text()) if config_file.is_file() else {}, [])
+    if kind == "reward_model":  # rebuild, then rewrite in the layout our reward loader reads
+        import tempfile
+
+        from trainers import heads
+
+        with tempfile.TemporaryDirectory(dir=Path(args.out).parent) as tmp:
+            raw_out = recover.recover(args.raw, args.diff, Path(tmp) / "alpacafarm", kind=kind,
+                                      expected_sum=args.expected_sum)
+            out = heads.from_alpacafarm_layout(raw_out, args.raw, Path(tmp) / "harness")
+            Path(out).rename(args.out)
+        out = Path(args.out)
+    else:
+        out = recover.recover(args.raw, args.diff, args.out, kind=kind, expected_sum=args.expected_sum)
+    print(f"recovered {kind} written to {out}")
+    return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
@@ -293,7 +302,7 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _judges() -> int:
+def _judges(args: argparse.Namespace) -> int:
     from evals.judges import JUDGES
     from evals.openai_judge import DEFAULT_ANNOTATOR, describe_annotator_configs
 
@@ -335,6 +344,12 @@ def _plan(args: argparse.Namespace) -> int:
         best = mp.smallest_fitting(cfg, device, **kw)
         print(f"smallest fitting layout: {best} GPU(s)" if best else "no layout up to 64 GPUs fits")
     return 0
+
+
+# one handler per subcommand; `main` is the one error boundary around them
+HANDLERS = {"presets": _presets, "config": _config, "plan": _plan, "judges": _judges, "train": _train,
+            "prepare": _prepare, "eval": _eval, "grid": _reproduce, "reproduce": _reproduce, "report": _report,
+            "models": _models}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -61,3 +62,42 @@ def test_killed_reproduce_resumes_without_redoing_or_corrupting(tmp_path):
     for name in ("table2.md", "figure1.png", "figure1.pdf", "figure2.png", "summary.md"):
         assert (tmp_path / "report" / name).stat().st_size > 500, name
     assert "complete" in out
+
+
+def _outcome(tmp: Path) -> tuple[dict, dict]:
+    """What a finished grid produced, timings aside: its records' results and its runs' metrics."""
+    records = {}
+    for rec in map(json.loads, _harness_records(tmp).values()):
+        records[(rec["run_id"], rec["step"], rec["evaluator"])] = (rec["metrics"], rec["per_item"])
+    metrics = {}
+    for log in (tmp / "runs").rglob("metrics.jsonl"):
+        rows = [json.loads(line) for line in log.read_text().splitlines()]
+        metrics[log.parent.name] = [{k: v for k, v in r.items() if not k.startswith(("time/", "memory/"))}
+                                    for r in rows]
+    return records, metrics
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("uninterrupted")
+    started = time.time()
+    out, _ = _reproduce(tmp).communicate(timeout=900)
+    assert "complete" in out, out[-3000:]
+    return _outcome(tmp), time.time() - started
+
+
+@pytest.mark.parametrize("seed", [3, 8])
+def test_reproduce_killed_at_a_random_moment_ends_as_an_uninterrupted_run(tmp_path, uninterrupted, seed):
+    (want_records, want_metrics), duration = uninterrupted
+    proc = _reproduce(tmp_path)
+    try:
+        proc.wait(timeout=random.Random(seed).uniform(0.1, 0.8) * duration)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # no chance to clean up: the orchestrator and every job at once
+        proc.wait(timeout=60)
+    rerun = _reproduce(tmp_path)
+    out, _ = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, out[-3000:]
+    records, metrics = _outcome(tmp_path)
+    assert records == want_records
+    assert metrics == want_metrics

@@ -25,6 +25,7 @@ import itertools
 import json
 import random
 import shutil
+import statistics
 import time
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from trainers.heads import (HEAD_META, ScalarHeadModel, hidden_size, load_backbo
                             save_reward_model)
 from trainers import models
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
-from trainers.reward_fit import fit_bradley_terry_head, pair_accuracy
+from trainers.reward_fit import cross_validated_agreement, fit_bradley_terry_head, pair_accuracy
 from trainers.runlog import atomic_write_text
 from trainers.sampling import position_ids_from_mask
 
@@ -51,28 +52,30 @@ METHODS = ("head", "trl")
 
 
 def _samples(cfg: TrainConfig, folder: Path, log, limit: int | None, k: int) -> list[dict]:
-    """[{id, instruction, input, outputs: [K strings]}] for the preference instructions (cached)."""
+    """[{id, instruction, input, outputs: [K strings]}] for the preference instructions. Each response comes from
+    one seeded sampling pass over all instructions (seed 1..K); passes are cached, so a larger K samples only the
+    passes it lacks."""
     path = folder / "samples.json"
     records = data.load_records(cfg.prompts, "preference")[:limit]
-    key = {"policy": cfg.policy, "k": k, "response_len": cfg.response_len, "template": cfg.prompt_template,
-           "instructions": len(records)}
-    if path.is_file():
-        saved = json.loads(path.read_text())
-        if isinstance(saved, dict) and saved.get("key") == key:
-            log(f"samples: reusing {k} responses to each of {len(records)} preference instructions ({path})")
-            return saved["samples"]
-    model, tok = load_causal_lm(cfg.policy, torch.float32), load_tokenizer(cfg.policy)
-    outs = []
-    for seed in range(1, k + 1):
-        settings = GenerationSettings(max_new_tokens=cfg.response_len, temperature=1.0, top_p=1.0, batch_size=32,
-                                      seed=seed)
-        log(f"samples: response {seed} of {k} for {len(records)} preference instructions")
-        outs.append(generate(model, tok, records, cfg.prompt_template, settings,
-                             progress=lambda d, t, n, s: log(f"  {d}/{t} prompts, {n / max(s, 1e-9):.0f} tokens/s")))
-    samples = [{"id": f"pref-{i}", "instruction": r["instruction"], "input": r["input"],
-                "outputs": [o[i] for o in outs]} for i, r in enumerate(records)]
-    atomic_write_text(path, json.dumps({"key": key, "samples": samples}, ensure_ascii=False, indent=1))
-    return samples
+    key = {"policy": cfg.policy, "response_len": cfg.response_len, "template": cfg.prompt_template,
+           "instructions": [[r["instruction"], r["input"]] for r in records]}
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    passes = saved.get("passes", {}) if isinstance(saved, dict) and saved.get("key") == key else {}
+    missing = [seed for seed in range(1, k + 1) if str(seed) not in passes]
+    log(f"samples: {k - len(missing)} of {k} responses to each of {len(records)} preference instructions cached "
+        f"({path})")
+    if missing:
+        model, tok = load_causal_lm(cfg.policy, torch.float32), load_tokenizer(cfg.policy)
+        for seed in missing:
+            settings = GenerationSettings(max_new_tokens=cfg.response_len, temperature=1.0, top_p=1.0,
+                                          batch_size=32, seed=seed)
+            log(f"samples: response {seed} of {k} for {len(records)} preference instructions")
+            passes[str(seed)] = generate(model, tok, records, cfg.prompt_template, settings,
+                                         progress=lambda d, t, n, s: log(f"  {d}/{t} prompts, "
+                                                                         f"{n / max(s, 1e-9):.0f} tokens/s"))
+            atomic_write_text(path, json.dumps({"key": key, "passes": passes}, ensure_ascii=False))
+    return [{"id": f"pref-{i}", "instruction": r["instruction"], "input": r["input"],
+             "outputs": [passes[str(seed)][i] for seed in range(1, k + 1)]} for i, r in enumerate(records)]
 
 
 def all_pairs(samples: list[dict]) -> list[Pair]:
@@ -130,8 +133,9 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
     log(f"reward model ({method}): {len(train)} training pairs from {len(train_ids)} instructions "
         f"({100 * LABEL_FLIP:.0f}% label noise), {len(held)} pairs of {len(held_ids)} instructions held out")
     t0 = time.time()
+    cv: list[float] = []
     if method == "head":
-        reward = _fit_head(cfg, tok, sampled, prompt_of, pairs, train, noisy, l2, log)
+        reward, cv = _fit_head(cfg, tok, sampled, prompt_of, pairs, train, noisy, gold, l2, log)
         how = {"trained_by": "Bradley-Terry head on the frozen SFT backbone", "l2": l2}
     else:
         rows = []
@@ -163,6 +167,8 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
         "samples_per_instruction": samples, "pairs": len(pairs), "train_pairs": len(train),
         "heldout_pairs": len(decided), "train_instructions": len(train_ids), "heldout_instructions": len(held_ids),
         "label_flip": LABEL_FLIP, "heldout_accuracy_gold": acc_gold, "heldout_accuracy_noisy": acc_noisy,
+        # the same fit on 5 other instruction splits: how much the held-out figure depends on the split
+        "cv_accuracy_gold": [round(100 * a, 2) for a in cv],
         "judge": judge.identity(), **how,
         "seconds": {"samples": round(t_samples, 1), "fit": round(t_train, 1), "total": round(time.time() - started, 1)},
     }
@@ -185,6 +191,8 @@ def proxy_record(preset_name: str, report: dict, model_dir: Path, heldout_ids: l
         eval_set={"name": "preference-heldout", "n": report["heldout_pairs"],
                   "hash": hashlib.sha256("\n".join(heldout_ids).encode()).hexdigest()[:12]},
         metrics={"gold_agreement": report["heldout_accuracy_gold"],
+                 "gold_agreement_cv_mean": statistics.fmean(cv) if (cv := report.get("cv_accuracy_gold")) else None,
+                 "gold_agreement_cv_sd": statistics.stdev(cv) if cv and len(cv) > 1 else None,
                  "noisy_agreement": report["heldout_accuracy_noisy"], "train_pairs": report["train_pairs"],
                  "heldout_pairs": report["heldout_pairs"]},
         details={"reward_model": fingerprint, "seconds": report["seconds"], "trained_by": report["trained_by"]},
@@ -192,8 +200,9 @@ def proxy_record(preset_name: str, report: dict, model_dir: Path, heldout_ids: l
 
 
 def _fit_head(cfg: TrainConfig, tok, sampled: list[dict], prompt_of: dict, pairs: list[Pair], train: list[int],
-              noisy: list[int], l2: float, log) -> ScalarHeadModel:
-    """The frozen SFT backbone with a Bradley-Terry linear head on its hidden state at EOS (`score_token`)."""
+              noisy: list[int], gold: list[float | None], l2: float, log) -> tuple[ScalarHeadModel, list[float]]:
+    """The frozen SFT backbone with a Bradley-Terry linear head on its hidden state at EOS (`score_token`), and the
+    5-fold (by instruction) cross-validated agreement of the same fit with the gold labels."""
     backbone = load_backbone(cfg.policy, torch.float32).eval()
     reader = ScalarHeadModel(backbone, new_head(hidden_size(backbone), zero=True, seed=0), score_token="eos")
     index = {}
@@ -203,14 +212,19 @@ def _fit_head(cfg: TrainConfig, tok, sampled: list[dict], prompt_of: dict, pairs
             index[(s["id"], o)] = len(texts)
             texts.append(reward_text(prompt_of[s["id"]], o, tok.eos_token or ""))
     feats = _last_hidden_states(reader, tok, texts, log)
-    rows = torch.tensor([[index[(p.id.split(":")[0], p.output_1)], index[(p.id.split(":")[0], p.output_2)]]
-                         for p in (pairs[i] for i in train)])
-    labels = torch.tensor([1.0 if noisy[i] == 2 else 0.0 for i in train])
+    every = torch.tensor([[index[(p.id.split(":")[0], p.output_1)], index[(p.id.split(":")[0], p.output_2)]]
+                          for p in pairs])
+    noisy_all = torch.tensor([1.0 if n == 2 else 0.0 for n in noisy])
+    gold_all = torch.tensor([float("nan") if g in (None, 1.5) else float(g > 1.5) for g in gold])
+    rows, labels = every[train], noisy_all[train]
     head = fit_bradley_terry_head(feats, rows, labels, l2=l2)
     with torch.no_grad():
         fitted = head(feats).squeeze(-1)
     log(f"  head fitted: agreement with its own noisy training labels {100 * pair_accuracy(fitted, rows, labels):.1f}%")
-    return ScalarHeadModel(backbone, head, score_token="eos").eval()
+    cv = cross_validated_agreement(feats, every, noisy_all, gold_all, [p.id.split(":")[0] for p in pairs], l2=l2,
+                                   seed=cfg.seed)
+    log(f"  5-fold agreement with the gold labels by instruction: {', '.join(f'{100 * a:.1f}%' for a in cv)}")
+    return ScalarHeadModel(backbone, head, score_token="eos").eval(), cv
 
 
 @torch.inference_mode()

@@ -54,10 +54,10 @@ REQUIRED = ("schema", "record_id", "source", "preset", "run_id", "label", "step"
 LABEL_KEYS = ("regularizer", "lora", "seed", "baseline")
 BASELINES = (None, "sft", "full")
 PERCENT_METRICS = ("win_rate", "lc_win_rate", "factscore", "factscore_no_penalty", "answered", "trainable_pct", "agreement",
-                   "unparsed_answers_pct", "gold_agreement", "noisy_agreement")
+                   "unparsed_answers_pct", "gold_agreement", "noisy_agreement", "gold_agreement_cv_mean")
 NONNEGATIVE_METRICS = ("standard_error", "lc_standard_error", "n", "true_kl_train", "facts_per_answer", "gpus", "processes",
                        "trainable_params", "total_params", "peak_memory_gib", "seconds_per_step", "tokens_per_s",
-                       "steps", "train_pairs", "heldout_pairs")
+                       "steps", "train_pairs", "heldout_pairs", "gold_agreement_cv_sd")
 
 
 class RecordError(UserError):

@@ -107,6 +107,8 @@ def test_prepare_fits_a_proxy_reward_model_records_its_agreement_and_is_idempote
     (record,) = [r for r in ResultsStore(tmp_path / "results").records() if r["evaluator"] == "proxy_rm"]
     assert record["metrics"]["gold_agreement"] == report["heldout_accuracy_gold"]
     assert record["metrics"]["train_pairs"] == report["train_pairs"] and record["run_id"] == "prepared:smoke-test"
+    assert len(report["cv_accuracy_gold"]) == (5 if method == "head" else 0)
+    assert (record["metrics"]["gold_agreement_cv_mean"] is None) == (method == "trl")
     again = prepare("smoke-test", cfg, limit=24, samples=samples, method=method, log=print)
     assert again == report and "already at" in capsys.readouterr().out
     assert heads.is_reward_model_dir(folder)

@@ -74,3 +74,19 @@ def test_pairs_and_the_instruction_split():
     train, held = split_instructions([p.id.split(":")[0] for p in pairs], seed=1)
     assert len(held) == 3 and not train & held and len(train | held) == 20
     assert split_instructions([f"pref-{i}" for i in range(20)], seed=1) == (train, held)
+
+
+def test_cross_validation_keeps_each_instruction_in_one_fold():
+    from trainers.reward_fit import cross_validated_agreement
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(200, 4, generator=gen)
+    truth = torch.tensor([1.0, -1.0, 0.5, 0.0])
+    groups = [f"q{i // 10}" for i in range(0, 400, 2)]  # 20 instructions, 10 pairs each
+    pairs = torch.stack([torch.arange(0, 200), torch.roll(torch.arange(0, 200), 1)], 1)
+    gold = ((x[pairs[:, 1]] - x[pairs[:, 0]]) @ truth > 0).double()
+    gold[0] = float("nan")  # a tie is never scored
+    shares = cross_validated_agreement(x, pairs, gold.nan_to_num(0.0), gold, groups, l2=1e-3, folds=5)
+    assert len(shares) == 5 and min(shares) > 0.9
+    # the split is by instruction: with one instruction, no fold has another to be fitted on
+    assert cross_validated_agreement(x, pairs, gold.nan_to_num(0.0), gold, ["q"] * 200, l2=1e-3, folds=5) == []

@@ -88,8 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("--force", action="store_true", help="retrain the reward model even if it exists")
     prepare.add_argument("--limit", type=int, default=None, help="use only the first N preference instructions")
     prepare.add_argument("--epochs", type=float, default=1.0, help="--method trl: training epochs (default 1)")
-    prepare.add_argument("--samples", type=positive_int, default=4,
-                         help="responses sampled per preference instruction; every pair of them is labelled (default 4)")
+    prepare.add_argument("--samples", type=positive_int, default=8,
+                         help="responses sampled per preference instruction; every pair of them is labelled (default 8)")
     prepare.add_argument("--method", choices=["head", "trl"], default="head",
                          help="head: a Bradley-Terry linear head on the frozen SFT backbone (default); trl: TRL's "
                          "RewardTrainer with LoRA")

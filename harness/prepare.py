@@ -97,7 +97,7 @@ def split_instructions(ids: list[str], seed: int) -> tuple[set[str], set[str]]:
 
 
 def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False, limit: int | None = None,
-            samples: int = 4, method: str = "head", l2: float = 1.0, epochs: float = 1.0, batch_size: int = 8,
+            samples: int = 8, method: str = "head", l2: float = 1.0, epochs: float = 1.0, batch_size: int = 8,
             lr: float = 2e-4, results: str | Path | None = "results") -> dict:
     log = log or (lambda msg: print(msg, flush=True))
     if method not in METHODS:
@@ -157,8 +157,12 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
     # held-out agreement, read back from the saved directory exactly as PPO and the reward-model judge read it
     rm = RewardModelJudge(str(out), template=cfg.prompt_template)
     hp = [pairs[i] for i in held]
-    r1 = rm.rewards([prompt_of[instruction_of[i]] for i in held], [p.output_1 for p in hp])
-    r2 = rm.rewards([prompt_of[instruction_of[i]] for i in held], [p.output_2 for p in hp])
+    # each response once, however many pairs it is in
+    unique = sorted({(instruction_of[i], o) for i in held for o in (pairs[i].output_1, pairs[i].output_2)})
+    scored = dict(zip(unique, rm.rewards([prompt_of[q] for q, _ in unique], [o for _, o in unique]).tolist())) \
+        if unique else {}
+    r1 = torch.tensor([scored[(instruction_of[i], pairs[i].output_1)] for i in held])
+    r2 = torch.tensor([scored[(instruction_of[i], pairs[i].output_2)] for i in held])
     decided = [(a, b, g) for a, b, g in zip(r1.tolist(), r2.tolist(), [gold[i] for i in held]) if g not in (None, 1.5)]
     acc_gold = 100.0 * sum((b > a) == (g > 1.5) for a, b, g in decided) / max(1, len(decided))
     acc_noisy = 100.0 * sum((b > a) == (noisy[i] == 2) for a, b, i in zip(r1.tolist(), r2.tolist(), held)) / max(1, len(held))

@@ -85,6 +85,15 @@ def eval_plan(g: G.Grid) -> list[tuple[str, str | None, int, str]]:
     return items
 
 
+def ids_after_prepare(g: G.Grid) -> G.Grid:
+    """The grid with its ids derived again when they name a prepared reward model (they changed if it was just
+    made or remade); `g` itself when no id did."""
+    if not any(r.config.reward.startswith("prepared:") for r in g.runs):
+        return g
+    fresh = g.rebuilt()
+    return g if [r.run_id for r in fresh.runs] == [r.run_id for r in g.runs] else fresh
+
+
 def reused_runs(g: G.Grid, have: set[tuple], recompute: tuple[str, ...] = ()) -> list[G.Run]:
     """Runs whose every record the grid needs is already in the store: nothing to train or evaluate."""
     plan = eval_plan(g)
@@ -247,8 +256,9 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         from harness import presets
 
         prepare(name, presets.resolve(name), results=store.root)
-    if g.provisional:
-        g = g.rebuilt()
+    fresh = ids_after_prepare(g)
+    if fresh is not g:
+        g = fresh
         print("run ids now that the reward model exists:")
         print_grid(g, args.runs, store)
     # 2. train, except runs whose every record is already in the store (made elsewhere: same id, same inputs)

@@ -47,3 +47,19 @@ def test_an_unprepared_reward_model_makes_the_id_provisional(smoke, tmp_path, mo
     assert identity.is_provisional(cfg)
     assert identity.model_fingerprint("prepared:nowhere") == "absent:prepared:nowhere"
     assert not identity.is_provisional(smoke())
+
+
+def test_reproduce_derives_the_ids_again_once_the_reward_model_is_prepared(tmp_path, monkeypatch):
+    from harness import grid
+    from harness.reproduce import ids_after_prepare
+    from trainers.heads import prepared_dir
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    g = grid.build_grid(("table2",), "smoke", overrides=("reward=prepared:later",))
+    assert g.provisional and ids_after_prepare(g) is g  # nothing prepared yet: the same ids
+    before = [r.run_id for r in g.runs]
+    _reward_dir(prepared_dir("later"), seed=1)  # what `harness prepare` writes
+    assert not g.provisional  # the check looks at the disk, so it cannot tell that the ids are stale ...
+    fresh = ids_after_prepare(g)  # ... the ids themselves must be compared
+    assert not set(before) & {r.run_id for r in fresh.runs}
+    assert ids_after_prepare(fresh) is fresh

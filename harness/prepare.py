@@ -104,6 +104,8 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
         raise ValueError(f"method={method!r} is not known; valid: {', '.join(METHODS)}")
     if samples < 2:
         raise ValueError(f"samples={samples} must be >= 2 (pairs are formed among an instruction's responses)")
+    if not l2 >= 0 or l2 == float("inf"):
+        raise ValueError(f"l2={l2} must be a finite number >= 0 (the head's L2 penalty)")
     out = prepared_dir(preset_name)
     report_path = out.parent / "prepare.json"
     # a model written before reward models recorded where they read their score is refitted

@@ -90,3 +90,15 @@ def test_cross_validation_keeps_each_instruction_in_one_fold():
     assert len(shares) == 5 and min(shares) > 0.9
     # the split is by instruction: with one instruction, no fold has another to be fitted on
     assert cross_validated_agreement(x, pairs, gold.nan_to_num(0.0), gold, ["q"] * 200, l2=1e-3, folds=5) == []
+
+
+@pytest.mark.parametrize("kw,message", [({"samples": 1}, "samples=1 must be >= 2"), ({"l2": -1.0}, "l2=-1.0 must be"),
+                                        ({"l2": float("nan")}, "l2=nan must be"), ({"method": "svm"}, "method='svm'")])
+def test_prepare_refuses_bad_settings_before_any_work(kw, message, tmp_path, monkeypatch):
+    from harness import presets
+    from harness.prepare import prepare
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(ValueError, match=message):
+        prepare("smoke-test", presets.resolve("smoke"), results=None, log=lambda m: None, **kw)
+    assert not (tmp_path / "cache").exists()

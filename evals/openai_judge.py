@@ -22,6 +22,7 @@ another.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.metadata
 import logging
 import math
@@ -326,6 +327,23 @@ def load_annotator_config(annotator: str | os.PathLike) -> tuple[str, dict]:
     return name, config
 
 
+def config_file_digest(annotator: str | os.PathLike, config: dict) -> str | None:
+    """For a config given by path (a configs.yaml or its folder): the first 12 hex digits of the SHA-256 of the
+    file's bytes and of the prompt template it names; None for a config given by name (alpaca-eval's configs are
+    pinned by its version, ours by the repository's commit). Two different files under one annotator name are
+    then two judges."""
+    path = Path(annotator)
+    if path.is_dir():
+        path = path / "configs.yaml"
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256(path.read_bytes())
+    template = config.get("prompt_template")
+    if template and Path(template).is_file():
+        digest.update(b"\0" + Path(template).read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def describe_annotator_configs() -> list[dict]:
     """Every known config: name, source ("alpaca-eval" or "harness"), pairs per prompt, and whether the OpenAI
     judge can run it (`usable`; else `why` not: pools, logprob or function-call judges)."""
@@ -353,6 +371,7 @@ class OpenAIJudge(Judge):
         api.openai.com, else the one model the server lists (`GET /models`; an error when it lists several).
     annotator: an alpaca-eval annotator config name (`alpaca_farm_greedy_gpt4`, `alpaca_eval_gpt4`, ours
         `alpaca_farm_greedy_gpt4_b1`) or a configs.yaml path; its `fn_completions` and judge model are replaced.
+        A config given by path enters the version by its content (`config_file_digest`).
     base_url: any OpenAI-compatible `/v1` endpoint (default: OPENAI_BASE_URL, else api.openai.com).
     api_key_env: the environment variable holding the key (not needed for a loopback base_url).
     max_tokens: overrides the config's (it enters the judge's version: a shorter answer can parse differently).
@@ -374,6 +393,7 @@ class OpenAIJudge(Judge):
         model = model or DEFAULT_MODEL
         self.max_workers = max(1, int(max_workers))
         self.annotator_name, config = load_annotator_config(annotator)
+        self.config_digest = config_file_digest(annotator, config)
         self.pairs_per_prompt = int(config.get("batch_size", 1))
         completion_kwargs = config["completions_kwargs"]
         self.max_tokens = int(max_tokens or completion_kwargs.get("max_tokens", 250))
@@ -382,6 +402,8 @@ class OpenAIJudge(Judge):
         served = self._chat.probe() if resolve_model else None
         self.model = served or model
         version = f"alpaca-eval {_alpaca_eval().__version__} {self.annotator_name}"
+        if self.config_digest:
+            version += f" config-sha256={self.config_digest}"
         if max_tokens is not None:
             version += f" max_tokens={self.max_tokens}"
         host = urlsplit(self._chat.base_url).netloc  # public_url: no credentials

@@ -174,6 +174,29 @@ def test_identity_names_the_served_model(fake_judge):
     assert judge.usage["requests"] == 4  # probe + 3 single-pair prompts
 
 
+def test_a_config_file_enters_the_identity_by_its_content(fake_judge, tmp_path):
+    import shutil
+
+    from evals.openai_judge import CONFIGS_DIR
+
+    folder = tmp_path / "alpaca_farm_greedy_gpt4_b1"
+    shutil.copytree(CONFIGS_DIR / "alpaca_farm_greedy_gpt4_b1", folder)
+    first, _, _ = fake_judge(annotator=str(folder / "configs.yaml"))
+    again, _, _ = fake_judge(annotator=str(folder))  # the folder names the same file
+    by_name, _, _ = fake_judge(annotator="alpaca_farm_greedy_gpt4_b1")
+    assert first.identity()["config"] == by_name.identity()["config"] == "alpaca_farm_greedy_gpt4_b1"
+    assert re.fullmatch(rf"{ALPACA_EVAL} alpaca_farm_greedy_gpt4_b1 config-sha256=[0-9a-f]{{12}} @judge.example.com",
+                        first.identity()["version"])
+    assert again.identity() == first.identity() != by_name.identity()
+    config = folder / "configs.yaml"
+    config.write_text(config.read_text().replace("max_tokens: 10", "max_tokens: 12"))
+    edited, _, _ = fake_judge(annotator=str(config))
+    assert edited.identity()["version"] != first.identity()["version"] and edited.max_tokens == 12
+    template = folder / "chatml_b1_without_inputs.txt"
+    template.write_text(template.read_text() + "\n")
+    assert fake_judge(annotator=str(config))[0].identity()["version"] != edited.identity()["version"]
+
+
 def test_ranking_config_and_unparsable_answers(fake_judge):
     judge, _, _ = fake_judge(lambda m: "[{'model': 'model_1', 'rank': 2}, {'model': 'model_2', 'rank': 1}]",
                              annotator="alpaca_eval_gpt4")

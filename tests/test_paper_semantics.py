@@ -91,8 +91,9 @@ def _reward(score_token):
 
 
 class _Models:
-    def __init__(self, reward):
-        self.reward, self.reward_tokenizer, self.tokenizer = reward, None, None
+    def __init__(self, reward, eos):
+        self.reward, self.reward_tokenizer = reward, None
+        self.tokenizer = type("Tok", (), {"eos_token_id": eos})()
 
 
 @pytest.mark.parametrize("score_token,offset", [("eos", 0), ("last_token", 1)])
@@ -106,14 +107,16 @@ def test_score_position_for_a_reward_model_trained_with_and_without_eos(score_to
     tmask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     ended = torch.tensor([True, False])
     with torch.no_grad():
-        got = _score(_Models(reward), query, qmask, tokens, tmask, ended)
-        ids = torch.cat([query, tokens], 1)
-        amask = torch.cat([qmask, torch.ones_like(tokens)], 1)
+        got = _score(_Models(reward, eos), query, qmask, tokens, tmask, ended)
+        # row 1 as a model reading at EOS was trained to see a cut-off response: followed by EOS
+        ids = torch.cat([query, tokens, torch.tensor([[0], [eos]])], 1)
+        amask = torch.cat([qmask, torch.ones(2, tokens.size(1) + 1, dtype=torch.long)], 1)
         pos = (amask.cumsum(1) - 1).clamp(min=0)
         every = reward.values(ids, amask, pos, start=0, length=ids.size(1))
     # row 0: the EOS sits at column 5 + 2; a model trained without EOS reads the token before it
     assert got[0] == pytest.approx(every[0, 7 - offset].item(), abs=1e-5)
-    assert got[1] == pytest.approx(every[1, 8].item(), abs=1e-5)  # no EOS: the last token either way
+    # row 1 was cut off: an EOS reader reads the appended EOS (column 9), the other the last token (column 8)
+    assert got[1] == pytest.approx(every[1, 9 - offset].item(), abs=1e-5)
 
 
 def test_trl_trained_classifier_reads_before_eos_when_pad_is_eos():

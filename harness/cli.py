@@ -281,7 +281,8 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from harness.evaluate import EvalRequest, Evaluator
+    from harness.eval_request import EvalRequest
+    from harness.evaluate import Evaluator
     from harness.results import ResultsStore
 
     req = EvalRequest(

@@ -17,18 +17,12 @@ import time
 
 from evals import factuality as F
 from evals.generate import generate
+from harness.eval_request import factuality_settings
 from harness.results import make_record
 
 
 def _knowledge(path: str | None):
     return F.SQLiteKnowledge(path) if path else F.BundledKnowledge()
-
-
-def factuality_settings(req, settings) -> dict:
-    """What, besides target and verifier, changes a factuality record's result: part of its id."""
-    generation = {k: v for k, v in settings.as_dict().items() if k != "batch_size"}
-    return {"generation": generation, "verifier": req.verifier, "knowledge": req.knowledge,
-            "factuality_limit": req.factuality_limit}
 
 
 def run_factuality(ev, target, model, tokenizer, settings, run_id: str, label: dict) -> dict:

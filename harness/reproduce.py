@@ -25,6 +25,7 @@ from pathlib import Path
 
 from harness import grid as G
 from harness.errors import UserError
+from harness.eval_request import EvalRequest, expected_identity
 from harness.results import ResultsStore, make_record
 from trainers.io import atomic_write_text, read_json_object, repository_path
 from trainers.runlog import read_metrics
@@ -52,8 +53,8 @@ def _seeds(text: str | None) -> tuple[int, ...] | None:
 # ---- what exists -------------------------------------------------------------------------------------------
 def existing(store: ResultsStore, preset: str, wanted: dict[str, dict] | None = None) -> set[tuple]:
     """(run_id, step, evaluator) of the harness records present for `preset`. With `wanted` ({evaluator: {field:
-    value}}, `evaluate.expected_identity`), only records whose judge, eval set and settings are the ones asked for:
-    a record of another judge, eval set or generation setting does not stand in for the grid's."""
+    value}}, `eval_request.expected_identity`), only records whose judge, eval set and settings are the ones asked
+    for: a record of another judge, eval set or generation setting does not stand in for the grid's."""
     return {(r["run_id"], r["step"], r["evaluator"]) for r in store.records()
             if r["source"] == "harness" and r["preset"] == preset
             and all(r.get(k) == v for k, v in (wanted or {}).get(r["evaluator"], {}).items())}
@@ -61,8 +62,6 @@ def existing(store: ResultsStore, preset: str, wanted: dict[str, dict] | None = 
 
 def grid_identity(g: G.Grid) -> dict[str, dict]:
     """The judge, eval set and settings of the records `harness eval` writes for this grid's cells."""
-    from harness.evaluate import EvalRequest, expected_identity
-
     spec = g.spec
     return expected_identity(EvalRequest(target="", judge=spec.judge, eval_set=spec.eval_set, limit=spec.eval_limit,
                                          max_new_tokens=spec.eval_max_new_tokens, preset=g.preset,

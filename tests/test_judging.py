@@ -128,6 +128,15 @@ def test_simulated_judge_is_symmetric_and_prefers_the_better_answer():
     assert annotate(judge, [p], order="both")[0] == pytest.approx(forward)
 
 
+def test_the_simulated_judges_identity_is_known_without_loading_it():
+    from evals.judges import judge_identity
+
+    assert judge_identity("simulated") == SimulatedJudge().identity()
+    assert judge_identity("simulated")["version"] != SimulatedJudge(embedder=BagOfWords()).identity()["version"]
+    with pytest.raises(ValueError, match="--judge-timeout"):
+        judge_identity("simulated", timeout=5.0)
+
+
 def test_training_labels_flip_the_requested_share():
     prefs = [2.0] * 4000
     labels = training_labels(prefs, p_flip=0.25, seed=1)

@@ -34,6 +34,24 @@ def test_report_and_grid_planning_never_import_torch(tmp_path):
     assert "torch loaded: False" in out.stdout
 
 
+GRID_COMMAND = textwrap.dedent("""
+    import sys
+    from harness.cli import main
+
+    assert main(["grid", "--all", "--preset", "smoke", "--runs", sys.argv[1], "--results", sys.argv[2]]) == 0
+    print("torch loaded:", "torch" in sys.modules)
+""")
+
+
+def test_the_grid_command_never_imports_torch(tmp_path):
+    """Listing a grid's state names the records it needs (judge, eval set, settings) without loading a model."""
+    out = subprocess.run([sys.executable, "-c", GRID_COMMAND, str(tmp_path / "runs"), str(tmp_path / "results")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "sft:tiny-random-llama" in out.stdout and "0/2" in out.stdout  # the SFT baseline's winrate + factuality
+    assert "torch loaded: False" in out.stdout
+
+
 def _module_name(path: Path) -> str:
     parts = path.relative_to(ROOT).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)

@@ -10,22 +10,22 @@ Protocol, one answer to "Tell me a bio of <entity>." (`bio_prompts`) at a time:
 3. Retrieval: the top-k (k=5) passages of the entity's own article for the query "<entity> <fact>"
    (`BM25Retriever` by default, `MiniLMRetriever` optional) from a knowledge source (`BundledKnowledge`: the
    repository's people.json; `SQLiteKnowledge`: FActScore's enwiki SQLite format).
-4. Verification: `LogitVerifier` (" True" vs " False" next-token logits, any causal LM), `LLMVerifier` (parsed
-   free-text answer), or `LexicalVerifier` (word overlap, a baseline).
+4. Verification: `ConsistencyVerifier` (offline default: MiniLM sentence similarity plus number, polarity, name,
+   contrast-word and coverage checks; `evals.consistency`), `LogitVerifier` (" True" vs " False" next-token
+   logits, any causal LM), `LLMVerifier` (parsed free-text answer), or `LexicalVerifier` (word overlap, a baseline).
 5. Score: supported / #facts, times the length penalty 1 if #facts > gamma else exp(1 - gamma / #facts)
    (gamma = 10; gamma = 0 disables it). Metrics: `factscore` (mean over answered answers, %),
    `factscore_no_penalty` (%), `answered` (% of answers), `facts_per_answer` (mean over answered), `n`.
 
-Limits (measured with `python -m evals.factuality`, i.e. `verifier_accuracy`: 40 true atomic facts of the bundled
-documents and 40 copies falsified by moving a year or swapping a place, seed 0, BM25 top-5):
-- SmolLM2-135M-Instruct as a `LogitVerifier` is an offline proxy that does NOT work: it is at chance, says
-  "True" to nearly every fact, and its True-False margin ranks facts below chance (docs/evaluation.md has the
-  numbers). A FActScore from it measures how often the model says "True", not factuality: use it only to
-  exercise the pipeline, never to compare policies or with published FActScore numbers (Inst-LLaMA-7B or
-  ChatGPT verifiers), and prefer `LLMVerifier` on a capable model.
-- `LexicalVerifier` is nearly always right on the same set, but the set flatters it: its true facts are
-  verbatim document sentences and each false one differs by one word. Real
-  answers paraphrase (lost recall) and can be wrong without a new word (a swapped role, a negation).
+Limits (measured with `python -m evals.factuality [VERIFIER] --split test`, i.e. `verifier_accuracy`, on the
+hand-written facts of `harness/data/fact_checks.json`: paraphrased true facts and falsified ones; the numbers are
+in docs/evaluation.md):
+- `ConsistencyVerifier` cannot see swapped arguments that keep every word ("X was Y's assistant" when Y was X's),
+  facts that need two sentences at once, antonyms outside its contrast lists, or wrong praise.
+- SmolLM2-135M-Instruct as a `LogitVerifier` is an offline proxy that does NOT work: it says "True" to nearly
+  every fact. A FActScore from it measures how often the model says "True", not factuality: use it only to
+  exercise the pipeline, and prefer `LLMVerifier` on a capable model.
+- `LexicalVerifier` loses paraphrases and praise-laden facts, and cannot see a negation or a swapped role.
 - The rule splitter is a heuristic (it keeps "X, Y and Z" lists as one fact and may pick a wrong antecedent for
   "which"), so `facts_per_answer` is not comparable with the LLM splitter's, nor with FActScore's.
 - The bundled knowledge covers only its 98 people; an entity outside the knowledge source is an error, raised
@@ -34,11 +34,12 @@ documents and 40 copies falsified by moving a year or swapping a place, seed 0, 
 
 from __future__ import annotations
 
+import json
 import math
-import random
-import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
+from evals.consistency import ConsistencyVerifier
 from evals.atomic_facts import (ABSTAIN_PREFIXES, ABSTAIN_REQUESTS, LLMFactSplitter, RuleFactSplitter,
                                 breakdown_prompt, is_abstention, parse_fact_lines, resolve_pronouns,
                                 split_clauses, split_sentences)
@@ -48,10 +49,12 @@ from evals.verify import (LexicalVerifier, LLMVerifier, LogitVerifier, Verifier,
                           verification_prompt)
 
 __all__ = [
-    "ABSTAIN_PREFIXES", "ABSTAIN_REQUESTS", "BM25Retriever", "BundledKnowledge", "LLMFactSplitter", "LLMVerifier",
+    "ABSTAIN_PREFIXES", "ABSTAIN_REQUESTS", "BM25Retriever", "BundledKnowledge", "ConsistencyVerifier",
+    "LLMFactSplitter", "LLMVerifier",
     "LexicalVerifier", "LogitVerifier", "MiniLMRetriever", "Passage", "RuleFactSplitter", "SEPARATOR",
     "SQLiteKnowledge", "Verifier", "bio_prompts", "breakdown_prompt", "bundled_entities", "bundled_people_path",
-    "evaluate_factuality", "is_abstention", "length_penalty", "load_smollm2_verifier", "parse_fact_lines",
+    "evaluate_factuality", "fact_checks_path", "is_abstention", "length_penalty", "load_fact_checks",
+    "load_smollm2_verifier", "make_verifier", "parse_fact_lines",
     "parse_true_false", "resolve_pronouns", "split_clauses", "split_passages", "split_sentences",
     "verification_prompt",
 ]
@@ -153,60 +156,67 @@ def evaluate_factuality(answers: Mapping[str, str] | Sequence[tuple[str, str]], 
     return {"metrics": metrics, "per_item": per_item, "verifier": verifier.identity(), "details": details}
 
 
-_YEAR = re.compile(r"\b(1[0-9]{3}|20[0-2][0-9])\b")
-_PLACE = re.compile(r"\b(in|at) ((?:[A-Z][\w-]+ ?)+)")
+def fact_checks_path() -> Path:
+    """The repository's `harness/data/fact_checks.json`, beside the bundled people."""
+    return bundled_people_path().with_name("fact_checks.json")
 
 
-def falsify(fact: str, document: str, places: Sequence[str], rng: random.Random) -> str | None:
-    """A false variant of `fact`: its first year moved by 3-40 years, else its first "in/at <Place>" swapped for
-    a place of another document; None if neither applies or the new value occurs in `document`."""
-    m = _YEAR.search(fact)
-    if m:
-        year = str(int(m.group()) + rng.choice([-1, 1]) * rng.randint(3, 40))
-        return None if year in document else fact[:m.start()] + year + fact[m.end():]
-    m = _PLACE.search(fact)
-    if m:
-        candidates = [p for p in places if p not in document]
-        if candidates:
-            return fact[:m.start(2)] + rng.choice(candidates) + fact[m.end(2) - (m.group(2).endswith(" ")):]
-    return None
+def load_fact_checks(split: str | None = "test", path: str | Path | None = None) -> list[dict]:
+    """Hand-written atomic facts about the bundled people, {"entity", "split", "label", "kind", "fact"}; `split`
+    "dev" (for choosing a verifier's settings), "test" (for reporting), or None for both.
 
-
-def verifier_accuracy(verifier, n: int = 40, seed: int = 0, k: int = TOP_K, knowledge=None) -> dict:
-    """Accuracy of `verifier` on `n` true atomic facts of the bundled documents and `n` falsified ones.
-
-    True facts: atomic facts (`RuleFactSplitter`) of the documents, sampled with `seed`; false ones: other facts
-    passed through `falsify` (a year moved or a place swapped). Each fact is checked against the top-k BM25
-    passages of its own document, exactly as in `evaluate_factuality`.
+    True facts paraphrase what the entity's document says, in words of their own (none is a sentence of the
+    document), some with praise as bios add it ("a brilliant ..."); false ones move a date, swap a place, a role
+    or a relation, negate, or name another person's work or occupation (`kind`).
     """
+    rows = json.loads(Path(path or fact_checks_path()).read_text(encoding="utf-8"))
+    if split is not None and split not in {r["split"] for r in rows}:
+        raise ValueError(f"split={split!r} is not in {path or fact_checks_path()}")
+    return [r for r in rows if split is None or r["split"] == split]
+
+
+def verifier_accuracy(verifier, split: str = "test", k: int = TOP_K, knowledge=None, checks=None) -> dict:
+    """Accuracy of `verifier` on the hand-written fact checks (`load_fact_checks(split)`), each checked against
+    the top-k BM25 passages of its entity's document exactly as in `evaluate_factuality`; per kind of fact too,
+    and the misjudged facts."""
     knowledge = knowledge or BundledKnowledge()
-    records = {e: " ".join(p.text for p in knowledge.passages(e)) for e in knowledge.entities()}
-    rng = random.Random(seed)
-    splitter = RuleFactSplitter()
-    facts = [(e, f) for e, doc in records.items() for f in splitter.split(e, doc)]
-    rng.shuffle(facts)
-    places = sorted({m.group(2).strip() for doc in records.values() for m in _PLACE.finditer(doc)})
-    true, false = [], []
-    for e, f in facts:
-        if len(false) < n and (bad := falsify(f, records[e], places, rng)):
-            false.append((e, bad))
-        elif len(true) < n:
-            true.append((e, f))
+    checks = load_fact_checks(split) if checks is None else checks
     retriever = BM25Retriever()
-    items = [(e, f, retriever.top_k(e, f, knowledge.passages(e), k)) for e, f in true + false]
+    items = [(c["entity"], c["fact"], retriever.top_k(c["entity"], c["fact"], knowledge.passages(c["entity"]), k))
+             for c in checks]
     decisions = verifier.verify_many(items)
-    tp, tn = sum(decisions[:len(true)]), sum(not d for d in decisions[len(true):])
-    return {"accuracy": (tp + tn) / len(items), "true_accepted": tp / len(true), "false_rejected": tn / len(false),
-            "n_true": len(true), "n_false": len(false), "verifier": verifier.identity(),
-            "examples_false": false[:3]}
+    right = [bool(d) == c["label"] for c, d in zip(checks, decisions)]
+    true = [r for r, c in zip(right, checks) if c["label"]]
+    false = [r for r, c in zip(right, checks) if not c["label"]]
+    kinds = sorted({c["kind"] for c in checks})
+    by_kind = {kind: {"n": sum(c["kind"] == kind for c in checks),
+                      "accuracy": _mean([float(r) for r, c in zip(right, checks) if c["kind"] == kind])}
+               for kind in kinds}
+    return {"accuracy": _mean([float(r) for r in right]), "true_accepted": _mean([float(r) for r in true]),
+            "false_rejected": _mean([float(r) for r in false]), "n_true": len(true), "n_false": len(false),
+            "split": split, "by_kind": by_kind, "verifier": verifier.identity(),
+            "wrong": [{"entity": c["entity"], "fact": c["fact"], "label": c["label"], "kind": c["kind"]}
+                      for r, c in zip(right, checks) if not r]}
 
 
-if __name__ == "__main__":  # python -m evals.factuality [--chat | --lexical]: a verifier's accuracy (above)
-    import json
+def make_verifier(name: str) -> Verifier:
+    """An offline verifier by name: "consistency" (the default), "lexical" or "smollm2"."""
+    if name == "consistency":
+        return ConsistencyVerifier()
+    if name == "lexical":
+        return LexicalVerifier()
+    if name == "smollm2":
+        return load_smollm2_verifier()
+    raise ValueError(f"verifier {name!r} is not known; offline verifiers: consistency, lexical, smollm2")
+
+
+if __name__ == "__main__":  # python -m evals.factuality [consistency|lexical|smollm2] [--split dev|test]
     import sys
     import time
 
+    args = sys.argv[1:]
+    split = args[args.index("--split") + 1] if "--split" in args else "test"
+    names = [a for a in args if not a.startswith("--") and a != split] or ["consistency"]
     start = time.time()
-    lexical, chat = "--lexical" in sys.argv, "--chat" in sys.argv
-    result = verifier_accuracy(LexicalVerifier() if lexical else load_smollm2_verifier(chat_template=chat))
+    result = verifier_accuracy(make_verifier(names[0]), split=split)
     print(json.dumps(result | {"seconds": round(time.time() - start, 1)}, indent=1, ensure_ascii=False))

@@ -19,6 +19,7 @@ Retrievers rank only the entity's own passages, with the query "<entity> <fact>"
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -90,6 +91,8 @@ class BundledKnowledge:
             if not isinstance(rec, Mapping) or not {"entity", "document"} <= rec.keys():
                 raise ValueError(f"record {i} of {self.source} needs the keys 'entity' and 'document'")
             self._docs[rec["entity"]] = rec["document"]
+        # the documents by content: a record made with other documents (or another order) has another identity
+        self.sha256 = hashlib.sha256(json.dumps(list(self._docs.items()), ensure_ascii=False).encode()).hexdigest()
 
     def entities(self) -> list[str]:
         """The entities in file order."""
@@ -105,7 +108,7 @@ class BundledKnowledge:
 
     def identity(self) -> dict:
         return {"name": self.name, "source": repository_path(self.source), "entities": len(self._docs),
-                "passage_words": self.passage_words}
+                "passage_words": self.passage_words, "sha256": self.sha256[:16]}
 
 
 class SQLiteKnowledge:

@@ -134,7 +134,17 @@ class ReportData:
     metric: str = "win_rate"  # what Figure 1 plots for our runs: "win_rate" or "lc_win_rate"
 
     def find(self, series: list[Series], kind: str, regularizer: str | None = None) -> Series | None:
-        return next((s for s in series if s.kind == kind and (kind == "sft" or s.regularizer == regularizer)), None)
+        return next(iter(self.find_all(series, kind, regularizer)), None)
+
+    @staticmethod
+    def find_all(series: list[Series], kind: str, regularizer: str | None = None) -> list[Series]:
+        """Every run (seed) of `kind` and `regularizer` (any regulariser for the SFT policy), lowest seed first."""
+        return [s for s in series if s.kind == kind and (kind == "sft" or s.regularizer == regularizer)]
+
+    @staticmethod
+    def full_regularizer(series: list[Series]) -> str | None:
+        """The full fine-tune's regulariser (kl, or the preset grid's own: clamped_kl at paper scale)."""
+        return next((s.regularizer for s in series if s.kind == "full"), None)
 
     @property
     def judge_text(self) -> str:

@@ -248,3 +248,32 @@ def test_every_preset_when_none_given(store_and_prefs, tmp_path, monkeypatch):
     assert (tmp_path / "tiny" / "table2.md").is_file() and (tmp_path / "other" / "summary.md").is_file()
     assert "LoRA bregman" in (tmp_path / "other" / "table2.md").read_text()
     assert "[tiny](tiny/index.md)" in (tmp_path / "index.md").read_text() and tmp_path / "index.md" in files
+
+
+def test_seeds_are_averaged_per_instruction_before_pairing(tmp_path, monkeypatch):
+    """A regulariser's seeds enter a claim as one preference per instruction (their mean), paired with the SFT
+    policy's step 0; instructions missing from a seed are left out."""
+    from harness.report import averaged_preferences, claims, load
+
+    monkeypatch.setattr(results, "harness_identity", lambda: {"version": "0.test", "git_commit": "c0ffee1"})
+    store = ResultsStore(tmp_path)
+    store.put(_winrate("sft", _label(None, None, "sft", None), 0, [1.0] * 8))
+    seed1 = [2.0, 2.0, 2.0, 1.0, 2.0, 2.0, 1.5, 2.0]
+    seed2 = [2.0, 1.0, 2.0, 1.0, 2.0, 2.0, 2.0, 2.0]
+    for seed, prefs in ((1, seed1), (2, seed2)):
+        for step in (2, 4):
+            store.put(_winrate(f"kl-{seed}", _label("kl", seed=seed), step, prefs if step == 4 else [1.0] * 8))
+    rec = _winrate("kl-3", _label("kl", seed=3), 4, [2.0] * 8)
+    rec["per_item"] = rec["per_item"][:6]  # a third seed lacks two instructions
+    store.put(rec)
+    data = load(tmp_path, "tiny")
+    runs = data.find_all(data.winrate, "lora", "kl")
+    assert [r.seed for r in runs] == [1, 2, 3]
+    avg = averaged_preferences(runs, 4)
+    assert sorted(avg) == [f"q{i}" for i in range(6)]
+    assert avg["q1"] == pytest.approx(5.0 / 3) and avg["q3"] == pytest.approx(4.0 / 3)
+    helps = next(t for t in {n: ts for n, _, ts in claims(data)}["1"] if "A = LoRA kl, B = SFT" in t.what)
+    assert "3 seeds averaged" in helps.what and "(step 4 vs 0)" in helps.what
+    assert helps.result["n"] == 6 and helps.result["mean_b"] == 0.0
+    assert helps.result["mean_a"] == pytest.approx(stats.win_rate(list(avg.values())))
+    assert helps.verdict == "holds"

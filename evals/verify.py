@@ -4,7 +4,9 @@ Every verifier has `verify(entity, fact, passages) -> bool`, `verify_many([(enti
 (batched where the verifier can batch) and `identity()` ({"name", "model", "version"}), recorded with results.
 - `LogitVerifier`: FActScore's "retrieval + LLaMA" rule on any causal LM: the prompt of `verification_prompt`,
   then supported iff the next-token logit of " True" exceeds that of " False".
-- `LLMVerifier`: FActScore's "retrieval + ChatGPT" rule on any `complete(prompt) -> str`, parsed by `parse_true_false`.
+- `LLMVerifier`: FActScore's "retrieval + ChatGPT" rule on any `complete(prompt) -> str`, parsed by `parse_true_false`
+  (`LLMVerifier.from_server`: an OpenAI-compatible server, with a request timeout and a cap on retries).
+- `ConsistencyVerifier` (`evals.consistency`): MiniLM similarity plus consistency checks, the offline default.
 - `LexicalVerifier`: a cheap deterministic baseline (content-word overlap), for tests and sanity checks.
 """
 
@@ -61,14 +63,44 @@ def parse_true_false(answer: str) -> bool:
     return not any(w in words for w in ("not", "cannot", "unknown", "information"))
 
 
+REQUEST_TIMEOUT = 120.0
+MAX_RETRIES = 5
+
+
 class LLMVerifier(Verifier):
-    """`complete(verification_prompt(...))` read by `parse_true_false`."""
+    """`complete(verification_prompt(...))` read by `parse_true_false`.
+
+    `model` names the verifier in every record and must be given: there is no default model. `from_server` builds
+    `complete` on an OpenAI-compatible server with a request timeout and a cap on retries, as the OpenAI judge does.
+    """
 
     name = "llm-true-false"
 
-    def __init__(self, complete: Callable[[str], str], model: str = ""):
+    def __init__(self, complete: Callable[[str], str], model: str):
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError("LLMVerifier needs the verifier model's name (model='...'); there is no default")
         self.complete = complete
         self.model = model
+
+    @classmethod
+    def from_server(cls, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
+                    timeout: float = REQUEST_TIMEOUT, max_retries: int = MAX_RETRIES, max_tokens: int = 256,
+                    **client_kwargs) -> LLMVerifier:
+        """A verifier asking `model` at `base_url` (any OpenAI-compatible `/v1`; default OPENAI_BASE_URL, else
+        api.openai.com): each request gives up after `timeout` seconds and is re-asked at most `max_retries` times
+        (connection errors, timeouts, rate limits and 5xx only), then the evaluation stops with `JudgeError`.
+        Other keyword arguments (backoff, client, sleep) go to `evals.openai_judge.ChatClient`."""
+        if not isinstance(model, str) or not model.strip():
+            raise ValueError("LLMVerifier.from_server needs the verifier model's name; there is no default")
+        if not (isinstance(timeout, (int, float)) and timeout > 0):
+            raise ValueError(f"timeout={timeout!r}: seconds per request, a number > 0")
+        if not (isinstance(max_retries, int) and max_retries >= 0):
+            raise ValueError(f"max_retries={max_retries!r}: re-asks after a failed request, an integer >= 0")
+        from evals.openai_judge import make_completion_fn
+
+        complete = make_completion_fn(model, base_url, api_key_env, max_tokens=max_tokens, timeout=float(timeout),
+                                      max_attempts=max_retries + 1, **client_kwargs)
+        return cls(complete, model=model)
 
     def verify(self, entity: str, fact: str, passages: Sequence[Passage]) -> bool:
         return parse_true_false(self.complete(verification_prompt(entity, fact, passages)))

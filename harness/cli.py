@@ -127,7 +127,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--factuality-only", action="store_true", help="only factuality, no win rate")
     ev.add_argument("--factuality-limit", type=int, default=None, help="number of bio entities (default: all)")
     ev.add_argument("--verifier", default="auto", help="factuality verifier: auto (llm with --judge openai, else "
-                    "lexical), lexical, smollm2 (FActScore-style True/False logits; weak, see README), llm")
+                    "consistency), consistency (MiniLM similarity plus consistency checks), lexical (word overlap), "
+                    "smollm2 (FActScore-style True/False logits; weak), llm (needs --judge-model)")
     ev.add_argument("--knowledge", default=None, help="factuality knowledge source: a FActScore-format SQLite "
                     "Wikipedia (table documents(title, text)); default: the bundled people documents")
     ev.add_argument("--allow-empty", action="store_true", help="judge the outputs even if every one is empty (a "

@@ -16,7 +16,7 @@ from harness import presets
 from harness.errors import check_preset_name
 
 BUNDLED = "bundled"
-VERIFIERS = ("auto", "lexical", "smollm2", "llm")
+VERIFIERS = ("auto", "consistency", "lexical", "smollm2", "llm")
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,7 @@ class EvalRequest:
     factuality: bool = False
     factuality_limit: int | None = None
     allow_empty: bool = False  # judge a policy whose every output is empty (a grid records collapses as results)
-    verifier: str = "auto"  # factuality: auto (llm with the openai judge, else lexical), lexical, smollm2, llm
+    verifier: str = "auto"  # factuality: auto (llm with the openai judge, else consistency), lexical, smollm2, llm
     knowledge: str | None = None  # a FActScore-format SQLite Wikipedia (default: the bundled documents)
     winrate: bool = True
     preset: str = "custom"
@@ -66,6 +66,16 @@ class EvalRequest:
                             max_tokens=self.judge_max_tokens, max_unparsed=self.judge_max_unparsed)
         if self.verifier not in VERIFIERS:
             raise ValueError(f"verifier={self.verifier!r} is not known; allowed: {', '.join(VERIFIERS)}")
+        if self.factuality and resolved_verifier(self) == "llm" and not self.judge_model:
+            raise ValueError("the llm factuality verifier needs its model named: --judge-model NAME (there is no "
+                             "default model); or choose an offline one with --verifier consistency")
+
+
+def resolved_verifier(req: EvalRequest) -> str:
+    """The factuality verifier `req` asks for: "auto" is llm with the openai judge, else consistency."""
+    if req.verifier != "auto":
+        return req.verifier
+    return "llm" if req.judge == "openai" else "consistency"
 
 
 def judge_options(req: EvalRequest) -> dict:
@@ -101,7 +111,12 @@ def record_settings(req: EvalRequest, settings: GenerationSettings) -> dict:
 def factuality_settings(req: EvalRequest, settings: GenerationSettings) -> dict:
     """What, besides target and verifier, changes a factuality record's result: part of its id."""
     generation = {k: v for k, v in settings.as_dict().items() if k != "batch_size"}
-    return {"generation": generation, "verifier": req.verifier, "knowledge": req.knowledge,
+    knowledge = req.knowledge
+    if knowledge is None:  # the bundled documents by content: records made with other documents differ
+        from evals.retrieval import BundledKnowledge
+
+        knowledge = "bundled:" + BundledKnowledge().sha256[:16]
+    return {"generation": generation, "verifier": resolved_verifier(req), "knowledge": knowledge,
             "factuality_limit": req.factuality_limit}
 
 

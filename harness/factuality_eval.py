@@ -1,11 +1,12 @@
 """`harness eval --factuality`: FActScore of a policy on "Tell me a bio of <entity>." (evals.factuality).
 
 Offline (judge `simulated` or `reward-model`): the bundled people documents as knowledge, the rule-based fact
-splitter, BM25 retrieval, and by default the lexical verifier (every number and 80% of the content words of the
-fact in the retrieved passages). `--verifier smollm2` uses SmolLM2-135M-Instruct's True/False logits as FActScore
-uses LLaMA's, but it says "True" to nearly everything and is far less accurate than the lexical verifier, so it
-is not the default (`python -m evals.factuality` measures both). With `--judge openai`: the same judge model (or any
-OpenAI-compatible server) splits answers into atomic facts and verifies them, as FActScore does with ChatGPT.
+splitter, BM25 retrieval, and by default the consistency verifier (MiniLM similarity plus number, polarity, name,
+contrast-word and coverage checks; `evals.consistency`). `--verifier lexical` is the word-overlap baseline and
+`--verifier smollm2` uses SmolLM2-135M-Instruct's True/False logits as FActScore uses LLaMA's (it says "True" to
+nearly everything); `python -m evals.factuality [VERIFIER]` measures each on hand-written fact checks. With
+`--judge openai`: the named judge model (`--judge-model`, required; or any OpenAI-compatible server) splits answers
+into atomic facts and verifies them, as FActScore does with ChatGPT, with the judge's timeout and retry cap.
 `--knowledge PATH` reads a FActScore-format SQLite Wikipedia instead of the bundled documents.
 """
 
@@ -17,7 +18,7 @@ import time
 
 from evals import factuality as F
 from evals.generate import generate
-from harness.eval_request import factuality_settings
+from harness.eval_request import factuality_settings, resolved_verifier
 from harness.results import make_record
 
 
@@ -31,18 +32,16 @@ def run_factuality(ev, target, model, tokenizer, settings, run_id: str, label: d
     knowledge = _knowledge(getattr(req, "knowledge", None))
     entities = (F.bundled_entities() if getattr(req, "knowledge", None) is None else knowledge.entities())
     entities = entities[: req.factuality_limit] if req.factuality_limit else entities
-    choice = req.verifier if req.verifier != "auto" else ("llm" if req.judge == "openai" else "lexical")
+    choice = resolved_verifier(req)
     splitter = F.RuleFactSplitter()
     if choice == "llm":
-        from evals.openai_judge import make_completion_fn
-
-        complete = make_completion_fn(req.judge_model or "gpt-4o-mini", req.judge_base_url, req.judge_api_key_env)
-        splitter = F.LLMFactSplitter(complete, model=req.judge_model or "gpt-4o-mini")
-        verifier = F.LLMVerifier(complete, model=req.judge_model or "gpt-4o-mini")
-    elif choice == "smollm2":
-        verifier = F.load_smollm2_verifier()
+        limits = {k: v for k, v in (("timeout", req.judge_timeout), ("max_retries", req.judge_max_retries))
+                  if v is not None}
+        verifier = F.LLMVerifier.from_server(req.judge_model, base_url=req.judge_base_url,
+                                             api_key_env=req.judge_api_key_env, **limits)
+        splitter = F.LLMFactSplitter(verifier.complete, model=req.judge_model)
     else:
-        verifier = F.LexicalVerifier()
+        verifier = F.make_verifier(choice)
     records = [{"instruction": p, "input": ""} for p in F.bio_prompts(entities)]
     set_hash = hashlib.sha256(json.dumps(entities).encode()).hexdigest()[:16]
     outputs = ev._cached_outputs("bios", [target.identity(), set_hash, settings.as_dict()],

@@ -124,8 +124,9 @@ def test_factuality_record_of_a_checkpoint(smoke_run, tmp_path, cache, eval_file
     assert _eval(smoke_run, results, eval_file, "--factuality-only", "--factuality-limit", "3") == 0
     (rec,) = list(ResultsStore(results).records())
     assert rec["evaluator"] == "factuality" and rec["eval_set"]["n"] == 3
-    assert rec["judge"]["name"] == "lexical-overlap"
-    assert [p["id"] for p in rec["per_item"]] == ["Albert Einstein", "Marie Curie", "Isaac Newton"]
+    assert rec["judge"]["name"] == "minilm-consistency" and rec["settings"]["verifier"] == "consistency"
+    assert rec["settings"]["knowledge"] == "bundled:" + rec["details"]["knowledge"]["sha256"]  # documents by content
+    assert [p["id"] for p in rec["per_item"]] == ["Isaac Newton", "Charles Darwin", "Galileo Galilei"]
     m = rec["metrics"]
     assert set(m) >= {"factscore", "answered", "facts_per_answer", "n"} and m["n"] == 3
     # a random model's garbled bytes are not checkable facts: nothing it says is supported

@@ -193,7 +193,35 @@ def test_llm_splitter_and_verifier_with_fake_models():
     assert [parse_true_false(a) for a in ("True.", "False", "It is false, not true", "true, not false",
                                           "Yes", "There is not enough information")] == [
         True, False, True, False, True, False]
-    assert LLMVerifier(lambda p: "True").verify("Ada", "Ada was born in 1815.", [Passage("Ada", "x")]) is True
+    assert LLMVerifier(lambda p: "True", model="fake").verify("Ada", "Ada was born in 1815.", [Passage("Ada", "x")])
+    with pytest.raises(ValueError, match="model"):
+        LLMVerifier(lambda p: "True", model="")
+
+
+def test_llm_verifier_from_a_server_has_a_timeout_and_a_retry_cap(monkeypatch):
+    import openai
+
+    from evals.judging import JudgeError
+
+    class Down:  # a server that never answers in time
+        calls = 0
+
+        def create(self, **kwargs):
+            Down.calls += 1
+            raise openai.APITimeoutError(request=None)
+
+    client, sleeps = type("C", (), {"chat": type("Chat", (), {"completions": Down()})()})(), []
+    verifier = LLMVerifier.from_server("local-model", base_url="http://127.0.0.1:9/v1", timeout=7, max_retries=2,
+                                       client=client, sleep=sleeps.append)
+    with pytest.raises(JudgeError, match="after 3 attempts"):
+        verifier.verify("Ada", "Ada was born in 1815.", [Passage("Ada", "x")])
+    assert Down.calls == 3 and sleeps == [1.0, 2.0] and verifier.identity()["model"] == "local-model"
+    real = LLMVerifier.from_server("local-model", base_url="http://127.0.0.1:9/v1", timeout=7)  # no request made
+    assert real.complete.client.client.timeout == 7.0 and real.complete.client.max_attempts == 6
+    with pytest.raises(ValueError, match="model"):
+        LLMVerifier.from_server("", base_url="http://127.0.0.1:9/v1")
+    with pytest.raises(ValueError, match="timeout"):
+        LLMVerifier.from_server("m", base_url="http://127.0.0.1:9/v1", timeout=0)
 
 
 def test_logit_verifier_tiny_model_batching_is_invariant():
@@ -278,3 +306,16 @@ def test_consistency_verifier_on_the_held_out_fact_checks():
     assert accuracy["by_kind"]["date"] == {"n": 19, "accuracy": 1.0}
     assert {w["fact"] for w in accuracy["wrong"]} >= {"Thomas Edison worked for Nikola Tesla."}  # swapped roles
     assert verifier_accuracy(LexicalVerifier(), split="test")["accuracy"] == pytest.approx(97 / 144)
+
+
+def test_the_llm_verifier_is_named_before_any_work_and_records_name_the_verifier_used():
+    from harness.eval_request import EvalRequest, factuality_settings, generation_settings
+
+    with pytest.raises(ValueError, match="--judge-model"):
+        EvalRequest(target="smollm2-135m-instruct", judge="openai", factuality=True)
+    named = EvalRequest(target="smollm2-135m-instruct", judge="openai", judge_model="m", factuality=True)
+    offline = EvalRequest(target="smollm2-135m-instruct", factuality=True)
+    assert factuality_settings(named, generation_settings(named))["verifier"] == "llm"
+    settings = factuality_settings(offline, generation_settings(offline))
+    assert settings["verifier"] == "consistency"
+    assert settings["knowledge"] == "bundled:" + BundledKnowledge().identity()["sha256"]

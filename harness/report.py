@@ -10,6 +10,7 @@ writes into `out_dir`:
     table3.{md,tex,csv}   factuality (FActScore) at each run's latest step
     figure1.{png,pdf}     win rate vs PPO step: our panel and the paper's panel, never one axis for two judges
     figure2.{png,pdf}     win rate vs token-level true KL, one point per checkpoint: ours and the paper's
+    figure3.{png,pdf}     win rate vs the proxy reward of the same answers, one point per checkpoint (ours only)
     summary.md            the paper's four claims, tested with paired statistics on the records' per-item data
     index.md              links to everything, the results' git commits and the commands that produced them
 
@@ -259,6 +260,7 @@ def render_report(results_root: str | Path, out_dir: str | Path, preset: str | N
         files += report_tables.write_table(table, out_dir)
     files += report_figures.figure1(data, out_dir)
     files += report_figures.figure2(data, out_dir)
+    files += report_figures.figure3(data, out_dir)
     (out_dir / "summary.md").write_text(summary_md(data))
     files.append(out_dir / "summary.md")
     index = out_dir / "index.md"

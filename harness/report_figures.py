@@ -10,6 +10,10 @@ regulariser across both figures and panels. An empty store draws the paper's pan
   paper's public checkpoint), else as a dash-dot black curve, since its steps are as informative as LoRA's.
 - Figure 2: win rate vs token-level true KL (`metrics.true_kl`), one point per checkpoint, one marker per
   regulariser, points of one run joined in step order.
+- Figure 3: the judge's win rate vs the proxy reward model's mean score of the same answers
+  (`metrics.proxy_reward`), one point per checkpoint labelled with its step, points of one run joined in step
+  order: over-optimisation shows as a run whose proxy reward keeps rising while its win rate falls. Ours only: the
+  paper reports no proxy reward.
 
 Drawn with matplotlib's object API on an Agg canvas (no pyplot, no global backend switch).
 """
@@ -180,3 +184,33 @@ def figure2(data: ReportData, out_dir: Path) -> list[Path]:
     fig.suptitle("Win rate vs true KL, one point per checkpoint (separate judges)", fontsize=11)
     return _save(fig, out_dir, "figure2")
 
+
+
+def _proxy_points(ax: Axes, series: list[Series], metric: str) -> bool:
+    drawn = False
+    for s in series:
+        pts = [(st, s.points[st]["metrics"].get("proxy_reward"), *win_rate_of(s.points[st], metric)[:2])
+               for st in s.steps]
+        pts = [p for p in pts if p[1] is not None and p[2] is not None]
+        if not pts:
+            continue
+        steps, proxy, wr, se = zip(*pts)
+        style = _style(s) if s.kind == "lora" else {"color": FULL_COLOR if s.kind == "full" else SFT_COLOR,
+                                                      "marker": "o"}
+        ax.errorbar(proxy, wr, yerr=[e or 0.0 for e in se], capsize=2, lw=1.0, ms=6, alpha=0.9, label=s.label,
+                    ls="-", **style)
+        for st, x, y in zip(steps, proxy, wr):
+            ax.annotate(str(st), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=style["color"])
+        drawn = True
+    return drawn
+
+
+def figure3(data: ReportData, out_dir: Path) -> list[Path]:
+    metric = data.metric
+    fig = Figure(figsize=(6.5, 4.8), layout="constrained")
+    ax = fig.subplots(1, 1)
+    _our_panel(ax, data, drawn=_proxy_points(ax, data.winrate, metric),
+               xlabel="proxy reward (the reward model PPO optimises; mean over the evaluated answers)",
+               missing="no win-rate records with proxy_reward", ylabel=YLABELS[metric])
+    fig.suptitle("Judge win rate vs proxy reward, one point per checkpoint (labels: PPO step)", fontsize=11)
+    return _save(fig, out_dir, "figure3")

@@ -27,10 +27,12 @@ def _prefs(rng, p_win):
     return [2.0 if u < p_win else 1.0 for u in rng.random(N)]
 
 
-def _winrate(run_id, label, step, prefs, true_kl=None):
+def _winrate(run_id, label, step, prefs, true_kl=None, proxy=None):
     metrics = {"win_rate": stats.win_rate(prefs), "standard_error": stats.standard_error(prefs), "n": len(prefs)}
     if true_kl is not None:
         metrics["true_kl"] = true_kl
+    if proxy is not None:
+        metrics["proxy_reward"] = proxy
     return make_record(preset="tiny", run_id=run_id, label=label, step=step, evaluator="winrate", metrics=metrics,
                        judge=JUDGE, eval_set=EVAL_SET, per_item=[{"id": f"q{i}", "preference": p}
                                                                for i, p in enumerate(prefs)])
@@ -72,7 +74,7 @@ def _build_store(root):
     for reg, final in finals.items():
         for step, p in ((0, sft), (10, _prefs(rng, 0.4)), (20, final)):
             prefs[(reg, step)] = p
-            store.put(_winrate(f"run-{reg}", _label(reg), step, p, true_kl=0.01 * step))
+            store.put(_winrate(f"run-{reg}", _label(reg), step, p, true_kl=0.01 * step, proxy=0.1 * step))
     for step, p_win in ((10, 0.6), (20, 0.95)):
         prefs[("full", step)] = p = _prefs(rng, p_win)
         store.put(_winrate("run-full", _label("kl", lora=False), step, p, true_kl=0.02 * step))
@@ -148,7 +150,7 @@ def test_csv_and_latex(report):
 
 def test_figures_valid(report):
     out, _, _ = report
-    for name in ("figure1", "figure2"):
+    for name in ("figure1", "figure2", "figure3"):
         png, pdf = (out / f"{name}.png").read_bytes(), (out / f"{name}.pdf").read_bytes()
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
         assert pdf[:5] == b"%PDF-" and len(pdf) > 5_000
@@ -243,6 +245,7 @@ def test_every_preset_when_none_given(store_and_prefs, tmp_path, monkeypatch):
     root, _ = store_and_prefs
     monkeypatch.setattr(report_figures, "figure1", lambda data, out: [])  # figures are tested above; keep it fast
     monkeypatch.setattr(report_figures, "figure2", lambda data, out: [])
+    monkeypatch.setattr(report_figures, "figure3", lambda data, out: [])
     assert report.presets_in(root) == ["other", "tiny"]
     files = render_report(root, tmp_path, None)
     assert (tmp_path / "tiny" / "table2.md").is_file() and (tmp_path / "other" / "summary.md").is_file()

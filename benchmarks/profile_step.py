@@ -38,13 +38,16 @@ def main(argv: list[str] | None = None) -> int:
 
     from harness import presets
     from trainers.config import TrainConfig
+    from trainers.process_settings import configure_training_process
     from trainers.trainer import PPOTrainer
 
     with tempfile.TemporaryDirectory() as tmp:
         values = presets.preset("tiny")
         values.update(settings(write_prompts(Path(tmp) / "prompts.json")))
         values.update(presets.parse_overrides(args.set))
-        trainer = PPOTrainer(TrainConfig(**values), Path(tmp) / "run", log=lambda _m: None)
+        cfg = TrainConfig(**values)
+        configure_training_process(cfg)  # as `harness train` does: the step is measured as a run takes it
+        trainer = PPOTrainer(cfg, Path(tmp) / "run", log=lambda _m: None)
         trainer.ppo_step()  # warm-up
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if args.no_profile:

@@ -21,17 +21,13 @@ another.
 
 from __future__ import annotations
 
-import functools
 import hashlib
-import importlib.metadata
 import logging
 import math
 import os
-import sys
 import tempfile
 import threading
 import time
-import types
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +36,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import yaml
 
+from evals.alpaca_eval_import import import_alpaca_eval
 from evals.judging import Judge, JudgeError, Pair
 
 log = logging.getLogger(__name__)
@@ -204,7 +201,7 @@ def to_messages(prompt: str) -> list[dict]:
     text becomes one user message."""
     prompt = prompt.strip()  # alpaca-eval's OpenAI decoder strips too (is_strip=True)
     if prompt.startswith("<|im_start|>"):
-        return _alpaca_eval().utils.prompt_to_chatml(prompt)
+        return import_alpaca_eval().utils.prompt_to_chatml(prompt)
     return [{"role": "user", "content": prompt}]
 
 
@@ -222,61 +219,12 @@ def make_completion_fn(model: str = DEFAULT_MODEL, base_url: str | None = None, 
     return complete
 
 
-# --- alpaca-eval: import, annotator configs -----------------------------------------------------------------------
-
-def _alpaca_eval() -> types.ModuleType:
-    """Import alpaca-eval in the AlpacaFarm setting, without its side effects on this process."""
-    if "alpaca_eval" not in sys.modules:
-        os.environ["IS_ALPACA_EVAL_2"] = "False"  # read at import: the AlpacaFarm / davinci-003 defaults
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "pkg_resources is deprecated as an API"
-            import pkg_resources  # noqa: F401  (alpaca_eval.utils imports it)
-    except ImportError:
-        # setuptools >= 82 removed pkg_resources; alpaca-eval uses only these two functions of it
-        from packaging.version import parse as parse_version
-
-        shim = types.ModuleType("pkg_resources")
-        shim.parse_version = parse_version
-        shim.get_distribution = lambda name: types.SimpleNamespace(version=importlib.metadata.version(name))
-        sys.modules["pkg_resources"] = shim
-    root = logging.getLogger()
-    level = root.level
-    try:
-        import alpaca_eval
-        import alpaca_eval.annotators
-        import alpaca_eval.utils
-    finally:
-        root.setLevel(level)  # alpaca_eval.annotators.base sets the root logger to INFO at import
-    if not any(isinstance(f, _AlpacaEvalWarnings) for f in root.filters):
-        root.addFilter(_AlpacaEvalWarnings(Path(alpaca_eval.__file__).parent))
-        # its one progress bar (per annotate call) would interleave with the judge's own progress lines
-        alpaca_eval.utils.tqdm = types.SimpleNamespace(tqdm=functools.partial(_tqdm().tqdm, disable=True))
-    return alpaca_eval
-
-
-def _tqdm() -> types.ModuleType:
-    import tqdm
-
-    return tqdm
-
-
-class _AlpacaEvalWarnings(logging.Filter):
-    """Drops alpaca-eval's warnings on the root logger (three lines per unparsable answer, which
-    `evals.judge_monitor` counts and reports instead); its errors still show."""
-
-    def __init__(self, package_dir: Path) -> None:
-        super().__init__()
-        self.package_dir = str(package_dir)
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= logging.ERROR or not record.pathname.startswith(self.package_dir)
-
+# --- alpaca-eval's annotator configs -------------------------------------------------------------------------
 
 def annotator_configs() -> dict[str, Path]:
     """Annotator config names -> configs.yaml: alpaca-eval's built-in ones and ours (`evals/configs/`, which win)."""
     found: dict[str, Path] = {}
-    builtin = Path(_alpaca_eval().__file__).parent / "evaluators_configs"
+    builtin = Path(import_alpaca_eval().__file__).parent / "evaluators_configs"
     for root in (builtin, CONFIGS_DIR):
         for path in sorted(root.glob("*/configs.yaml")):
             found[path.parent.name] = path
@@ -401,7 +349,7 @@ class OpenAIJudge(Judge):
         self._annotator = self._build_annotator(config)
         served = self._chat.probe() if resolve_model else None
         self.model = served or model
-        version = f"alpaca-eval {_alpaca_eval().__version__} {self.annotator_name}"
+        version = f"alpaca-eval {import_alpaca_eval().__version__} {self.annotator_name}"
         if self.config_digest:
             version += f" config-sha256={self.config_digest}"
         if max_tokens is not None:
@@ -428,7 +376,7 @@ class OpenAIJudge(Judge):
         return dict(self._chat.usage)
 
     def _build_annotator(self, config: dict):
-        ae = _alpaca_eval()
+        ae = import_alpaca_eval()
         with tempfile.TemporaryDirectory() as tmp:  # alpaca-eval reads a config file; the template is read now too
             path = Path(tmp) / self.annotator_name / "configs.yaml"
             path.parent.mkdir()

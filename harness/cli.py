@@ -221,8 +221,10 @@ def _train(args: argparse.Namespace) -> int:
     from trainers.runfolder import check_out
 
     check_out(args.out)  # before any model loads
-    from trainers.trainer import PPOTrainer  # heavy imports only when training
+    from trainers.process_settings import configure_training_process  # heavy imports only when training
+    from trainers.trainer import PPOTrainer
 
+    configure_training_process(cfg)
     records = PPOTrainer(cfg, args.out).train(resume=args.resume)
     last = records[-1] if records else {}
     if os.environ.get("RANK", "0") != "0":

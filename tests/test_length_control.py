@@ -31,9 +31,9 @@ def _annotations(seed: int, n: int, *, bias: float, unparsed: int = 0):
 
 def _alpaca_eval_lc(monkeypatch, tmp_path, prefs, ref_len, model_len) -> float:
     """alpaca-eval's `get_length_controlled_winrate(glm_name="length_controlled_minimal")` on the same annotations."""
-    from evals.openai_judge import _alpaca_eval
+    from evals.alpaca_eval_import import import_alpaca_eval
 
-    _alpaca_eval()
+    import_alpaca_eval()
     from alpaca_eval.metrics import glm_winrate
 
     # its featurisation reads an instruction-difficulty table from the Hub even for the minimal formula, which does

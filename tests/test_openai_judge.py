@@ -141,8 +141,8 @@ def test_key_value_is_never_printed(fake_judge, caplog):
 def test_alpaca_eval_imports_without_pkg_resources_and_keeps_logging():
     """setuptools >= 82 has no pkg_resources (alpaca_eval.utils imports it); alpaca-eval sets the root logger to INFO."""
     code = ("import logging, sys; sys.modules['pkg_resources'] = None\n"  # None: `import pkg_resources` fails
-            "from evals.openai_judge import _alpaca_eval\n"
-            "ae = _alpaca_eval()\n"
+            "from evals.alpaca_eval_import import import_alpaca_eval\n"
+            "ae = import_alpaca_eval()\n"
             "print(ae.utils.get_package_version('alpaca_eval'), logging.getLogger().level, "
             "ae.utils.check_pkg_atleast_version('alpaca_eval', '0.1'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -148,7 +148,7 @@ def test_inverse_cdf_draws_follow_the_distribution():
 def test_roomy_cache_equals_a_growing_cache(smoke):
     from transformers import DynamicCache
 
-    from trainers.sampling import with_room
+    from trainers.kv_cache import with_room
 
     bundle = _perturbed_policy(smoke)
     ids, mask = _prompts(bundle.tokenizer)
@@ -183,3 +183,27 @@ def test_few_row_products_equal_linear_and_are_undone():
         assert a.shape == b.shape
         torch.testing.assert_close(a, b)
     assert all("forward" not in vars(m) for m in model)
+
+
+def test_process_settings_are_the_entry_points_not_the_trainers(smoke, tmp_path):
+    """`harness train` sets torch's threads and glibc's allocator once; building a trainer leaves them alone."""
+    import os
+
+    from trainers import host_memory
+    from trainers.process_settings import configure_training_process, torch_threads
+    from trainers.trainer import PPOTrainer
+
+    before = torch.get_num_threads()
+    try:
+        applied = configure_training_process(smoke(threads=1, device="cpu"), environ={})
+        assert applied.threads == 1 and torch.get_num_threads() == 1
+        assert applied.keep_freed_memory == (host_memory._libc() is not None)
+        PPOTrainer(smoke(threads=2), tmp_path / "run", log=lambda _m: None)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    cores = os.cpu_count() or 1
+    assert torch_threads(0, {}) == cores
+    assert torch_threads(0, {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2"}) == max(1, cores // 2)
+    assert torch_threads(0, {"WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "2"}) == cores
+    assert torch_threads(3, {"WORLD_SIZE": "2"}) == 3

@@ -102,7 +102,6 @@ class DataParallel:
         self.world_size = env_int("WORLD_SIZE", 1, environ)
         self.rank = env_int("RANK", 0, environ)
         self.local_rank = env_int("LOCAL_RANK", 0, environ)
-        self.local_world_size = env_int("LOCAL_WORLD_SIZE", self.world_size, environ)
         self.fsdp = self.enabled and fsdp_requested(environ) and not cfg.lora
         errors = config_errors(cfg, self.world_size, self.enabled and fsdp_requested(environ))
         if errors:  # every rank raises the same error before any collective: nobody waits forever
@@ -137,10 +136,6 @@ class DataParallel:
         if choice == "cuda" and self.enabled:
             return torch.device("cuda", self.local_rank)  # LOCAL_RANK selects this process's GPU
         return torch.device(choice)
-
-    def threads(self, configured: int) -> int:
-        """torch threads: the configured number, else this machine's cores shared by the processes on it."""
-        return configured or max(1, (os.cpu_count() or 1) // self.local_world_size)
 
     def facts(self) -> dict:
         if not self.enabled:

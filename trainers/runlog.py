@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import functools
 import json
 import os
 import resource
@@ -27,50 +24,6 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
 
         return torch.cuda.max_memory_allocated(device), "cuda_max_allocated"
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_rss"
-
-
-@functools.cache
-def _libc():
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-    except OSError:
-        return None
-    return libc if libc is not None and hasattr(libc, "malloc_trim") else None
-
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
-
-
-@functools.cache
-def keep_freed_memory_within_a_phase() -> bool:
-    """Let glibc reuse freed memory within a phase instead of returning it to the OS at once.
-
-    By default glibc serves allocations above a (dynamic) threshold with fresh mmaps and gives them back
-    when freed, and returns the heap's free top above 128 KiB: every activation of every micro-batch then
-    page-faults in anew; this setting removes most of those faults for a little more peak memory
-    (`python -m benchmarks.profile_step --no-profile` counts them; docs/performance.md). With the mmap
-    threshold at its 32 MiB maximum and the trim threshold
-    at 1 GiB, freed memory is reused within a phase, and `release_host_memory` still returns it between
-    phases. True if applied (glibc only).
-    """
-    libc = _libc()
-    if libc is None or not hasattr(libc, "mallopt"):
-        return False
-    return bool(libc.mallopt(M_MMAP_THRESHOLD, 32 * 2**20)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2**30))
-
-
-def release_host_memory() -> None:
-    """Give freed heap pages back to the OS (glibc's malloc_trim).
-
-    A PPO step frees gigabytes of activations and vocabulary-sized logits per phase; glibc keeps the
-    freed pages in its arenas and, with tensors of varying sizes, the next phase cannot always reuse
-    them, so the resident set climbs phase after phase. Trimming at phase boundaries keeps the peak at
-    weights + the largest single phase. A no-op where glibc is absent.
-    """
-    libc = _libc()
-    if libc is not None:
-        libc.malloc_trim(0)
 
 
 def read_metrics(path: str | Path) -> list[dict]:

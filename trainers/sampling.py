@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+
+from trainers.kv_cache import GroupedPrefillCache, with_room
 
 
 def position_ids_from_mask(mask: Tensor) -> Tensor:
@@ -54,14 +55,15 @@ def trim_query(query_ids: Tensor, query_mask: Tensor) -> tuple[Tensor, Tensor]:
 
 def prefill(model: torch.nn.Module, query_ids: Tensor, mask: Tensor, group_rows: int = 0,
             room: int = 0) -> tuple[Tensor, DynamicCache]:
-    """Read the left-padded prompts: the logits at their last position [B, V] and the KV cache, with
-    `room` more positions per layer written in place (`RoomyLayer`) when the cache is a plain one.
+    """Read the left-padded prompts: the logits at their last position [B, V] and the KV cache, with room for
+    `room` more positions per layer (`trainers.kv_cache`).
 
     With `group_rows` > 0 the prompts are read in groups of that many rows, longest first, each group trimmed
-    of the columns that are padding in all its rows; the groups' caches are laid out left-padded to the full
-    width, as one batched read would have left them (padding slots are masked, so their contents never
-    matter). A batch of prompts of mixed lengths then costs its real tokens, not batch x longest prompt.
-    Models whose cache is not a plain per-layer key/value cache are read in one batch.
+    of the columns that are padding in all its rows, and their caches laid out as one batched read would have
+    left them (padding slots are masked, so their contents never matter): a batch of prompts of mixed lengths
+    then costs its real tokens, not batch x longest prompt (`group_by_length`; `python -m benchmarks.side_by_side
+    --levers` times a step without it). A model whose cache is not a plain per-layer key/value cache is read in
+    one batch.
     """
     batch, width = query_ids.shape
     if group_rows <= 0 or group_rows >= batch:
@@ -69,81 +71,26 @@ def prefill(model: torch.nn.Module, query_ids: Tensor, mask: Tensor, group_rows:
         out = model(input_ids=query_ids, attention_mask=mask, position_ids=position_ids_from_mask(mask), cache=cache,
                     use_cache=True, logits_to_keep=1)
         return out.logits[:, -1], (with_room(cache, room) if room else cache)
-    last_logits, keys, values = None, [], []
+    last_logits, joined = None, GroupedPrefillCache(batch, width, room)
     for rows in length_groups(mask.sum(1), group_rows):
         ids, m = trim_query(query_ids[rows], mask[rows])
-        start = width - ids.size(1)
         part = DynamicCache()
         out = model(input_ids=ids, attention_mask=m, position_ids=position_ids_from_mask(m), cache=part,
                     use_cache=True, logits_to_keep=1)
-        layers = getattr(part, "layers", None)
-        if not layers or not all(type(layer) is DynamicLayer for layer in layers):
+        if not joined.add(rows, width - ids.size(1), part):
             return prefill(model, query_ids, mask, 0, room)
-        if last_logits is None:  # the whole batch's buffers, with room for what decoding will add
+        if last_logits is None:
             last_logits = out.logits.new_empty(batch, out.logits.size(-1))
-            for layer in layers:
-                k, v = layer.keys, layer.values
-                keys.append(k.new_zeros(batch, k.size(1), width + room, k.size(3)))
-                values.append(v.new_zeros(batch, v.size(1), width + room, v.size(3)))
         last_logits[rows] = out.logits[:, -1]
-        for i, layer in enumerate(layers):
-            keys[i][rows, :, start:width] = layer.keys
-            values[i][rows, :, start:width] = layer.values
-    cache = DynamicCache()
-    cache.layers = [RoomyLayer(k, v, width) for k, v in zip(keys, values)]
-    return last_logits, cache
-
-
-class RoomyLayer(DynamicLayer):
-    """A key/value cache layer with room for every token still to come.
-
-    `DynamicLayer.update` concatenates the whole cache with each new token, copying it once per decoding step
-    (quadratic in the response length; 3.2 s of a 64-token SmolLM2 PPO step on this CPU). This layer keeps
-    buffers of the final size, writes new entries in place and exposes the filled part as a view.
-    """
-
-    def __init__(self, keys_buffer: Tensor, values_buffer: Tensor, length: int) -> None:
-        """`*_buffer`: [B, H, capacity, D], of which the first `length` positions are filled."""
-        super().__init__()
-        self._keys, self._values = keys_buffer, values_buffer
-        self.length, self.device, self.is_initialized = length, keys_buffer.device, True
-        self.keys, self.values = keys_buffer[:, :, :length], values_buffer[:, :, :length]
-
-    @classmethod
-    def holding(cls, keys: Tensor, values: Tensor, capacity: int) -> "RoomyLayer":
-        """A layer holding copies of `keys` / `values` [B, H, L, D] in buffers of `capacity` positions."""
-        b, h, length, d = keys.shape
-        k_buf = keys.new_empty(b, h, max(capacity, length), d)
-        v_buf = values.new_empty(b, values.size(1), max(capacity, length), values.size(3))
-        k_buf[:, :, :length], v_buf[:, :, :length] = keys, values
-        return cls(k_buf, v_buf, length)
-
-    def update(self, key_states: Tensor, value_states: Tensor, *args, **kwargs) -> tuple[Tensor, Tensor]:
-        end = self.length + key_states.size(-2)
-        if end > self._keys.size(2):  # more than promised: grow like a DynamicLayer would
-            self._keys = torch.cat([self._keys[:, :, :self.length], key_states], dim=-2)
-            self._values = torch.cat([self._values[:, :, :self.length], value_states], dim=-2)
-        else:
-            self._keys[:, :, self.length:end] = key_states
-            self._values[:, :, self.length:end] = value_states
-        self.length = end
-        self.keys, self.values = self._keys[:, :, :end], self._values[:, :, :end]
-        return self.keys, self.values
-
-
-def with_room(cache: DynamicCache, extra: int) -> DynamicCache:
-    """`cache` with its plain layers replaced by `RoomyLayer`s that can take `extra` more tokens in place."""
-    layers = getattr(cache, "layers", None)
-    if layers and all(type(layer) is DynamicLayer and layer.is_initialized for layer in layers):
-        cache.layers = [RoomyLayer.holding(layer.keys, layer.values, layer.keys.size(2) + extra) for layer in layers]
-    return cache
+    return last_logits, joined.cache()
 
 
 def draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """One token per row from the categorical `probs` [B, V] by inverting its CDF at a uniform draw.
 
     The same distribution as `torch.multinomial`, whose CPU kernel draws an exponential variate for every
-    vocabulary entry (25 ms per step for 16 x 49k); this draws one uniform per row.
+    vocabulary entry; this draws one uniform per row (`python -m benchmarks.profile_step` lists the costliest
+    operators of a step).
     """
     cdf = probs.cumsum(-1)
     u = torch.rand(probs.size(0), 1, generator=generator, device=probs.device, dtype=cdf.dtype)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -36,8 +35,8 @@ from trainers.kl_control import make_kl_controller
 from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
 from trainers.rollout import (Rollout, collect_chunk, concat, length_groups, position_ids_from_mask, response_logits,
                               trim_query)
-from trainers.runlog import (MetricsLog, Progress, atomic_write_text, keep_freed_memory_within_a_phase, peak_memory,
-                             release_host_memory)
+from trainers.host_memory import release_host_memory
+from trainers.runlog import MetricsLog, Progress, atomic_write_text, peak_memory
 
 # a run may go on with more steps or another speed setting, but not on another device (whose dtypes differ)
 RESUMABLE_CHANGES = {"steps", "checkpoint_every"} | (EXECUTION_FIELDS - {"device"})
@@ -77,10 +76,7 @@ class PPOTrainer:
         if not self.dp.is_main:
             self.log = lambda msg: None
         self.device = self.dp.device if self.dp.enabled else pick_device(cfg.device)
-        torch.set_num_threads(self.dp.threads(cfg.threads) if self.dp.enabled else cfg.threads or os.cpu_count() or 1)
         torch.manual_seed(cfg.seed)
-        if self.device.type == "cpu":
-            keep_freed_memory_within_a_phase()
         # auto may measure: every rank takes rank 0's choice
         self.frozen_dtype = self.dp.broadcast_object(resolve_frozen_dtype(cfg.frozen_dtype, self.device))
         self.models = build_models(cfg, self.device, self.frozen_dtype)

@@ -32,7 +32,8 @@ import numpy as np
 
 from evals import stats
 from harness.errors import UserError
-from harness.report_data import (DASH, PAPER_JUDGE_TEXT, WIN_RATE_METRICS, ReportData, Series, item_scores, load,
+from harness.report_data import (DASH, PAPER_JUDGE_TEXT, WIN_RATE_METRICS, ReportData, Series,
+                                 item_answered, item_scores, item_supported, load,
                                  pick_efficiency, preferences)
 from harness.results import ResultsStore
 
@@ -118,13 +119,17 @@ def compare_winrate(a: list[Series], b: list[Series], what: str, direction: int 
     return Test(label, r, verdict(r["ci_low"], r["ci_high"], direction))
 
 
-def compare_scores(a: Series | None, b: Series | None, what: str, direction: int) -> Test:
-    """Factuality: A's latest step vs B's latest step, paired by entity id (paired_bootstrap)."""
+def compare_scores(a: Series | None, b: Series | None, what: str, direction: int, measure: str = "factscore") -> Test:
+    """Factuality: A's latest step vs B's latest step, paired by entity (paired_bootstrap). measure: "factscore"
+    (per-entity FActScore, length penalty included) or "supported" (supported / facts), both on the entities both
+    answered; or "answered" (1 if the entity got at least one atomic fact, else 0), on every common entity."""
     if a is None or b is None:
         return Test(what, why=f"no {'A' if a is None else 'B'} factuality record")
-    sa, sb = item_scores(a.last), item_scores(b.last)
+    scores = {"factscore": item_scores, "supported": item_supported, "answered": item_answered}[measure]
+    sa, sb = scores(a.last), scores(b.last)
     if len(set(sa) & set(sb)) < 2:
-        return Test(what, why="records lack per-entity scores on common entities")
+        return Test(what, why=f"fewer than 2 entities answered by both (A {len(sa)}, B {len(sb)}, "
+                              f"common {len(set(sa) & set(sb))})")
     r = paired_bootstrap(sa, sb, scale=100.0)  # per-entity scores are fractions (evals/factuality.py)
     return Test(f"{what} (steps {max(a.points)} vs {max(b.points)})", r, verdict(r["ci_low"], r["ci_high"], direction))
 
@@ -166,9 +171,13 @@ def claims(data: ReportData) -> list[tuple[str, str, list[Test]]]:
         ("3", "Other regularisers, such as Jensen-Shannon, improve win rate.",
          [compare_winrate(lora("jensen_shannon"), lora("kl"), "A = LoRA jensen_shannon, B = LoRA kl")]),
         ("4", "PPO hurts factuality (FActScore); LoRA largely mitigates this.",
-         [compare_scores(full_f, sft_f, "PPO hurts (full FT): A = full fine-tune, B = SFT", -1),
-          compare_scores(lora_f, sft_f, f"PPO hurts (LoRA): A = {lora_name}, B = SFT", -1),
-          compare_scores(lora_f, full_f, f"LoRA mitigates: A = {lora_name}, B = full fine-tune", +1)]),
+         [compare_scores(x, y, f"{label} {what}", sign, measure)
+          for measure, label in (("factscore", "FActScore,"),
+                                 ("supported", "supported facts before the length penalty,"),
+                                 ("answered", "bios answered,"))
+          for x, y, what, sign in ((full_f, sft_f, "PPO hurts (full FT): A = full fine-tune, B = SFT", -1),
+                                   (lora_f, sft_f, f"PPO hurts (LoRA): A = {lora_name}, B = SFT", -1),
+                                   (lora_f, full_f, f"LoRA mitigates: A = {lora_name}, B = full fine-tune", +1))]),
     ]
 
 
@@ -182,10 +191,13 @@ def summary_md(data: ReportData) -> str:
            "hurt') 'not detected' is consistent with the claim but does not prove it (no equivalence margin). "
            "Claim 1's memory test compares GPUs x peak memory per device. Win rates are paired at the two runs' "
            "last common PPO step (against the SFT policy: at A's last step); where a regulariser has several runs (seeds), "
-           "each instruction's preference is averaged over them before the instructions are resampled.", ""]
+           "each instruction's preference is averaged over them before the instructions are resampled. Claim 4 "
+           "pairs the entities both policies answered, on FActScore (points of %) and on the share of supported "
+           "facts before the length penalty (points of %), which short answers would otherwise scale down; and "
+           "all entities on the share answered at all (a policy that answers nothing has no FActScore).", ""]
     for num, text, tests in claims(data):
         out += [f"## Claim {num}: {text}", ""]
-        out += [t.line("FActScore points" if num == "4" else "win-rate points") for t in tests]
+        out += [t.line("points" if num == "4" else "win-rate points") for t in tests]
         out.append("")
     return "\n".join(out)
 

@@ -115,6 +115,21 @@ def item_scores(rec: dict | None) -> dict[str, float]:
     return per_item(rec, "score")
 
 
+def item_answered(rec: dict | None) -> dict[str, float]:
+    """A factuality record's 1.0 / 0.0 per entity: answered with at least one atomic fact, or not (empty, abstained)."""
+    items = (rec or {}).get("per_item") or []
+    return {str(i["id"]): float(i["answered"]) for i in items if "id" in i and isinstance(i.get("answered"), bool)}
+
+
+def item_supported(rec: dict | None) -> dict[str, float]:
+    """A factuality record's supported / facts per answered entity: its FActScore before the length penalty, which
+    at a short generation length (48 tokens: about 3 facts per answer) would otherwise scale every score down."""
+    items = (rec or {}).get("per_item") or []
+    return {str(i["id"]): i["supported"] / i["facts"] for i in items
+            if "id" in i and isinstance(i.get("facts"), int) and i["facts"] > 0
+            and isinstance(i.get("supported"), (int, float))}
+
+
 @dataclass
 class ReportData:
     """Everything the renderers see: our series and records at one preset, and the paper's."""

@@ -42,7 +42,8 @@ def _fact(run_id, label, step, scores, factscore):
     return make_record(preset="tiny", run_id=run_id, label=label, step=step, evaluator="factuality",
                        metrics={"factscore": factscore, "answered": 96.7, "facts_per_answer": 21.5, "n": N_ENT},
                        judge=VERIFIER, eval_set=FACT_SET,
-                       per_item=[{"id": f"e{i}", "score": s, "facts": 20} for i, s in enumerate(scores)])
+                       per_item=[{"id": f"e{i}", "score": s, "facts": 20, "supported": round(20 * s)}
+                                 for i, s in enumerate(scores)])
 
 
 def _eff(run_id, label, gpus, peak):
@@ -170,9 +171,34 @@ def test_summary_verdicts(report):
     c4 = _claim(s, 4).splitlines()
     assert any("PPO hurts" in ln and "**holds**" in ln for ln in c4)
     assert any("LoRA mitigates" in ln and "**holds**" in ln for ln in c4)
+    supported = [ln for ln in c4 if ln.startswith("- supported facts before the length penalty")]
+    assert len(supported) == 3 and all("**holds**" in ln and "n = 30" in ln for ln in supported)
     index = (out / "index.md").read_text()
     assert "summary.md" in index and "harness train --preset tiny --set regularizer=kl" in index
     assert "`c0ffee1` (" in index
+
+
+def test_claim4_pairs_only_entities_both_answered():
+    from harness.report import compare_scores
+    from harness.report_data import Series, item_supported
+
+    def series(items):
+        rec = {"per_item": items}
+        return Series("x", "lora", "kl", None, points={4: rec})
+
+    sft = series([{"id": "a", "score": 0.02, "facts": 3, "supported": 2}, {"id": "b", "score": 0.0, "facts": 2,
+                  "supported": 0}, {"id": "c", "score": 0.05, "facts": 4, "supported": 4}])
+    ppo = series([{"id": "a", "score": 0.0, "facts": 1, "supported": 0}, {"id": "b", "score": None, "facts": 0,
+                  "supported": 0}, {"id": "c", "score": 0.01, "facts": 2, "supported": 1}])
+    assert item_supported(ppo.last) == {"a": 0.0, "c": 0.5}  # b: not answered, no score
+    test = compare_scores(ppo, sft, "PPO hurts", -1, "supported")
+    assert test.result["n"] == 2 and test.result["difference"] == pytest.approx(100 * ((0 - 2 / 3) + (0.5 - 1)) / 2)
+    lone = series([{"id": "a", "score": 0.0, "facts": 1, "supported": 0}])
+    assert "fewer than 2 entities answered by both (A 1, B 3, common 1)" in compare_scores(lone, sft, "x", -1).why
+    sft.points[4]["per_item"] = [dict(i, answered=True) for i in sft.last["per_item"]]
+    ppo.points[4]["per_item"] = [dict(i, answered=i["facts"] > 0) for i in ppo.last["per_item"]]
+    answered = compare_scores(ppo, sft, "x", -1, "answered").result  # every common entity, answered or not
+    assert answered["n"] == 3 and answered["difference"] == pytest.approx(-100 / 3) and answered["b_better"] == 1
 
 
 def test_verdict_rule_and_bootstrap():

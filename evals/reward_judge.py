@@ -18,7 +18,7 @@ import torch
 
 from evals.judging import Judge, Pair
 from trainers.data import format_prompt
-from trainers.heads import load_reward_model, reward_backbone_spec
+from trainers.heads import load_reward_model, response_start, reward_backbone_spec
 from trainers.models import load_tokenizer
 from trainers.sampling import position_ids_from_mask
 
@@ -60,7 +60,9 @@ class RewardModelJudge(Judge):
                                  truncation=True, max_length=self.max_tokens, add_special_tokens=True)
             ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
             last = torch.full((ids.size(0),), ids.size(1) - 1, device=self.device)  # left padding: last column
-            scores.append(self.reward.score_at(ids, mask, position_ids_from_mask(mask), last).float().cpu())
+            first = (response_start(self.tokenizer, list(prompts[start:start + self.batch_size]), mask)
+                     if self.reward.score_token == "response_mean" else None)
+            scores.append(self.reward.score_at(ids, mask, position_ids_from_mask(mask), last, first).float().cpu())
         return torch.cat(scores)
 
     def _prefer(self, pairs: Sequence[Pair]) -> list[float]:

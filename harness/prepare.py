@@ -6,16 +6,18 @@
    its noiseless preference is the "gold" label, and AlpacaFarm-style training labels flip 25% of them (seeded);
 3. split by instruction: 85% for training, 15% held out (no pair of a held-out instruction is seen in training);
 4. fit the proxy reward model on the training pairs' noisy labels:
-   - `head` (the default): the SFT backbone frozen, a linear head on its last hidden state at the EOS token fitted
-     by Bradley-Terry maximum likelihood (`trainers.reward_fit`): forward passes only, and the reward model is the
-     policy's own base weights plus a head;
+   - `head` (the default): the SFT backbone frozen, a linear head fitted by Bradley-Terry maximum likelihood
+     (`trainers.reward_fit`) on the last hidden states it reads (`read`): their mean over the response and its
+     EOS (`response_mean`, the default: the better measured agreement) or the EOS state alone (`eos`); forward
+     passes only, and the reward model is the policy's own base weights plus a head;
    - `trl`: TRL's RewardTrainer (LoRA r=8 on q/k/v/o plus a trained `score` head, merged), backward passes;
 5. write the harness reward-model directory at `prepared:P` ($HARNESS_CACHE/prepared/P/reward-model), and its
    held-out agreement with the judge's noiseless preferences ("gold") and with the noisy labels, in `prepare.json`
    beside it and as a `proxy_rm` record (metric `gold_agreement`, with the number of training pairs) in the
    results store.
 
-Idempotent: the samples are kept and reused; `--force` refits the model.
+Idempotent: the samples are kept and reused; a model prepared with other settings (method, samples, l2, read) is
+refitted, and `--force` refits it anyway.
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from evals.simulated import SimulatedJudge, training_labels
 from harness.results import ResultsStore, make_record
 from trainers import data, identity
 from trainers.config import TrainConfig
-from trainers.heads import (HEAD_META, ScalarHeadModel, hidden_size, load_backbone, new_head, prepared_dir,
-                            save_reward_model)
+from trainers.heads import (HEAD_META, SCORE_TOKENS, ScalarHeadModel, hidden_size, load_backbone, new_head,
+                            prepared_dir, response_start, save_reward_model)
 from trainers import models
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
 from trainers.reward_fit import cross_validated_agreement, fit_bradley_terry_head, pair_accuracy
@@ -49,6 +51,7 @@ from trainers.sampling import position_ids_from_mask
 HELD_OUT = 0.15
 LABEL_FLIP = 0.25
 METHODS = ("head", "trl")
+HEAD_READS = tuple(t for t in SCORE_TOKENS if t != "last_token")  # what a fitted head may read (all end with EOS)
 
 
 def _samples(cfg: TrainConfig, folder: Path, log, limit: int | None, k: int) -> list[dict]:
@@ -97,24 +100,34 @@ def split_instructions(ids: list[str], seed: int) -> tuple[set[str], set[str]]:
 
 
 def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False, limit: int | None = None,
-            samples: int = 8, method: str = "head", l2: float = 1.0, epochs: float = 1.0, batch_size: int = 8,
-            lr: float = 2e-4, results: str | Path | None = "results") -> dict:
+            samples: int = 8, method: str = "head", l2: float = 1.0, read: str = "response_mean",
+            epochs: float = 1.0, batch_size: int = 8, lr: float = 2e-4,
+            results: str | Path | None = "results") -> dict:
     log = log or (lambda msg: print(msg, flush=True))
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; valid: {', '.join(METHODS)}")
     if samples < 2:
         raise ValueError(f"samples={samples} must be >= 2 (pairs are formed among an instruction's responses)")
+    if read not in HEAD_READS:
+        raise ValueError(f"read={read!r} is not known; valid: {', '.join(HEAD_READS)}")
     if not l2 >= 0 or l2 == float("inf"):
         raise ValueError(f"l2={l2} must be a finite number >= 0 (the head's L2 penalty)")
     out = prepared_dir(preset_name)
     report_path = out.parent / "prepare.json"
+    wanted = {"method": method, "samples_per_instruction": samples,
+              **({"l2": l2, "read": read} if method == "head" else {"epochs": epochs, "lr": lr})}
     # a model written before reward models recorded where they read their score is refitted
     knows_its_position = (out / HEAD_META).is_file() and "score_token" in json.loads((out / HEAD_META).read_text())
     if out.is_dir() and report_path.is_file() and knows_its_position and not force:
         report = json.loads(report_path.read_text())
-        log(f"prepare: reward model already at {out} (held-out agreement with the judge "
-            f"{report.get('heldout_accuracy_gold', float('nan')):.1f}%); --force refits it")
-        return report
+        differing = {k: report.get(k) for k, v in wanted.items() if report.get(k) != v}
+        if not differing:
+            log(f"prepare: reward model already at {out} (held-out agreement with the judge "
+                f"{report.get('heldout_accuracy_gold', float('nan')):.1f}%); --force refits it")
+            return report
+        log(f"prepare: the reward model at {out} was prepared with "
+            f"{', '.join(f'{k}={v}' for k, v in differing.items())}; refitting with "
+            f"{', '.join(f'{k}={wanted[k]}' for k in differing)}")
     started = time.time()
     folder = out.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -137,8 +150,8 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
     t0 = time.time()
     cv: list[float] = []
     if method == "head":
-        reward, cv = _fit_head(cfg, tok, sampled, prompt_of, pairs, train, noisy, gold, l2, log)
-        how = {"trained_by": "Bradley-Terry head on the frozen SFT backbone", "l2": l2}
+        reward, cv = _fit_head(cfg, tok, sampled, prompt_of, pairs, train, noisy, gold, l2, read, log)
+        how = {"trained_by": "Bradley-Terry head on the frozen SFT backbone", "l2": l2, "read": read}
     else:
         rows = []
         for i in train:
@@ -190,7 +203,8 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
 def proxy_record(preset_name: str, report: dict, model_dir: Path, heldout_ids: list[str]) -> dict:
     """The `proxy_rm` record: how often the proxy reward model agrees with the gold judge on held-out pairs."""
     fingerprint = identity.model_fingerprint(str(model_dir))
-    settings = {key: report[key] for key in ("method", "samples_per_instruction", "label_flip", "policy")}
+    settings = {key: report[key] for key in ("method", "samples_per_instruction", "label_flip", "policy", "l2", "read",
+                                             "epochs", "lr") if key in report}
     return make_record(
         preset=preset_name, run_id=f"prepared:{preset_name}", label={}, step=0, evaluator="proxy_rm",
         judge=report["judge"],
@@ -206,18 +220,20 @@ def proxy_record(preset_name: str, report: dict, model_dir: Path, heldout_ids: l
 
 
 def _fit_head(cfg: TrainConfig, tok, sampled: list[dict], prompt_of: dict, pairs: list[Pair], train: list[int],
-              noisy: list[int], gold: list[float | None], l2: float, log) -> tuple[ScalarHeadModel, list[float]]:
-    """The frozen SFT backbone with a Bradley-Terry linear head on its hidden state at EOS (`score_token`), and the
-    5-fold (by instruction) cross-validated agreement of the same fit with the gold labels."""
+              noisy: list[int], gold: list[float | None], l2: float, score_token: str,
+              log) -> tuple[ScalarHeadModel, list[float]]:
+    """The frozen SFT backbone with a Bradley-Terry linear head on the hidden states it reads (`score_token`: the
+    mean over the response and its EOS, or the EOS alone), and the 5-fold (by instruction) cross-validated
+    agreement of the same fit with the gold labels."""
     backbone = load_backbone(cfg.policy, torch.float32).eval()
-    reader = ScalarHeadModel(backbone, new_head(hidden_size(backbone), zero=True, seed=0), score_token="eos")
-    index = {}
-    texts = []
+    reader = ScalarHeadModel(backbone, new_head(hidden_size(backbone), zero=True, seed=0), score_token=score_token)
+    index, prompts, outputs = {}, [], []
     for s in sampled:
-        for k, o in enumerate(s["outputs"]):
-            index[(s["id"], o)] = len(texts)
-            texts.append(reward_text(prompt_of[s["id"]], o, tok.eos_token or ""))
-    feats = _last_hidden_states(reader, tok, texts, log)
+        for o in s["outputs"]:
+            index[(s["id"], o)] = len(prompts)
+            prompts.append(prompt_of[s["id"]])
+            outputs.append(o)
+    feats = _read_states(reader, tok, prompts, outputs, log)
     every = torch.tensor([[index[(p.id.split(":")[0], p.output_1)], index[(p.id.split(":")[0], p.output_2)]]
                           for p in pairs])
     noisy_all = torch.tensor([1.0 if n == 2 else 0.0 for n in noisy])
@@ -230,21 +246,31 @@ def _fit_head(cfg: TrainConfig, tok, sampled: list[dict], prompt_of: dict, pairs
     cv = cross_validated_agreement(feats, every, noisy_all, gold_all, [p.id.split(":")[0] for p in pairs], l2=l2,
                                    seed=cfg.seed)
     log(f"  5-fold agreement with the gold labels by instruction: {', '.join(f'{100 * a:.1f}%' for a in cv)}")
-    return ScalarHeadModel(backbone, head, score_token="eos").eval(), cv
+    return ScalarHeadModel(backbone, head, score_token=score_token).eval(), cv
 
 
 @torch.inference_mode()
-def _last_hidden_states(reader: ScalarHeadModel, tok, texts: list[str], log, batch_size: int = 16) -> torch.Tensor:
-    """The backbone's last hidden state at the last token of each text (left-padded batches)."""
+def _read_states(reader: ScalarHeadModel, tok, prompts: list[str], outputs: list[str], log,
+                 batch_size: int = 16) -> torch.Tensor:
+    """The hidden states `reader` reads for each prompt + response + EOS, as `RewardModelJudge.rewards` reads them
+    (left-padded batches; the same text, positions and response span)."""
     tok = _padded(tok, "left")
+    eos = tok.eos_token or ""
     out = []
     started = time.time()
-    for start in range(0, len(texts), batch_size):
-        enc = tok(texts[start:start + batch_size], return_tensors="pt", padding=True, add_special_tokens=True)
-        h = reader.hidden_states(enc["input_ids"], enc["attention_mask"], position_ids_from_mask(enc["attention_mask"]))
-        out.append(h[:, -1].float())
+    for start in range(0, len(prompts), batch_size):
+        batch = prompts[start:start + batch_size]
+        texts = [reward_text(p, o, eos) for p, o in zip(batch, outputs[start:start + batch_size])]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=True)
+        mask = enc["attention_mask"]
+        last = torch.full((mask.size(0),), mask.size(1) - 1)
+        first = response_start(tok, batch, mask)
+        out.append(reader.read_states(enc["input_ids"], mask, position_ids_from_mask(mask), last, first).float())
         if (start // batch_size) % 10 == 0:
-            log(f"  features: {start + len(out[-1])}/{len(texts)} responses, {time.time() - started:.0f} s")
+            done = start + len(batch)
+            rate = done / max(time.time() - started, 1e-9)
+            log(f"  features: {done}/{len(prompts)} responses, {rate:.1f}/s, "
+                f"ETA {(len(prompts) - done) / max(rate, 1e-9):.0f} s")
     return torch.cat(out)
 
 

@@ -103,7 +103,7 @@ def test_prepare_fits_a_proxy_reward_model_records_its_agreement_and_is_idempote
     assert report["trained_by"].startswith("trl 1.12.0" if method == "trl" else "Bradley-Terry head")
     folder = heads.prepared_dir("smoke-test")
     rm = heads.load_reward_model("prepared:smoke-test", __import__("torch").float32, seed=0)
-    assert rm.head.weight.abs().sum() > 0 and rm.score_token == "eos"
+    assert rm.head.weight.abs().sum() > 0 and rm.score_token == ("response_mean" if method == "head" else "eos")
     (record,) = [r for r in ResultsStore(tmp_path / "results").records() if r["evaluator"] == "proxy_rm"]
     assert record["metrics"]["gold_agreement"] == report["heldout_accuracy_gold"]
     assert record["metrics"]["train_pairs"] == report["train_pairs"] and record["run_id"] == "prepared:smoke-test"
@@ -112,6 +112,10 @@ def test_prepare_fits_a_proxy_reward_model_records_its_agreement_and_is_idempote
     again = prepare("smoke-test", cfg, limit=24, samples=samples, method=method, log=print)
     assert again == report and "already at" in capsys.readouterr().out
     assert heads.is_reward_model_dir(folder)
+    if method == "head":  # other settings: refitted, and said why
+        other = prepare("smoke-test", cfg, limit=24, samples=samples, method=method, read="eos", log=print)
+        assert "prepared with read=response_mean; refitting with read=eos" in capsys.readouterr().out
+        assert other["read"] == "eos" and heads.reward_score_token(folder) == "eos"
 
 
 def test_training_with_an_unprepared_reward_model_says_what_to_run(cache, capsys):

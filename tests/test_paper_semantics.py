@@ -119,6 +119,27 @@ def test_score_position_for_a_reward_model_trained_with_and_without_eos(score_to
     assert got[1] == pytest.approx(every[1, 9 - offset].item(), abs=1e-5)
 
 
+def test_a_reward_model_reading_the_response_mean_averages_the_response_and_its_eos():
+    torch.manual_seed(0)
+    reward = _reward("response_mean")
+    eos = 2
+    query = torch.tensor([[0, 0, 5, 6, 7], [0, 8, 9, 10, 11]])
+    qmask = (query != 0).long()
+    tokens = torch.tensor([[12, 13, eos, 0], [14, 15, 16, 17]])  # row 0 ended with EOS, row 1 was cut off
+    tmask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
+    with torch.no_grad():
+        got = _score(_Models(reward, eos), query, qmask, tokens, tmask, torch.tensor([True, False]))
+        ids = torch.cat([query, tokens, torch.tensor([[0], [eos]])], 1)
+        amask = torch.cat([qmask, torch.ones(2, tokens.size(1) + 1, dtype=torch.long)], 1)
+        pos = (amask.cumsum(1) - 1).clamp(min=0)
+        every = reward.values(ids, amask, pos, start=0, length=ids.size(1))
+    # the head is linear: reading the mean state is the mean of the head over columns 5..7 (row 0), 5..9 (row 1)
+    assert got[0] == pytest.approx(every[0, 5:8].mean().item(), abs=1e-5)
+    assert got[1] == pytest.approx(every[1, 5:10].mean().item(), abs=1e-5)
+    with pytest.raises(ValueError, match="needs where each response starts"):
+        reward.score_at(ids, amask, pos, torch.tensor([7, 9]))
+
+
 def test_trl_trained_classifier_reads_before_eos_when_pad_is_eos():
     """What TRL's RewardTrainer trains: a sequence classifier reading the last non-pad token of prompt + response
     + EOS. With pad == EOS that is the token before EOS, so the prepared reward model must read there."""

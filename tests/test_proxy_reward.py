@@ -93,7 +93,8 @@ def test_cross_validation_keeps_each_instruction_in_one_fold():
 
 
 @pytest.mark.parametrize("kw,message", [({"samples": 1}, "samples=1 must be >= 2"), ({"l2": -1.0}, "l2=-1.0 must be"),
-                                        ({"l2": float("nan")}, "l2=nan must be"), ({"method": "svm"}, "method='svm'")])
+                                        ({"l2": float("nan")}, "l2=nan must be"), ({"method": "svm"}, "method='svm'"),
+                                        ({"read": "last_token"}, "read='last_token' is not known")])
 def test_prepare_refuses_bad_settings_before_any_work(kw, message, tmp_path, monkeypatch):
     from harness import presets
     from harness.prepare import prepare

@@ -6,7 +6,10 @@ Reward models read the head at one position, which is a property of how the mode
   classifier read there);
 - "last_token": at the response's last token, EOS excluded (AlpacaFarm's reward models, trained without EOS
   and fed decoded text with special tokens skipped; TRL's RewardTrainer when its pad token is the EOS token,
-  because the classifier then reads the last non-pad token, the one before EOS).
+  because the classifier then reads the last non-pad token, the one before EOS);
+- "response_mean": the head's mean over the response's tokens and the EOS after it, i.e. the head applied to the
+  mean of their hidden states (`harness prepare`'s proxy: a head fitted on these pooled states agrees with the
+  simulated judge more often than one fitted on the EOS state; docs/evaluation.md has the figures).
 Value models read the head at every position that predicts a response token. A reward-model directory
 (harness format) is a Hugging Face backbone directory plus `scalar_head.safetensors` and `scalar_head.json`.
 """
@@ -27,7 +30,7 @@ from trainers.specs import PREPARED, prepared_dir, resolve_reward_spec  # noqa: 
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_META = "scalar_head.json"
-SCORE_TOKENS = ("eos", "last_token")
+SCORE_TOKENS = ("eos", "last_token", "response_mean")
 
 
 def is_reward_model_dir(path: str | Path) -> bool:
@@ -78,7 +81,8 @@ class ScalarHeadModel(nn.Module):
 
     @property
     def reads_eos(self) -> bool:
-        return self.score_token == "eos"
+        """Whether the model reads text followed by EOS (appended to a response cut at the length limit)."""
+        return self.score_token in ("eos", "response_mean")
 
     def _context(self):
         return self.backbone.disable_adapter() if self.adapters_off else contextlib.nullcontext()
@@ -94,11 +98,33 @@ class ScalarHeadModel(nn.Module):
         h = self.hidden_states(input_ids, attention_mask, position_ids)[:, start:start + length]
         return self.head(h.to(self.head.weight.dtype)).squeeze(-1)
 
-    def score_at(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, index: Tensor) -> Tensor:
-        """Head output at position `index[b]` of each row, float32 [B]."""
+    def read_states(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, index: Tensor,
+                    first: Tensor | None = None) -> Tensor:
+        """The hidden state the head reads per row [B, d]: at position `index[b]` (the EOS, or the response's last
+        token), or, for "response_mean", the mean over positions first[b] .. index[b] (the response and its EOS)."""
         h = self.hidden_states(input_ids, attention_mask, position_ids)
-        picked = h[torch.arange(h.size(0), device=h.device), index]
+        if self.score_token != "response_mean":
+            return h[torch.arange(h.size(0), device=h.device), index]
+        if first is None:
+            raise ValueError("a reward model reading the response's mean needs where each response starts (first)")
+        cols = torch.arange(h.size(1), device=h.device)
+        span = ((cols >= first.unsqueeze(1)) & (cols <= index.unsqueeze(1))).to(h.dtype)
+        return (h * span.unsqueeze(-1)).sum(1) / span.sum(1, keepdim=True).clamp_min(1)
+
+    def score_at(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, index: Tensor,
+                 first: Tensor | None = None) -> Tensor:
+        """Head output on `read_states` (see there), float32 [B]."""
+        picked = self.read_states(input_ids, attention_mask, position_ids, index, first)
         return self.head(picked.to(self.head.weight.dtype)).squeeze(-1)
+
+
+def response_start(tokenizer, prompts: list[str], attention_mask: Tensor) -> Tensor:
+    """Column where each left-padded row's response begins: the row's width less its tokens after the prompt
+    (the prompt tokenised alone)."""
+    n_prompt = torch.tensor([len(tokenizer(p, add_special_tokens=True)["input_ids"]) for p in prompts],
+                            device=attention_mask.device)
+    width, n_total = attention_mask.size(1), attention_mask.sum(1)
+    return (width - n_total + n_prompt).clamp(max=width - 1)
 
 
 def load_reward_model(spec: str, dtype: torch.dtype, seed: int) -> ScalarHeadModel:

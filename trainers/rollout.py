@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import pad_sequence
 from trainers import ppo, regularizers
 from trainers.build import PPOModels
 from trainers.config import TrainConfig
-from trainers.heads import ScalarHeadModel
+from trainers.heads import ScalarHeadModel, response_start
 from trainers.sampling import length_groups, position_ids_from_mask, sample, trim_query
 
 
@@ -96,16 +96,19 @@ def _score(models: PPOModels, query_ids, query_mask, tokens, mask, ended) -> Ten
         last = query_ids.size(1) + lengths - 1
         if not reward.reads_eos:
             last = last - ended.long()
-        return reward.score_at(ids, amask, pos, last).float()
+        first = torch.full_like(last, query_ids.size(1))
+        return reward.score_at(ids, amask, pos, last, first).float()
     # a reward model with its own tokenizer reads the decoded text, as AlpacaFarm does
     tok, rt = models.tokenizer, models.reward_tokenizer
     eos = rt.eos_token if reward.reads_eos and rt.eos_token else ""
-    texts = [tok.decode(q[m.bool()], skip_special_tokens=True) + tok.decode(t[: int(n)], skip_special_tokens=True)
-             + eos for q, m, t, n in zip(query_ids, query_mask, tokens, lengths)]
+    prompts = [tok.decode(q[m.bool()], skip_special_tokens=True) for q, m in zip(query_ids, query_mask)]
+    texts = [p + tok.decode(t[: int(n)], skip_special_tokens=True) + eos
+             for p, t, n in zip(prompts, tokens, lengths)]
     enc = rt(texts, return_tensors="pt", padding=True, padding_side="left").to(tokens.device)
     pos = position_ids_from_mask(enc["attention_mask"])
     last = torch.full((len(texts),), enc["input_ids"].size(1) - 1, device=tokens.device)
-    return reward.score_at(enc["input_ids"], enc["attention_mask"], pos, last).float()
+    first = response_start(rt, prompts, enc["attention_mask"]) if reward.score_token == "response_mean" else None
+    return reward.score_at(enc["input_ids"], enc["attention_mask"], pos, last, first).float()
 
 
 def _eos_appended(tokens: Tensor, lengths: Tensor, ended: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:

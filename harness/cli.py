@@ -22,7 +22,7 @@ import textwrap
 from pathlib import Path
 
 from harness import presets
-from harness.errors import JUDGE_FAILURE, check_config_file, describe, positive_int, preset_name
+from harness.errors import check_config_file, positive_int, preset_name, run_guarded
 from trainers.config import field_help, field_types
 
 
@@ -181,19 +181,11 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in argv:  # accepted after the subcommand too
         argv = ["--debug", *(a for a in argv if a != "--debug")]
     args = build_parser().parse_args(argv)
+    args.command_line = " ".join(["harness", *argv])  # what a run's manifest says made it
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress reaches log files and pipes as it happens
-    try:
-        return _dispatch(args)
-    except Exception as e:  # one line for what the user can fix; a traceback only for bugs (or --debug)
-        if type(e).__name__ == JUDGE_FAILURE and not args.debug:
-            print(f"harness: error: the judge could not answer: {e}", file=sys.stderr)
-            return 3
-        message = describe(e)
-        if message is None or args.debug:
-            raise
-        print(f"harness: error: {message}", file=sys.stderr)
-        return 2
+    # one line for what the user can fix; a traceback only for bugs (or --debug)
+    return run_guarded(lambda: _dispatch(args), args.debug)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -284,26 +276,22 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from evals.config import EvalConfig
     from harness.eval_request import EvalRequest
-    from harness.evaluate import Evaluator
-    from harness.results import ResultsStore
+    from harness.evaluate import evaluate
 
-    req = EvalRequest(
-        target=args.target, judge=args.judge, judge_model=args.judge_model, judge_base_url=args.judge_base_url,
+    config = EvalConfig(
+        judge=args.judge, judge_model=args.judge_model, judge_base_url=args.judge_base_url,
         judge_api_key_env=args.judge_api_key_env, judge_config=args.judge_config, judge_timeout=args.judge_timeout,
         judge_max_retries=args.judge_max_retries, judge_max_tokens=args.judge_max_tokens,
-        judge_max_unparsed=args.judge_max_unparsed, eval_set=args.eval_set, limit=args.limit, step=args.step,
-        temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
-        batch_size=args.batch_size, order=args.order, seed=args.seed,
-        factuality=args.factuality or args.factuality_only, factuality_limit=args.factuality_limit,
-        knowledge=args.knowledge, verifier=args.verifier, allow_empty=args.allow_empty,
-        winrate=not args.factuality_only, preset=args.preset, run_id=args.run_id, force=args.force,
-        refresh_judge_cache=args.refresh_judge_cache)
-    store = ResultsStore(args.results)
-    for rec in Evaluator(req, store).run():
-        print(f"record {store.record_path(rec['record_id'])}: {rec['evaluator']} "
-              + ", ".join(f"{k}={v:.4g}" for k, v in rec["metrics"].items() if isinstance(v, (int, float))))
-    return 0
+        judge_max_unparsed=args.judge_max_unparsed, limit=args.limit, temperature=args.temperature,
+        top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, order=args.order,
+        seed=args.seed, allow_empty=args.allow_empty, factuality_limit=args.factuality_limit,
+        verifier=args.verifier, knowledge=args.knowledge, refresh_judge_cache=args.refresh_judge_cache)
+    req = EvalRequest(target=args.target, config=config, eval_set=args.eval_set, step=args.step,
+                      winrate=not args.factuality_only, factuality=args.factuality or args.factuality_only,
+                      preset=args.preset, run_id=args.run_id, force=args.force)
+    return evaluate(req, args.results)
 
 
 def _judges(args: argparse.Namespace) -> int:

@@ -11,11 +11,14 @@ import argparse
 import json
 import pickle
 import re
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from trainers.errors import UserError
 
-__all__ = ["UserError", "check_config_file", "check_preset_name", "describe", "positive_int", "preset_name"]
+__all__ = ["UserError", "check_config_file", "check_preset_name", "describe", "positive_int", "preset_name",
+           "run_guarded"]
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
@@ -102,3 +105,19 @@ def preset_name(text: str) -> str:
 
 # evals.judging.JudgeError by name: importing it here would pull the judges into every command
 JUDGE_FAILURE = "JudgeError"
+
+
+def run_guarded(work: Callable[[], int], debug: bool = False) -> int:
+    """`work()`'s exit status; an expected failure instead as one line on stderr and status 2 (3: the judge could
+    not answer). A bug, or any failure with `debug`, keeps its traceback."""
+    try:
+        return work()
+    except Exception as e:
+        if type(e).__name__ == JUDGE_FAILURE and not debug:
+            print(f"harness: error: the judge could not answer: {e}", file=sys.stderr)
+            return 3
+        message = describe(e)
+        if message is None or debug:
+            raise
+        print(f"harness: error: {message}", file=sys.stderr)
+        return 2

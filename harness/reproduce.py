@@ -6,14 +6,16 @@ reproduce, in order (each stage skips what exists, so a killed reproduce reruns 
 2. train: one command per unfinished run (`harness train --config RUN/grid-config.json --out RUN --resume`)
    through the executor (local processes or Ray); partial runs resume from their last checkpoint, failures are
    retried, then marked FAILED with the tail of their log;
-3. evaluate: one command per missing (run, checkpoint, evaluator) record (`harness eval ...`), the SFT baseline
-   included; efficiency records and run manifests are read from the run folders here;
+3. evaluate: one job per missing (run, checkpoint, evaluator) record, the SFT baseline included: a file holding the
+   evaluation's request, run by `python -m harness.eval_job FILE`; efficiency records and run manifests are read
+   from the run folders here;
 4. the paper's own numbers as records of source "paper"; 5. render `report/`.
 A live status line (runs done / running / failed, current step, ETA) prints while jobs run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -23,14 +25,17 @@ import threading
 import time
 from pathlib import Path
 
+from evals.config import EvalConfig
 from harness import grid as G
 from harness.errors import UserError
+from harness.eval_job import write_job
 from harness.eval_request import EvalRequest, expected_identity
 from harness.results import ResultsStore, make_record
 from trainers.io import atomic_write_text, read_json_object, repository_path
 from trainers.runlog import read_metrics
 
 HARNESS = (sys.executable, "-m", "harness")
+EVAL_JOB = (sys.executable, "-m", "harness.eval_job")
 
 
 def targets_of(args) -> tuple[str, ...]:
@@ -60,12 +65,28 @@ def existing(store: ResultsStore, preset: str, wanted: dict[str, dict] | None = 
             and all(r.get(k) == v for k, v in (wanted or {}).get(r["evaluator"], {}).items())}
 
 
-def grid_identity(g: G.Grid) -> dict[str, dict]:
-    """The judge, eval set and settings of the records `harness eval` writes for this grid's cells."""
+def eval_config(g: G.Grid) -> EvalConfig:
+    """The settings of every evaluation of the grid."""
     spec = g.spec
-    return expected_identity(EvalRequest(target="", judge=spec.judge, eval_set=spec.eval_set, limit=spec.eval_limit,
-                                         max_new_tokens=spec.eval_max_new_tokens, preset=g.preset,
-                                         factuality_limit=spec.factuality_limit))
+    return EvalConfig(judge=spec.judge, limit=spec.eval_limit or None, max_new_tokens=spec.eval_max_new_tokens,
+                      factuality_limit=spec.factuality_limit or None)
+
+
+def grid_identity(g: G.Grid) -> dict[str, dict]:
+    """The judge, eval set and settings of the records this grid's evaluations write."""
+    return expected_identity(EvalRequest(target="", config=eval_config(g), eval_set=g.spec.eval_set, preset=g.preset))
+
+
+def cell_request(g: G.Grid, runs_root: str | Path, rid: str, run: G.Run | None, step: int, evaluator: str, *,
+                 force: bool = False) -> EvalRequest:
+    """The evaluation of one cell of `eval_plan`: a run's checkpoint, or the SFT policy (`run` None)."""
+    config = eval_config(g)
+    if run is not None:  # a collapsed policy (every answer empty) is a result of the grid, not an error
+        config = dataclasses.replace(config, allow_empty=True)
+    target = g.sft_policy if run is None else str(G.run_dir(runs_root, g.preset, rid))
+    return EvalRequest(target=target, config=config, eval_set=g.spec.eval_set, step=None if run is None else step,
+                       winrate=evaluator != "factuality", factuality=evaluator == "factuality", preset=g.preset,
+                       run_id=rid, force=force)
 
 
 def eval_plan(g: G.Grid) -> list[tuple[str, str | None, int, str]]:
@@ -295,8 +316,8 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
                 marker.unlink(missing_ok=True)
     # 3. evaluate
     have = existing(store, g.preset, grid_identity(g))
-    eval_jobs = []
-    spec = g.spec
+    eval_jobs, refused = [], []
+    log_dir = Path(args.runs) / g.preset / "eval-logs"
     for rid, run, step, ev in eval_plan(g):
         if ((rid, step, ev) in have and rid not in recompute) or rid in failed_runs:
             continue
@@ -304,32 +325,25 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
             folder = G.run_dir(args.runs, g.preset, rid)
             store.put(efficiency_record(g, run, folder), force=rid in recompute)
             continue
-        target = g.sft_policy if run is None else str(G.run_dir(args.runs, g.preset, rid))
-        argv = [*HARNESS, "eval", target, "--preset", g.preset, "--run-id", rid, "--results", str(store.root),
-                "--judge", spec.judge, "--eval-set", spec.eval_set, "--max-new-tokens", str(spec.eval_max_new_tokens)]
-        if run is not None:  # a collapsed policy (every answer empty) is a result of the grid, not an error
-            argv += ["--step", str(step), "--allow-empty"]
-        if rid in recompute:
-            argv.append("--force")
-        if spec.eval_limit:
-            argv += ["--limit", str(spec.eval_limit)]
-        if ev == "factuality":
-            argv += ["--factuality-only"] + (["--factuality-limit", str(spec.factuality_limit)]
-                                             if spec.factuality_limit else [])
-        log_dir = Path(args.runs) / g.preset / "eval-logs"
-        eval_jobs.append(Job(run_id=f"eval:{rid}:{step}:{ev}", argv=tuple(argv),
-                             log_path=str(log_dir / f"{rid.replace(':', '_').replace('/', '_')}-{step}-{ev}.log"),
+        job_id, name = f"eval:{rid}:{step}:{ev}", f"{rid.replace(':', '_').replace('/', '_')}-{step}-{ev}"
+        try:
+            request = cell_request(g, args.runs, rid, run, step, ev, force=rid in recompute)
+        except ValueError as e:  # an evaluation that cannot run fails alone; the others go on
+            print(f"[eval] failed {job_id}: {e}")
+            refused.append(job_id)
+            continue
+        job_file = write_job(log_dir / f"{name}.json", request, store.root)
+        eval_jobs.append(Job(run_id=job_id, argv=(*EVAL_JOB, str(job_file)), log_path=str(log_dir / f"{name}.log"),
                              cpus=threads, env=job_env if workers > 1 else ()))
-    failed_evals = []
+    failed_evals = refused
     if eval_jobs:
         with LiveView(g, args.runs, "eval", len(eval_jobs)) as view:
             outcomes = make_executor(args.executor, on_event=view.event, **executor_kw).run(eval_jobs)
-        failed_evals = [k for k, o in outcomes.items() if o.status == "failed"]
+        failed_evals += [k for k, o in outcomes.items() if o.status == "failed"]
     for run in g.runs:
         folder = G.run_dir(args.runs, g.preset, run.run_id)
         if G.run_state(folder, run) == "done":
-            command = " ".join(["harness", "reproduce", *sys.argv[2:]]) if sys.argv[1:2] == ["reproduce"] else None
-            store.put_manifest(run.run_id, manifest(run, folder, command))
+            store.put_manifest(run.run_id, manifest(run, folder, args.command_line))
     # 4. the paper's numbers, 5. the report
     from harness.paper_numbers import store_paper_records
 

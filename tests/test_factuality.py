@@ -309,13 +309,15 @@ def test_consistency_verifier_on_the_held_out_fact_checks():
 
 
 def test_the_llm_verifier_is_named_before_any_work_and_records_name_the_verifier_used():
-    from harness.eval_request import EvalRequest, factuality_settings, generation_settings
+    from evals.config import EvalConfig
+    from harness.eval_request import EvalRequest
 
     with pytest.raises(ValueError, match="--judge-model"):
-        EvalRequest(target="smollm2-135m-instruct", judge="openai", factuality=True)
-    named = EvalRequest(target="smollm2-135m-instruct", judge="openai", judge_model="m", factuality=True)
-    offline = EvalRequest(target="smollm2-135m-instruct", factuality=True)
-    assert factuality_settings(named, generation_settings(named))["verifier"] == "llm"
-    settings = factuality_settings(offline, generation_settings(offline))
+        EvalRequest(target="smollm2-135m-instruct", config=EvalConfig(judge="openai"), factuality=True)
+    named = EvalRequest(target="smollm2-135m-instruct", config=EvalConfig(judge="openai", judge_model="m"),
+                        factuality=True).config
+    offline = EvalRequest(target="smollm2-135m-instruct", factuality=True).config
+    assert named.factuality_settings(named.generation())["verifier"] == "llm"
+    settings = offline.factuality_settings(offline.generation())
     assert settings["verifier"] == "consistency"
     assert settings["knowledge"] == "bundled:" + BundledKnowledge().identity()["sha256"]

@@ -83,3 +83,40 @@ def test_run_states(tmp_path):
     done.mkdir(parents=True)
     (done / "state.json").write_text(json.dumps({"step": run.last_step}))
     assert G.run_state(folder, run) == "done"
+
+
+def test_each_evaluation_job_of_a_grid_carries_the_identity_the_grid_looks_for(tmp_path):
+    """The requests handed to workers and the identity `harness grid` matches records by come from one place."""
+    from evals.judges import judge_identity
+    from harness.eval_job import read_job, write_job
+    from harness.eval_request import open_eval_set
+    from harness.reproduce import cell_request, eval_plan, grid_identity
+
+    g = G.build_grid(("table2", "table3"), "smoke")
+    wanted = grid_identity(g)
+    cells = [cell for cell in eval_plan(g) if cell[3] != "efficiency"]
+    assert {ev for *_, ev in cells} == {"winrate", "factuality"}
+    for rid, run, step, ev in cells:
+        request = cell_request(g, tmp_path / "runs", rid, run, step, ev)
+        path = write_job(tmp_path / "jobs" / f"{len(list(tmp_path.glob('jobs/*')))}.json", request, tmp_path / "r")
+        assert read_job(str(path)) == (request, str(tmp_path / "r"))  # what the worker runs is what was planned
+        cfg = request.config
+        assert request.run_id == rid and request.winrate == (ev == "winrate") and cfg.allow_empty == (run is not None)
+        if ev == "winrate":
+            assert cfg.winrate_settings(cfg.generation()) == wanted["winrate"]["settings"]
+            assert open_eval_set(request.eval_set, cfg.limit).identity() == wanted["winrate"]["eval_set"]
+            assert judge_identity(cfg.judge, **cfg.judge_options()) == wanted["winrate"]["judge"]
+        else:
+            assert cfg.factuality_settings(cfg.generation()) == wanted["factuality"]["settings"]
+
+
+def test_an_evaluation_job_file_names_what_does_not_fit(tmp_path):
+    from harness.eval_job import read_job, write_job
+    from harness.eval_request import EvalRequest
+
+    path = write_job(tmp_path / "job.json", EvalRequest(target="tiny-random-llama", preset="smoke"), tmp_path)
+    job = json.loads(path.read_text())
+    job["request"]["config"]["tempreature"] = 0.7
+    path.write_text(json.dumps(job))
+    with pytest.raises(ValueError, match="config.tempreature"):
+        read_job(path)

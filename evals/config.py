@@ -1,0 +1,102 @@
+"""One evaluation's settings: the judge, how outputs are generated and judged, the factuality protocol.
+
+Frozen and validated on construction (cheap: no model loads), so a bad setting fails before any work starts; the
+settings that change a record's result (`winrate_settings`, `factuality_settings`) are part of its id. Torch-free:
+a grid names the records it needs from these without loading a model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from evals.generation_settings import GenerationSettings
+from evals.judges import check_judge_options
+from evals.judging import ORDERS
+
+VERIFIERS = ("auto", "consistency", "lexical", "smollm2", "llm")
+DEFAULT_MAX_NEW_TOKENS = 300  # the paper's, when neither the config nor the run says
+
+
+@dataclass(frozen=True, slots=True)
+class EvalConfig:
+    judge: str = "simulated"
+    judge_model: str | None = None  # openai: the judge model; reward-model: its directory
+    judge_base_url: str | None = None
+    judge_api_key_env: str = "OPENAI_API_KEY"
+    judge_config: str | None = None  # openai: an alpaca-eval annotator config name or configs.yaml path
+    judge_timeout: float | None = None  # openai: seconds per request
+    judge_max_retries: int | None = None  # openai: re-asks after a failed request
+    judge_max_tokens: int | None = None  # openai: the answer's length (default: the config's)
+    judge_max_unparsed: float | None = 0.5  # stop when more of the judge's answers are unparsable (None: never)
+    limit: int | None = None  # the eval set's first N instructions
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_new_tokens: int | None = None  # default: the run's response_len, else DEFAULT_MAX_NEW_TOKENS
+    batch_size: int = 16
+    order: str = "both"
+    seed: int = 0
+    allow_empty: bool = False  # judge a policy whose every output is empty (a collapsed policy is a result)
+    factuality_limit: int | None = None
+    verifier: str = "auto"  # factuality: auto (llm with the openai judge, else consistency), or one of VERIFIERS
+    knowledge: str | None = None  # a FActScore-format SQLite Wikipedia (default: the bundled documents)
+    device: str = "cpu"
+    refresh_judge_cache: bool = False  # ask the judge again instead of reading its cached answers
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens is not None and self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1 (leave it out for the default)")
+        if self.order not in ORDERS:
+            raise ValueError(f"order={self.order!r} is not known; allowed: {', '.join(ORDERS)}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit={self.limit} must be >= 1")
+        check_judge_options(self.judge, reward_model=self.judge_model, config=self.judge_config,
+                            timeout=self.judge_timeout, max_retries=self.judge_max_retries,
+                            max_tokens=self.judge_max_tokens, max_unparsed=self.judge_max_unparsed)
+        if self.verifier not in VERIFIERS:
+            raise ValueError(f"verifier={self.verifier!r} is not known; allowed: {', '.join(VERIFIERS)}")
+
+    def check_factuality(self) -> None:
+        """Raise before any work when the factuality evaluation cannot run as configured."""
+        if self.factuality_verifier == "llm" and not self.judge_model:
+            raise ValueError("the llm factuality verifier needs its model named: --judge-model NAME (there is no "
+                             "default model); or choose an offline one with --verifier consistency")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def judge_options(self) -> dict:
+        """The keyword arguments of `evals.judges.make_judge` (and `judge_identity`) for `self.judge`."""
+        return dict(model=self.judge_model, base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
+                    device=self.device, seed=self.seed, config=self.judge_config, timeout=self.judge_timeout,
+                    max_retries=self.judge_max_retries, max_tokens=self.judge_max_tokens)
+
+    def generation(self, run_response_len: int | None = None) -> GenerationSettings:
+        """How the target's outputs are generated; `run_response_len`: the evaluated run's, when it is a run."""
+        return GenerationSettings(max_new_tokens=self.max_new_tokens or run_response_len or DEFAULT_MAX_NEW_TOKENS,
+                                  temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size,
+                                  seed=self.seed)
+
+    def winrate_settings(self, generation: GenerationSettings) -> dict:
+        """What, besides target, judge and eval set, changes a win-rate record's result: part of its id."""
+        return {"generation": _result_changing(generation), "order": self.order, "limit": self.limit}
+
+    def factuality_settings(self, generation: GenerationSettings) -> dict:
+        """What, besides target and verifier, changes a factuality record's result: part of its id."""
+        knowledge = self.knowledge
+        if knowledge is None:  # the bundled documents by content: records made with other documents differ
+            from evals.retrieval import BundledKnowledge
+
+            knowledge = "bundled:" + BundledKnowledge().sha256[:16]
+        return {"generation": _result_changing(generation), "verifier": self.factuality_verifier,
+                "knowledge": knowledge, "factuality_limit": self.factuality_limit}
+
+    @property
+    def factuality_verifier(self) -> str:
+        """The factuality verifier asked for: "auto" is llm with the openai judge, else consistency."""
+        if self.verifier != "auto":
+            return self.verifier
+        return "llm" if self.judge == "openai" else "consistency"
+
+
+def _result_changing(generation: GenerationSettings) -> dict:
+    return {k: v for k, v in generation.as_dict().items() if k != "batch_size"}

@@ -17,7 +17,8 @@
    results store.
 
 Idempotent: the samples are kept and reused; a model prepared with other settings (method, samples, l2, read) is
-refitted, and `--force` refits it anyway.
+refitted, and `--force` refits it anyway. Where nothing is prepared yet and the package ships a proxy for the
+preset prepared with the requested settings (`harness/data/prepared/`, the head alone), it is installed instead.
 """
 
 from __future__ import annotations
@@ -40,8 +41,8 @@ from evals.simulated import SimulatedJudge, training_labels
 from harness.results import ResultsStore, make_record
 from trainers import data, identity
 from trainers.config import TrainConfig
-from trainers.heads import (HEAD_META, SCORE_TOKENS, ScalarHeadModel, hidden_size, load_backbone, new_head,
-                            prepared_dir, response_start, save_reward_model)
+from trainers.heads import (HEAD_META, SCORE_TOKENS, ScalarHeadModel, hidden_size, is_reward_model_dir,
+                            load_backbone, new_head, prepared_dir, response_start, save_reward_model)
 from trainers import models
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
 from trainers.reward_fit import cross_validated_agreement, fit_bradley_terry_head, pair_accuracy
@@ -49,6 +50,7 @@ from trainers.runlog import atomic_write_text
 from trainers.sampling import position_ids_from_mask
 
 HELD_OUT = 0.15
+PACKAGED = Path(__file__).parent / "data" / "prepared"  # proxy reward models shipped with the package, by preset
 LABEL_FLIP = 0.25
 METHODS = ("head", "trl")
 HEAD_READS = tuple(t for t in SCORE_TOKENS if t != "last_token")  # what a fitted head may read (all end with EOS)
@@ -116,6 +118,10 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
     report_path = out.parent / "prepare.json"
     wanted = {"method": method, "samples_per_instruction": samples,
               **({"l2": l2, "read": read} if method == "head" else {"epochs": epochs, "lr": lr})}
+    if not out.is_dir() and not force and limit is None:
+        packaged = _install_packaged(preset_name, cfg.policy, wanted, log)
+        if packaged is not None:
+            return packaged
     # a model written before reward models recorded where they read their score is refitted
     knows_its_position = (out / HEAD_META).is_file() and "score_token" in json.loads((out / HEAD_META).read_text())
     if out.is_dir() and report_path.is_file() and knows_its_position and not force:
@@ -163,8 +169,10 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
         how = {"trained_by": f"trl {_version('trl')} RewardTrainer", "epochs": epochs, "lr": lr}
     tmp = folder / "reward-model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    # a head fitted on the frozen SFT backbone is saved alone, naming the model it reads
     save_reward_model(reward, tok, tmp, meta={**how, "pairs": len(train), "samples": samples,
-                                              "label_flip": LABEL_FLIP, "policy": cfg.policy})
+                                              "label_flip": LABEL_FLIP, "policy": cfg.policy},
+                      backbone_spec=cfg.policy if method == "head" else None)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     t_train = time.time() - t0
@@ -197,6 +205,28 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
         log(f"proxy_rm record: {path}")
     log(f"reward model ready at {out}: held-out agreement {acc_gold:.1f}% with the judge's noiseless preferences, "
         f"{acc_noisy:.1f}% with the noisy labels (n={len(decided)} pairs); {report['seconds']['total']:.0f} s")
+    return report
+
+
+def _install_packaged(preset_name: str, policy: str, wanted: dict, log) -> dict | None:
+    """The proxy reward model shipped with the package for `preset_name` (a head on the SFT policy, kilobytes,
+    and its prepare.json), copied into the cache when it was prepared with the requested settings; else None."""
+    src = PACKAGED / preset_name
+    if not (src / "prepare.json").is_file() or not is_reward_model_dir(src / "reward-model"):
+        return None
+    report = json.loads((src / "prepare.json").read_text())
+    if report.get("policy") != policy or any(report.get(k) != v for k, v in wanted.items()):
+        return None
+    out = prepared_dir(preset_name)
+    tmp = out.parent / "reward-model.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src / "reward-model", tmp)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
+    atomic_write_text(out.parent / "prepare.json", json.dumps(report, indent=2))
+    log(f"prepare: installed the proxy reward model shipped for preset {preset_name} at {out} (held-out agreement "
+        f"with the judge {report['heldout_accuracy_gold']:.1f}%, fitted by `harness prepare --preset {preset_name}`);"
+        f" `harness prepare --preset {preset_name} --force` refits it from newly sampled preferences")
     return report
 
 

@@ -103,3 +103,63 @@ def test_prepare_refuses_bad_settings_before_any_work(kw, message, tmp_path, mon
     with pytest.raises(ValueError, match=message):
         prepare("smoke-test", presets.resolve("smoke"), results=None, log=lambda m: None, **kw)
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_head_only_reward_directory_names_its_backbone_and_scores_like_the_full_one(tmp_path, monkeypatch):
+    """A head on an unchanged model is saved as the head alone, naming the model: it loads the named backbone,
+    passes the pre-flight check, and scores exactly as the same head saved with the backbone's weights."""
+    from trainers import heads, preflight
+    from trainers.config import TrainConfig
+    from harness import presets
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    backbone = models.tiny_random_llama().model.float().eval()
+    model = ScalarHeadModel(backbone, new_head(backbone.config.hidden_size, zero=False, seed=5),
+                            score_token="response_mean")
+    tok = models.load_tokenizer(models.TINY)
+    alone = heads.save_reward_model(model, tok, tmp_path / "alone", backbone_spec=models.TINY)
+    full = heads.save_reward_model(model, tok, tmp_path / "full")
+    assert sorted(p.name for p in alone.iterdir()) == [heads.HEAD_META, heads.HEAD_WEIGHTS]
+    assert heads.reward_backbone_spec(str(alone)) == models.TINY and heads.reward_backbone_spec(str(full)) == str(full)
+    ids = torch.tensor([[0, 5, 6, 7, 8, 9]])
+    mask = (ids != 0).long()
+    pos = position_ids_from_mask(mask)
+    first, last = torch.tensor([3]), torch.tensor([5])
+    with torch.no_grad():
+        a, b = (heads.load_reward_model(str(d), torch.float32, seed=0).score_at(ids, mask, pos, last, first)
+                for d in (alone, full))
+    assert a.item() == pytest.approx(b.item(), abs=1e-6)
+    cfg = TrainConfig(**dict(presets.preset("smoke"), reward=str(alone)))
+    assert preflight.problems(cfg) == []
+
+
+def test_prepare_installs_the_shipped_proxy_when_nothing_is_prepared(tmp_path, monkeypatch):
+    """With an empty cache, a proxy shipped for the preset with the requested settings is installed (kilobytes,
+    no sampling); other settings, or --force, do not take it."""
+    import json
+    import shutil
+
+    from harness import prepare as prep
+    from harness import presets
+    from trainers import heads
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    shipped = tmp_path / "shipped" / "smoke-test"
+    backbone = models.tiny_random_llama().model.float().eval()
+    heads.save_reward_model(ScalarHeadModel(backbone, new_head(backbone.config.hidden_size, zero=False, seed=1),
+                                            score_token="response_mean"), None, shipped / "reward-model",
+                            backbone_spec=models.TINY)
+    report = {"policy": models.TINY, "method": "head", "samples_per_instruction": 8, "l2": 1.0,
+              "read": "response_mean", "heldout_accuracy_gold": 71.0}
+    (shipped / "prepare.json").write_text(json.dumps(report))
+    monkeypatch.setattr(prep, "PACKAGED", tmp_path / "shipped")
+    cfg = presets.resolve("smoke")
+    lines = []
+    assert prep.prepare("smoke-test", cfg, results=None, log=lines.append) == report
+    assert "installed the proxy reward model shipped for preset smoke-test" in lines[0]
+    assert heads.is_reward_model_dir(heads.prepared_dir("smoke-test"))
+    shutil.rmtree(tmp_path / "cache")
+    assert prep._install_packaged("smoke-test", models.TINY, {"method": "head", "samples_per_instruction": 8,
+                                                               "l2": 3.0, "read": "response_mean"}, print) is None
+    assert prep._install_packaged("smoke-test", "other-policy", {"method": "head"}, print) is None
+    assert not (tmp_path / "cache").exists()

@@ -11,7 +11,9 @@ Reward models read the head at one position, which is a property of how the mode
   mean of their hidden states (`harness prepare`'s proxy: a head fitted on these pooled states agrees with the
   simulated judge more often than one fitted on the EOS state; docs/evaluation.md has the figures).
 Value models read the head at every position that predicts a response token. A reward-model directory
-(harness format) is a Hugging Face backbone directory plus `scalar_head.safetensors` and `scalar_head.json`.
+(harness format) is a Hugging Face backbone directory plus `scalar_head.safetensors` and `scalar_head.json`, or,
+for a head on an unchanged model, the two head files alone with `scalar_head.json` naming that model ("backbone":
+a model spec): kilobytes instead of the backbone's weights.
 """
 
 from __future__ import annotations
@@ -136,31 +138,39 @@ def load_reward_model(spec: str, dtype: torch.dtype, seed: int) -> ScalarHeadMod
     path = Path(spec).expanduser()
     if not is_reward_model_dir(path):
         raise ValueError(f"reward={spec!r} is not a reward-model directory: {HEAD_WEIGHTS} is missing")
-    backbone = load_backbone(str(path), dtype)
+    backbone = load_backbone(reward_backbone_spec(str(path)), dtype)
     head = nn.Linear(hidden_size(backbone), 1)
     head.load_state_dict(load_file(path / HEAD_WEIGHTS))
     return ScalarHeadModel(backbone, head, score_token=reward_score_token(path)).eval()
 
 
+def _head_meta(path: str | Path) -> dict:
+    meta_path = Path(path) / HEAD_META
+    return json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+
+
 def reward_score_token(path: str | Path) -> str:
     """Where the reward model in `path` reads its score; directories written before the field existed read at EOS."""
-    meta_path = Path(path) / HEAD_META
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    token = meta.get("score_token", "eos")
+    token = _head_meta(path).get("score_token", "eos")
     if token not in SCORE_TOKENS:
-        raise ValueError(f"{meta_path}: score_token={token!r} is not known; valid: {', '.join(SCORE_TOKENS)}")
+        raise ValueError(f"{Path(path) / HEAD_META}: score_token={token!r} is not known; valid: {', '.join(SCORE_TOKENS)}")
     return token
 
 
-def save_reward_model(model: ScalarHeadModel, tokenizer, out_dir: str | Path, meta: dict | None = None) -> Path:
-    """Write a harness reward-model directory (backbone, tokenizer, head)."""
+def save_reward_model(model: ScalarHeadModel, tokenizer, out_dir: str | Path, meta: dict | None = None,
+                      backbone_spec: str | None = None) -> Path:
+    """Write a harness reward-model directory: backbone, tokenizer and head, or, with `backbone_spec` (the model
+    the head sits on, unchanged), the head alone naming that model."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model.backbone.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    if backbone_spec is None:
+        model.backbone.save_pretrained(out)
+        tokenizer.save_pretrained(out)
     save_file({k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()}, out / HEAD_WEIGHTS)
     (out / HEAD_META).write_text(json.dumps({"format": "harness-reward-model", "version": 1,
-                                              "score_token": model.score_token, **(meta or {})}, indent=2))
+                                              "score_token": model.score_token,
+                                              **({"backbone": backbone_spec} if backbone_spec else {}),
+                                              **(meta or {})}, indent=2))
     return out
 
 
@@ -205,5 +215,10 @@ def from_alpacafarm_layout(recovered_dir: str | Path, backbone_config_dir: str |
 
 
 def reward_backbone_spec(spec: str) -> str:
-    """The model spec whose tokenizer and backbone a reward spec uses."""
-    return resolve_reward_spec(spec).removeprefix("head:")
+    """The model spec whose tokenizer and backbone a reward spec uses: a head-only directory's named model, or the
+    directory itself."""
+    resolved = resolve_reward_spec(spec)
+    if resolved.startswith("head:"):
+        return resolved.removeprefix("head:")
+    path = Path(resolved).expanduser()
+    return (_head_meta(path).get("backbone") if path.is_dir() else None) or resolved

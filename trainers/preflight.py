@@ -19,14 +19,14 @@ def problems(cfg: TrainConfig) -> list[str]:
         except ValueError as e:
             found.append(str(e))
     else:
-        backbone = heads.reward_backbone_spec(cfg.reward)
-        if cfg.reward.startswith(heads.PREPARED) and not heads.is_reward_model_dir(backbone):
+        where = heads.resolve_reward_spec(cfg.reward)  # the directory (or head:MODEL)
+        if cfg.reward.startswith(heads.PREPARED) and not heads.is_reward_model_dir(where):
             name = cfg.reward.removeprefix(heads.PREPARED)
-            found.append(f"reward={cfg.reward!r} has not been prepared yet ({backbone} is missing); run "
+            found.append(f"reward={cfg.reward!r} has not been prepared yet ({where} is missing); run "
                          f"`harness prepare --preset {name}` first (it trains the proxy reward model)")
-        elif (msg := models.describe_spec_error("reward", backbone)) is not None:
-            found.append(msg)
-        elif not cfg.reward.startswith("head:") and not heads.is_reward_model_dir(backbone):
+        elif (msg := models.describe_spec_error("reward", heads.reward_backbone_spec(cfg.reward))) is not None:
+            found.append(msg)  # the backbone: the directory itself, or the model a head-only directory names
+        elif not cfg.reward.startswith("head:") and not heads.is_reward_model_dir(where):
             found.append(f"reward={cfg.reward!r} is not a reward-model directory ({heads.HEAD_WEIGHTS} missing); "
                          "use 'harness models recover', a prepared reward model, 'head:MODEL' or 'rule:NAME'")
     if (msg := data.describe_source_error(cfg.prompts)) is not None:

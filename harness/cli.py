@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="head: a Bradley-Terry linear head on the frozen SFT backbone (default); trl: TRL's "
                          "RewardTrainer with LoRA")
     prepare.add_argument("--l2", type=float, default=1.0, help="--method head: L2 penalty on standardised features")
+    prepare.add_argument("--read", choices=("response_mean", "eos"), default="response_mean",
+                         help="--method head: the hidden states the head reads: their mean over the response and "
+                              "its EOS (default), or the EOS state alone")
     prepare.add_argument("--results", default="results", help="results store for the proxy_rm record (default results/)")
 
     ev = sub.add_parser("eval", help="win rate (and factuality) of a run, checkpoint or model")
@@ -232,7 +235,7 @@ def _prepare(args: argparse.Namespace) -> int:
     name = args.preset or "tiny"
     cfg = presets.resolve(name, args.config, args.set)
     prepare(name, cfg, force=args.force, limit=args.limit, epochs=args.epochs, samples=args.samples,
-            method=args.method, l2=args.l2, results=args.results)
+            method=args.method, l2=args.l2, read=args.read, results=args.results)
     return 0
 
 

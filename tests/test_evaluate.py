@@ -109,11 +109,12 @@ def test_prepare_fits_a_proxy_reward_model_records_its_agreement_and_is_idempote
     assert record["metrics"]["train_pairs"] == report["train_pairs"] and record["run_id"] == "prepared:smoke-test"
     assert len(report["cv_accuracy_gold"]) == (5 if method == "head" else 0)
     assert (record["metrics"]["gold_agreement_cv_mean"] is None) == (method == "trl")
-    again = prepare("smoke-test", cfg, limit=24, samples=samples, method=method, log=print)
+    again = prepare("smoke-test", cfg, limit=24, samples=samples, method=method, log=print, results=None)
     assert again == report and "already at" in capsys.readouterr().out
     assert heads.is_reward_model_dir(folder)
     if method == "head":  # other settings: refitted, and said why
-        other = prepare("smoke-test", cfg, limit=24, samples=samples, method=method, read="eos", log=print)
+        other = prepare("smoke-test", cfg, limit=24, samples=samples, method=method, read="eos", log=print,
+                        results=None)
         assert "prepared with read=response_mean; refitting with read=eos" in capsys.readouterr().out
         assert other["read"] == "eos" and heads.reward_score_token(folder) == "eos"
 

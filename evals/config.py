@@ -41,6 +41,9 @@ class EvalConfig:
     knowledge: str | None = None  # a FActScore-format SQLite Wikipedia (default: the bundled documents)
     device: str = "cpu"
     refresh_judge_cache: bool = False  # ask the judge again instead of reading its cached answers
+    # the reward model whose mean score of the outputs a win-rate record keeps (metric proxy_reward); None: the
+    # evaluated run's own (the base policy then has none); a rule reward is not scored
+    proxy_reward: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:

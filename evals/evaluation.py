@@ -86,13 +86,19 @@ class PolicyEvaluation:
         train_kl = _train_kl_at(target)
         if train_kl is not None:
             metrics["true_kl_train"] = train_kl
+        t3 = time.time()
+        proxy = self._proxy_reward(eval_set, outputs)
+        if proxy is not None:
+            metrics["proxy_reward"], proxy_model = proxy
         details = {
             "target": target.identity(), "generation": settings.as_dict(), "references": ref_identity,
             "outputs_sha256": hashlib.sha256(json.dumps(outputs).encode()).hexdigest()[:16],
             "order": cfg.order, "annotation_cache": {"hits": cache.hits, "misses": cache.misses},
             "length_control": result.get("length_control"),
             "seconds": {"generate": round(gen_seconds, 1), "judge": round(judge_seconds, 1),
-                        "true_kl": round(time.time() - t2, 1), "total": round(time.time() - self.started, 1)},
+                        "true_kl": round(t3 - t2, 1), "proxy_reward": round(time.time() - t3, 1),
+                        "total": round(time.time() - self.started, 1)},
+            **({"proxy_reward_model": proxy_model} if proxy is not None else {}),
             "examples": [{"id": r["id"], "instruction": r["instruction"], "output": o[:500], "reference": ref[:500]}
                          for r, o, ref in list(zip(eval_set.records, outputs, references))[:3]],
         }
@@ -101,7 +107,9 @@ class PolicyEvaluation:
         lc_text = "n/a" if lc is None else f"{lc:.1f} +- {metrics['lc_standard_error']:.1f}"
         summary = (f"win rate {metrics['win_rate']:.1f} +- {metrics['standard_error']:.1f}, length-controlled "
                    f"{lc_text} (n={metrics['n']}, judge {judge.name}, {metrics['unparsed_answers_pct']:.0f}% of its "
-                   f"answers unparsable) | true KL {metrics['true_kl']:.4f} | {details['seconds']['total']:.0f} s")
+                   f"answers unparsable) | true KL {metrics['true_kl']:.4f}"
+                   + (f" | proxy reward {metrics['proxy_reward']:.3f}" if proxy is not None else "")
+                   + f" | {details['seconds']['total']:.0f} s")
         return EvalResult("winrate", target.step, metrics, result["judge"], eval_set.identity(), result["per_item"],
                           details, cfg.winrate_settings(settings), summary)
 
@@ -121,6 +129,23 @@ class PolicyEvaluation:
 
         return cached_references(eval_set, policy=target.policy, settings=ref_settings.as_dict(),
                                  cache_dir=references_dir, generate_fn=make_refs, write=atomic_write_text)
+
+    def _proxy_reward(self, eval_set: EvalSet, outputs: list[str]) -> tuple[float, str] | None:
+        """(mean score of the outputs, the model by content) under the proxy reward model: the configured one, else
+        the evaluated run's; None where there is none, or it is a rule."""
+        spec, seed = self.config.proxy_reward, self.config.seed
+        if spec is None and self.target.run_dir:
+            run = read_json_object(Path(self.target.run_dir) / "config.json")
+            spec, seed = run.get("reward"), run.get("seed", seed)  # a `head:` reward's head is seeded by the run
+        if not spec or spec.startswith("rule:"):
+            return None
+        from evals.reward_judge import RewardModelJudge
+        from trainers.data import format_prompt
+        from trainers.identity import model_fingerprint
+
+        judge = RewardModelJudge(spec, template=self.target.template, device=self.config.device, seed=seed)
+        prompts = [format_prompt(r, self.target.template, judge.tokenizer) for r in eval_set.records]
+        return float(judge.rewards(prompts, outputs).mean()), model_fingerprint(spec)
 
     def _true_kl(self, eval_set: EvalSet, outputs: list[str]) -> float:
         if self.target.checkpoint is None:

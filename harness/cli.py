@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default 5, with exponential backoff)")
     ev.add_argument("--judge-max-tokens", type=int, default=None, help="openai: the answer's length in tokens "
                     "(default: the config's)")
+    ev.add_argument("--proxy-reward", default=None, metavar="SPEC",
+                    help="reward model whose mean score of the outputs the record keeps as proxy_reward (default: "
+                         "the evaluated run's own; e.g. prepared:tiny for the SFT policy)")
     ev.add_argument("--judge-max-unparsed", type=float, default=0.5, help="stop with an error, recording nothing, "
                     "when more than this share of the judge's answers cannot be parsed (default 0.5; 1: never)")
     ev.add_argument("--eval-set", default="bundled", help="bundled (offline, 177 instructions), alpaca_farm (Hub), "
@@ -290,7 +293,8 @@ def _eval(args: argparse.Namespace) -> int:
         judge_max_unparsed=args.judge_max_unparsed, limit=args.limit, temperature=args.temperature,
         top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, order=args.order,
         seed=args.seed, allow_empty=args.allow_empty, factuality_limit=args.factuality_limit,
-        verifier=args.verifier, knowledge=args.knowledge, refresh_judge_cache=args.refresh_judge_cache)
+        verifier=args.verifier, knowledge=args.knowledge, refresh_judge_cache=args.refresh_judge_cache,
+        proxy_reward=args.proxy_reward)
     req = EvalRequest(target=args.target, config=config, eval_set=args.eval_set, step=args.step,
                       winrate=not args.factuality_only, factuality=args.factuality or args.factuality_only,
                       preset=args.preset, run_id=args.run_id, force=args.force)

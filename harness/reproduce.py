@@ -68,8 +68,10 @@ def existing(store: ResultsStore, preset: str, wanted: dict[str, dict] | None = 
 def eval_config(g: G.Grid) -> EvalConfig:
     """The settings of every evaluation of the grid."""
     spec = g.spec
+    # every evaluation, the SFT policy's included, scored by the reward model the grid's runs optimise
+    proxy = next((r.config.reward for r in g.runs if not r.config.reward_is_rule), None)
     return EvalConfig(judge=spec.judge, limit=spec.eval_limit or None, max_new_tokens=spec.eval_max_new_tokens,
-                      factuality_limit=spec.factuality_limit or None)
+                      factuality_limit=spec.factuality_limit or None, proxy_reward=proxy)
 
 
 def grid_identity(g: G.Grid) -> dict[str, dict]:

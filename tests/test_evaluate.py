@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -58,6 +59,16 @@ def test_eval_writes_one_complete_record_and_reuses_caches(smoke_run, tmp_path, 
     assert m["order_agreement"] == 100.0 and m["n"] == 6 and m["true_kl"] > 0
     assert rec["details"]["generation"]["temperature"] == 0.0
     assert rec["details"]["references"]["source"] == "generated"
+    # the proxy reward: the run's own reward model (its seeded head) on the same outputs
+    from evals.reward_judge import RewardModelJudge
+    from trainers.data import format_prompt
+
+    (outputs_file,) = (cache / "outputs").glob("model-*.json")
+    outputs = json.loads(outputs_file.read_text())["outputs"]
+    rm = RewardModelJudge("head:tiny-random-llama", template="alpaca", seed=42)
+    prompts = [format_prompt(r, "alpaca", rm.tokenizer) for r in json.loads(Path(eval_file).read_text())]
+    assert m["proxy_reward"] == pytest.approx(float(rm.rewards(prompts, outputs).mean()), abs=1e-5)
+    assert isinstance(m["proxy_reward"], float) and rec["details"]["proxy_reward_model"] == "head:tiny-random-llama"
     # the base policy (step 0) reuses the cached references; a rerun reuses outputs and annotations
     assert _eval(smoke_run, results, eval_file, "--step", "0") == 0
     assert _eval(smoke_run, results, eval_file, "--step", "0") == 0

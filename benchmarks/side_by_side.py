@@ -224,11 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def machine() -> str:
-    import platform
+    from harness.machine import describe
 
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").is_file() else ""
-    return f"{model}, {os.cpu_count()} cores, {platform.machine()}"
+    return describe()
 
 
 if __name__ == "__main__":

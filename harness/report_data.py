@@ -147,6 +147,18 @@ class ReportData:
     paper_source: str
     notes: list[str] = field(default_factory=list)
     metric: str = "win_rate"  # what Figure 1 plots for our runs: "win_rate" or "lc_win_rate"
+    reproductions: list[dict] = field(default_factory=list)  # `harness reproduce` runs at this preset, oldest first
+
+    @property
+    def made_by(self) -> str | None:
+        """The latest `harness reproduce` at this preset: its command, wall time and machine, in one line."""
+        if not self.reproductions:
+            return None
+        r = self.reproductions[-1]
+        failed = f", with failures: {', '.join(r['failed'])}" if r.get("failed") else ""
+        return (f"`{r.get('command') or 'harness reproduce'}` finished {r.get('finished')} in {r['minutes']:.1f} min "
+                f"of wall time (trained {r.get('runs_trained')} runs, ran {r.get('evaluations')} evaluations"
+                f"{failed}) on {r.get('machine')}")
 
     def find(self, series: list[Series], kind: str, regularizer: str | None = None) -> Series | None:
         return next(iter(self.find_all(series, kind, regularizer)), None)
@@ -204,7 +216,8 @@ def load(results_root: str | Path, preset: str, judge: str | None = None) -> Rep
         paper_fig1=group_series([r for r in paper if fig(r, 1)]),
         paper_fig2=group_series([r for r in paper if fig(r, 2)]),
         paper_efficiency=[r for r in paper if r["evaluator"] == "efficiency"],
-        ours=ours, manifests=manifests, paper_source=paper_source, notes=notes)
+        ours=ours, manifests=manifests, paper_source=paper_source, notes=notes,
+        reproductions=store.reproductions(preset))
 
 
 def pick_efficiency(recs: list[dict], lora: bool) -> dict | None:

@@ -350,12 +350,20 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     from harness.paper_numbers import store_paper_records
 
     store_paper_records(store)
+    minutes = (time.time() - started) / 60
+    if jobs or eval_jobs:  # a run that did work says how long it took, and where (the report shows the latest)
+        from harness.machine import describe
+
+        store.add_reproduction(g.preset, {
+            "command": getattr(args, "command_line", None), "targets": list(g.targets), "seeds": list(g.seeds or g.spec.seeds),
+            "minutes": round(minutes, 1), "runs_trained": len(jobs), "evaluations": len(eval_jobs),
+            "failed": sorted(failed_runs) + list(failed_evals), "machine": describe(),
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     if not args.no_report:
         from harness.report import render_report
 
         paths = render_report(str(store.root), args.report, g.preset)
         print(f"report: {len(paths)} files in {args.report}/")
-    minutes = (time.time() - started) / 60
     if failed_runs or failed_evals:
         print(f"reproduce: finished in {minutes:.1f} min with failures: runs {sorted(failed_runs) or '-'}, "
               f"evaluations {failed_evals or '-'}; rerun the same command to retry them")

@@ -285,6 +285,17 @@ class ResultsStore:
             return {}
         return {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/manifest.json"))}
 
+    def add_reproduction(self, preset: str, entry: dict) -> Path:
+        """Append how one `harness reproduce` went (command, wall time, machine) to the preset's list."""
+        path = self.root / "reproductions" / f"{preset}.json"
+        entries = self.reproductions(preset)
+        atomic_write_text(path, json.dumps([*entries, entry], indent=1, sort_keys=True) + "\n")
+        return path
+
+    def reproductions(self, preset: str) -> list[dict]:
+        path = self.root / "reproductions" / f"{preset}.json"
+        return json.loads(path.read_text()) if path.is_file() else []
+
     def dataframe(self, *, preset: str | None = None, evaluator: str | None = None, source: str | None = None):
         """One row per record: the top-level fields, `label.*` flattened, and `metrics.*` as columns."""
         import pandas as pd

@@ -306,3 +306,22 @@ def test_seeds_are_averaged_per_instruction_before_pairing(tmp_path, monkeypatch
     assert helps.result["n"] == 6 and helps.result["mean_b"] == 0.0
     assert helps.result["mean_a"] == pytest.approx(stats.win_rate(list(avg.values())))
     assert helps.verdict == "holds"
+
+
+def test_the_report_says_which_reproduce_made_it_and_how_long_it_took(tmp_path, monkeypatch):
+    from harness import report_figures
+
+    for name in ("figure1", "figure2", "figure3"):
+        monkeypatch.setattr(report_figures, name, lambda data, out: [])
+    store = ResultsStore(tmp_path / "results")
+    store.put(_winrate("sft", _label(None, None, "sft", None), 0, [1.0, 2.0]))
+    first = {"command": "harness reproduce --table 2", "minutes": 70.0, "runs_trained": 1, "evaluations": 1,
+             "failed": [], "machine": "Some CPU, 2 cores, x86_64", "finished": "2026-01-01T00:00:00Z"}
+    store.add_reproduction("tiny", first)
+    store.add_reproduction("tiny", {**first, "minutes": 42.04, "runs_trained": 4, "evaluations": 9})
+    assert [r["minutes"] for r in store.reproductions("tiny")] == [70.0, 42.04] and store.reproductions("x") == []
+    render_report(tmp_path / "results", tmp_path / "report", "tiny")
+    line = ("Made by `harness reproduce --table 2` finished 2026-01-01T00:00:00Z in 42.0 min of wall time (trained 4 "
+            "runs, ran 9 evaluations) on Some CPU, 2 cores, x86_64.")
+    assert line in (tmp_path / "report" / "summary.md").read_text()
+    assert "- made by `harness reproduce --table 2`" in (tmp_path / "report" / "index.md").read_text()

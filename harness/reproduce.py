@@ -71,7 +71,8 @@ def eval_config(g: G.Grid) -> EvalConfig:
     # every evaluation, the SFT policy's included, scored by the reward model the grid's runs optimise
     proxy = next((r.config.reward for r in g.runs if not r.config.reward_is_rule), None)
     return EvalConfig(judge=spec.judge, limit=spec.eval_limit or None, max_new_tokens=spec.eval_max_new_tokens,
-                      factuality_limit=spec.factuality_limit or None, proxy_reward=proxy)
+                      temperature=spec.eval_temperature, factuality_limit=spec.factuality_limit or None,
+                      proxy_reward=proxy)
 
 
 def grid_identity(g: G.Grid) -> dict[str, dict]:

@@ -218,7 +218,8 @@ def _train(args: argparse.Namespace) -> int:
     cfg = presets.resolve(args.preset, args.config, args.set)
     from trainers.runfolder import check_out
 
-    check_out(args.out)  # before any model loads
+    if os.environ.get("RANK", "0") == "0":  # before any model loads; one rank checks (and briefly locks) the folder
+        check_out(args.out)
     from trainers.process_settings import configure_training_process  # heavy imports only when training
     from trainers.trainer import PPOTrainer
 

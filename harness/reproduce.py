@@ -343,9 +343,12 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         with LiveView(g, args.runs, "eval", len(eval_jobs)) as view:
             outcomes = make_executor(args.executor, on_event=view.event, **executor_kw).run(eval_jobs)
         failed_evals += [k for k, o in outcomes.items() if o.status == "failed"]
+    trained_here = {job.run_id for job in jobs}
     for run in g.runs:
         folder = G.run_dir(args.runs, g.preset, run.run_id)
-        if G.run_state(folder, run) == "done":
+        # a run's manifest names the command and commit that trained it: a later reproduce that only reads the
+        # finished run (another table, a re-evaluation) leaves it as it is
+        if G.run_state(folder, run) == "done" and (run.run_id in trained_here or store.manifest(run.run_id) is None):
             store.put_manifest(run.run_id, manifest(run, folder, args.command_line))
     # 4. the paper's numbers, 5. the report
     from harness.paper_numbers import store_paper_records

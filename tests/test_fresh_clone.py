@@ -49,6 +49,10 @@ def test_fresh_clone_reuses_only_its_own_records_and_retrains_for_a_new_reward_m
     first = _records(tmp_path)
     first_runs = {r["run_id"] for r in first.values() if not r["run_id"].startswith("sft:")}
     assert len(first_runs) == 4  # kl, none, jensen_shannon LoRA + the full fine-tune
+    manifests = lambda: {p.parent.name: json.loads(p.read_text())  # noqa: E731
+                         for p in (tmp_path / "results" / "runs").glob("*/manifest.json")}
+    trained_by = manifests()
+    assert set(trained_by) == first_runs and all("runs-a" in m["command"] for m in trained_by.values())
 
     # another clone, same inputs: the same ids, so the records are this run's; nothing is trained, and it says so
     out = _reproduce(tmp_path, "runs-b")
@@ -57,6 +61,7 @@ def test_fresh_clone_reuses_only_its_own_records_and_retrains_for_a_new_reward_m
     for rid in first_runs:
         assert f"reusing the records of {rid}" in out and "--recompute" in out
     assert _records(tmp_path) == first
+    assert manifests() == trained_by  # who trained a run stays on record when a later reproduce only reads it
 
     # a clone whose reward model came out different: new ids, trained and evaluated here
     shutil.rmtree(tmp_path / "rm")

@@ -185,7 +185,8 @@ def summary_md(data: ReportData) -> str:
     out = [f"# Summary: the paper's claims at preset `{data.preset}`", "",
            f"Win-rate judge: {data.judge_text}. The paper's judge ({PAPER_JUDGE_TEXT}) differs, so only the "
            "direction of each claim is tested, never the paper's numbers.", "",
-           *([f"Made by {data.made_by}.", ""] if data.made_by else []),
+           *([f"Made by {data.made_by[0]}."] + [f"Then {line}." for line in data.made_by[1:]] + [""]
+             if data.made_by else []),
            "Rule: a paired 95% bootstrap interval (instructions or entities resampled, 10,000 draws, seed 0) of "
            "A - B; **holds** if it excludes 0 in the claimed direction, **contradicted** if it excludes 0 the other "
            "way, **not detected** if it includes 0. The sign test p is given beside it. For claim 2 ('does not "
@@ -215,7 +216,7 @@ def index_md(data: ReportData, files: list[Path], results_root: Path, out_dir: P
             "- results' git commits (records' `harness.git_commit`): "
             + (", ".join(f"`{c}` ({n} records)" for c, n in sorted(commits.items())) or "none (no records)")]
     out += [f"- note: {n}" for n in data.notes]
-    out += [f"- made by {r}" for r in ([data.made_by] if data.made_by else [])]
+    out += [f"- made by {line}" for line in data.made_by]
     runs = sorted({r["run_id"] for r in data.ours})
     if runs:
         out += ["", "| run | label | evaluations (step) | git commit | command |", "|---|---|---|---|---|"]

@@ -150,15 +150,15 @@ class ReportData:
     reproductions: list[dict] = field(default_factory=list)  # `harness reproduce` runs at this preset, oldest first
 
     @property
-    def made_by(self) -> str | None:
-        """The latest `harness reproduce` at this preset: its command, wall time and machine, in one line."""
-        if not self.reproductions:
-            return None
-        r = self.reproductions[-1]
-        failed = f", with failures: {', '.join(r['failed'])}" if r.get("failed") else ""
-        return (f"`{r.get('command') or 'harness reproduce'}` finished {r.get('finished')} in {r['minutes']:.1f} min "
-                f"of wall time (trained {r.get('runs_trained')} runs, ran {r.get('evaluations')} evaluations"
-                f"{failed}) on {r.get('machine')}")
+    def made_by(self) -> list[str]:
+        """Each `harness reproduce` at this preset that did work, oldest first: command, wall time and machine."""
+        lines = []
+        for r in self.reproductions:
+            failed = f", with failures: {', '.join(r['failed'])}" if r.get("failed") else ""
+            lines.append(f"`{r.get('command') or 'harness reproduce'}` finished {r.get('finished')} in "
+                         f"{r['minutes']:.1f} min of wall time (trained {r.get('runs_trained')} runs, ran "
+                         f"{r.get('evaluations')} evaluations{failed}) on {r.get('machine')}")
+        return lines
 
     def find(self, series: list[Series], kind: str, regularizer: str | None = None) -> Series | None:
         return next(iter(self.find_all(series, kind, regularizer)), None)

@@ -321,7 +321,9 @@ def test_the_report_says_which_reproduce_made_it_and_how_long_it_took(tmp_path, 
     store.add_reproduction("tiny", {**first, "minutes": 42.04, "runs_trained": 4, "evaluations": 9})
     assert [r["minutes"] for r in store.reproductions("tiny")] == [70.0, 42.04] and store.reproductions("x") == []
     render_report(tmp_path / "results", tmp_path / "report", "tiny")
-    line = ("Made by `harness reproduce --table 2` finished 2026-01-01T00:00:00Z in 42.0 min of wall time (trained 4 "
-            "runs, ran 9 evaluations) on Some CPU, 2 cores, x86_64.")
-    assert line in (tmp_path / "report" / "summary.md").read_text()
+    summary = (tmp_path / "report" / "summary.md").read_text()
+    assert ("Made by `harness reproduce --table 2` finished 2026-01-01T00:00:00Z in 70.0 min of wall time (trained 1 "
+            "runs, ran 1 evaluations) on Some CPU, 2 cores, x86_64.") in summary
+    assert ("Then `harness reproduce --table 2` finished 2026-01-01T00:00:00Z in 42.0 min of wall time (trained 4 "
+            "runs, ran 9 evaluations) on Some CPU, 2 cores, x86_64.") in summary
     assert "- made by `harness reproduce --table 2`" in (tmp_path / "report" / "index.md").read_text()

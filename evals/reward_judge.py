@@ -11,14 +11,14 @@ so it is symmetric under swapping (p -> 3 - p) and 1.5 exactly when the two rewa
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
 
 from evals.judging import Judge, Pair
 from trainers.data import format_prompt
-from trainers.heads import load_reward_model, response_start, reward_backbone_spec
+from trainers.heads import ScalarHeadModel, load_reward_model, response_start, reward_backbone_spec
 from trainers.models import load_tokenizer
 from trainers.sampling import position_ids_from_mask
 
@@ -37,6 +37,29 @@ def reward_text(prompt: str, output: str, eos: str) -> str:
     return prompt + output + eos
 
 
+@torch.inference_mode()
+def read_states(reward: ScalarHeadModel, tokenizer, prompts: Sequence[str], outputs: Sequence[str], *,
+                batch_size: int = 8, max_tokens: int = 1024, device: torch.device | str = "cpu",
+                progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
+    """The hidden states `reward` reads for each prompt + response (+ EOS, where it reads one), [N, d] on the CPU:
+    left-padded batches, the last column (the EOS or the response's last token), or the response's span for a
+    model reading its mean. What the reward-model judge scores and what `harness prepare` fits its head on."""
+    eos = (tokenizer.eos_token or "") if reward.reads_eos else ""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        batch = list(prompts[start:start + batch_size])
+        texts = [reward_text(p, o, eos) for p, o in zip(batch, outputs[start:start + batch_size])]
+        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", truncation=True,
+                        max_length=max_tokens, add_special_tokens=True)
+        ids, mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        last = torch.full((ids.size(0),), ids.size(1) - 1, device=ids.device)  # left padding: the last column
+        first = response_start(tokenizer, batch, mask) if reward.score_token == "response_mean" else None
+        out.append(reward.read_states(ids, mask, position_ids_from_mask(mask), last, first).float().cpu())
+        if progress is not None:
+            progress(start + len(batch), len(prompts))
+    return torch.cat(out)
+
+
 class RewardModelJudge(Judge):
     name = "reward-model"
 
@@ -52,18 +75,9 @@ class RewardModelJudge(Judge):
 
     @torch.inference_mode()
     def rewards(self, prompts: Sequence[str], outputs: Sequence[str]) -> torch.Tensor:
-        eos = (self.tokenizer.eos_token or "") if self.reward.reads_eos else ""
-        texts = [reward_text(p, o, eos) for p, o in zip(prompts, outputs)]
-        scores = []
-        for start in range(0, len(texts), self.batch_size):
-            enc = self.tokenizer(texts[start:start + self.batch_size], return_tensors="pt", padding=True,
-                                 truncation=True, max_length=self.max_tokens, add_special_tokens=True)
-            ids, mask = enc["input_ids"].to(self.device), enc["attention_mask"].to(self.device)
-            last = torch.full((ids.size(0),), ids.size(1) - 1, device=self.device)  # left padding: last column
-            first = (response_start(self.tokenizer, list(prompts[start:start + self.batch_size]), mask)
-                     if self.reward.score_token == "response_mean" else None)
-            scores.append(self.reward.score_at(ids, mask, position_ids_from_mask(mask), last, first).float().cpu())
-        return torch.cat(scores)
+        states = read_states(self.reward, self.tokenizer, prompts, outputs, batch_size=self.batch_size,
+                             max_tokens=self.max_tokens, device=self.device)
+        return self.reward.head(states.to(self.reward.head.weight.dtype)).squeeze(-1).float()
 
     def _prefer(self, pairs: Sequence[Pair]) -> list[float]:
         prompts = [format_prompt({"instruction": p.instruction, "input": p.input}, self.template, self.tokenizer)

@@ -36,18 +36,17 @@ import torch
 
 from evals.generate import GenerationSettings, generate
 from evals.judging import AnnotationCache, Pair, annotate
-from evals.reward_judge import RewardModelJudge, reward_text
+from evals.reward_judge import RewardModelJudge, read_states
 from evals.simulated import SimulatedJudge, training_labels
 from harness.results import ResultsStore, make_record
 from trainers import data, identity
 from trainers.config import TrainConfig
 from trainers.heads import (HEAD_META, SCORE_TOKENS, ScalarHeadModel, hidden_size, is_reward_model_dir,
-                            load_backbone, new_head, prepared_dir, response_start, save_reward_model)
+                            load_backbone, new_head, prepared_dir, save_reward_model)
 from trainers import models
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
 from trainers.reward_fit import cross_validated_agreement, fit_bradley_terry_head, pair_accuracy
 from trainers.runlog import atomic_write_text
-from trainers.sampling import position_ids_from_mask
 
 HELD_OUT = 0.15
 PACKAGED = Path(__file__).parent / "data" / "prepared"  # proxy reward models shipped with the package, by preset
@@ -220,8 +219,7 @@ def _install_packaged(preset_name: str, policy: str, wanted: dict, log) -> dict 
     out = prepared_dir(preset_name)
     tmp = out.parent / "reward-model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src / "reward-model", tmp)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src / "reward-model", tmp)  # creates the folders above it
     tmp.rename(out)
     atomic_write_text(out.parent / "prepare.json", json.dumps(report, indent=2))
     log(f"prepare: installed the proxy reward model shipped for preset {preset_name} at {out} (held-out agreement "
@@ -279,29 +277,18 @@ def _fit_head(cfg: TrainConfig, tok, sampled: list[dict], prompt_of: dict, pairs
     return ScalarHeadModel(backbone, head, score_token=score_token).eval(), cv
 
 
-@torch.inference_mode()
 def _read_states(reader: ScalarHeadModel, tok, prompts: list[str], outputs: list[str], log,
                  batch_size: int = 16) -> torch.Tensor:
-    """The hidden states `reader` reads for each prompt + response + EOS, as `RewardModelJudge.rewards` reads them
-    (left-padded batches; the same text, positions and response span)."""
-    tok = _padded(tok, "left")
-    eos = tok.eos_token or ""
-    out = []
+    """The hidden states `reader` reads for each prompt + response, exactly as the reward-model judge (and so the
+    held-out check below) reads them, with progress."""
     started = time.time()
-    for start in range(0, len(prompts), batch_size):
-        batch = prompts[start:start + batch_size]
-        texts = [reward_text(p, o, eos) for p, o in zip(batch, outputs[start:start + batch_size])]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=True)
-        mask = enc["attention_mask"]
-        last = torch.full((mask.size(0),), mask.size(1) - 1)
-        first = response_start(tok, batch, mask)
-        out.append(reader.read_states(enc["input_ids"], mask, position_ids_from_mask(mask), last, first).float())
-        if (start // batch_size) % 10 == 0:
-            done = start + len(batch)
+
+    def progress(done: int, total: int) -> None:
+        if done == total or (done // batch_size) % 10 == 1:
             rate = done / max(time.time() - started, 1e-9)
-            log(f"  features: {done}/{len(prompts)} responses, {rate:.1f}/s, "
-                f"ETA {(len(prompts) - done) / max(rate, 1e-9):.0f} s")
-    return torch.cat(out)
+            log(f"  features: {done}/{total} responses, {rate:.1f}/s, ETA {(total - done) / max(rate, 1e-9):.0f} s")
+
+    return read_states(reader, tok, prompts, outputs, batch_size=batch_size, progress=progress)
 
 
 def _version(name: str) -> str:

@@ -114,7 +114,7 @@ def _score(models: PPOModels, query_ids, query_mask, tokens, mask, ended) -> Ten
 def _eos_appended(tokens: Tensor, lengths: Tensor, ended: Tensor, eos_id: int) -> tuple[Tensor, Tensor]:
     """(tokens, lengths) with EOS after each response cut at the length limit: a reward model that reads at EOS is
     trained on every response followed by EOS (`evals.reward_judge.reward_text`), finished or not."""
-    tokens = torch.cat([tokens, torch.full_like(tokens[:, :1], eos_id)], dim=1).clone()
+    tokens = torch.cat([tokens, torch.full_like(tokens[:, :1], eos_id)], dim=1)
     rows = (~ended).nonzero().squeeze(-1)
     tokens[rows, lengths[rows]] = eos_id
     return tokens, lengths + (~ended).long()

@@ -1,6 +1,7 @@
 """A run's one identity: `<regularizer>-<lora|full>-s<seed>-<digest>`, derived from its resolved configuration.
 
-The digest covers every field that changes what a run computes (not where or how fast: `EXECUTION_FIELDS`), with
+The digest covers every field that changes what a run computes (not where or how fast: `EXECUTION_FIELDS`; a
+setting added later is left out at the value that computes what runs did before it existed: `LATER_SETTINGS`), with
 each file input named by its content instead of its path:
 - `prompts`: a local file by the sha256 of its bytes; a dataset id as written;
 - `policy`, `reward`: a builtin model by its name, a directory (a prepared reward model included) by the sha256 of
@@ -22,6 +23,9 @@ from trainers.specs import BUILTINS, PREPARED, cache_dir, resolve_reward_spec
 
 ABSENT = "absent:"
 _CHUNK = 1 << 20
+# Settings added after runs were recorded, at the value that computes exactly what those runs computed: left out of
+# the digest at that value, so that earlier runs keep their ids (tests/test_committed_ids.py checks the tiny grid).
+LATER_SETTINGS = {"value_model": "separate"}
 
 
 def run_id(cfg: TrainConfig) -> str:
@@ -30,7 +34,8 @@ def run_id(cfg: TrainConfig) -> str:
 
 
 def run_digest(cfg: TrainConfig) -> str:
-    values = {k: v for k, v in cfg.to_dict().items() if k not in EXECUTION_FIELDS}
+    values = {k: v for k, v in cfg.to_dict().items()
+              if k not in EXECUTION_FIELDS and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
     values["prompts"] = file_fingerprint(cfg.prompts)
     values["policy"] = model_fingerprint(cfg.policy)
     if not cfg.reward_is_rule:

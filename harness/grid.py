@@ -46,6 +46,8 @@ class PresetGrid:
     eval_max_new_tokens: int
     factuality_limit: int | None
     eval_temperature: float = 0.0  # 0: greedy, as AlpacaFarm evaluates; else sampled with the evaluation's seed
+    # the bios of Table 3: greedy, as the authors' inference script decodes (its temperature 0.7 without sampling on)
+    factuality_temperature: float = 0.0
     judge: str = "simulated"
     eval_set: str = "bundled"
     note: str = ""

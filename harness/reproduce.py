@@ -65,25 +65,28 @@ def existing(store: ResultsStore, preset: str, wanted: dict[str, dict] | None = 
             and all(r.get(k) == v for k, v in (wanted or {}).get(r["evaluator"], {}).items())}
 
 
-def eval_config(g: G.Grid) -> EvalConfig:
-    """The settings of every evaluation of the grid."""
+def eval_config(g: G.Grid, evaluator: str = "winrate") -> EvalConfig:
+    """The settings of the grid's evaluations by `evaluator` (factuality decodes at its own temperature)."""
     spec = g.spec
     # every evaluation, the SFT policy's included, scored by the reward model the grid's runs optimise
     proxy = next((r.config.reward for r in g.runs if not r.config.reward_is_rule), None)
+    temperature = spec.factuality_temperature if evaluator == "factuality" else spec.eval_temperature
     return EvalConfig(judge=spec.judge, limit=spec.eval_limit or None, max_new_tokens=spec.eval_max_new_tokens,
-                      temperature=spec.eval_temperature, factuality_limit=spec.factuality_limit or None,
-                      proxy_reward=proxy)
+                      temperature=temperature, factuality_limit=spec.factuality_limit or None, proxy_reward=proxy)
 
 
 def grid_identity(g: G.Grid) -> dict[str, dict]:
     """The judge, eval set and settings of the records this grid's evaluations write."""
-    return expected_identity(EvalRequest(target="", config=eval_config(g), eval_set=g.spec.eval_set, preset=g.preset))
+    def identity(evaluator: str) -> dict[str, dict]:
+        return expected_identity(EvalRequest(target="", config=eval_config(g, evaluator), eval_set=g.spec.eval_set,
+                                             preset=g.preset))
+    return {**identity("winrate"), "factuality": identity("factuality")["factuality"]}
 
 
 def cell_request(g: G.Grid, runs_root: str | Path, rid: str, run: G.Run | None, step: int, evaluator: str, *,
                  force: bool = False) -> EvalRequest:
     """The evaluation of one cell of `eval_plan`: a run's checkpoint, or the SFT policy (`run` None)."""
-    config = eval_config(g)
+    config = eval_config(g, evaluator)
     if run is not None:  # a collapsed policy (every answer empty) is a result of the grid, not an error
         config = dataclasses.replace(config, allow_empty=True)
     target = g.sft_policy if run is None else str(G.run_dir(runs_root, g.preset, rid))

@@ -110,6 +110,18 @@ def test_each_evaluation_job_of_a_grid_carries_the_identity_the_grid_looks_for(t
             assert cfg.factuality_settings(cfg.generation()) == wanted["factuality"]["settings"]
 
 
+def test_the_tiny_grid_samples_its_win_rate_answers_and_decodes_its_bios_greedily(tmp_path):
+    from harness.reproduce import cell_request, eval_plan, grid_identity
+
+    g = G.build_grid(("table2", "table3"), "tiny")
+    temperatures = {ev: cell_request(g, tmp_path, rid, run, step, ev).config.temperature
+                    for rid, run, step, ev in eval_plan(g) if ev != "efficiency"}
+    assert temperatures == {"winrate": g.spec.eval_temperature, "factuality": 0.0} and g.spec.eval_temperature > 0
+    wanted = grid_identity(g)
+    assert wanted["factuality"]["settings"]["generation"]["temperature"] == 0.0
+    assert wanted["winrate"]["settings"]["generation"]["temperature"] == g.spec.eval_temperature
+
+
 def test_an_evaluation_job_file_names_what_does_not_fit(tmp_path):
     from harness.eval_job import read_job, write_job
     from harness.eval_request import EvalRequest

@@ -1,0 +1,114 @@
+"""The GPU check's dry run on the CPU, and the `random-llama:` specs it builds its models from."""
+
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import LlamaConfig
+
+from benchmarks import gpu_check
+from trainers import heads, memory_plan, models
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_dry_run_prints_every_stage_and_exits_0(tmp_path):
+    out = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--out", str(tmp_path)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    assert "[env] cpu: " in text and "[env] versions: " in text
+    n = r"[0-9.]+"
+    for stage in ("side_by_side", "llama7b"):
+        assert re.search(rf"\[{stage}\] s/step {n} \| generation {n} \| frozen forwards {n} \| training {n} ", text)
+        assert re.search(rf"\[{stage}\] peak memory: {n} GiB", text)
+        assert re.search(rf"\[{stage}\] training MFU: {n} GFLOP .* peak used: {n} TFLOP/s", text)
+        assert f"[{stage}] status: ok" in text
+    assert "[side_by_side] prompts: " in text
+    assert re.search(rf"\[llama7b\] planner prediction \(trainers.memory_plan.plan.*\): {n} GiB; measured {n} GiB", text)
+    one_base = json.loads((tmp_path / "llama7b_one_base.json").read_text())
+    if one_base["status"] == "unavailable":
+        assert "one_base: not available in this version" in text
+    else:
+        assert one_base["status"] == "ok" and "[llama7b_one_base] planner prediction" in text
+    assert "Total wall time: " in text
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["stage"] for s in summary["stages"]] == list(gpu_check.STAGES)
+    for s in summary["stages"]:
+        if s["stage"] in ("side_by_side", "llama7b"):
+            assert set(s["median"]) == {"step", "generation", "frozen_forwards", "training", "other"}
+            assert s["peak"]["rss_bytes"] > 0 and s["mfu"]["training_flop"] > 0
+    assert summary["stages"][2]["plan"]["total_gib"] > 0
+    assert (tmp_path / "summary.md").read_text().startswith("| stage | status |")
+
+
+def test_llama_7b_has_its_shape_and_the_planner_counts_its_parameters():
+    model = models.random_llama("random-llama:7b", torch.bfloat16, device="meta")
+    n = sum(p.numel() for p in model.parameters())
+    assert n == 6_738_415_616  # LLaMA-7B with a 32,000-token vocabulary
+    assert memory_plan.Dims.from_config(model.config.to_dict()).params == n
+    tok = models.load_tokenizer("random-llama:7b")
+    assert len(tok) <= model.config.vocab_size  # every id the tokenizer gives has an embedding row
+    assert models.context_length("random-llama:7b") == 2048
+    assert models.describe_spec_error("policy", "random-llama:7b") is None
+
+
+def test_random_llama_is_seeded_and_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    before = torch.rand(1)
+    torch.manual_seed(0)
+    a = models.load_causal_lm("random-llama:mini", torch.float32)
+    after = torch.rand(1)
+    b = models.load_causal_lm("random-llama:mini", torch.float32)
+    assert torch.equal(before, after)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert a.config.num_hidden_layers == 2 and a.config.vocab_size == 32000
+
+
+def test_random_llama_from_a_directory_takes_its_architecture_and_tokenizer(tmp_path):
+    LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=300,
+                max_position_embeddings=64).save_pretrained(tmp_path)
+    models.tiny_tokenizer().save_pretrained(tmp_path)
+    spec = f"random-llama:{tmp_path}"
+    assert models.describe_spec_error("policy", spec) is None
+    model = models.load_causal_lm(spec, torch.float32)
+    assert model.config.hidden_size == 32 and models.context_length(spec) == 64
+    assert models.load_tokenizer(spec).decode(models.load_tokenizer(spec)("hi")["input_ids"]) == "hi"
+
+
+@pytest.mark.parametrize("spec", ["random-llama:9b", "random-llama:/no/such/dir"])
+def test_unknown_random_llama_specs_are_named_with_the_valid_shapes(spec):
+    message = models.describe_spec_error("policy", spec)
+    assert message.startswith(f"policy={spec!r}") and "7b, mini" in message
+
+
+def test_reward_and_value_backbones_of_a_random_llama_are_the_policys(monkeypatch):
+    monkeypatch.setattr(heads, "load_backbone", heads.load_backbone)  # restored after the test
+    gpu_check._random_llama_backbones()
+    backbone = heads.load_backbone("random-llama:mini", torch.float32)
+    policy = models.load_causal_lm("random-llama:mini", torch.float32)
+    assert all(torch.equal(x, y) for x, y in zip(backbone.state_dict().values(), policy.model.state_dict().values()))
+    assert heads.load_backbone(models.TINY, torch.float32).config.hidden_size == 64  # other specs as before
+
+
+def test_the_summary_has_one_row_per_stage_and_the_total():
+    rows = [{"stage": "env", "status": "ok"},
+            {"stage": "llama7b", "status": "ok", "median": {"step": 2.0, "generation": 1.0, "frozen_forwards": 0.5,
+                                                             "training": 0.4, "other": 0.1},
+             "peak": {"allocated_bytes": 30 * 2**30, "reserved_bytes": 32 * 2**30}, "plan": {"total_gib": 29.5},
+             "mfu": {"mfu": 0.123}},
+            {"stage": "llama7b_one_base", "status": "unavailable"}]
+    text = gpu_check.summary(rows, 123.4, dry=False)
+    assert "| llama7b | ok | 2.00 | 1.00 | 0.50 | 0.40 | 0.10 | 30.00 GiB | 32.00 GiB | 29.50 GiB | 12.3% |" in text
+    assert "| llama7b_one_base | unavailable |" in text and text.endswith("Total wall time: 123.4 s\n")
+
+
+def test_the_h200_peak_is_the_dense_bf16_figure(monkeypatch):
+    monkeypatch.delenv("GPU_PEAK_TFLOPS", raising=False)
+    assert gpu_check.gpu_peak_flops("NVIDIA H200")[0] == 989e12
+    assert gpu_check.gpu_peak_flops("Some GPU")[0] is None
+    monkeypatch.setenv("GPU_PEAK_TFLOPS", "100")
+    assert gpu_check.gpu_peak_flops("Some GPU") == (100e12, "GPU_PEAK_TFLOPS")

@@ -359,11 +359,15 @@ def run_ppo(stage: str, values: dict, tmp: Path, dry: bool, keep: bool = False) 
     out["mfu"] = {"training_flop": train_flop, "training_s": median["training"], "flop_per_s": achieved,
                   "peak_flop_per_s": rate, "peak_source": source, "mfu": achieved / rate if rate else None}
     say(stage, f"training MFU: {train_flop / 1e9:.1f} GFLOP of useful matrix products in {median['training']:.2f} s = "
-        f"{achieved / 1e12:.3f} TFLOP/s; peak used: " + (f"{rate / 1e12:.3f} TFLOP/s ({source}) -> MFU "
+        f"{flops_per_s(achieved)}; peak used: " + (f"{flops_per_s(rate)} ({source}) -> MFU "
                                                          f"{achieved / rate:.1%}" if rate else source))
     if keep:
         out.update(_cfg=cfg, _query_tokens=query_tokens)
     return out
+
+
+def flops_per_s(rate: float) -> str:
+    return f"{rate / 1e12:.1f} TFLOP/s" if rate >= 1e12 else f"{rate / 1e9:.1f} GFLOP/s"
 
 
 def gpu_peak_flops(name: str) -> tuple[float | None, str]:

@@ -25,7 +25,7 @@ def test_the_dry_run_prints_every_stage_and_exits_0(tmp_path):
     for stage in ("side_by_side", "llama7b"):
         assert re.search(rf"\[{stage}\] s/step {n} \| generation {n} \| frozen forwards {n} \| training {n} ", text)
         assert re.search(rf"\[{stage}\] peak memory: {n} GiB", text)
-        assert re.search(rf"\[{stage}\] training MFU: {n} GFLOP .* peak used: {n} TFLOP/s", text)
+        assert re.search(rf"\[{stage}\] training MFU: {n} GFLOP .* peak used: {n} [GT]FLOP/s", text)
         assert f"[{stage}] status: ok" in text
     assert "[side_by_side] prompts: " in text
     assert re.search(rf"\[llama7b\] planner prediction \(trainers.memory_plan.plan.*\): {n} GiB; measured {n} GiB", text)

@@ -13,7 +13,11 @@ Reward models read the head at one position, which is a property of how the mode
 Value models read the head at every position that predicts a response token. A reward-model directory
 (harness format) is a Hugging Face backbone directory plus `scalar_head.safetensors` and `scalar_head.json`, or,
 for a head on an unchanged model, the two head files alone with `scalar_head.json` naming that model ("backbone":
-a model spec): kilobytes instead of the backbone's weights.
+a model spec): kilobytes instead of the backbone's weights. A head-only directory may also carry a LoRA adapter of
+that model (`reward_adapter.safetensors`, tensors named from the decoder stack, e.g. `layers.0.self_attn.q_proj.lora_A
+.weight`, and its rank, alpha and modules under "adapter" in `scalar_head.json`): the reward model is then the named
+model with that adapter, merged into its weights when loaded alone (`load_reward_model`), or run as a frozen named
+adapter of a base it shares with the policy (`trainers.one_base`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from trainers.specs import PREPARED, prepared_dir, resolve_reward_spec  # noqa: 
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_META = "scalar_head.json"
+ADAPTER_WEIGHTS = "reward_adapter.safetensors"
 SCORE_TOKENS = ("eos", "last_token", "response_mean")
 
 
@@ -43,6 +48,8 @@ def load_backbone(spec: str, dtype: torch.dtype) -> nn.Module:
     """The decoder stack of a causal-LM spec, without its LM head."""
     if spec == models.TINY:
         return models.tiny_random_llama().model.to(dtype)
+    if models.is_random_llama(spec):
+        return models.random_llama(spec, dtype).model
     return AutoModel.from_pretrained(models.resolve_path(spec), dtype=dtype)
 
 
@@ -64,18 +71,24 @@ def new_head(size: int, *, zero: bool, seed: int) -> nn.Linear:
     return head
 
 
+def check_score_token(score_token: str) -> str:
+    if score_token not in SCORE_TOKENS:
+        raise ValueError(f"score_token={score_token!r} is not known; valid: {', '.join(SCORE_TOKENS)}")
+    return score_token
+
+
 class ScalarHeadModel(nn.Module):
     """backbone -> last hidden states -> head.
 
     With `adapters_off`, the backbone runs with its LoRA adapters disabled: a frozen reward model that
-    shares its weights with a LoRA value model.
+    shares its weights with a LoRA value model. Subclasses that read another model's states override
+    `hidden_states` (`trainers.one_base.HeadOnBase`).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Linear, adapters_off: bool = False,
                  score_token: str = "eos") -> None:
         super().__init__()
-        if score_token not in SCORE_TOKENS:
-            raise ValueError(f"score_token={score_token!r} is not known; valid: {', '.join(SCORE_TOKENS)}")
+        check_score_token(score_token)
         self.backbone = backbone
         self.head = head
         self.adapters_off = adapters_off
@@ -104,7 +117,10 @@ class ScalarHeadModel(nn.Module):
                     first: Tensor | None = None) -> Tensor:
         """The hidden state the head reads per row [B, d]: at position `index[b]` (the EOS, or the response's last
         token), or, for "response_mean", the mean over positions first[b] .. index[b] (the response and its EOS)."""
-        h = self.hidden_states(input_ids, attention_mask, position_ids)
+        return self.pick_states(self.hidden_states(input_ids, attention_mask, position_ids), index, first)
+
+    def pick_states(self, h: Tensor, index: Tensor, first: Tensor | None = None) -> Tensor:
+        """`read_states` from hidden states already computed ([B, T, d] -> [B, d])."""
         if self.score_token != "response_mean":
             return h[torch.arange(h.size(0), device=h.device), index]
         if first is None:
@@ -119,6 +135,10 @@ class ScalarHeadModel(nn.Module):
         picked = self.read_states(input_ids, attention_mask, position_ids, index, first)
         return self.head(picked.to(self.head.weight.dtype)).squeeze(-1)
 
+    def score_states(self, h: Tensor, index: Tensor, first: Tensor | None = None) -> Tensor:
+        """`score_at` from hidden states already computed."""
+        return self.head(self.pick_states(h, index, first).to(self.head.weight.dtype)).squeeze(-1)
+
 
 def response_start(tokenizer, prompts: list[str], attention_mask: Tensor) -> Tensor:
     """Column where each left-padded row's response begins: the row's width less its tokens after the prompt
@@ -130,18 +150,64 @@ def response_start(tokenizer, prompts: list[str], attention_mask: Tensor) -> Ten
 
 
 def load_reward_model(spec: str, dtype: torch.dtype, seed: int) -> ScalarHeadModel:
-    """A reward model from a harness reward-model directory, `prepared:NAME`, or `head:MODEL` (seeded untrained head)."""
+    """A reward model from a harness reward-model directory, `prepared:NAME`, or `head:MODEL` (seeded untrained head);
+    a directory's LoRA adapter, if any, merged into the backbone's weights."""
+    resolved = resolve_reward_spec(spec)
+    if not resolved.startswith("head:") and not is_reward_model_dir(Path(resolved).expanduser()):
+        raise ValueError(f"reward={resolved!r} is not a reward-model directory: {HEAD_WEIGHTS} is missing")
+    backbone = load_backbone(reward_backbone_spec(spec), dtype)
+    head, score_token = load_reward_head(spec, hidden_size(backbone), seed)
+    adapter = reward_adapter(spec)
+    if adapter is not None:
+        merge_adapter(backbone, *adapter)
+    return ScalarHeadModel(backbone, head, score_token=score_token).eval()
+
+
+def load_reward_head(spec: str, size: int, seed: int) -> tuple[nn.Linear, str]:
+    """The reward model's float32 head for hidden states of `size`, and where it reads (`score_token`): a
+    directory's trained head, or for `head:MODEL` a seeded untrained one reading at EOS."""
     spec = resolve_reward_spec(spec)
     if spec.startswith("head:"):
-        backbone = load_backbone(spec.removeprefix("head:"), dtype)
-        return ScalarHeadModel(backbone, new_head(hidden_size(backbone), zero=False, seed=seed)).eval()
+        return new_head(size, zero=False, seed=seed), "eos"
     path = Path(spec).expanduser()
     if not is_reward_model_dir(path):
         raise ValueError(f"reward={spec!r} is not a reward-model directory: {HEAD_WEIGHTS} is missing")
-    backbone = load_backbone(reward_backbone_spec(str(path)), dtype)
-    head = nn.Linear(hidden_size(backbone), 1)
+    head = nn.Linear(size, 1)
     head.load_state_dict(load_file(path / HEAD_WEIGHTS))
-    return ScalarHeadModel(backbone, head, score_token=reward_score_token(path)).eval()
+    return head, reward_score_token(path)
+
+
+def reward_adapter(spec: str) -> tuple[dict, dict[str, Tensor]] | None:
+    """(settings: r, lora_alpha, target_modules; tensors by decoder-stack name) of the LoRA adapter a reward-model
+    directory carries, or None."""
+    path = Path(resolve_reward_spec(spec)).expanduser()
+    if spec.startswith("head:") or not (path / ADAPTER_WEIGHTS).is_file():
+        return None
+    settings = _head_meta(path).get("adapter")
+    if not isinstance(settings, dict) or not {"r", "lora_alpha"} <= set(settings):
+        raise ValueError(f"{path / HEAD_META} must describe the adapter in {ADAPTER_WEIGHTS} under 'adapter' "
+                         "(r, lora_alpha, target_modules)")
+    return settings, load_file(path / ADAPTER_WEIGHTS)
+
+
+def adapter_pairs(tensors: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor]]:
+    """{module name: (A [r, in], B [out, r])} of an adapter's tensors."""
+    names = sorted({k.rsplit(".lora_", 1)[0] for k in tensors})
+    try:
+        return {n: (tensors[f"{n}.lora_A.weight"], tensors[f"{n}.lora_B.weight"]) for n in names}
+    except KeyError as e:
+        raise ValueError(f"reward adapter: tensor {e} is missing (each module needs lora_A.weight and lora_B.weight)") \
+            from None
+
+
+def merge_adapter(backbone: nn.Module, settings: dict, tensors: dict[str, Tensor]) -> None:
+    """W <- W + (lora_alpha / r) * B @ A for every adapted linear layer of `backbone` (a decoder stack), in float32
+    and rounded once to W's dtype."""
+    scale = settings["lora_alpha"] / settings["r"]
+    with torch.no_grad():
+        for name, (a, b) in adapter_pairs(tensors).items():
+            weight = backbone.get_submodule(name).weight
+            weight.copy_((weight.float() + scale * (b.float() @ a.float())).to(weight.dtype))
 
 
 def _head_meta(path: str | Path) -> dict:
@@ -158,18 +224,25 @@ def reward_score_token(path: str | Path) -> str:
 
 
 def save_reward_model(model: ScalarHeadModel, tokenizer, out_dir: str | Path, meta: dict | None = None,
-                      backbone_spec: str | None = None) -> Path:
+                      backbone_spec: str | None = None,
+                      adapter: tuple[dict, dict[str, Tensor]] | None = None) -> Path:
     """Write a harness reward-model directory: backbone, tokenizer and head, or, with `backbone_spec` (the model
-    the head sits on, unchanged), the head alone naming that model."""
+    the head sits on), the head alone naming that model, and with `adapter` ((r, lora_alpha, target_modules),
+    tensors by decoder-stack name) the LoRA adapter of that model the head reads through."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if backbone_spec is None:
+        if adapter is not None:
+            raise ValueError("a reward model's adapter is saved with the model it adapts named (backbone_spec)")
         model.backbone.save_pretrained(out)
         tokenizer.save_pretrained(out)
     save_file({k: v.detach().float().contiguous() for k, v in model.head.state_dict().items()}, out / HEAD_WEIGHTS)
+    if adapter is not None:
+        save_file({k: v.detach().float().contiguous() for k, v in adapter[1].items()}, out / ADAPTER_WEIGHTS)
     (out / HEAD_META).write_text(json.dumps({"format": "harness-reward-model", "version": 1,
                                               "score_token": model.score_token,
                                               **({"backbone": backbone_spec} if backbone_spec else {}),
+                                              **({"adapter": adapter[0]} if adapter is not None else {}),
                                               **(meta or {})}, indent=2))
     return out
 

@@ -2,9 +2,12 @@
 
 LoRA, reference='shared': two frozen backbones in all: the policy's (its adapters off = the reference)
 and the reward model's (its adapters on = the value model, with a zero-initialised value head).
+reference='one_base': one frozen backbone, the policy's, for all four roles (`trainers.one_base`), when the reward
+model is a head on it; otherwise the 'shared' layout, with a line saying why.
 reference='copy': the paper's layout, four separate models (reference and reward frozen).
 lora=false: the full fine-tune baseline: policy and value backbones trained in float32, frozen copies
 for the reference and the reward.
+value_model='policy_head': no value backbone in any layout: the value is a head on the policy's last hidden states.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import torch
 from peft import LoraConfig, TaskType, get_peft_model
 from torch import nn
 
-from trainers import heads, models
+from trainers import heads, models, one_base
 from trainers.config import TrainConfig
 from trainers.heads import ScalarHeadModel
+from trainers.one_base import HeadOnBase, SharedBase
 from trainers.precision import resolve_frozen_dtype
 from trainers.rewards import RuleReward, parse_rule
 
@@ -32,9 +36,23 @@ class PPOModels:
     tokenizer: object
     reward_tokenizer: object | None  # None: the policy's tokenizer (ids are passed as they are)
     stop_ids: list[int]
+    layout: str = "shared"  # what was built: shared, one_base, copy or full
+    base: SharedBase | None = None  # one_base: the policy's model as the other roles read it
+
+    @property
+    def reward_reads_reference(self) -> bool:
+        """Whether the reward model reads the reference's weights (the shared base, no adapter), so that one forward
+        serves both."""
+        return isinstance(self.reward, HeadOnBase) and self.reward.names == ()
+
+    def value_context(self):
+        """Context for the value model's forward and backward (one_base: its adapter running)."""
+        return self.value.active() if isinstance(self.value, HeadOnBase) else contextlib.nullcontext()
 
     def reference_context(self):
         """Context in which calling `reference_model` gives the reference policy."""
+        if self.base is not None:  # one_base: through the base, which keeps the value adapter trainable
+            return self.base.adapters(())
         return self.policy.disable_adapter() if self.reference is None else contextlib.nullcontext()
 
     def sampling_context(self, fold_adapters: bool, few_row_products: bool = False):
@@ -53,13 +71,19 @@ class PPOModels:
         return self.policy if self.reference is None else self.reference
 
     def trainable_parameters(self) -> list[nn.Parameter]:
-        seen, params = set(), []
-        for module in (self.policy, self.value):
-            for p in module.parameters():
-                if p.requires_grad and id(p) not in seen:
-                    seen.add(id(p))
-                    params.append(p)
+        """The policy's, then the value model's (one_base: its adapter too, though it lives in the policy's model)."""
+        seen = {id(p) for p in self.value.parameters()}
+        params = [p for p in self.policy.parameters() if p.requires_grad and id(p) not in seen]
+        for p in self.value.parameters():
+            if p.requires_grad:
+                params.append(p)
         return params
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        """The policy's own: its base and its adapter (one_base's policy model also holds the value's and a reward's
+        adapters)."""
+        others = self.base.adapter_parameter_ids(exclude=one_base.POLICY) if self.base is not None else set()
+        return [p for p in self.policy.parameters() if id(p) not in others]
 
     def parameter_counts(self) -> dict[str, int]:
         """Trainable and total parameters, each tensor counted once even when shared."""
@@ -71,8 +95,8 @@ class PPOModels:
         return {
             "trainable": sum(p.numel() for p in self.trainable_parameters()),
             "total": sum(p.numel() for p in seen.values()),
-            "policy_trainable": sum(p.numel() for p in self.policy.parameters() if p.requires_grad),
-            "policy_total": sum(p.numel() for p in self.policy.parameters()),
+            "policy_trainable": sum(p.numel() for p in self.policy_parameters() if p.requires_grad),
+            "policy_total": sum(p.numel() for p in self.policy_parameters()),
         }
 
 
@@ -105,10 +129,14 @@ def _checkpointing(module: nn.Module) -> None:
     base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def build_models(cfg: TrainConfig, device: torch.device, frozen: torch.dtype | None = None) -> PPOModels:
+def build_models(cfg: TrainConfig, device: torch.device, frozen: torch.dtype | None = None, log=None) -> PPOModels:
     """The four roles on `device`; frozen weights in `frozen` (default: `cfg.frozen_dtype` resolved here)."""
     frozen = frozen or resolve_frozen_dtype(cfg.frozen_dtype, device)
     tokenizer = models.load_tokenizer(cfg.policy)
+    layout = cfg.reference if cfg.lora else "full"
+    if layout == "one_base" and (why := one_base.obstacle(cfg)) is not None:
+        (log or print)(f"reference='one_base' falls back to reference='shared' (two frozen backbones): {why}")
+        layout = "shared"
 
     # 1. policy and reference
     if cfg.lora:
@@ -121,6 +149,12 @@ def build_models(cfg: TrainConfig, device: torch.device, frozen: torch.dtype | N
     for lm in (policy, reference):
         if lm is not None:
             contiguous_lm_head(lm)
+
+    if layout == "one_base":  # 2-3. reward and value on the policy's base
+        base, reward, value = one_base.attach_roles(cfg, policy, lora_config(cfg, TaskType.CAUSAL_LM))
+        if cfg.gradient_checkpointing:
+            _checkpointing(policy)
+        return _placed(PPOModels(policy, None, value, reward, tokenizer, None, stop_ids, layout, base), device)
 
     # 2. reward
     reward_tokenizer = None
@@ -135,8 +169,12 @@ def build_models(cfg: TrainConfig, device: torch.device, frozen: torch.dtype | N
                                  f"reward={cfg.reward!r} and policy={cfg.policy!r} differ: use value_init='policy'")
             reward_tokenizer = reward_tok
 
-    # 3. value: a backbone with a zero-initialised head
-    if cfg.value_init == "reward" and cfg.lora and cfg.reference == "shared":
+    # 3. value: a backbone with a zero-initialised head, or that head on the policy
+    value_backbone = None
+    if cfg.value_model == "policy_head":
+        hidden = heads.hidden_size(policy.get_base_model() if cfg.lora else policy)
+        value: ScalarHeadModel = HeadOnBase(SharedBase(policy), heads.new_head(hidden, zero=True, seed=cfg.seed), None)
+    elif cfg.value_init == "reward" and layout == "shared":
         reward.backbone = get_peft_model(reward.backbone, lora_config(cfg, TaskType.FEATURE_EXTRACTION))
         reward.adapters_off = True
         value_backbone = reward.backbone
@@ -145,14 +183,19 @@ def build_models(cfg: TrainConfig, device: torch.device, frozen: torch.dtype | N
         value_backbone = heads.load_backbone(heads.reward_backbone_spec(source), frozen if cfg.lora else torch.float32)
         if cfg.lora:
             value_backbone = get_peft_model(_freeze(value_backbone), lora_config(cfg, TaskType.FEATURE_EXTRACTION))
-    value_head = heads.new_head(heads.hidden_size(value_backbone), zero=True, seed=cfg.seed)
-    value = ScalarHeadModel(value_backbone, value_head)
+    if value_backbone is not None:
+        value = ScalarHeadModel(value_backbone, heads.new_head(heads.hidden_size(value_backbone), zero=True,
+                                                               seed=cfg.seed))
 
     if cfg.gradient_checkpointing:
         _checkpointing(policy)
-        _checkpointing(value_backbone)
-    bundle = PPOModels(policy, reference, value, reward, tokenizer, reward_tokenizer, stop_ids)
-    for module in (policy, reference, value, reward):
+        if value_backbone is not None:
+            _checkpointing(value_backbone)
+    return _placed(PPOModels(policy, reference, value, reward, tokenizer, reward_tokenizer, stop_ids, layout), device)
+
+
+def _placed(bundle: PPOModels, device: torch.device) -> PPOModels:
+    for module in (bundle.policy, bundle.reference, bundle.value, bundle.reward):
         if isinstance(module, nn.Module):
             module.to(device)
     return bundle

@@ -1,9 +1,9 @@
 """Checkpoints: `checkpoints/step-NNNNNN/`, written to a temporary folder and renamed when complete.
 
-Contents: `policy/` (PEFT adapter, loadable with `PeftModel.from_pretrained`; the whole model in full
-fine-tune mode), `value.safetensors` (the value model's trainable tensors: head, and adapters or
-backbone), `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch, CUDA and the sampling generator) and
-`state.json` (step, KL coefficient, config hash and the sha256 of every other file), written last. Optimizer
+Contents: `policy/` (the policy's PEFT adapter, loadable with `PeftModel.from_pretrained`; the whole model in full
+fine-tune mode), `value.safetensors` (the value model's trainable tensors: head, and adapters or backbone; with
+reference='one_base', its adapter "value" of the policy's model), `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch,
+CUDA and the sampling generator) and `state.json` (step, KL coefficient, config hash and the sha256 of every other file), written last. Optimizer
 states of older checkpoints are dropped once a newer one is complete: they are only needed to resume, which uses
 the latest.
 
@@ -110,7 +110,9 @@ def save(run_dir: Path, step: int, models, optimizer, scheduler, generator: torc
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
-        models.policy.save_pretrained(tmp / "policy")
+        # the policy's adapter only (reference='one_base' keeps the value's, and a reward's, in the same model)
+        only_policy = {"selected_adapters": ["default"]} if isinstance(models.policy, PeftModel) else {}
+        models.policy.save_pretrained(tmp / "policy", **only_policy)
         models.tokenizer.save_pretrained(tmp / "policy")
         save_file(_trainable_state(models.value), tmp / "value.safetensors")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")

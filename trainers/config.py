@@ -40,10 +40,18 @@ class TrainConfig:
         "scalar head; 'rule:NAME[:ARG...]' = a rule reward (count:TEXT, length:MIN:MAX)",
     )
     value_init: Literal["reward", "policy"] = _f("reward", "initialise the value backbone from the reward model (paper) or the policy")
-    reference: Literal["shared", "copy"] = _f(
+    reference: Literal["shared", "copy", "one_base"] = _f(
         "shared",
         "shared: reference = policy with adapters disabled and reward = value backbone with adapters disabled "
-        "(frozen weights held once); copy: separate frozen copies, as the paper's code",
+        "(two frozen backbones); copy: separate frozen copies, as the paper's code; one_base: one frozen backbone "
+        "for all four roles (policy and value as named adapters, reference and reward with adapters off), when the "
+        "reward is a head on the policy's base (else the shared layout, and the run says why)",
+    )
+    value_model: Literal["separate", "policy_head"] = _f(
+        "separate",
+        "separate: the paper's separate value model, initialised from the reward model (value_init); policy_head: a "
+        "scalar head on the policy's last hidden states, trained with it (TRL <= 0.11's "
+        "AutoModelForCausalLMWithValueHead; needs value_init='policy')",
     )
     lora: bool = _f(True, "train LoRA adapters (true) or every weight (false: the paper's full fine-tune baseline)")
     lora_r: int = _f(8, "LoRA rank")
@@ -245,8 +253,12 @@ def _cross_field_errors(c: TrainConfig):
     for name in ("warmup_steps", "weight_decay", "max_grad_norm", "vf_coef", "kl_coef", "threads"):
         if getattr(c, name) < 0:
             yield f"{name}={getattr(c, name)} must be >= 0"
-    if not c.lora and c.reference == "shared":
-        yield "reference='shared' needs lora=true (the shared reference is the policy with adapters disabled); use reference='copy'"
+    if not c.lora and c.reference in ("shared", "one_base"):
+        yield (f"reference={c.reference!r} needs lora=true (the reference is the policy with adapters disabled); "
+               "use reference='copy'")
+    if c.value_model == "policy_head" and c.value_init == "reward":
+        yield ("value_model='policy_head' reads the policy's own hidden states, so value_init='reward' cannot apply; "
+               "set value_init='policy'")
     if c.reward_is_rule and c.value_init == "reward":
         yield f"value_init='reward' needs a reward model, but reward={c.reward!r} is a rule; use value_init='policy'"
     if not c.reward:

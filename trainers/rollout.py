@@ -4,6 +4,8 @@ Per rollout micro-batch:
 1. sample with the policy (eval mode, KV cache), keeping its temperature-scaled logits;
 2. one reference forward over query + response -> reference logits at the response positions; from the
    two distributions: sampled-token log-probs, entropy, exact KL(pi || pi_ref) and the regulariser k_t;
+   (reference='one_base' with a reward model that is a head on the frozen base: that same forward also gives the
+   hidden states the reward reads, over the reward's ids, so step 3's reward costs no forward of its own)
 3. the value model's old values and the reward (a reward model's score where it was trained to read it, at the
    EOS or at the last token before it, or a rule), replaced by `penalty_reward` when the response did not end
    with a stop token (when that setting is on).
@@ -80,6 +82,31 @@ def distribution_stats(logits: Tensor, ref_logits: Tensor, tokens: Tensor, spec,
     return tuple(stacked)
 
 
+def _reward_inputs(reward: ScalarHeadModel, query_ids, query_mask, tokens, mask, ended, eos_id: int):
+    """(ids, attention mask, positions, read index, first response column) of a reward model that shares the
+    policy's tokenizer: query + response, and an EOS after each response cut at the length limit when the model
+    reads there. The appended column changes no position before it."""
+    lengths = mask.sum(1)
+    if reward.reads_eos and not bool(ended.all()):
+        tokens, lengths = _eos_appended(tokens, lengths, ended, eos_id)
+    ids, amask, pos = sequences(query_ids, query_mask, tokens)
+    last = query_ids.size(1) + lengths - 1
+    if not reward.reads_eos:
+        last = last - ended.long()
+    return ids, amask, pos, last, torch.full_like(last, query_ids.size(1))
+
+
+def _reference_and_reward(models: PPOModels, query_ids, query_mask, tokens, mask, ended) -> tuple[Tensor, Tensor]:
+    """(reference logits [B, n, V] float32, rewards [B]) from ONE forward of the frozen base over the reward's ids,
+    when the reward reads the reference's weights (reference='one_base' with a head-only reward model)."""
+    ids, amask, pos, last, first = _reward_inputs(models.reward, query_ids, query_mask, tokens, mask, ended,
+                                                  models.tokenizer.eos_token_id)
+    h = models.reward.hidden_states(ids, amask, pos)
+    start, n = query_ids.size(1) - 1, tokens.size(1)
+    ref_logits = models.base.lm_head(h[:, start:start + n + 1])[:, :-1]  # the positions `response_logits` keeps
+    return ref_logits.float(), models.reward.score_states(h, last, first).float()
+
+
 def _score(models: PPOModels, query_ids, query_mask, tokens, mask, ended) -> Tensor:
     """The reward of each response, read where the reward model was trained to read (`score_token`): at an EOS
     after the response (the one that ended it, or one appended to a response cut at the length limit), or at the
@@ -90,13 +117,8 @@ def _score(models: PPOModels, query_ids, query_mask, tokens, mask, ended) -> Ten
         texts = models.tokenizer.batch_decode([t[: int(n)] for t, n in zip(tokens, lengths)], skip_special_tokens=True)
         return reward(texts, lengths.cpu()).to(tokens.device)
     if models.reward_tokenizer is None:
-        if reward.reads_eos and not bool(ended.all()):
-            tokens, lengths = _eos_appended(tokens, lengths, ended, models.tokenizer.eos_token_id)
-        ids, amask, pos = sequences(query_ids, query_mask, tokens)
-        last = query_ids.size(1) + lengths - 1
-        if not reward.reads_eos:
-            last = last - ended.long()
-        first = torch.full_like(last, query_ids.size(1))
+        ids, amask, pos, last, first = _reward_inputs(reward, query_ids, query_mask, tokens, mask, ended,
+                                                      models.tokenizer.eos_token_id)
         return reward.score_at(ids, amask, pos, last, first).float()
     # a reward model with its own tokenizer reads the decoded text, as AlpacaFarm does
     tok, rt = models.tokenizer, models.reward_tokenizer
@@ -145,8 +167,12 @@ def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]],
         n = int(mask[rows].sum(1).max())
         toks, tmask = tokens[rows, :n], mask[rows, :n]
         ids, amask, pos = sequences(q_ids, q_mask, toks)
-        with models.reference_context():
-            ref_logits = response_logits(models.reference_model, ids, amask, pos, n).float()
+        scores = None
+        if models.reward_reads_reference:
+            ref_logits, scores = _reference_and_reward(models, q_ids, q_mask, toks, tmask, samples.ended[rows])
+        else:
+            with models.reference_context():
+                ref_logits = response_logits(models.reference_model, ids, amask, pos, n).float()
         if cfg.temperature != 1.0:
             ref_logits = ref_logits / cfg.temperature
         logprobs, ref_logprobs, true_kl, entropy, full_penalty = distribution_stats(
@@ -157,7 +183,8 @@ def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]],
         for name, value in (("logprobs", logprobs), ("ref_logprobs", ref_logprobs), ("penalties", penalties),
                             ("true_kl", true_kl), ("entropy", entropy), ("values", values)):
             out[name][rows, :n] = value
-        raw_scores[rows] = _score(models, q_ids, q_mask, toks, tmask, samples.ended[rows])
+        raw_scores[rows] = scores if scores is not None else _score(models, q_ids, q_mask, toks, tmask,
+                                                                    samples.ended[rows])
     ended = samples.ended
     del samples
     if cfg.penalty_reward is None:

@@ -30,6 +30,7 @@ from trainers.distributed import DataParallel
 from trainers.build import build_models
 from trainers.config import EXECUTION_FIELDS, TrainConfig
 from trainers.errors import UserError
+from trainers.identity import LATER_SETTINGS
 from trainers import runfolder
 from trainers.kl_control import make_kl_controller
 from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
@@ -79,7 +80,10 @@ class PPOTrainer:
         torch.manual_seed(cfg.seed)
         # auto may measure: every rank takes rank 0's choice
         self.frozen_dtype = self.dp.broadcast_object(resolve_frozen_dtype(cfg.frozen_dtype, self.device))
-        self.models = build_models(cfg, self.device, self.frozen_dtype)
+        if self.dp.fsdp and cfg.value_model == "policy_head":
+            raise UserError("value_model='policy_head' is not available with FSDP (the value head reads the policy "
+                            "outside the FSDP root's forward); use value_model='separate'")
+        self.models = build_models(cfg, self.device, self.frozen_dtype, log=self.log)
         self.prompts = self._tokenized_prompts()
         self.local_rollout_size = cfg.rollout_batch_size // self.dp.world_size
         self.local_step_size = cfg.step_batch_size // self.dp.world_size
@@ -104,6 +108,7 @@ class PPOTrainer:
             "run_id": identity.run_id(cfg),
             "device": str(self.device),
             "frozen_dtype": str(self.frozen_dtype).removeprefix("torch."),
+            "layout": self.models.layout,
             "parameters": counts,
             "prompts": len(self.prompts),
             "versions": library_versions(),
@@ -112,6 +117,7 @@ class PPOTrainer:
             **self.dp.facts(),
         }
         self.log(f"device {self.device} | frozen weights {str(self.frozen_dtype).removeprefix('torch.')} | "
+                 f"layout {self.models.layout} | "
                  f"policy {cfg.policy} | trainable {counts['trainable']:,} of {counts['total']:,} parameters "
                  f"({100 * counts['trainable'] / counts['total']:.3f}%) | {len(self.prompts)} prompts | "
                  f"{cfg.num_minibatches} minibatches x {self.local_step_size // cfg.micro_batch_size} micro-batches "
@@ -167,8 +173,8 @@ class PPOTrainer:
         self.lock.acquire()  # held until train() returns: a second process on this folder fails here
         saved = self.run_dir / "config.json"
         old = runfolder.read_json_object(saved) if saved.is_file() else {}
-        changed = sorted(k for k, v in self.cfg.to_dict().items()
-                         if old and k not in resumable_changes(self.cfg) and old.get(k) != v)
+        changed = sorted(k for k, v in self.cfg.to_dict().items()  # a folder from before a setting: its old value
+                         if old and k not in resumable_changes(self.cfg) and old.get(k, LATER_SETTINGS.get(k)) != v)
         if changed:
             raise UserError(f"{self.run_dir} holds a run with a different configuration "
                             f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(self.cfg, k)!r}' for k in changed)}); "
@@ -189,7 +195,8 @@ class PPOTrainer:
         return None if latest is None or not resume else str(latest)
 
     def _resume_hash(self) -> str:
-        return runfolder.resume_hash(self.cfg.to_dict(), resumable_changes(self.cfg))
+        values = {k: v for k, v in self.cfg.to_dict().items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
+        return runfolder.resume_hash(values, resumable_changes(self.cfg))
 
     def train(self, resume: bool = False) -> list[dict]:
         self.lock = runfolder.RunLock(self.run_dir)  # taken by rank 0 in _prepare_run_dir
@@ -343,20 +350,37 @@ class PPOTrainer:
         ids = torch.cat([query_ids, tokens], 1)
         amask = torch.cat([qmask, torch.ones_like(tokens)], 1)
         pos = position_ids_from_mask(amask)
+        start = query_ids.size(1) - 1
+        old_logprobs, old_values = ro.logprobs[idx, :n], ro.values[idx, :n]
+        if cfg.value_model == "policy_head":
+            # one forward of the policy gives logits and values; the value loss's gradient reaches its adapters
+            with self.autocast:
+                logits, vpred = models.value.logits_and_values(ids, amask, pos, start, n)
+                logprobs = ppo.sequence_logprobs(logits, tokens, cfg.temperature)
+                del logits
+            pg_loss, pg_stats = ppo.policy_loss(logprobs, old_logprobs, advantages[idx, :n], mask, cfg.cliprange,
+                                                denom)
+            vf_loss, vf_stats = ppo.value_loss(vpred.float(), old_values, returns[idx, :n], mask,
+                                               cfg.cliprange_value, denom)
+            (pg_loss + cfg.vf_coef * vf_loss).backward()
+            return self._loss_stats(pg_loss, vf_loss, pg_stats, vf_stats)
         with self.autocast:
             logits = response_logits(models.policy, ids, amask, pos, n)
             logprobs = ppo.sequence_logprobs(logits, tokens, cfg.temperature)
             del logits
-        pg_loss, pg_stats = ppo.policy_loss(logprobs, ro.logprobs[idx, :n], advantages[idx, :n], mask,
-                                            cfg.cliprange, denom)
+        pg_loss, pg_stats = ppo.policy_loss(logprobs, old_logprobs, advantages[idx, :n], mask, cfg.cliprange, denom)
         # Policy and value share no trainable tensor: two backward passes give the same gradients as one
         # on their sum, and the policy's activations are freed before the value forward (half the peak).
         pg_loss.backward()
-        with self.autocast:
-            vpred = models.value.values(ids, amask, pos, start=query_ids.size(1) - 1, length=n).float()
-        vf_loss, vf_stats = ppo.value_loss(vpred, ro.values[idx, :n], returns[idx, :n], mask,
-                                           cfg.cliprange_value, denom)
-        (cfg.vf_coef * vf_loss).backward()
+        with models.value_context():  # one_base: the value adapter runs, in the forward and in its backward
+            with self.autocast:
+                vpred = models.value.values(ids, amask, pos, start=start, length=n).float()
+            vf_loss, vf_stats = ppo.value_loss(vpred, old_values, returns[idx, :n], mask, cfg.cliprange_value, denom)
+            (cfg.vf_coef * vf_loss).backward()
+        return self._loss_stats(pg_loss, vf_loss, pg_stats, vf_stats)
+
+    def _loss_stats(self, pg_loss, vf_loss, pg_stats, vf_stats) -> dict[str, float]:
+        cfg = self.cfg
         return {
             "ppo/loss/policy": pg_loss.item(),
             "ppo/loss/value": vf_loss.item(),

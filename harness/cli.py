@@ -335,7 +335,8 @@ def _plan(args: argparse.Namespace) -> int:
     device = int(args.gpu_memory * mp.GIB) if args.gpus else None
     result = mp.plan(cfg, gpus=args.gpus, device_bytes=device, **kw)
     where = f"{args.gpus} GPU(s) of {args.gpu_memory:g} GiB" if args.gpus else "this CPU process"
-    print(f"{'LoRA' if cfg.lora else 'full fine-tune'}, reference={cfg.reference}, on {where}: busiest device")
+    print(f"{'LoRA' if cfg.lora else 'full fine-tune'}, reference={cfg.reference}, value_model={cfg.value_model}, "
+          f"on {where}: busiest device")
     for name, size in result.components.items():
         print(f"  {name:32s} {size / mp.GIB:8.2f} GiB")
     print(f"  {'total':32s} {result.total / mp.GIB:8.2f} GiB" + ("" if result.fits is None else
@@ -343,6 +344,19 @@ def _plan(args: argparse.Namespace) -> int:
     if args.gpus:
         best = mp.smallest_fitting(cfg, device, **kw)
         print(f"smallest fitting layout: {best} GPU(s)" if best else "no layout up to 64 GPUs fits")
+    if args.gpus == 1:
+        gpu, padded = mp.smallest_single_gpu(result.total), result.total * (1 + mp.PLAN_ERROR) / mp.GIB
+        print(f"on one GPU: {result.total / mp.GIB:.1f} GiB predicted, {padded:.1f} GiB with the planner's "
+              f"{100 * mp.PLAN_ERROR:.0f}% error margin (the CUDA context not counted): " + (
+                  f"the smallest listed GPU that holds it is {gpu} ({mp.GPU_BYTES[gpu] / mp.GIB:g} GiB)" if gpu else
+                  f"more than any listed GPU ({', '.join(mp.GPU_BYTES)})"))
+    if cfg.lora and cfg.reference == "one_base":
+        from trainers import one_base
+
+        why = one_base.obstacle(cfg)
+        print("one_base is planned with ONE frozen backbone, the reward model taken to be a head (or a LoRA adapter "
+              "and a head) on the policy's base" + (f"; an assumption for these settings: {why}; `harness train` "
+                                                     "with them falls back to reference='shared'" if why else ""))
     return 0
 
 

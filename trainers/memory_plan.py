@@ -14,7 +14,11 @@ Components, in bytes, for one device:
 Peak = weights + trainable state + runtime + max(rollout phase, training phase).
 
 Layouts: LoRA on N GPUs is data parallel (each device holds every model); full fine-tuning on N GPUs shards
-weights, gradients and optimizer states FSDP-style (1/N each, plus one gathered layer). The activation
+weights, gradients and optimizer states FSDP-style (1/N each, plus one gathered layer). reference='one_base' holds
+one frozen backbone (the policy's; reference, reward and value read it through adapters), and is planned as if the
+reward model were a head on the policy's base whatever `reward` names: `harness train` falls back to two backbones
+when it is not (`trainers.one_base.obstacle` says why). value_model='policy_head' holds no value backbone and trains
+no value adapter: only a head on the policy. The activation
 coefficients were fitted once on SmolLM2-135M in eager fp32 on CPU (2.75 GB for 8 x 143 tokens).
 """
 
@@ -31,7 +35,8 @@ GIB = 2**30
 ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE = 17, 6
 CPU_RUNTIME_BYTES = int(0.45 * GIB)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-GPU_BYTES = {"a100-80gb": 80 * GIB, "a100-40gb": 40 * GIB, "h100-80gb": 80 * GIB, "h200": 141 * GIB}
+GPU_BYTES = {"a100-80gb": 80 * GIB, "a100-40gb": 40 * GIB, "h100-80gb": 80 * GIB, "h200": 141 * GIB,
+             "rtx4090-24gb": 24 * GIB, "l40s-48gb": 48 * GIB}
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,25 +118,31 @@ def plan(cfg: TrainConfig, *, gpus: int = 0, device_bytes: int | None = None, fr
     """Predicted peak memory of the busiest device (gpus=0: this CPU process)."""
     pd = policy_dims or dims(cfg.policy)
     # a prepared reward model is trained from the policy's backbone (`harness prepare`), so it has its dimensions
-    rd = reward_dims or (pd if cfg.reward_is_rule or cfg.reward.startswith(heads.PREPARED) else dims(cfg.reward))
-    vd = rd if cfg.value_init == "reward" else pd
+    one_base = cfg.lora and cfg.reference == "one_base"  # the reward read as a head on the policy's base
+    head_value = cfg.value_model == "policy_head"
+    rd = reward_dims or (pd if one_base or cfg.reward_is_rule or cfg.reward.startswith(heads.PREPARED)
+                         else dims(cfg.reward))
+    vd = rd if cfg.value_init == "reward" and not one_base else pd
     frozen = DTYPE_BYTES[frozen_dtype or ("bfloat16" if cfg.frozen_dtype == "auto" and gpus else
                                           "float32" if cfg.frozen_dtype == "auto" else cfg.frozen_dtype)]
     shards = max(gpus, 1) if not cfg.lora else 1  # FSDP shards only the full fine-tune
     compute = 2 if frozen == 2 else 4
     c: dict[str, int] = {}
     if cfg.lora:
-        lora = cfg.lora_r * (pd.lora_params_per_layer * pd.layers + vd.lora_params_per_layer * vd.layers) + vd.hidden + 1
+        value_lora = 0 if head_value else vd.lora_params_per_layer * vd.layers
+        lora = cfg.lora_r * (pd.lora_params_per_layer * pd.layers + value_lora) + vd.hidden + 1
         c["weights/policy"] = pd.params * frozen
         c["weights/reference"] = pd.params * frozen if cfg.reference == "copy" else 0
         reward_copy = cfg.reference == "copy" or cfg.value_init == "policy"
-        c["weights/reward"] = 0 if cfg.reward_is_rule else rd.params * frozen
-        c["weights/value"] = vd.params * frozen if reward_copy or cfg.reward_is_rule else 0
+        c["weights/reward"] = 0 if cfg.reward_is_rule or one_base else rd.params * frozen
+        separate_value = not (head_value or one_base) and (reward_copy or cfg.reward_is_rule)
+        c["weights/value"] = vd.params * frozen if separate_value else 0
         c["trainable/weights+grads+adam"] = lora * 16
     else:
         c["weights/reference"] = pd.params * frozen // shards
         c["weights/reward"] = 0 if cfg.reward_is_rule else rd.params * frozen // shards
-        c["trainable/weights+grads+adam"] = (pd.params + vd.params) * 16 // shards
+        trained = pd.params + (vd.hidden + 1 if head_value else vd.params)
+        c["trainable/weights+grads+adam"] = trained * 16 // shards
         if shards > 1:
             c["fsdp/gathered_layer"] = 2 * 4 * (pd.params // pd.layers)
     c["runtime"] = 0 if gpus else CPU_RUNTIME_BYTES
@@ -154,6 +165,15 @@ def plan(cfg: TrainConfig, *, gpus: int = 0, device_bytes: int | None = None, fr
     c["phase/" + ("training" if train >= rollout else "rollout")] = max(train, rollout)
     total = sum(c.values())
     return Plan(c, total, device_bytes, gpus)
+
+
+PLAN_ERROR = 0.15  # how far a prediction may be from a measured peak (tests/test_memory_plan.py)
+
+
+def smallest_single_gpu(total: int, margin: float = PLAN_ERROR) -> str | None:
+    """The listed GPU (`GPU_BYTES`) with the least memory that holds `total` bytes plus `margin` of them, or None."""
+    fitting = sorted((size, name) for name, size in GPU_BYTES.items() if total * (1 + margin) <= size)
+    return fitting[0][1] if fitting else None
 
 
 def smallest_fitting(cfg: TrainConfig, device_bytes: int, max_gpus: int = 64, **kw) -> int | None:

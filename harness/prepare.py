@@ -10,7 +10,9 @@
      (`trainers.reward_fit`) on the last hidden states it reads (`read`): their mean over the response and its
      EOS (`response_mean`, the default: the better measured agreement) or the EOS state alone (`eos`); forward
      passes only, and the reward model is the policy's own base weights plus a head;
-   - `trl`: TRL's RewardTrainer (LoRA r=8 on q/k/v/o plus a trained `score` head, merged), backward passes;
+   - `trl`: TRL's RewardTrainer (LoRA r=8 on q/k/v/o plus a trained `score` head), backward passes; saved as that
+     adapter and head naming the SFT model, so that a run with reference='one_base' reads it as a frozen adapter
+     of the policy's own base (`trainers.one_base`) and a two-backbone run merges it into its reward backbone;
 5. write the harness reward-model directory at `prepared:P` ($HARNESS_CACHE/prepared/P/reward-model), and its
    held-out agreement with the judge's noiseless preferences ("gold") and with the noisy labels, in `prepare.json`
    beside it and as a `proxy_rm` record (metric `gold_agreement`, with the number of training pairs) in the
@@ -154,6 +156,7 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
         f"({100 * LABEL_FLIP:.0f}% label noise), {len(held)} pairs of {len(held_ids)} instructions held out")
     t0 = time.time()
     cv: list[float] = []
+    adapter = None
     if method == "head":
         reward, cv = _fit_head(cfg, tok, sampled, prompt_of, pairs, train, noisy, gold, l2, read, log)
         how = {"trained_by": "Bradley-Terry head on the frozen SFT backbone", "l2": l2, "read": read}
@@ -163,15 +166,15 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
             p = pairs[i]
             good, bad = (p.output_2, p.output_1) if noisy[i] == 2 else (p.output_1, p.output_2)
             rows.append({"prompt": prompt_of[instruction_of[i]], "chosen": good, "rejected": bad})
-        reward = _train_reward_model(cfg, tok, rows, folder / "trl", epochs=epochs, batch_size=batch_size, lr=lr,
-                                     seed=cfg.seed)
+        reward, adapter = _train_reward_model(cfg, tok, rows, folder / "trl", epochs=epochs, batch_size=batch_size,
+                                              lr=lr, seed=cfg.seed)
         how = {"trained_by": f"trl {_version('trl')} RewardTrainer", "epochs": epochs, "lr": lr}
     tmp = folder / "reward-model.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    # a head fitted on the frozen SFT backbone is saved alone, naming the model it reads
+    # the head (and TRL's adapter) saved alone, naming the SFT model it reads
     save_reward_model(reward, tok, tmp, meta={**how, "pairs": len(train), "samples": samples,
                                               "label_flip": LABEL_FLIP, "policy": cfg.policy},
-                      backbone_spec=cfg.policy if method == "head" else None)
+                      backbone_spec=cfg.policy, adapter=adapter)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     t_train = time.time() - t0
@@ -298,9 +301,11 @@ def _version(name: str) -> str:
 
 
 def _train_reward_model(cfg: TrainConfig, tok, rows: list[dict], workdir: Path, *, epochs: float, batch_size: int,
-                        lr: float, seed: int) -> ScalarHeadModel:
+                        lr: float, seed: int) -> tuple[ScalarHeadModel, tuple[dict, dict[str, torch.Tensor]]]:
+    """TRL's reward model: (the merged model with its head, its LoRA adapter as `save_reward_model` writes it)."""
     import datasets
     from peft import LoraConfig, TaskType
+    from peft.tuners.lora import LoraLayer
     from trl import RewardConfig, RewardTrainer
 
     model = _sequence_classifier(cfg.policy)
@@ -318,6 +323,10 @@ def _train_reward_model(cfg: TrainConfig, tok, rows: list[dict], workdir: Path, 
     trainer = RewardTrainer(model=model, args=args, train_dataset=datasets.Dataset.from_list(rows),
                             processing_class=tok, peft_config=peft)
     trainer.train()
+    stack = trainer.model.get_base_model().get_decoder()
+    tensors = {f"{name}.lora_{x}.weight": getattr(layer, f"lora_{x}")["default"].weight.detach().float().cpu().clone()
+               for name, layer in stack.named_modules() if isinstance(layer, LoraLayer) for x in "AB"}
+    settings = {"r": peft.r, "lora_alpha": peft.lora_alpha, "target_modules": sorted(peft.target_modules)}
     merged = trainer.model.merge_and_unload().eval()
     score = merged.score
     head = torch.nn.Linear(score.in_features, 1)
@@ -325,7 +334,7 @@ def _train_reward_model(cfg: TrainConfig, tok, rows: list[dict], workdir: Path, 
         head.weight.copy_(score.weight.float())
         head.bias.copy_(score.bias.float() if score.bias is not None else torch.zeros(1))
     shutil.rmtree(workdir, ignore_errors=True)
-    return ScalarHeadModel(merged.model, head, score_token=trl_score_token(tok)).eval()
+    return ScalarHeadModel(merged.model, head, score_token=trl_score_token(tok)).eval(), (settings, tensors)
 
 
 def trl_score_token(tok) -> str:

@@ -127,6 +127,19 @@ def _value(v: float | None, fmt: str, **kw) -> Cell:
     return Cell(text=DASH if v is None else format(v, fmt), value=v, **kw)
 
 
+def _decoding_text(series) -> str:
+    """How the records' answers were decoded, e.g. "greedy, 96 new tokens" (each distinct setting once)."""
+    texts = []
+    for s in series:
+        for rec in s.points.values():
+            g = (rec.get("details") or {}).get("generation") or {}
+            if "temperature" in g:
+                mode = "greedy" if g["temperature"] == 0 else f"sampled at temperature {g['temperature']:g}"
+                text = f"{mode}, {g.get('max_new_tokens')} new tokens"
+                texts += [text] if text not in texts else []
+    return "; ".join(texts) or "decoding not recorded"
+
+
 def _rec_kw(rec: dict | None, source: str, metric: str) -> dict:
     if rec is None:
         return {"source": source, "metric": metric}
@@ -252,7 +265,7 @@ def table3(data: ReportData) -> Table:
     vtext = f"{verifier.get('name')} ({verifier.get('model')})" if verifier else DASH
     t.caption = (f"Ours (preset {data.preset}), each run's latest step: FActScore = % of atomic facts supported "
                  f"(with FActScore's length penalty), answered = % of prompts answered, facts per answered prompt; "
-                 f"verifier {vtext}. The paper reports only the direction (PPO lowers FActScore, LoRA keeps most "
+                 f"verifier {vtext}; bios {_decoding_text(data.factuality)}. The paper reports only the direction (PPO lowers FActScore, LoRA keeps most "
                  "of it), so it has no column here.")
     return t
 

@@ -327,3 +327,15 @@ def test_the_report_says_which_reproduce_made_it_and_how_long_it_took(tmp_path, 
     assert ("Then `harness reproduce --table 2` finished 2026-01-01T00:00:00Z in 42.0 min of wall time (trained 4 "
             "runs, ran 9 evaluations) on Some CPU, 2 cores, x86_64.") in summary
     assert "- made by `harness reproduce --table 2`" in (tmp_path / "report" / "index.md").read_text()
+
+
+def test_table3_says_how_the_bios_were_decoded():
+    from harness.report_data import Series
+    from harness.report_tables import _decoding_text
+
+    greedy, sampled = Series("a", "lora", "kl", 1), Series("b", "sft", None, None)
+    greedy.points[6] = {"details": {"generation": {"temperature": 0.0, "max_new_tokens": 96}}}
+    sampled.points[0] = {"details": {"generation": {"temperature": 1.0, "max_new_tokens": 96}}}
+    assert _decoding_text([greedy]) == "greedy, 96 new tokens"
+    assert _decoding_text([greedy, sampled, greedy]) == "greedy, 96 new tokens; sampled at temperature 1, 96 new tokens"
+    assert _decoding_text([]) == "decoding not recorded"

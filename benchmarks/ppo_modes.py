@@ -1,5 +1,6 @@
-"""Seconds per PPO step and per phase, tokens/s, peak memory and trainable share of the three modes:
-LoRA with the shared reference, LoRA with a copied reference (the paper's code), full fine-tune.
+"""Seconds per PPO step and per phase, tokens/s, peak memory and trainable share of the modes: LoRA with the shared
+reference, LoRA with a copied reference (the paper's code), full fine-tune, LoRA with every role on one frozen base
+(reference=one_base), and LoRA with the value as a head on the policy (value_model=policy_head).
 
 Each mode runs in its own process (so that peak RSS is its own) through `harness train`, for `--steps`
 steps; the first step is a warm-up and is excluded from the medians.
@@ -25,6 +26,8 @@ MODES = {
     "lora_shared": ["lora=true", "reference=shared"],
     "lora_copy": ["lora=true", "reference=copy"],
     "full": ["lora=false", "reference=copy"],
+    "one_base": ["lora=true", "reference=one_base"],
+    "policy_head": ["lora=true", "reference=shared", "value_model=policy_head", "value_init=policy"],
 }
 PHASES = ("time/step", "time/rollout", "time/score", "time/train", "time/tokens_per_s", "time/rollout_tokens_per_s")
 RESULTS = Path(__file__).parent / "results"
@@ -54,6 +57,7 @@ def run_mode(preset: str, steps: int, extra: list[str], mode: str, workdir: Path
         "trainable_share_percent": 100 * counts["trainable"] / counts["total"],
         "policy_trainable_share_percent": 100 * counts["policy_trainable"] / counts["policy_total"],
         "frozen_dtype": facts["frozen_dtype"],
+        "layout": facts.get("layout"),  # what was built (one_base falls back to shared when it cannot apply)
         "wall_s": wall,
         "facts": facts,
     }
@@ -87,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     machine = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip()
     header = (f"PPO step by mode, preset `{args.preset}` {' '.join(args.set)}; median of {args.steps - 1} steps after "
               f"a warm-up step; {machine}; command: `python -m benchmarks.ppo_modes --preset {args.preset} "
-              f"--steps {args.steps}{''.join(' --set ' + s for s in args.set)}`")
+              f"--steps {args.steps}{'' if args.modes == ','.join(MODES) else ' --modes ' + args.modes}"
+              f"{''.join(' --set ' + s for s in args.set)}`")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"ppo_modes-{args.preset}{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))

@@ -113,6 +113,14 @@ def test_a_reward_on_another_backbone_falls_back_with_a_line_saying_why(smoke, t
     assert [n for n, _ in trainer.models.reward.named_parameters()] == ["head.weight", "head.bias"]
 
 
+def test_a_rule_reward_leaves_reference_and_value_on_the_base(smoke, tmp_path):
+    settings = dict(steps=1, reward="rule:count:e", value_init="policy")
+    expected = run(smoke(**settings), tmp_path / "shared")
+    trainer = PPOTrainer(smoke(reference="one_base", **settings), tmp_path / "one", log=lambda m: None)
+    assert trainer.models.layout == "one_base" and not trainer.models.reward_reads_reference
+    assert_same_runs(trainer.train(), expected)
+
+
 def test_settings_one_base_and_policy_head_cannot_take_are_refused_in_one_line(smoke):
     with pytest.raises(ValueError, match=r"reference='one_base' needs lora=true \(the reference is the policy with "
                                          r"adapters disabled\); use reference='copy'"):

@@ -45,7 +45,7 @@ class TrainConfig:
         "shared: reference = policy with adapters disabled and reward = value backbone with adapters disabled "
         "(two frozen backbones); copy: separate frozen copies, as the paper's code; one_base: one frozen backbone "
         "for all four roles (policy and value as named adapters, reference and reward with adapters off), when the "
-        "reward is a head on the policy's base (else the shared layout, and the run says why)",
+        "reward is a rule or a head on the policy's base (else the shared layout, and the run says why)",
     )
     value_model: Literal["separate", "policy_head"] = _f(
         "separate",

@@ -4,7 +4,8 @@ On the policy's PEFT model:
 - policy     adapter "default" (trained), as in every LoRA layout;
 - reference  the model with its adapters disabled;
 - reward     the base with its adapters disabled (or with its own frozen adapter "reward", when the reward-model
-             directory carries one: `trainers.heads`), read by the reward model's frozen scalar head;
+             directory carries one: `trainers.heads`), read by the reward model's frozen scalar head (or a rule,
+             which reads the text);
 - value      adapter "value" (trained; over "reward" too when value_init='reward' and the reward has an adapter, so
              that the value model starts as the reward model, as in the two-base layouts), read by a
              zero-initialised head, the head every layout's value model starts from.

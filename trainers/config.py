@@ -21,7 +21,7 @@ Dtype = Literal["auto", "bfloat16", "float32", "float16"]
 # identity (`trainers.identity`), and a run may be resumed with them changed. Results differ only by
 # floating-point summation order.
 EXECUTION_FIELDS = frozenset({"threads", "device", "group_by_length", "merge_adapters_for_rollout",
-                              "few_row_decode_products"})
+                              "few_row_decode_products", "lean_decode_step", "packed_decode_weights"})
 
 
 def _f(default: Any, help: str) -> Any:
@@ -120,8 +120,13 @@ class TrainConfig:
                                "scoring forwards, training), so that each micro-batch carries little padding")
     merge_adapters_for_rollout: bool = _f(True, "sample with the LoRA update folded into temporary copies of the "
                                           "adapted weights (the originals are put back untouched afterwards)")
-    few_row_decode_products: bool = _f(True, "on CPUs, decode with each linear layer computed as W x^T, which "
-                                       "MKL runs faster than x W^T for a few rows")
+    few_row_decode_products: bool = _f(True, "on CPUs, decode with each float32 linear layer computed as W x^T, "
+                                       "which MKL runs faster than x W^T for a few rows")
+    lean_decode_step: bool = _f(True, "decode Llama models with their weights' tensor operations alone, without "
+                                "the per-token work of the model's forward (mask building, module dispatch); the "
+                                "same logits")
+    packed_decode_weights: bool = _f(True, "on CPUs, decode bf16 linear layers with copies of their weights packed "
+                                     "once per rollout into oneDNN's blocked layout; the same logits")
 
     def __post_init__(self) -> None:
         _check_types(self)

@@ -1,15 +1,21 @@
-"""Linear layers laid out for decoding: y = (W x^T)^T when only a few rows go through.
+"""Linear layers laid out for decoding: y = (W x^T)^T, or a weight packed once, when only a few rows go through.
 
 Each decoding step sends one token per sequence through every linear layer: a matrix product with a handful
-of rows. MKL's kernel for x W^T with few rows is poorly blocked on CPUs; the same product asked as W x^T
-runs faster for SmolLM2's layer shapes and most for its 49k-word LM head (`python -m benchmarks.decode_products`
-measures both layouts; docs/performance.md). The sums are the same, in another order. Larger
-inputs (prefill, scoring, training) keep `F.linear`.
+of rows. Two layouts help on CPUs; larger inputs (prefill, scoring, training) keep `F.linear` in both:
+
+- `few_row_products` (float32): MKL's kernel for x W^T with few rows is poorly blocked; the same product asked
+  as W x^T runs faster for SmolLM2's layer shapes and most for its 49k-word LM head (`python -m
+  benchmarks.decode_products` measures both layouts; docs/performance.md). The sums are the same, in another order.
+- `packed_products` (bfloat16): `F.linear` hands oneDNN the weight in its plain layout; a copy reordered once
+  per sampling call into oneDNN's blocked layout runs each decoding product 1.6-1.7x faster at SmolLM2's shapes
+  (one core, 16 rows; `python -m benchmarks.decode_floor` times decoding with and without it), and gives the
+  same bits as `F.linear` here.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +42,14 @@ def _few_rows_forward(module: nn.Linear):
 
 @contextlib.contextmanager
 def few_row_products(model: nn.Module, enabled: bool = True):
-    """Within the context, `model`'s linear layers use W x^T for inputs of at most MAX_ROWS rows (CPU only)."""
+    """Within the context, `model`'s float32 linear layers use W x^T for inputs of at most MAX_ROWS rows (CPU
+    only)."""
     patched = []
     try:
         if enabled:
             for module in model.modules():
                 if (type(module) is nn.Linear and module.weight.device.type == "cpu" and "forward" not in vars(module)
+                        and module.weight.dtype == torch.float32  # bf16 goes to oneDNN: `packed_products`
                         and not isinstance(module.weight, DTensor)):  # FSDP shards gather in their own forward
                     module.forward = _few_rows_forward(module)
                     patched.append(module)
@@ -49,3 +57,51 @@ def few_row_products(model: nn.Module, enabled: bool = True):
     finally:
         for module in patched:
             del module.forward
+
+
+@functools.cache
+def _onednn_bf16() -> bool:
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def _packable(module: nn.Module) -> bool:
+    if type(module) is not nn.Linear:
+        return False
+    weight = module.weight
+    return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and not isinstance(weight, DTensor)
+            and _onednn_bf16())
+
+
+def _packed_forward(module: nn.Linear, rows_hint: int):
+    packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows_hint)
+    bias = module.bias.detach() if module.bias is not None else None
+    fallback = vars(module).get("forward") or nn.Linear.forward.__get__(module)
+    linear = torch.ops.mkldnn._linear_pointwise
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if x.numel() // x.size(-1) > MAX_ROWS or x.dtype != packed.dtype:
+            return fallback(x)
+        return linear(x, packed, bias, "none", [], "")
+
+    return forward
+
+
+@contextlib.contextmanager
+def packed_products(model: nn.Module, enabled: bool = True, rows_hint: int = 16):
+    """Within the context, `model`'s bfloat16 linear layers on CPU compute inputs of at most MAX_ROWS rows with a
+    copy of their weight reordered once into oneDNN's blocked layout (for `rows_hint` rows); other inputs go to
+    the forward they had. The copies cost one more set of those weights while the context lasts."""
+    patched = []
+    try:
+        if enabled:
+            for module in model.modules():
+                if _packable(module):
+                    patched.append((module, vars(module).get("forward")))
+                    module.forward = _packed_forward(module, rows_hint)
+        yield len(patched)
+    finally:
+        for module, prior in patched:
+            if prior is None:
+                del module.forward
+            else:
+                module.forward = prior

@@ -14,6 +14,8 @@ import torch
 from torch import Tensor
 from transformers import DynamicCache
 
+from trainers.decode_linear import packed_products
+from trainers.decode_step import LeanDecoder
 from trainers.kv_cache import GroupedPrefillCache, with_room
 
 
@@ -124,10 +126,15 @@ def sample(
     generator: torch.Generator | None = None,
     keep_logits: bool = True,
     prefill_rows: int = 0,
+    lean_step: bool = True,
+    packed_weights: bool = True,
 ) -> Samples:
     """Sample up to `max_new_tokens` per row (temperature 0: greedy); stop when every row has stopped.
 
-    `prefill_rows` > 0 reads the prompts in length-sorted groups of that many rows (see `prefill`)."""
+    `prefill_rows` > 0 reads the prompts in length-sorted groups of that many rows (see `prefill`). Decoding levers
+    (each gives the same logits as without it): `lean_step` decodes with `trainers.decode_step.LeanDecoder` where
+    it applies (without the per-call work of the model's forward); `packed_weights` computes bf16 linear layers
+    with weights packed once for the call (`trainers.decode_linear.packed_products`)."""
     device = query_ids.device
     batch = query_ids.size(0)
     mask = query_mask.long()
@@ -138,27 +145,32 @@ def sample(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens = []
     kept = None  # [B, max_new_tokens, V], filled in place: no list of per-step copies to stack
-    for step in range(max_new_tokens):
-        logits = last_logits.float()
-        if temperature > 0:
-            logits = logits / temperature
-            if keep_logits:
-                if kept is None:
-                    kept = logits.new_empty(batch, max_new_tokens, logits.size(-1))
-                kept[:, step] = logits
-            probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
-            token = draw(probs, generator)
-        else:
-            token = logits.argmax(-1)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        tokens.append(token)
-        finished |= torch.isin(token, stop)
-        if bool(finished.all()) or step == max_new_tokens - 1:
-            break
-        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
-        last_logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos, cache=cache,
-                            use_cache=True).logits[:, -1]
-        next_pos = next_pos + 1
+    with packed_products(model, packed_weights and max_new_tokens > 1, rows_hint=batch):
+        decoder = LeanDecoder.build(model, cache, mask, max_new_tokens) if lean_step else None
+        for step in range(max_new_tokens):
+            logits = last_logits.float()
+            if temperature > 0:
+                logits = logits / temperature
+                if keep_logits:
+                    if kept is None:
+                        kept = logits.new_empty(batch, max_new_tokens, logits.size(-1))
+                    kept[:, step] = logits
+                probs = torch.softmax(filter_logits(logits, top_k, top_p), dim=-1)
+                token = draw(probs, generator)
+            else:
+                token = logits.argmax(-1)
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            tokens.append(token)
+            finished |= torch.isin(token, stop)
+            if bool(finished.all()) or step == max_new_tokens - 1:
+                break
+            if decoder is not None:
+                last_logits = decoder(token, next_pos)
+            else:
+                mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=device)], dim=1)
+                last_logits = model(input_ids=token[:, None], attention_mask=mask, position_ids=next_pos,
+                                    cache=cache, use_cache=True).logits[:, -1]
+            next_pos = next_pos + 1
     tokens_t = torch.stack(tokens, dim=1)
     is_stop = torch.isin(tokens_t, stop)
     # real tokens: those up to and including the first stop token

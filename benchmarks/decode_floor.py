@@ -116,6 +116,20 @@ def read_bandwidth(buffer: torch.Tensor, repeats: int = 3) -> float:
     return buffer.numel() * buffer.element_size() / best
 
 
+def matmul_rate(dtype: torch.dtype, size: int = 2048, repeats: int = 3) -> float:
+    """FLOP/s of the best of `repeats` size x size matrix products in `dtype`: what this CPU's cores compute at
+    best, against which a decoding step's 2 B sum(in x out) FLOPs give its compute floor."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=gen).to(dtype) for _ in range(2))
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best
+
+
 # --- the work unit ---------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -212,48 +226,51 @@ def decode_seconds(unit: WorkUnit, lever: Lever, dtype: str):
     return (whole - first) / (unit.new_tokens - 1), out, bytes_
 
 
-def linear_layers(model: nn.Module) -> list[tuple[object, int, int]]:
-    """(x -> layer(x), in, out) for every linear layer a decoding step runs: plain ones and LoRA layers (their
-    branch included), as `trainers.decode_step` calls them."""
-    from peft.tuners.lora.layer import Linear as LoraLinear
+def linear_products(model: nn.Module, pack_rows: int) -> list[tuple[object, int, int]]:
+    """(x -> outputs, in, FLOPs per row) for each product a lean decoding step of a Llama model runs, as
+    `trainers.decode_step` builds them: q/k/v and gate/up as one product each, o, down, the LM head; LoRA
+    branches included (their FLOPs, under 1%, left out)."""
+    from trainers.decode_step import group_fn, linear_fn
 
-    from trainers.decode_step import linear_fn
-
-    found, inside = [], set()
-    for module in model.modules():
-        if id(module) in inside:
-            continue
-        if type(module) is LoraLinear or type(module) is nn.Linear:
-            inside.update(id(m) for m in module.modules())
-            base = module.get_base_layer() if type(module) is LoraLinear else module
-            found.append((linear_fn(module), base.in_features, base.out_features))
+    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    found = []
+    for layer in lm.model.layers:
+        attn, mlp = layer.self_attn, layer.mlp
+        for fn, modules in ((group_fn([attn.q_proj, attn.k_proj, attn.v_proj], pack_rows), [attn.q_proj, attn.k_proj,
+                             attn.v_proj]), (linear_fn(attn.o_proj, pack_rows), [attn.o_proj]),
+                            (group_fn([mlp.gate_proj, mlp.up_proj], pack_rows), [mlp.gate_proj, mlp.up_proj]),
+                            (linear_fn(mlp.down_proj, pack_rows), [mlp.down_proj])):
+            bases = [m.get_base_layer() if hasattr(m, "get_base_layer") else m for m in modules]
+            found.append((fn, bases[0].in_features, sum(2 * b.in_features * b.out_features for b in bases)))
+    head = lm.lm_head
+    found.append((linear_fn(head, pack_rows), head.in_features, 2 * head.in_features * head.out_features))
     return found
 
 
 def products_seconds(models, batch: int, repeats: int = 5) -> tuple[float, float]:
-    """(seconds, FLOPs) of one decoding step's linear layers alone, back to back on [B, 1, in] inputs, with the
-    default levers (folded LoRA, W x^T products, packed weights): the part of a step no lever outside the
+    """(seconds, FLOPs) of one decoding step's linear products alone, back to back on [B, 1, in] inputs, with the
+    default levers (folded LoRA, W x^T products, packed weights): the part of a step that no lever outside the
     products can remove. FLOPs: 2 B sum(in x out)."""
-    from trainers.decode_linear import packed_products
-
     policy = models.policy
     dtype = policy.get_input_embeddings().weight.dtype
-    with models.sampling_context(True, True), packed_products(policy, True, rows_hint=batch):
-        layers = linear_layers(policy)
-        inputs = {n: torch.randn(batch, 1, n).to(dtype) for _, n, _ in layers}
+    with models.sampling_context(True, True):
+        products = linear_products(policy, batch)
+        inputs = {n: torch.randn(batch, 1, n).to(dtype) for _, n, _ in products}
         best = float("inf")
         for _ in range(repeats):
             t0 = time.perf_counter()
-            for fn, n, _ in layers:
+            for fn, n, _ in products:
                 fn(inputs[n])
             best = min(best, time.perf_counter() - t0)
-    return best, 2.0 * batch * sum(n * m for _, n, m in layers)
+    return best, batch * sum(flops for _, _, flops in products)
 
 
 # --- the run ---------------------------------------------------------------------------------------------------
 
 def measure(unit: WorkUnit, levers: list[Lever], default_dtype: str, repeats: int, buffer: torch.Tensor,
             log=print) -> dict:
+    from trainers.precision import DTYPES
+
     """Rounds of: bandwidth, then every lever's decode time; per-round ratios and the best of each."""
     rounds = []
     reference: dict[str, object] = {}
@@ -282,8 +299,10 @@ def measure(unit: WorkUnit, levers: list[Lever], default_dtype: str, repeats: in
     best_bw = max(r["bandwidth_bytes_per_s"] for r in rounds)
     seconds, flops = products_seconds(unit.models[default_dtype], unit.query_ids.size(0))
     defaults_bytes = facts["defaults"]["bytes_per_step"]["total"]
+    rate = matmul_rate(DTYPES[default_dtype], 2048)
     products = {"ms": 1e3 * seconds, "gflop": flops / 1e9, "gflop_per_s": flops / seconds / 1e9,
-                "ratio_to_floor": seconds / (defaults_bytes / best_bw)}
+                "ratio_to_floor": seconds / (defaults_bytes / best_bw), "peak_matmul_gflop_per_s": rate / 1e9,
+                "compute_floor_ms": 1e3 * flops / rate}
     log(f"linear layers alone: {products['ms']:.1f} ms per step ({products['gflop_per_s']:.0f} GFLOP/s)")
     table = []
     for lever in levers:
@@ -307,7 +326,10 @@ def markdown(result: dict) -> str:
              f"The step's linear layers alone (defaults, back to back, LoRA branches included): "
              f"{result['linear_layers_alone']['ms']:.1f} ms = {result['linear_layers_alone']['ratio_to_floor']:.2f} "
              f"x floor, {result['linear_layers_alone']['gflop']:.2f} GFLOP at "
-             f"{result['linear_layers_alone']['gflop_per_s']:.0f} GFLOP/s.", "",
+             f"{result['linear_layers_alone']['gflop_per_s']:.0f} GFLOP/s; at this CPU's best matrix-product rate "
+             f"({result['linear_layers_alone']['peak_matmul_gflop_per_s']:.0f} GFLOP/s, 2048 x 2048 in "
+             f"{result['default_dtype']}) they would take {result['linear_layers_alone']['compute_floor_ms']:.1f} "
+             "ms (the compute floor).", "",
              "| row | setting | dtype | MB/step | floor ms | ms/step best | ms/step median | x floor (best) | "
              "x floor per round | same tokens | max logit diff |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -104,6 +104,14 @@ def test_few_row_products_leave_bf16_layers_to_packing():
         assert n_patched == 1 and "forward" not in vars(model[1])
 
 
+def test_few_row_products_leave_lora_adapters_alone(smoke):
+    policy = build_models(smoke(), CPU).policy
+    q_proj = policy.get_base_model().model.layers[0].self_attn.q_proj
+    with few_row_products(policy):
+        assert "forward" in vars(q_proj.get_base_layer())
+        assert not any("forward" in vars(m) for m in (*q_proj.lora_A.values(), *q_proj.lora_B.values()))
+
+
 @pytest.mark.skipif(not ONEDNN_BF16, reason="oneDNN bf16 products are not available on this CPU")
 @pytest.mark.parametrize("lean", [False, True])
 def test_packed_weights_sample_the_same_tokens(smoke, lean):
@@ -115,6 +123,20 @@ def test_packed_weights_sample_the_same_tokens(smoke, lean):
     assert torch.equal(packed.tokens, plain.tokens)
     assert torch.equal(packed.logits, plain.logits)
     assert not any("forward" in vars(m) for m in bundle.policy.modules())  # the packed copies are gone
+
+
+@pytest.mark.skipif(not ONEDNN_BF16, reason="oneDNN bf16 products are not available on this CPU")
+def test_lean_packed_step_of_a_plain_model(smoke):
+    """Without LoRA, the stacked q/k/v and gate/up products are split into views: still the forward's bits."""
+    from trainers import models
+
+    model = models.load_causal_lm("tiny-random-llama", torch.bfloat16)
+    tok = models.load_tokenizer("tiny-random-llama")
+    ids, mask = _prompts(tok)
+    runs = [sample(model, ids, mask, max_new_tokens=12, temperature=1.0, stop_ids=[], pad_id=tok.pad_token_id,
+                   generator=torch.Generator().manual_seed(3), lean_step=lean, packed_weights=lean)
+            for lean in (False, True)]
+    assert torch.equal(runs[0].tokens, runs[1].tokens) and torch.equal(runs[0].logits, runs[1].logits)
 
 
 def test_step_bytes_match_a_hand_count(smoke):

@@ -40,16 +40,29 @@ def _few_rows_forward(module: nn.Linear):
     return forward
 
 
+def _adapter_layers(model: nn.Module) -> set[int]:
+    """Ids of the A and B layers of `model`'s LoRA adapters."""
+    try:
+        from peft.tuners.lora import LoraLayer
+    except ImportError:
+        return set()
+    return {id(layer) for module in model.modules() if isinstance(module, LoraLayer)
+            for layer in (*module.lora_A.values(), *module.lora_B.values())}
+
+
 @contextlib.contextmanager
 def few_row_products(model: nn.Module, enabled: bool = True):
     """Within the context, `model`'s float32 linear layers use W x^T for inputs of at most MAX_ROWS rows (CPU
-    only)."""
+    only). LoRA's A and B keep `F.linear`: for rank-r products the transposes cost more than they save (decoding
+    ran faster with them left alone, `python -m benchmarks.decode_floor`)."""
     patched = []
     try:
         if enabled:
+            adapters = _adapter_layers(model)
             for module in model.modules():
                 if (type(module) is nn.Linear and module.weight.device.type == "cpu" and "forward" not in vars(module)
                         and module.weight.dtype == torch.float32  # bf16 goes to oneDNN: `packed_products`
+                        and id(module) not in adapters
                         and not isinstance(module.weight, DTensor)):  # FSDP shards gather in their own forward
                     module.forward = _few_rows_forward(module)
                     patched.append(module)
@@ -64,24 +77,33 @@ def _onednn_bf16() -> bool:
     return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
-def _packable(module: nn.Module) -> bool:
-    if type(module) is not nn.Linear:
-        return False
-    weight = module.weight
+def packable(weight: torch.Tensor) -> bool:
+    """Whether `weight` is one `PackedLinear` can take: bfloat16, on a CPU with oneDNN bf16 products, not a shard."""
     return (weight.device.type == "cpu" and weight.dtype == torch.bfloat16 and not isinstance(weight, DTensor)
             and _onednn_bf16())
 
 
+class PackedLinear:
+    """x -> x W^T + b with a copy of W reordered once into oneDNN's blocked layout for `rows_hint` rows (bfloat16,
+    CPU); inputs of any row count are accepted."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, rows_hint: int) -> None:
+        self.packed = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), rows_hint)
+        self.bias = bias.detach() if bias is not None else None
+        self.out_features = weight.size(0)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
 def _packed_forward(module: nn.Linear, rows_hint: int):
-    packed = torch.ops.mkldnn._reorder_linear_weight(module.weight.detach(), rows_hint)
-    bias = module.bias.detach() if module.bias is not None else None
+    product = PackedLinear(module.weight, module.bias, rows_hint)
     fallback = vars(module).get("forward") or nn.Linear.forward.__get__(module)
-    linear = torch.ops.mkldnn._linear_pointwise
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if x.numel() // x.size(-1) > MAX_ROWS or x.dtype != packed.dtype:
+        if x.numel() // x.size(-1) > MAX_ROWS or x.dtype != torch.bfloat16:
             return fallback(x)
-        return linear(x, packed, bias, "none", [], "")
+        return product(x)
 
     return forward
 
@@ -95,7 +117,7 @@ def packed_products(model: nn.Module, enabled: bool = True, rows_hint: int = 16)
     try:
         if enabled:
             for module in model.modules():
-                if _packable(module):
+                if type(module) is nn.Linear and packable(module.weight):
                     patched.append((module, vars(module).get("forward")))
                     module.forward = _packed_forward(module, rows_hint)
         yield len(patched)

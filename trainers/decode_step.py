@@ -2,18 +2,20 @@
 
 For one new token per row, `LlamaForCausalLM.forward` rebuilds a 4-D attention mask from the whole 2-D mask,
 dispatches through some 25 modules per layer (each with its hook checks; peft's LoRA wrappers; the attention
-registry; the cache object's update) and wraps its outputs in dataclasses. For SmolLM2 decoding 16 rows that
-Python work costs about as much as the matrix products (`python -m benchmarks.decode_floor`). `LeanDecoder` reads
-the same weights and calls the same tensor operations, in the same order and dtypes, as that forward on the same
-inputs (decoding one token per row into a `trainers.kv_cache.RoomyLayer` cache), so its logits are the same bits;
-what it skips is:
+registry; the cache object's update) and wraps its outputs in dataclasses: for SmolLM2 decoding 16 rows, a fifth
+of the step (`python -m benchmarks.decode_floor`). `LeanDecoder` reads the same weights and calls the same tensor
+operations, in the same order and dtypes, as that forward on the same inputs (decoding one token per row into a
+`trainers.kv_cache.RoomyLayer` cache), so its logits are the same bits; what it skips is:
 
 - the mask: built once per sampling call (the prompt's padding, then room for every new token) and sliced per
   step, instead of rebuilt from a concatenated 2-D mask;
-- module dispatch: each linear layer, norm and activation is called through its `forward` (already bound: a
-  few-row product from `trainers.decode_linear` or a folded LoRA layer stays as it is set up), and a LoRA layer
-  with live adapters runs peft's sum `base(x) + B(A(x)) * scale` directly;
+- module dispatch: each linear layer, norm and activation is called through its `forward` (a few-row product
+  from `trainers.decode_linear` or a folded LoRA layer stays as it is set up), and a LoRA layer with live
+  adapters runs peft's sum `base(x) + B(A(x)) * scale` directly;
 - the cache object: keys and values are written into the cache's preallocated buffers.
+
+Asked to pack (`packed_decode_weights`), it computes bf16 layers with `trainers.decode_linear.PackedLinear`, q/k/v
+and gate/up each as one product over their stacked weights (same bits: each output comes from the same blocks).
 
 Only what this step reproduces is accepted (`LeanDecoder.build` returns None otherwise, and the caller keeps the
 model's own forward): `LlamaForCausalLM` with SDPA attention, plain or LoRA linear layers in eval mode, and a
@@ -28,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainers.decode_linear import PackedLinear, packable
 from trainers.kv_cache import RoomyLayer
 
 Fn = Callable[[Tensor], Tensor]
@@ -40,60 +43,97 @@ def _plain_call(module: nn.Module) -> Fn:
     return module.forward
 
 
-def linear_fn(module: nn.Module) -> Fn | None:
-    """x -> module(x) for an `nn.Linear` or a peft LoRA `Linear` around one; None for anything else.
-
-    A LoRA layer with live adapters computes peft's unmerged sum: y = base(x); for each active adapter
-    y = y + B(A(x')) * scale with x' = x cast to A's dtype; then y cast back to base(x)'s dtype."""
+def _parts(module: nn.Module):
+    """(the plain `nn.Linear` that `module` computes with, its live LoRA adapters as (A, B, scale, input dtype)), or
+    None for a layer this step does not reproduce (not linear, hooks, live dropout, adapter variants)."""
     if type(module) is nn.Linear:
-        return _plain_call(module)
+        return module, []
     try:
         from peft.tuners.lora.layer import Linear as LoraLinear
     except ImportError:  # peft absent: no LoRA layers to meet
         return None
     if type(module) is not LoraLinear or module._forward_hooks or module._forward_pre_hooks:
         return None
-    base = linear_fn(module.get_base_layer())
-    if base is None or module.disable_adapters or module.merged:
-        return base
+    base = module.get_base_layer()
+    if type(base) is not nn.Linear:
+        return None
+    if module.disable_adapters or module.merged:
+        return base, []
     adapters = []
     for name in module.active_adapters:
         if name not in module.lora_A:
             continue
-        dropout = module.lora_dropout[name]
+        dropout, a, b = module.lora_dropout[name], module.lora_A[name], module.lora_B[name]
         if name in module.lora_variant or (dropout.training and isinstance(dropout, nn.Dropout) and dropout.p > 0):
             return None  # DoRA-like variants and live dropout: left to peft
-        a, b = linear_fn(module.lora_A[name]), linear_fn(module.lora_B[name])
-        if a is None or b is None:
+        if type(a) is not nn.Linear or type(b) is not nn.Linear:
             return None
-        cast = module.lora_A[name].weight.dtype if getattr(module, "cast_input_dtype_enabled", True) else None
-        adapters.append((a, b, module.scaling[name], cast))
+        cast = a.weight.dtype if getattr(module, "cast_input_dtype_enabled", True) else None
+        adapters.append((_plain_call(a), _plain_call(b), module.scaling[name], cast))
+    return base, adapters
+
+
+def _adapted(result: Tensor, x: Tensor, adapters: list) -> Tensor:
+    """peft's unmerged sum on a base output: y = base(x); y = y + B(A(x')) * scale per adapter, x' = x cast to A's
+    dtype; then y cast back to base(x)'s dtype."""
     if not adapters:
-        return base
+        return result
+    dtype = result.dtype
+    for a, b, scale, cast in adapters:
+        if cast is not None and x.dtype != cast:
+            x = x.to(cast)
+        result = result + b(a(x)) * scale
+    return result.to(dtype)
 
-    def lora_forward(x: Tensor) -> Tensor:
-        result = base(x)
-        dtype = result.dtype
-        for a, b, scale, cast in adapters:
-            if cast is not None and x.dtype != cast:
-                x = x.to(cast)
-            result = result + b(a(x)) * scale
-        return result.to(dtype)
 
-    return lora_forward
+def linear_fn(module: nn.Module, pack_rows: int = 0) -> Fn | None:
+    """x -> module(x) for an `nn.Linear` or a peft LoRA `Linear` around one; None for anything else. With
+    `pack_rows` > 0 a bf16 weight is packed for that many rows (`trainers.decode_linear.PackedLinear`)."""
+    parts = _parts(module)
+    if parts is None:
+        return None
+    base, adapters = parts
+    product = (PackedLinear(base.weight, base.bias, pack_rows) if pack_rows and packable(base.weight)
+               and not base._forward_hooks and not base._forward_pre_hooks else _plain_call(base))
+    return product if not adapters else (lambda x: _adapted(product(x), x, adapters))
+
+
+def group_fn(modules: list[nn.Module], pack_rows: int = 0):
+    """x -> (m(x) for m in modules) for layers that read the same input (q/k/v; gate/up); None if one of them is
+    not reproduced. With packing, their bf16 weights are stacked into one packed product whose output is split:
+    one larger product runs faster than several small ones, and gives the same bits here (oneDNN computes each
+    output from the same blocks); each layer's LoRA adapters are then added to its part."""
+    parts = [_parts(m) for m in modules]
+    if any(p is None for p in parts):
+        return None
+    bases = [base for base, _ in parts]
+    if (pack_rows and all(packable(b.weight) and not b._forward_hooks and not b._forward_pre_hooks for b in bases)
+            and len({b.in_features for b in bases}) == 1 and len({b.bias is None for b in bases}) == 1):
+        bias = None if bases[0].bias is None else torch.cat([b.bias for b in bases])
+        product = PackedLinear(torch.cat([b.weight for b in bases]), bias, pack_rows)
+        sizes = [b.out_features for b in bases]
+
+        def fused(x: Tensor) -> tuple[Tensor, ...]:
+            outs = product(x).split(sizes, dim=-1)
+            return tuple(_adapted(out, x, adapters) for out, (_, adapters) in zip(outs, parts))
+
+        return fused
+    fns = [linear_fn(m, pack_rows) for m in modules]
+    return lambda x: tuple(fn(x) for fn in fns)
 
 
 class _Layer:
     """The callables and sizes of one decoder layer."""
 
-    __slots__ = ("norm1", "q", "k", "v", "o", "norm2", "gate", "up", "down", "act", "heads", "kv_heads", "head_dim",
-                 "scale")
+    __slots__ = ("norm1", "qkv", "o", "norm2", "gate_up", "down", "act", "heads", "kv_heads", "head_dim", "scale")
 
-    def __init__(self, layer: nn.Module) -> None:
+    def __init__(self, layer: nn.Module, pack_rows: int) -> None:
         attn, mlp = layer.self_attn, layer.mlp
         self.norm1, self.norm2 = _plain_call(layer.input_layernorm), _plain_call(layer.post_attention_layernorm)
-        self.q, self.k, self.v, self.o = (linear_fn(m) for m in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
-        self.gate, self.up, self.down = (linear_fn(m) for m in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+        self.qkv = group_fn([attn.q_proj, attn.k_proj, attn.v_proj], pack_rows)
+        self.o = linear_fn(attn.o_proj, pack_rows)
+        self.gate_up = group_fn([mlp.gate_proj, mlp.up_proj], pack_rows)
+        self.down = linear_fn(mlp.down_proj, pack_rows)
         self.act = _plain_call(mlp.act_fn)
         self.head_dim = attn.head_dim
         self.kv_heads = attn.config.num_key_value_heads
@@ -101,7 +141,7 @@ class _Layer:
         self.scale = attn.scaling
 
     def complete(self) -> bool:
-        return all(f is not None for f in (self.q, self.k, self.v, self.o, self.gate, self.up, self.down))
+        return all(f is not None for f in (self.qkv, self.o, self.gate_up, self.down))
 
 
 def _causal_lm(model: nn.Module) -> nn.Module:
@@ -130,20 +170,23 @@ class LeanDecoder:
     A prompt batch without padding attends with no mask, as SDPA's grouped-query path (the forward does the same).
     """
 
-    def __init__(self, lm: nn.Module, layers: list[_Layer], cache_layers: list[RoomyLayer], allowed: Tensor | None):
+    def __init__(self, lm: nn.Module, layers: list[_Layer], head: Fn, cache_layers: list[RoomyLayer],
+                 allowed: Tensor | None):
         self.embed = _plain_call(lm.model.embed_tokens)
         self.rotary = lm.model.rotary_emb.forward
         self.norm = _plain_call(lm.model.norm)
-        self.head = linear_fn(lm.lm_head)
+        self.head = head
         self.layers, self.cache, self.allowed = layers, cache_layers, allowed
         from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
         self.rope = apply_rotary_pos_emb
 
     @classmethod
-    def build(cls, model: nn.Module, cache, query_mask: Tensor, new_tokens: int) -> "LeanDecoder | None":
+    def build(cls, model: nn.Module, cache, query_mask: Tensor, new_tokens: int,
+              pack_rows: int = 0) -> "LeanDecoder | None":
         """A decoder for `model` continuing `cache` (the prefill of prompts with 2-D mask `query_mask`) by up to
-        `new_tokens` tokens; None when the model, its layers or the cache are not ones this step reproduces."""
+        `new_tokens` tokens; None when the model, its layers or the cache are not ones this step reproduces.
+        `pack_rows` > 0: bf16 weights packed for that many rows, q/k/v and gate/up each as one product."""
         if not supported(model):
             return None
         lm = _causal_lm(model)
@@ -153,15 +196,16 @@ class LeanDecoder:
                 or not all(type(c) is RoomyLayer and c.length == width and c._keys.size(2) >= width + new_tokens
                            for c in cache_layers)):
             return None
-        layers = [_Layer(layer) for layer in lm.model.layers]
-        if not all(layer.complete() for layer in layers) or linear_fn(lm.lm_head) is None:
+        layers = [_Layer(layer, pack_rows) for layer in lm.model.layers]
+        head = linear_fn(lm.lm_head, pack_rows)
+        if not all(layer.complete() for layer in layers) or head is None:
             return None
         allowed = None
         if not bool(query_mask.all()):
             capacity = cache_layers[0]._keys.size(2)
             allowed = torch.ones(query_mask.size(0), 1, 1, capacity, dtype=torch.bool, device=query_mask.device)
             allowed[:, 0, 0, :width] = query_mask.bool()
-        return cls(lm, layers, cache_layers, allowed)
+        return cls(lm, layers, head, cache_layers, allowed)
 
     def __call__(self, tokens: Tensor, positions: Tensor) -> Tensor:
         hidden = self.embed(tokens[:, None])
@@ -172,9 +216,7 @@ class LeanDecoder:
         for layer, cache in zip(self.layers, self.cache):
             residual = hidden
             x = layer.norm1(hidden)
-            q = layer.q(x).view(batch, 1, -1, layer.head_dim).transpose(1, 2)
-            k = layer.k(x).view(batch, 1, -1, layer.head_dim).transpose(1, 2)
-            v = layer.v(x).view(batch, 1, -1, layer.head_dim).transpose(1, 2)
+            q, k, v = (y.view(batch, 1, -1, layer.head_dim).transpose(1, 2) for y in layer.qkv(x))
             q, k = self.rope(q, k, cos, sin)
             keys, values = cache.update(k, v)
             if mask is None:
@@ -188,5 +230,6 @@ class LeanDecoder:
             hidden = residual + layer.o(out.reshape(batch, 1, -1).contiguous())
             residual = hidden
             x = layer.norm2(hidden)
-            hidden = residual + layer.down(layer.act(layer.gate(x)) * layer.up(x))
+            gate, up = layer.gate_up(x)
+            hidden = residual + layer.down(layer.act(gate) * up)
         return self.head(self.norm(hidden))[:, -1]

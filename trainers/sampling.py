@@ -145,8 +145,10 @@ def sample(
     finished = torch.zeros(batch, dtype=torch.bool, device=device)
     tokens = []
     kept = None  # [B, max_new_tokens, V], filled in place: no list of per-step copies to stack
-    with packed_products(model, packed_weights and max_new_tokens > 1, rows_hint=batch):
-        decoder = LeanDecoder.build(model, cache, mask, max_new_tokens) if lean_step else None
+    decoding = max_new_tokens > 1
+    pack_rows = batch if packed_weights and decoding else 0
+    decoder = LeanDecoder.build(model, cache, mask, max_new_tokens, pack_rows) if lean_step and decoding else None
+    with packed_products(model, bool(pack_rows) and decoder is None, rows_hint=batch):  # the decoder packs its own
         for step in range(max_new_tokens):
             logits = last_logits.float()
             if temperature > 0:

@@ -6,10 +6,9 @@ of rows. Two layouts help on CPUs; larger inputs (prefill, scoring, training) ke
 - `few_row_products` (float32): MKL's kernel for x W^T with few rows is poorly blocked; the same product asked
   as W x^T runs faster for SmolLM2's layer shapes and most for its 49k-word LM head (`python -m
   benchmarks.decode_products` measures both layouts; docs/performance.md). The sums are the same, in another order.
-- `packed_products` (bfloat16): `F.linear` hands oneDNN the weight in its plain layout; a copy reordered once
-  per sampling call into oneDNN's blocked layout runs each decoding product 1.6-1.7x faster at SmolLM2's shapes
-  (one core, 16 rows; `python -m benchmarks.decode_floor` times decoding with and without it), and gives the
-  same bits as `F.linear` here.
+- `packed_products` / `PackedLinear` (bfloat16): `F.linear` hands oneDNN the weight in its plain layout; a copy
+  reordered once per sampling call into oneDNN's blocked layout gives the same bits as `F.linear` here, faster:
+  SmolLM2 decoded 16 rows 1.2x faster with it (`python -m benchmarks.decode_floor`, docs/performance.md).
 """
 
 from __future__ import annotations
@@ -53,8 +52,8 @@ def _adapter_layers(model: nn.Module) -> set[int]:
 @contextlib.contextmanager
 def few_row_products(model: nn.Module, enabled: bool = True):
     """Within the context, `model`'s float32 linear layers use W x^T for inputs of at most MAX_ROWS rows (CPU
-    only). LoRA's A and B keep `F.linear`: for rank-r products the transposes cost more than they save (decoding
-    ran faster with them left alone, `python -m benchmarks.decode_floor`)."""
+    only). LoRA's A and B keep `F.linear`: for rank-r products the transposes cost more than they save (a rank-8
+    product of 16 rows took 6-7 us with `F.linear` and 8 us as W x^T on 2 threads)."""
     patched = []
     try:
         if enabled:

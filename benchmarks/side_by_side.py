@@ -44,14 +44,17 @@ LEVERS = {
     "LoRA folded into the weights while sampling": "merge_adapters_for_rollout=false",
     "W x^T products while decoding": "few_row_decode_products=false",
     "one micro-batch of 16 instead of 4": "micro_batch_size=16",
+    "lean decoding step (no per-token forward overhead)": "lean_decode_step=false",
+    "bf16 weights packed for decoding": "packed_decode_weights=false",
 }
 
-# Other modes of our trainer, each switched on in turn by --modes (one row each; the setting that switches it on).
-# A row whose setting our trainer refuses (a field or value this version does not know) is skipped with a note.
+# Other modes of our trainer, each switched on in turn by --modes (one row each; the settings, space-separated, that
+# switch it on). A row whose settings our trainer refuses (a field or value this version does not know) is skipped
+# with a note.
 MODES = {
     "one frozen base for every role": "reference=one_base",
-    "value = a head on the policy": "value_model=policy_head",
-    # decode levers: one row each, "what it does": "field=value", as they land in trainers/config.py
+    "value = a head on the policy": "value_model=policy_head value_init=policy",
+    "one base, value head on the policy": "reference=one_base value_model=policy_head value_init=policy",
 }
 
 
@@ -212,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         base = [*as_settings(work_unit(prompts, args.steps, args.epochs, args.mode)), *args.set]
         if args.modes:  # every row checked before any run: a refused one is known at once, not after an hour
             for name, setting in MODES.items():
-                if (why := refusal([*base, setting])) is not None:
+                if (why := refusal([*base, *setting.split()])) is not None:
                     mode_rows[name] = {"setting": setting, "skipped": why}
                     print(f"mode skipped: {name} ({setting}): our trainer refuses it: {why}", flush=True)
         flops = training_flops(prompts, 64, args.epochs, args.mode)
@@ -228,14 +231,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.levers:
             for name, setting in LEVERS.items():
                 row = ours(prompts, Path(tmp) / f"lever-{len(lever_rows)}", args.steps, args.epochs, args.mode,
-                           [*args.set, setting])
+                           [*args.set, *setting.split()])
                 lever_rows[name] = {"setting": setting, **row}
                 print("lever off:", name, json.dumps(row), flush=True)
         if args.modes:
             for name, setting in MODES.items():
                 if name not in mode_rows:
                     row = ours(prompts, Path(tmp) / f"mode-{len(mode_rows)}", args.steps, args.epochs, args.mode,
-                               [*args.set, setting])
+                               [*args.set, *setting.split()])
                     mode_rows[name] = {"setting": setting, **row}
                     print("mode on:", name, json.dumps(row), flush=True)
     summary = {side: {k: statistics.median(r[k] for r in rows if r[k] is not None) for k in rows[0]}

@@ -109,7 +109,8 @@ def test_a_ppo_step_is_the_same_with_and_without_the_levers(smoke, tmp_path, ove
     records, params = {}, {}
     for on in (True, False):
         cfg = smoke(steps=1, lora_dropout=0.0, rollout_batch_size=8, step_batch_size=8, micro_batch_size=2,
-                    rollout_micro_batch_size=8, group_by_length=on, merge_adapters_for_rollout=on, **overrides)
+                    rollout_micro_batch_size=8, group_by_length=on, merge_adapters_for_rollout=on,
+                    lean_decode_step=on, packed_decode_weights=on, **overrides)
         trainer = PPOTrainer(cfg, tmp_path / str(on), log=lambda _m: None)
         records[on] = trainer.train()[-1]
         params[on] = [p.detach().clone() for p in trainer.models.trainable_parameters()]
@@ -120,6 +121,22 @@ def test_a_ppo_step_is_the_same_with_and_without_the_levers(smoke, tmp_path, ove
     assert records[True]["ppo/grad_norm"] > 0
     for a, b in zip(params[True], params[False]):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)  # Adam divides by |g|: tiny g, loose digits
+
+
+def test_the_trainer_decodes_as_its_decoding_levers_say(smoke, tmp_path, monkeypatch):
+    from trainers import decode_step
+    from trainers.trainer import PPOTrainer
+
+    built = []
+    original = decode_step.LeanDecoder.__init__
+    monkeypatch.setattr(decode_step.LeanDecoder, "__init__",
+                        lambda self, *a, **k: built.append(1) or original(self, *a, **k))
+    for on in (False, True):
+        built.clear()
+        cfg = smoke(steps=1, rollout_batch_size=4, step_batch_size=4, micro_batch_size=2, rollout_micro_batch_size=4,
+                    lean_decode_step=on)
+        PPOTrainer(cfg, tmp_path / str(on), log=lambda _m: None).train()
+        assert bool(built) == on
 
 
 def test_pair_statistics_equal_the_separate_formulas():

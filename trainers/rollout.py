@@ -152,7 +152,8 @@ def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]],
                          temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                          stop_ids=models.stop_ids if cfg.stop_at_eos else [],
                          pad_id=models.tokenizer.pad_token_id, generator=generator,
-                         prefill_rows=cfg.micro_batch_size if cfg.group_by_length else 0)
+                         prefill_rows=cfg.micro_batch_size if cfg.group_by_length else 0,
+                         lean_step=cfg.lean_decode_step, packed_weights=cfg.packed_decode_weights)
     t1 = time.perf_counter()
     tokens, mask = samples.tokens, samples.mask
     batch, width = tokens.shape

@@ -34,14 +34,18 @@ def run_id(cfg: TrainConfig) -> str:
 
 
 def run_digest(cfg: TrainConfig) -> str:
-    values = {k: v for k, v in cfg.to_dict().items()
-              if k not in EXECUTION_FIELDS and not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
+    values = {k: v for k, v in without_later_defaults(cfg.to_dict()).items() if k not in EXECUTION_FIELDS}
     values["prompts"] = file_fingerprint(cfg.prompts)
     values["policy"] = model_fingerprint(cfg.policy)
     if not cfg.reward_is_rule:
         values["reward"] = model_fingerprint(cfg.reward)
     blob = json.dumps(values, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def without_later_defaults(values: dict) -> dict:
+    """`values` without the settings of `LATER_SETTINGS` that hold the value runs computed before they existed."""
+    return {k: v for k, v in values.items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
 
 
 def is_provisional(cfg: TrainConfig) -> bool:

@@ -30,7 +30,7 @@ from trainers.distributed import DataParallel
 from trainers.build import build_models
 from trainers.config import EXECUTION_FIELDS, TrainConfig
 from trainers.errors import UserError
-from trainers.identity import LATER_SETTINGS
+from trainers.identity import LATER_SETTINGS, without_later_defaults
 from trainers import runfolder
 from trainers.kl_control import make_kl_controller
 from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
@@ -195,8 +195,7 @@ class PPOTrainer:
         return None if latest is None or not resume else str(latest)
 
     def _resume_hash(self) -> str:
-        values = {k: v for k, v in self.cfg.to_dict().items() if not (k in LATER_SETTINGS and v == LATER_SETTINGS[k])}
-        return runfolder.resume_hash(values, resumable_changes(self.cfg))
+        return runfolder.resume_hash(without_later_defaults(self.cfg.to_dict()), resumable_changes(self.cfg))
 
     def train(self, resume: bool = False) -> list[dict]:
         self.lock = runfolder.RunLock(self.run_dir)  # taken by rank 0 in _prepare_run_dir

@@ -307,7 +307,6 @@ def run_ppo(stage: str, values: dict, tmp: Path, dry: bool, keep: bool = False) 
     from trainers.process_settings import configure_training_process
     from trainers.trainer import PPOTrainer
 
-    _random_llama_backbones()
     cfg = TrainConfig(**values)
     configure_training_process(cfg)
     cuda = cfg.device == "cuda"
@@ -378,22 +377,6 @@ def gpu_peak_flops(name: str) -> tuple[float | None, str]:
         if key in name:
             return tflops * 1e12, f"{key} dense bf16 {tflops:g} TFLOP/s"
     return None, f"no dense bf16 peak known for {name!r}: set GPU_PEAK_TFLOPS to get the MFU"
-
-
-def _random_llama_backbones() -> None:
-    """`heads.load_backbone` reads builtin and on-disk models only; here a random-llama reward or value backbone is
-    the spec's causal LM without its LM head (same seed and device: the policy's backbone weights)."""
-    from trainers import heads, models
-
-    original = heads.load_backbone
-    if getattr(original, "reads_random_llama", False):
-        return
-
-    def load_backbone(spec: str, dtype):
-        return models.random_llama(spec, dtype).model if models.is_random_llama(spec) else original(spec, dtype)
-
-    load_backbone.reads_random_llama = True
-    heads.load_backbone = load_backbone
 
 
 def pack() -> int:

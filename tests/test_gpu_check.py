@@ -85,9 +85,7 @@ def test_unknown_random_llama_specs_are_named_with_the_valid_shapes(spec):
     assert message.startswith(f"policy={spec!r}") and "7b, mini" in message
 
 
-def test_reward_and_value_backbones_of_a_random_llama_are_the_policys(monkeypatch):
-    monkeypatch.setattr(heads, "load_backbone", heads.load_backbone)  # restored after the test
-    gpu_check._random_llama_backbones()
+def test_reward_and_value_backbones_of_a_random_llama_are_the_policys():
     backbone = heads.load_backbone("random-llama:mini", torch.float32)
     policy = models.load_causal_lm("random-llama:mini", torch.float32)
     assert all(torch.equal(x, y) for x, y in zip(backbone.state_dict().values(), policy.model.state_dict().values()))

@@ -7,7 +7,7 @@ a grid names the records it needs from these without loading a model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from evals.generation_settings import GenerationSettings
 from evals.judges import check_judge_options
@@ -31,6 +31,9 @@ class EvalConfig:
     limit: int | None = None  # the eval set's first N instructions
     temperature: float = 0.0
     top_p: float = 1.0
+    # answers sampled per instruction (temperature > 0), each with its own seed; an instruction's preferences are
+    # averaged, so the paired statistics keep one item per instruction and sampling noise shrinks by sqrt(samples)
+    samples: int = 1
     max_new_tokens: int | None = None  # default: the run's response_len, else DEFAULT_MAX_NEW_TOKENS
     batch_size: int = 16
     order: str = "both"
@@ -48,6 +51,11 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1 (leave it out for the default)")
+        if self.samples < 1:
+            raise ValueError(f"samples={self.samples} must be >= 1")
+        if self.samples > 1 and self.temperature == 0:
+            raise ValueError(f"samples={self.samples} needs temperature > 0: greedy decoding gives one answer per "
+                             "instruction")
         if self.order not in ORDERS:
             raise ValueError(f"order={self.order!r} is not known; allowed: {', '.join(ORDERS)}")
         if self.limit is not None and self.limit < 1:
@@ -79,9 +87,17 @@ class EvalConfig:
                                   temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size,
                                   seed=self.seed)
 
+    def sample_generations(self, generation: GenerationSettings) -> list[GenerationSettings]:
+        """The settings of each sampled answer: sample k (from 0) is seeded `seed + k`, so sample 0 is the
+        single-sample evaluation's answer."""
+        return [replace(generation, seed=generation.seed + k) for k in range(self.samples)]
+
     def winrate_settings(self, generation: GenerationSettings) -> dict:
         """What, besides target, judge and eval set, changes a win-rate record's result: part of its id."""
-        return {"generation": _result_changing(generation), "order": self.order, "limit": self.limit}
+        found = {"generation": _result_changing(generation), "order": self.order, "limit": self.limit}
+        if self.samples > 1:  # absent at 1, so single-sample records keep their ids
+            found["samples"] = self.samples
+        return found
 
     def factuality_settings(self, generation: GenerationSettings) -> dict:
         """What, besides target and verifier, changes a factuality record's result: part of its id."""

@@ -66,9 +66,13 @@ class PolicyEvaluation:
     def winrate(self, eval_set: EvalSet, judge: Judge, references_dir: str | Path) -> EvalResult:
         cfg, target, settings = self.config, self.target, self.settings
         t0 = time.time()
-        outputs = self._cached_outputs("model", [target.identity(), eval_set.hash, settings.as_dict()],
-                                       lambda: self._generate(self.model, self.tokenizer, eval_set.records, settings,
-                                                              "generate"))
+        outputs = []
+        for k, sample in enumerate(cfg.sample_generations(settings)):
+            what = "generate" if cfg.samples == 1 else f"generate (sample {k + 1} of {cfg.samples})"
+            outputs += self._cached_outputs("model", [target.identity(), eval_set.hash, sample.as_dict()],
+                                            lambda: self._generate(self.model, self.tokenizer, eval_set.records,
+                                                                   sample, what))
+        records = eval_set.records * cfg.samples  # aligned with `outputs`: sample-major
         gen_seconds = time.time() - t0
         empty = check_generations(outputs, f"model outputs of {target.checkpoint or target.policy}",
                                   allow_all_empty=cfg.allow_empty)
@@ -78,22 +82,22 @@ class PolicyEvaluation:
         t1 = time.time()
         cache = AnnotationCache(self.cache / "annotations.sqlite", refresh=cfg.refresh_judge_cache)
         result = winrate_result(eval_set, outputs, references, judge, cache=cache, order=cfg.order, seed=cfg.seed,
-                                max_unparsed=cfg.judge_max_unparsed, log=self.log)
+                                max_unparsed=cfg.judge_max_unparsed, log=self.log, samples=cfg.samples)
         judge_seconds = time.time() - t1
         metrics = dict(result["metrics"])
         t2 = time.time()
-        metrics["true_kl"] = self._true_kl(eval_set, outputs)
+        metrics["true_kl"] = self._true_kl(records, outputs)
         train_kl = _train_kl_at(target)
         if train_kl is not None:
             metrics["true_kl_train"] = train_kl
         t3 = time.time()
-        proxy = self._proxy_reward(eval_set, outputs)
+        proxy = self._proxy_reward(records, outputs)
         if proxy is not None:
             metrics["proxy_reward"], proxy_model = proxy
         details = {
             "target": target.identity(), "generation": settings.as_dict(), "references": ref_identity,
             "outputs_sha256": hashlib.sha256(json.dumps(outputs).encode()).hexdigest()[:16],
-            "order": cfg.order, "annotation_cache": {"hits": cache.hits, "misses": cache.misses},
+            "samples_per_instruction": cfg.samples, "order": cfg.order, "annotation_cache": {"hits": cache.hits, "misses": cache.misses},
             "length_control": result.get("length_control"),
             "seconds": {"generate": round(gen_seconds, 1), "judge": round(judge_seconds, 1),
                         "true_kl": round(t3 - t2, 1), "proxy_reward": round(time.time() - t3, 1),
@@ -130,7 +134,7 @@ class PolicyEvaluation:
         return cached_references(eval_set, policy=target.policy, settings=ref_settings.as_dict(),
                                  cache_dir=references_dir, generate_fn=make_refs, write=atomic_write_text)
 
-    def _proxy_reward(self, eval_set: EvalSet, outputs: list[str]) -> tuple[float, str] | None:
+    def _proxy_reward(self, records: list[dict], outputs: list[str]) -> tuple[float, str] | None:
         """(mean score of the outputs, the model by content) under the proxy reward model: the configured one, else
         the evaluated run's; None where there is none, or it is a rule."""
         spec, seed = self.config.proxy_reward, self.config.seed
@@ -144,10 +148,10 @@ class PolicyEvaluation:
         from trainers.identity import model_fingerprint
 
         judge = RewardModelJudge(spec, template=self.target.template, device=self.config.device, seed=seed)
-        prompts = [format_prompt(r, self.target.template, judge.tokenizer) for r in eval_set.records]
+        prompts = [format_prompt(r, self.target.template, judge.tokenizer) for r in records]
         return float(judge.rewards(prompts, outputs).mean()), model_fingerprint(spec)
 
-    def _true_kl(self, eval_set: EvalSet, outputs: list[str]) -> float:
+    def _true_kl(self, records: list[dict], outputs: list[str]) -> float:
         if self.target.checkpoint is None:
             return 0.0
         import torch
@@ -158,7 +162,7 @@ class PolicyEvaluation:
 
         device = self.config.device
         reference = load_causal_lm(self.target.policy, torch.float32).to(device)
-        prompts = [format_prompt(r, self.target.template, self.tokenizer) for r in eval_set.records]
+        prompts = [format_prompt(r, self.target.template, self.tokenizer) for r in records]
         value = true_kl(self.model, reference, self.tokenizer, prompts, outputs, device=device)
         del reference
         return value

@@ -78,14 +78,22 @@ def check_generations(outputs: list[str], what: str, allow_all_empty: bool = Fal
 
 def winrate_result(eval_set: EvalSet, outputs: list[str], references: list[str], judge: Judge, *,
                    cache: AnnotationCache | None = None, order: str = "both", seed: int = 0,
-                   max_unparsed: float | None = None, log: Callable[[str], None] | None = None) -> dict:
+                   max_unparsed: float | None = None, log: Callable[[str], None] | None = None,
+                   samples: int = 1) -> dict:
     """The metric block; `max_unparsed`: the largest unparsable share of the judge's answers (else
-    `UnparsableJudgeError`, nothing measured); `log`: progress lines while the judge answers."""
-    if len(outputs) != len(eval_set.records) or len(references) != len(eval_set.records):
-        raise ValueError(f"{len(outputs)} outputs and {len(references)} references for {len(eval_set.records)} "
-                         "instructions")
+    `UnparsableJudgeError`, nothing measured); `log`: progress lines while the judge answers.
+
+    `samples` answers per instruction: `outputs` holds sample 0 of every instruction, then sample 1, ... Each is
+    judged against the instruction's one reference; an instruction's item is the mean of its judged preferences,
+    so the win rate is the mean over instructions and its standard error counts instructions, not answers.
+    """
+    n_records = len(eval_set.records)
+    if len(outputs) != samples * n_records or len(references) != n_records:
+        raise ValueError(f"{len(outputs)} outputs ({samples} per instruction) and {len(references)} references "
+                         f"for {n_records} instructions")
+    records, refs = eval_set.records * samples, references * samples
     pairs = [Pair(r["instruction"], r["input"], ref.strip(), out.strip(), r["id"])
-             for r, ref, out in zip(eval_set.records, references, outputs)]
+             for r, ref, out in zip(records, refs, outputs)]
     asked = [p.output_1 != p.output_2 for p in pairs]  # identical outputs are a draw without asking
     rounds = 2 if order == "both" else 1
     monitored = MonitoredJudge(judge, expected=rounds * sum(asked), max_unparsed=max_unparsed, log=log)
@@ -97,9 +105,10 @@ def winrate_result(eval_set: EvalSet, outputs: list[str], references: list[str],
         prefs, agreement = annotate(monitored, pairs, order=order, seed=seed, cache=cache), {"agreement": None}
         answers = [a for a, ask in zip(prefs, asked) if ask]
     unparsed_share = check_unparsed(judge, answers, max_unparsed)
-    kept = [(p.id, v) for p, v in zip(pairs, prefs) if v is not None]
-    if not kept:
+    judged = [v for v in prefs if v is not None]
+    if not judged:
         raise ValueError(f"judge {judge.name!r} could not parse any of its {len(pairs)} answers")
+    kept = _per_instruction_means(pairs, prefs)
     values = [v for _, v in kept]
     lc = length_controlled_win_rate(prefs, [len(p.output_1) for p in pairs], [len(p.output_2) for p in pairs])
 
@@ -113,9 +122,9 @@ def winrate_result(eval_set: EvalSet, outputs: list[str], references: list[str],
         "lc_win_rate": lc and lc["lc_win_rate"],
         "lc_standard_error": lc and lc["lc_standard_error"],
         "n": len(values),
-        "unparsed": len(pairs) - len(values),
+        "unparsed": len(pairs) - len(judged),
         "unparsed_answers_pct": 100.0 * unparsed_share,  # of every answer asked (both orders), cached ones too
-        "strict_win_rate": 100.0 * sum(v > 1.5 for v in values) / len(values),  # the paper's seed code's count
+        "strict_win_rate": 100.0 * sum(v > 1.5 for v in judged) / len(judged),  # the paper's seed code's count
         "mean_words_model": mean_words(outputs),
         "mean_words_reference": mean_words(references),
         "empty_outputs": sum(not o.strip() for o in outputs),
@@ -125,3 +134,13 @@ def winrate_result(eval_set: EvalSet, outputs: list[str], references: list[str],
                                               "C": lc["C"]}
     return {"metrics": metrics, "per_item": [{"id": i, "preference": v} for i, v in kept],
             "judge": judge.identity(), "order": order, "length_control": length_control}
+
+
+def _per_instruction_means(pairs: list[Pair], prefs: list[float | None]) -> list[tuple[str, float]]:
+    """(instruction id, mean of its judged preferences) in first-seen order; instructions never judged drop out."""
+    judged: dict[str, list[float]] = {}
+    for p, v in zip(pairs, prefs):
+        judged.setdefault(p.id, [])
+        if v is not None:
+            judged[p.id].append(v)
+    return [(i, sum(vs) / len(vs)) for i, vs in judged.items() if vs]

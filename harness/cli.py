@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=int, default=None, help="evaluate on the first N instructions only")
     ev.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
     ev.add_argument("--top-p", type=float, default=1.0)
+    ev.add_argument("--samples", type=positive_int, default=1,
+                    help="answers sampled per instruction (needs --temperature > 0); the win rate averages each "
+                         "instruction's preferences")
     ev.add_argument("--max-new-tokens", type=positive_int, default=None,
                     help="default: the run's response_len, else 300")
     ev.add_argument("--batch-size", type=int, default=16)
@@ -158,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="grid size (default tiny: the embedded offline default, SmolLM2 on a CPU; smoke: "
                        "minutes of plumbing; paper: GPUs)")
         g.add_argument("--seeds", default=None, help="comma-separated seeds (default: the preset grid's)")
+        g.add_argument("--only", default=None, metavar="RUNS",
+                       help="comma-separated runs to keep: regularisers of the LoRA runs, and 'full' for the full "
+                            "fine-tune baseline (e.g. --seeds 2,3 --only kl); the SFT policy is always evaluated")
         g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one setting of every run")
         g.add_argument("--runs", default="runs", help="root of the run folders (default runs/)")
         g.add_argument("--results", default="results", help="results store (default results/)")
@@ -292,8 +298,8 @@ def _eval(args: argparse.Namespace) -> int:
         judge_api_key_env=args.judge_api_key_env, judge_config=args.judge_config, judge_timeout=args.judge_timeout,
         judge_max_retries=args.judge_max_retries, judge_max_tokens=args.judge_max_tokens,
         judge_max_unparsed=args.judge_max_unparsed, limit=args.limit, temperature=args.temperature,
-        top_p=args.top_p, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size, order=args.order,
-        seed=args.seed, allow_empty=args.allow_empty, factuality_limit=args.factuality_limit,
+        top_p=args.top_p, samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+        order=args.order, seed=args.seed, allow_empty=args.allow_empty, factuality_limit=args.factuality_limit,
         verifier=args.verifier, knowledge=args.knowledge, refresh_judge_cache=args.refresh_judge_cache,
         proxy_reward=args.proxy_reward)
     req = EvalRequest(target=args.target, config=config, eval_set=args.eval_set, step=args.step,

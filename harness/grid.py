@@ -46,6 +46,7 @@ class PresetGrid:
     eval_max_new_tokens: int
     factuality_limit: int | None
     eval_temperature: float = 0.0  # 0: greedy, as AlpacaFarm evaluates; else sampled with the evaluation's seed
+    eval_samples: int = 1  # sampled answers per instruction (eval_temperature > 0), averaged per instruction
     # the bios of Table 3: greedy, as the authors' inference script decodes (its temperature 0.7 without sampling on)
     factuality_temperature: float = 0.0
     judge: str = "simulated"
@@ -117,6 +118,7 @@ class Grid:
     sft_evaluators: tuple[str, ...]
     extra_overrides: tuple[str, ...] = field(default=())
     seeds: tuple[int, ...] = field(default=())
+    only: tuple[str, ...] = field(default=())  # the runs kept (regularisers of LoRA runs, "full"); () keeps all
 
     @property
     def provisional(self) -> bool:
@@ -125,13 +127,16 @@ class Grid:
 
     def rebuilt(self) -> "Grid":
         """The same grid with every id derived again (after `harness prepare` made the reward model)."""
-        return build_grid(self.targets, self.preset, seeds=self.seeds, overrides=self.extra_overrides)
+        return build_grid(self.targets, self.preset, seeds=self.seeds, overrides=self.extra_overrides, only=self.only)
 
     def describe(self) -> dict:
         return {"preset": self.preset, "targets": list(self.targets), "note": self.spec.note,
                 "runs": [{"run_id": r.run_id, "label": r.label, "eval_steps": list(r.eval_steps),
                           "evaluators": list(r.evaluators)} for r in self.runs],
                 "sft": {"policy": self.sft_policy, "evaluators": list(self.sft_evaluators)}}
+
+
+FULL = "full"  # the full fine-tune baseline, as `only` names it
 
 
 def checkpoint_steps(cfg: TrainConfig) -> tuple[int, ...]:
@@ -142,8 +147,11 @@ def checkpoint_steps(cfg: TrainConfig) -> tuple[int, ...]:
 
 
 def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] | None = None,
-               overrides: tuple[str, ...] = ()) -> Grid:
-    """All runs needed for `targets` (e.g. ("table2",)), each configuration validated now."""
+               overrides: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Grid:
+    """All runs needed for `targets` (e.g. ("table2",)), each configuration validated now.
+
+    `only`: keep the LoRA runs of these regularisers and, with "full", the full fine-tune baseline (e.g. more
+    seeds of one comparison); the SFT policy's evaluations stay, every comparison needs them."""
     bad = [t for t in targets if t not in TARGETS]
     if bad or not targets:
         raise ValueError(f"targets={list(targets)}: allowed {', '.join(TARGETS)}")
@@ -174,6 +182,13 @@ def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] 
             for reg in regs_t2:
                 want(reg, True, "factuality")
             want(spec.full_regularizer, False, "factuality")
+    if only:
+        kinds = {reg if lora else FULL for reg, lora, _ in wanted}
+        unknown = [name for name in only if name not in kinds]
+        if unknown:
+            raise ValueError(f"--only {','.join(unknown)}: not a run of this grid; allowed: "
+                             f"{', '.join(sorted(kinds))}")
+        wanted = {key: ev for key, ev in wanted.items() if (key[0] if key[1] else FULL) in only}
     runs = []
     problems = []
     for (reg, lora, seed), evaluators in sorted(wanted.items(), key=lambda kv: (not kv[0][1], kv[0][0], kv[0][2])):
@@ -192,7 +207,8 @@ def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] 
     sft = ({"winrate"} if set(targets) & {"table2", "figure1", "figure2"} else set()) \
         | ({"factuality"} if "table3" in targets else set())
     sft_evaluators = tuple(sorted(sft))
-    return Grid(preset, tuple(targets), spec, tuple(runs), base["policy"], sft_evaluators, tuple(overrides), seeds)
+    return Grid(preset, tuple(targets), spec, tuple(runs), base["policy"], sft_evaluators, tuple(overrides), seeds,
+                tuple(only))
 
 
 # ---- state ------------------------------------------------------------------------------------------------

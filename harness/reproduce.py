@@ -46,6 +46,10 @@ def targets_of(args) -> tuple[str, ...]:
     return (f"figure{args.figure}",)
 
 
+def _only(text: str | None) -> tuple[str, ...]:
+    return tuple(name.strip() for name in (text or "").split(",") if name.strip())
+
+
 def _seeds(text: str | None) -> tuple[int, ...] | None:
     if not text:
         return None
@@ -70,9 +74,13 @@ def eval_config(g: G.Grid, evaluator: str = "winrate") -> EvalConfig:
     spec = g.spec
     # every evaluation, the SFT policy's included, scored by the reward model the grid's runs optimise
     proxy = next((r.config.reward for r in g.runs if not r.config.reward_is_rule), None)
-    temperature = spec.factuality_temperature if evaluator == "factuality" else spec.eval_temperature
+    if evaluator == "factuality":
+        temperature, samples = spec.factuality_temperature, 1
+    else:
+        temperature, samples = spec.eval_temperature, spec.eval_samples
     return EvalConfig(judge=spec.judge, limit=spec.eval_limit or None, max_new_tokens=spec.eval_max_new_tokens,
-                      temperature=temperature, factuality_limit=spec.factuality_limit or None, proxy_reward=proxy)
+                      temperature=temperature, samples=samples, factuality_limit=spec.factuality_limit or None,
+                      proxy_reward=proxy)
 
 
 def grid_identity(g: G.Grid) -> dict[str, dict]:
@@ -248,7 +256,8 @@ class LiveView:
 
 # ---- the command ---------------------------------------------------------------------------------------------
 def main(args) -> int:
-    g = G.build_grid(targets_of(args), args.preset, seeds=_seeds(args.seeds), overrides=tuple(args.set))
+    g = G.build_grid(targets_of(args), args.preset, seeds=_seeds(args.seeds), overrides=tuple(args.set),
+                     only=_only(args.only))
     store = ResultsStore(args.results)
     if args.command == "grid":
         print_grid(g, args.runs, store)

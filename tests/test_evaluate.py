@@ -147,3 +147,17 @@ def test_factuality_record_of_a_checkpoint(smoke_run, tmp_path, cache, eval_file
     assert set(m) >= {"factscore", "answered", "facts_per_answer", "n"} and m["n"] == 3
     # a random model's garbled bytes are not checkable facts: nothing it says is supported
     assert m["factscore"] in (None, 0.0)
+
+
+def test_several_samples_per_instruction_reuse_the_single_sample_answers(smoke_run, tmp_path, cache, eval_file,
+                                                                          capsys):
+    results = tmp_path / "results"
+    assert _eval(smoke_run, results, eval_file, "--temperature", "1") == 0
+    assert _eval(smoke_run, results, eval_file, "--temperature", "1", "--samples", "2") == 0
+    out = capsys.readouterr().out
+    assert "reusing 6 cached generations" in out and "sample 2 of 2" in out  # only sample 2 is generated anew
+    one, two = sorted(ResultsStore(results).records(), key=lambda r: r["details"]["samples_per_instruction"])
+    assert one["record_id"] != two["record_id"] and two["settings"]["samples"] == 2 and "samples" not in one["settings"]
+    assert len(two["per_item"]) == 6 and two["metrics"]["n"] == 6  # one item per instruction
+    assert _eval(smoke_run, results, eval_file, "--samples", "2") == 2  # greedy has one answer per instruction
+    assert "samples=2 needs temperature > 0" in capsys.readouterr().err

@@ -199,3 +199,38 @@ def test_win_rate_asks_each_order_once_and_reuses_the_answers_for_agreement():
     result = winrate_result(EvalSet("s", records), ["a longer answer"] * 5, ["short"] * 5, judge)
     assert judge.calls == 10  # 5 pairs x 2 orders, no cache
     assert result["metrics"]["win_rate"] == 100.0 and result["metrics"]["order_agreement"] == 100.0
+
+
+def test_several_samples_per_instruction_average_into_one_item_per_instruction():
+    from evals.evalsets import EvalSet
+    from evals.winrate import winrate_result
+
+    records = tuple({"id": str(i), "instruction": f"q{i}", "input": "", "output": None, "generator": None}
+                    for i in range(3))
+    # sample 0 of each instruction, then sample 1: instruction 0 wins once and loses once, 1 wins twice, 2 loses twice
+    outputs = ["a longer answer", "a longer answer", "s", "s", "a longer answer", "s"]
+    result = winrate_result(EvalSet("s", records), outputs, ["short"] * 3, LengthJudge(), samples=2)
+    items = {i["id"]: i["preference"] for i in result["per_item"]}
+    assert items == {"0": 1.5, "1": 2.0, "2": 1.0}
+    m = result["metrics"]
+    assert m["n"] == 3 and m["win_rate"] == 50.0  # instructions, not answers, are the unit
+    assert m["strict_win_rate"] == 50.0 and m["mean_words_model"] == 2.0
+    # the standard error counts 3 instruction means, not 6 answers
+    assert m["standard_error"] == pytest.approx(100 * math.sqrt(((0.5 ** 2) * 2 / 2) / 3))
+    with pytest.raises(ValueError, match="5 outputs \\(2 per instruction\\) and 3 references for 3 instructions"):
+        winrate_result(EvalSet("s", records), outputs[:5], ["short"] * 3, LengthJudge(), samples=2)
+
+
+def test_sampled_answers_are_seeded_apart_and_named_in_the_record_id_only_when_several():
+    from evals.config import EvalConfig
+    from evals.generation_settings import GenerationSettings
+
+    base = GenerationSettings(max_new_tokens=8, temperature=1.0, seed=5)
+    three = EvalConfig(temperature=1.0, samples=3)
+    assert [g.seed for g in three.sample_generations(base)] == [5, 6, 7]
+    assert three.winrate_settings(base)["samples"] == 3
+    assert "samples" not in EvalConfig(temperature=1.0).winrate_settings(base)  # single-sample ids unchanged
+    with pytest.raises(ValueError, match="samples=2 needs temperature > 0"):
+        EvalConfig(samples=2)
+    with pytest.raises(ValueError, match="samples=0 must be >= 1"):
+        EvalConfig(temperature=1.0, samples=0)

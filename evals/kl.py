@@ -31,12 +31,18 @@ def true_kl(policy, reference, tokenizer, prompts: list[str], outputs: list[str]
             mask[i, width - len(s):] = 1
         ids, mask = ids.to(device), mask.to(device)
         pos = position_ids_from_mask(mask)
-        lp = torch.log_softmax(policy(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float(), -1)
-        lq = torch.log_softmax(reference(input_ids=ids, attention_mask=mask, position_ids=pos).logits.float(), -1)
-        kl = (lp.exp() * (lp - lq)).sum(-1)  # [B, T]: KL of the next-token distribution after position t
+        # left-padded, every response ends at the last position: only the last `keep` positions' logits are needed
+        # (the prompt's vocabulary-wide logits were most of the work)
+        keep = max(resp) + 1
+        lp = torch.log_softmax(policy(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                      logits_to_keep=keep).logits.float(), -1)
+        lq = torch.log_softmax(reference(input_ids=ids, attention_mask=mask, position_ids=pos,
+                                         logits_to_keep=keep).logits.float(), -1)
+        kl = (lp.exp() * (lp - lq)).sum(-1)  # [B, keep]: KL of the next-token distribution after each position
         for i, n in enumerate(resp):
             if n:
-                # the distributions that produced the response tokens sit at positions width-n-1 .. width-2
-                total += float(kl[i, width - n - 1: width - 1].sum())
+                # the distributions that produced the response tokens: positions width-n-1 .. width-2, which are
+                # kept positions keep-n-1 .. keep-2
+                total += float(kl[i, keep - n - 1: keep - 1].sum())
                 count += n
     return total / count if count else 0.0

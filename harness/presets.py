@@ -37,8 +37,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         # the proxy reward model `harness prepare --preset tiny` trains on simulated preferences
         policy="smollm2-135m-instruct", reward="prepared:tiny", prompts=INSTRUCTIONS,
         prompt_split="unlabeled", query_len=192, response_len=64, steps=30, rollout_batch_size=16,
-        step_batch_size=16, micro_batch_size=4, rollout_micro_batch_size=16, noptepochs=2, lr=1e-4,
-        warmup_steps=2, kl_coef=0.02, checkpoint_every=10,
+        step_batch_size=16, micro_batch_size=4, rollout_micro_batch_size=16, noptepochs=2,
+        # a LoRA rate for a few dozen rollouts, not the paper's thousands: in 6 steps of 16 prompts, 1e-4 moved the
+        # policy by a true KL of 0.013 and the judge not at all, 5e-4 by 0.08 and the judge by +13 points
+        # (docs/results.md)
+        lr=5e-4, warmup_steps=2, kl_coef=0.02, checkpoint_every=10,
     ),
     # The authors' command (SimengSun/alpaca_farm_lora README): one AdamW step per 16 rollouts
     # (step_per_device_batch_size), Hugging Face's linear schedule stepped once per PPO step with 5 warm-up steps

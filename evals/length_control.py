@@ -26,6 +26,10 @@ Standard error (alpaca-eval gives none): the delta method on a sandwich (robust,
 SE = 100 * sigmoid'(theta) * sqrt(V_theta_theta), V = n/(n-k) H^-1 (sum_i g_i g_i^T) H^-1, with H = sum_i mu_i (1 - mu_i)
 z_i z_i^T, g_i = (y_i - mu_i) z_i, z_i = (x_i, 1), mu_i = sigmoid(z_i . w), k = rank(H). Without any length effect
 (phi = 0) it is the raw win rate's standard error, 100 * sd(y) / sqrt(n).
+
+Several answers per instruction (`groups`, the instruction of each pair): the cross-validation folds keep an
+instruction's pairs together, and the sandwich sums each instruction's g_i before the outer product (clustered by
+instruction, n = the number of instructions), so the standard error counts instructions, as the win rate's does.
 """
 
 from __future__ import annotations
@@ -75,22 +79,24 @@ def _log_loss(y: np.ndarray, p: np.ndarray) -> float:
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
 
 
-def _best_c(z: np.ndarray, y: np.ndarray) -> float:
+def _best_c(z: np.ndarray, y: np.ndarray, groups: np.ndarray) -> float:
     from sklearn.model_selection import GroupKFold
 
-    folds = list(GroupKFold(n_splits=N_SPLITS).split(z, y, groups=np.arange(len(y))))
+    folds = list(GroupKFold(n_splits=N_SPLITS).split(z, y, groups=groups))
     losses = [sum(_log_loss(y[test], _sigmoid(z[test] @ _fit(z[train], y[train], c))) for train, test in folds)
               for c in C_GRID]
     return float(C_GRID[int(np.argmin(losses))])  # the first of equal losses, as LogisticRegressionCV picks
 
 
-def _sandwich_se(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
+def _sandwich_se(z: np.ndarray, y: np.ndarray, w: np.ndarray, groups: np.ndarray) -> float:
     mu = _sigmoid(z @ w)
     hessian = (z * (mu * (1 - mu))[:, None]).T @ z
-    scores = z * (y - mu)[:, None]
+    _, cluster = np.unique(groups, return_inverse=True)
+    scores = np.zeros((int(cluster.max()) + 1, z.shape[1]))
+    np.add.at(scores, cluster, z * (y - mu)[:, None])  # one score row per instruction
     h_inv = np.linalg.pinv(hessian)
     k = int(np.linalg.matrix_rank(hessian))
-    n = len(y)
+    n = len(scores)
     if n <= k:
         return float("nan")
     cov = n / (n - k) * h_inv @ (scores.T @ scores) @ h_inv
@@ -99,25 +105,30 @@ def _sandwich_se(z: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
 
 
 def length_controlled_win_rate(preferences: Sequence[float | None], reference_lengths: Sequence[int],
-                               model_lengths: Sequence[int]) -> dict[str, float] | None:
+                               model_lengths: Sequence[int],
+                               groups: Sequence[str] | None = None) -> dict[str, float] | None:
     """{"lc_win_rate", "lc_standard_error", "length_weight" (phi), "C"} in percentage points, or None when fewer
-    than 5 pairs have a preference (the 5-fold cross-validation needs one per fold).
+    than 5 pairs (instructions, with `groups`) have a preference (the 5-fold cross-validation needs one per fold).
 
     preferences: one per pair, in [1, 2] (None: unparsable, left out of the fit but not of the length scale).
     reference_lengths / model_lengths: the two outputs' lengths in characters, one per pair.
+    groups: the instruction of each pair, where an instruction has several (None: every pair its own).
     """
     if not len(preferences) == len(reference_lengths) == len(model_lengths):
         raise ValueError(f"{len(preferences)} preferences, {len(reference_lengths)} reference lengths and "
                          f"{len(model_lengths)} model lengths: one of each per pair expected")
+    if groups is not None and len(groups) != len(preferences):
+        raise ValueError(f"{len(groups)} groups for {len(preferences)} pairs: one per pair expected")
     x = length_features(reference_lengths, model_lengths)
     kept = [i for i, p in enumerate(preferences) if p is not None]
-    if len(kept) < N_SPLITS:
+    cluster = np.arange(len(kept)) if groups is None else np.asarray([str(groups[i]) for i in kept])
+    if len(set(cluster.tolist())) < N_SPLITS:
         return None
     y = np.asarray([preferences[i] for i in kept], dtype=float) - 1.0
     if (y < 0).any() or (y > 1).any():
         raise ValueError("preferences must lie in [1, 2] (1: reference wins, 2: model wins, 1.5: draw)")
     z = np.column_stack([x[kept], np.ones(len(kept))])  # alpaca-eval's column order: length term, then constant
-    c = _best_c(z, y)
+    c = _best_c(z, y, cluster)
     w = _fit(z, y, c)
-    return {"lc_win_rate": float(100.0 * _sigmoid(w[1])), "lc_standard_error": _sandwich_se(z, y, w),
+    return {"lc_win_rate": float(100.0 * _sigmoid(w[1])), "lc_standard_error": _sandwich_se(z, y, w, cluster),
             "length_weight": float(w[0]), "C": c}

@@ -7,8 +7,10 @@ set's hash and the settings, and checked against the hash stored inside on every
 
 `winrate_result` judges model outputs (output_2) against references (output_1) and returns the metric block of
 a results record: win rate (draws half), standard error, the length-controlled win rate and its standard error
-(`evals.length_control`), n (parsable judgements), the unparsable share of the judge's answers, mean lengths (words)
-of both sides, and the per-instruction preferences for paired statistics.
+(`evals.length_control`), n (instructions with a parsable judgement), the unparsable share of the judge's answers,
+mean lengths (words) of both sides, and the per-instruction preferences for paired statistics. With several answers
+per instruction, win rate, standard errors and n count instructions; `unparsed`, `strict_win_rate`,
+`empty_outputs` and the mean lengths count answers.
 """
 
 from __future__ import annotations
@@ -110,7 +112,8 @@ def winrate_result(eval_set: EvalSet, outputs: list[str], references: list[str],
         raise ValueError(f"judge {judge.name!r} could not parse any of its {len(pairs)} answers")
     kept = _per_instruction_means(pairs, prefs)
     values = [v for _, v in kept]
-    lc = length_controlled_win_rate(prefs, [len(p.output_1) for p in pairs], [len(p.output_2) for p in pairs])
+    lc = length_controlled_win_rate(prefs, [len(p.output_1) for p in pairs], [len(p.output_2) for p in pairs],
+                                    groups=[p.id for p in pairs] if samples > 1 else None)
 
     def mean_words(texts: list[str]) -> float:
         return sum(len(t.split()) for t in texts) / max(1, len(texts))

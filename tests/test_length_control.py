@@ -112,3 +112,23 @@ def test_every_win_rate_record_has_the_length_controlled_rate():
     assert result["length_control"]["glm"] == "length_controlled_minimal"
     small = winrate_result(EvalSet("s", records[:4]), outputs[:4], references[:4], LongerWins())
     assert small["metrics"]["lc_win_rate"] is None and small["metrics"]["lc_standard_error"] is None
+
+
+def test_several_answers_per_instruction_are_one_cluster_in_the_standard_error():
+    from evals.length_control import _sandwich_se
+
+    rng = np.random.default_rng(0)
+    n = 40
+    x = np.tanh(rng.normal(size=n))
+    y = (rng.random(n) < 1 / (1 + np.exp(-(0.3 + 0.8 * x)))).astype(float)
+    z = np.column_stack([x, np.ones(n)])
+    w = np.array([0.8, 0.3])
+    single = _sandwich_se(z, y, w, np.arange(n))
+    # every instruction's pair three times: clustered, it is the same evidence as once; unclustered, it is not
+    z3, y3, ids = np.vstack([z] * 3), np.concatenate([y] * 3), np.concatenate([np.arange(n)] * 3)
+    assert _sandwich_se(z3, y3, w, ids) == pytest.approx(single, rel=1e-9)
+    assert _sandwich_se(z3, y3, w, np.arange(3 * n)) < 0.6 * single
+    # five pairs from two instructions cannot fill five cross-validation folds
+    assert length_controlled_win_rate([2, 1, 2, 1, 2], [5] * 5, [3, 4, 5, 6, 7], groups=list("aabbb")) is None
+    with pytest.raises(ValueError, match="4 groups for 5 pairs"):
+        length_controlled_win_rate([2, 1, 2, 1, 2], [5] * 5, [3, 4, 5, 6, 7], groups=list("abcd"))

@@ -22,7 +22,8 @@ def true_kl(policy, reference, tokenizer, prompts: list[str], outputs: list[str]
         p_ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts[start:start + rows]]
         o_ids = [tokenizer(o, add_special_tokens=False)["input_ids"] for o in outputs[start:start + rows]]
         seqs = [(p + o)[-max_tokens:] for p, o in zip(p_ids, o_ids)]
-        resp = [min(len(o), len(s)) for o, s in zip(o_ids, seqs)]
+        # a response token needs one token before it: a truncated sequence that is all response loses its first
+        resp = [min(len(o), len(s) - 1) for o, s in zip(o_ids, seqs)]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros_like(ids)

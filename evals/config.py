@@ -15,6 +15,7 @@ from evals.judging import ORDERS
 
 VERIFIERS = ("auto", "consistency", "lexical", "smollm2", "llm")
 DEFAULT_MAX_NEW_TOKENS = 300  # the paper's, when neither the config nor the run says
+SAMPLE_SEED_STRIDE = 1_000_003  # seeds of an evaluation's sampled answers lie this far apart
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +52,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens} must be >= 1 (leave it out for the default)")
-        if self.samples < 1:
-            raise ValueError(f"samples={self.samples} must be >= 1")
+        if isinstance(self.samples, bool) or not isinstance(self.samples, int) or self.samples < 1:
+            raise ValueError(f"samples={self.samples!r} must be an integer >= 1")
         if self.samples > 1 and self.temperature == 0:
             raise ValueError(f"samples={self.samples} needs temperature > 0: greedy decoding gives one answer per "
                              "instruction")
@@ -88,9 +89,9 @@ class EvalConfig:
                                   seed=self.seed)
 
     def sample_generations(self, generation: GenerationSettings) -> list[GenerationSettings]:
-        """The settings of each sampled answer: sample k (from 0) is seeded `seed + k`, so sample 0 is the
-        single-sample evaluation's answer."""
-        return [replace(generation, seed=generation.seed + k) for k in range(self.samples)]
+        """The settings of each sampled answer: sample k (from 0) is seeded `seed + k * SAMPLE_SEED_STRIDE`, so
+        sample 0 is the single-sample evaluation's answer and evaluations of neighbouring seeds share no sample."""
+        return [replace(generation, seed=generation.seed + k * SAMPLE_SEED_STRIDE) for k in range(self.samples)]
 
     def winrate_settings(self, generation: GenerationSettings) -> dict:
         """What, besides target, judge and eval set, changes a win-rate record's result: part of its id."""

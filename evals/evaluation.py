@@ -97,7 +97,8 @@ class PolicyEvaluation:
         details = {
             "target": target.identity(), "generation": settings.as_dict(), "references": ref_identity,
             "outputs_sha256": hashlib.sha256(json.dumps(outputs).encode()).hexdigest()[:16],
-            "samples_per_instruction": cfg.samples, "order": cfg.order, "annotation_cache": {"hits": cache.hits, "misses": cache.misses},
+            "samples_per_instruction": cfg.samples, "order": cfg.order,
+            "annotation_cache": {"hits": cache.hits, "misses": cache.misses},
             "length_control": result.get("length_control"),
             "seconds": {"generate": round(gen_seconds, 1), "judge": round(judge_seconds, 1),
                         "true_kl": round(t3 - t2, 1), "proxy_reward": round(time.time() - t3, 1),

@@ -159,5 +159,20 @@ def test_several_samples_per_instruction_reuse_the_single_sample_answers(smoke_r
     one, two = sorted(ResultsStore(results).records(), key=lambda r: r["details"]["samples_per_instruction"])
     assert one["record_id"] != two["record_id"] and two["settings"]["samples"] == 2 and "samples" not in one["settings"]
     assert len(two["per_item"]) == 6 and two["metrics"]["n"] == 6  # one item per instruction
+    # the proxy reward covers both answers of every instruction, in the order they were generated
+    from evals.config import SAMPLE_SEED_STRIDE
+    from evals.reward_judge import RewardModelJudge
+    from trainers.data import format_prompt
+
+    by_seed = {}
+    for path in (cache / "outputs").glob("model-*.json"):
+        saved = json.loads(path.read_text())
+        by_seed[saved["parts"][2]["seed"]] = saved["outputs"]
+    assert sorted(by_seed) == [0, SAMPLE_SEED_STRIDE]
+    answers = by_seed[0] + by_seed[SAMPLE_SEED_STRIDE]
+    rm = RewardModelJudge("head:tiny-random-llama", template="alpaca", seed=42)
+    prompts = [format_prompt(r, "alpaca", rm.tokenizer) for r in json.loads(Path(eval_file).read_text())] * 2
+    assert two["metrics"]["proxy_reward"] == pytest.approx(float(rm.rewards(prompts, answers).mean()), abs=1e-5)
+    assert two["metrics"]["empty_outputs"] == sum(not a.strip() for a in answers)
     assert _eval(smoke_run, results, eval_file, "--samples", "2") == 2  # greedy has one answer per instruction
     assert "samples=2 needs temperature > 0" in capsys.readouterr().err

@@ -55,6 +55,11 @@ class PresetGrid:
     # the full fine-tune baseline's own settings over the preset's (its regulariser included; default kl)
     full_overrides: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.eval_samples < 1 or (self.eval_samples > 1 and self.eval_temperature == 0):
+            raise ValueError(f"eval_samples={self.eval_samples} needs an integer >= 1, and eval_temperature > 0 "
+                             f"above 1 (eval_temperature={self.eval_temperature})")
+
     @property
     def full_regularizer(self) -> str:
         return self.full_overrides.get("regularizer", "kl")

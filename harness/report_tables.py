@@ -132,9 +132,12 @@ def _decoding_text(series) -> str:
     texts = []
     for s in series:
         for rec in s.points.values():
-            g = (rec.get("details") or {}).get("generation") or {}
+            details = rec.get("details") or {}
+            g = details.get("generation") or {}
             if "temperature" in g:
                 mode = "greedy" if g["temperature"] == 0 else f"sampled at temperature {g['temperature']:g}"
+                samples = details.get("samples_per_instruction") or 1
+                mode += f" ({samples} answers per instruction, averaged)" if samples > 1 else ""
                 text = f"{mode}, {g.get('max_new_tokens')} new tokens"
                 texts += [text] if text not in texts else []
     return "; ".join(texts) or "decoding not recorded"
@@ -233,7 +236,8 @@ def table2(data: ReportData) -> Table:
     ntext = DASH if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
     t.caption = (
         f"Ours (preset {data.preset}): win rate against the evaluation set's reference outputs, ± one standard "
-        f"error, judge {data.judge_text}, n = {ntext} instructions; step 0 is the SFT policy. LC: the length-"
+        f"error, judge {data.judge_text}, n = {ntext} instructions, answers {_decoding_text(data.winrate)}; step 0 "
+        "is the SFT policy. LC: the length-"
         "controlled win rate, the win rate predicted at equal output lengths by alpaca-eval's "
         "length_controlled_minimal model (evals/length_control.py); — where a record predates it or has under 5 "
         "judged pairs. Paper: read off its "

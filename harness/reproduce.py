@@ -47,7 +47,10 @@ def targets_of(args) -> tuple[str, ...]:
 
 
 def _only(text: str | None) -> tuple[str, ...]:
-    return tuple(name.strip() for name in (text or "").split(",") if name.strip())
+    names = tuple(name.strip() for name in (text or "").split(",") if name.strip())
+    if text is not None and not names:
+        raise ValueError(f"--only={text!r}: expected comma-separated runs, e.g. kl or kl,full")
+    return names
 
 
 def _seeds(text: str | None) -> tuple[int, ...] | None:
@@ -138,7 +141,9 @@ def reused_runs(g: G.Grid, have: set[tuple], recompute: tuple[str, ...] = ()) ->
 def print_grid(g: G.Grid, runs_root: str, store: ResultsStore) -> dict[str, str]:
     have = existing(store, g.preset, grid_identity(g))
     states = {}
-    print(f"grid {'+'.join(g.targets)} at preset {g.preset}: {len(g.runs)} runs + the SFT baseline ({g.spec.note})")
+    only = f", only {','.join(g.only)}" if g.only else ""
+    print(f"grid {'+'.join(g.targets)} at preset {g.preset}{only}: {len(g.runs)} runs + the SFT baseline "
+          f"({g.spec.note})")
     if g.provisional:
         print("  (run ids are provisional: they name the reward model by content, and it is not prepared yet)")
     print(f"  {'run':34s} {'state':8s} {'steps':>9s}  records")
@@ -371,7 +376,8 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         from harness.machine import describe
 
         store.add_reproduction(g.preset, {
-            "command": getattr(args, "command_line", None), "targets": list(g.targets), "seeds": list(g.seeds or g.spec.seeds),
+            "command": getattr(args, "command_line", None), "targets": list(g.targets),
+            "seeds": list(g.seeds or g.spec.seeds), "only": list(g.only),
             "minutes": round(minutes, 1), "runs_trained": len(jobs), "evaluations": len(eval_jobs),
             "failed": sorted(failed_runs) + list(failed_evals), "machine": describe(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -96,3 +96,12 @@ def test_a_bug_keeps_its_traceback_and_debug_shows_any(monkeypatch, capsys, tmp_
     monkeypatch.undo()
     with pytest.raises(ValueError, match="--out is empty"):
         cli.main(["train", "--preset", "smoke", "--out", "", "--debug"])
+
+
+@pytest.mark.parametrize("only, expect", [
+    (",", "--only=',': expected comma-separated runs, e.g. kl or kl,full"),
+    ("kl,bregman", "--only bregman: not a run of this grid; allowed: full, jensen_shannon, kl, none"),
+])
+def test_a_bad_run_selection_is_one_line(capsys, only, expect):
+    code, err = run(capsys, "grid", "--table", "2", "--preset", "tiny", "--only", only)
+    assert code == 2 and expect in one_line(err)

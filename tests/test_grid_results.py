@@ -66,12 +66,28 @@ def test_only_keeps_the_named_runs_with_the_same_ids_and_the_sft_evaluations():
     assert [r.label["seed"] for r in kl.runs] == [1, 2]
     assert all(r.label["regularizer"] == "kl" and r.label["lora"] for r in kl.runs)
     assert {r.run_id for r in kl.runs} < {r.run_id for r in whole.runs}  # the same runs, not new ones
-    assert kl.sft_evaluators == ("winrate",) and kl.rebuilt().runs == kl.runs
+    assert kl.rebuilt().runs == kl.runs
     full = G.build_grid(("table2",), "tiny", only=("full", "none"))
     assert sorted((r.label["regularizer"], r.label["lora"]) for r in full.runs) == [("kl", False), ("none", True)]
     with pytest.raises(ValueError, match="--only bregman: not a run of this grid; allowed: full, jensen_shannon, "
                                          "kl, none"):
         G.build_grid(("table2",), "tiny", only=("bregman",))
+
+
+def test_a_grid_with_several_answers_per_instruction_asks_for_them_in_its_win_rate_records_only():
+    import dataclasses
+
+    from harness import reproduce
+
+    g = G.build_grid(("table2", "table3"), "tiny")
+    several = dataclasses.replace(g, spec=dataclasses.replace(g.spec, eval_samples=3))
+    assert reproduce.eval_config(several, "winrate").samples == 3
+    assert reproduce.eval_config(several, "factuality").samples == 1  # greedy bios: one answer each
+    wanted = reproduce.grid_identity(several)
+    assert wanted["winrate"]["settings"]["samples"] == 3
+    assert "samples" not in reproduce.grid_identity(g)["winrate"]["settings"]
+    with pytest.raises(ValueError, match="eval_samples=2 needs .* eval_temperature > 0"):
+        dataclasses.replace(g.spec, eval_samples=2, eval_temperature=0.0)
 
 
 def test_bad_grid_input_fails_before_anything_runs():

@@ -339,3 +339,7 @@ def test_table3_says_how_the_bios_were_decoded():
     assert _decoding_text([greedy]) == "greedy, 96 new tokens"
     assert _decoding_text([greedy, sampled, greedy]) == "greedy, 96 new tokens; sampled at temperature 1, 96 new tokens"
     assert _decoding_text([]) == "decoding not recorded"
+    several = Series("c", "lora", "kl", 2)
+    several.points[6] = {"details": {"generation": {"temperature": 1.0, "max_new_tokens": 96},
+                                     "samples_per_instruction": 4}}
+    assert _decoding_text([several]) == "sampled at temperature 1 (4 answers per instruction, averaged), 96 new tokens"

@@ -222,15 +222,19 @@ def test_several_samples_per_instruction_average_into_one_item_per_instruction()
 
 
 def test_sampled_answers_are_seeded_apart_and_named_in_the_record_id_only_when_several():
-    from evals.config import EvalConfig
+    from evals.config import SAMPLE_SEED_STRIDE, EvalConfig
     from evals.generation_settings import GenerationSettings
 
     base = GenerationSettings(max_new_tokens=8, temperature=1.0, seed=5)
     three = EvalConfig(temperature=1.0, samples=3)
-    assert [g.seed for g in three.sample_generations(base)] == [5, 6, 7]
+    assert [g.seed for g in three.sample_generations(base)] == [5, 5 + SAMPLE_SEED_STRIDE, 5 + 2 * SAMPLE_SEED_STRIDE]
+    # the next evaluation seed's samples share none of these seeds
+    next_seeds = {g.seed for g in three.sample_generations(GenerationSettings(temperature=1.0, seed=6))}
+    assert not next_seeds & {g.seed for g in three.sample_generations(base)}
     assert three.winrate_settings(base)["samples"] == 3
     assert "samples" not in EvalConfig(temperature=1.0).winrate_settings(base)  # single-sample ids unchanged
     with pytest.raises(ValueError, match="samples=2 needs temperature > 0"):
         EvalConfig(samples=2)
-    with pytest.raises(ValueError, match="samples=0 must be >= 1"):
-        EvalConfig(temperature=1.0, samples=0)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=f"samples={bad!r} must be an integer >= 1"):
+            EvalConfig(temperature=1.0, samples=bad)

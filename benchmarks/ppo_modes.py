@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -88,14 +87,16 @@ def main(argv: list[str] | None = None) -> int:
         for mode in args.modes.split(","):
             rows.append(run_mode(args.preset, args.steps, args.set, mode, Path(tmp)))
             print(markdown(rows[-1:], f"## {mode}"), flush=True)
-    machine = f"{platform.machine()} {platform.processor() or ''} {os.cpu_count()} cores".strip()
+    from harness.machine import describe
+
+    machine = describe()
     header = (f"PPO step by mode, preset `{args.preset}` {' '.join(args.set)}; median of {args.steps - 1} steps after "
               f"a warm-up step; {machine}; command: `python -m benchmarks.ppo_modes --preset {args.preset} "
               f"--steps {args.steps}{'' if args.modes == ','.join(MODES) else ' --modes ' + args.modes}"
               f"{''.join(' --set ' + s for s in args.set)}`")
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = RESULTS / f"ppo_modes-{args.preset}{'-' + args.tag if args.tag else ''}"
-    stem.with_suffix(".json").write_text(json.dumps({"header": header, "rows": rows}, indent=2))
+    stem.with_suffix(".json").write_text(json.dumps({"header": header, "machine": machine, "rows": rows}, indent=2))
     stem.with_suffix(".md").write_text(markdown(rows, header))
     print(markdown(rows, header))
     return 0

@@ -24,11 +24,12 @@ def test_parameter_counts_from_configs():
 
 @pytest.mark.skipif(not RESULTS.is_file(), reason="benchmarks/results/ppo_modes-tiny.json not present")
 def test_predictions_match_the_measured_tiny_peaks_within_15_percent():
+    from benchmarks.ppo_modes import MODES
+
     rows = json.loads(RESULTS.read_text())["rows"]
-    overrides = {"lora_shared": ["lora=true", "reference=shared"], "lora_copy": ["lora=true", "reference=copy"],
-                 "full": ["lora=false", "reference=copy"]}
+    assert {row["mode"] for row in rows} == set(MODES)  # every mode the benchmark runs, one-base mode included
     for row in rows:
-        cfg = presets.resolve("tiny", None, overrides[row["mode"]] + ["stop_at_eos=false"])
+        cfg = presets.resolve("tiny", None, MODES[row["mode"]] + ["stop_at_eos=false"])
         predicted = mp.plan(cfg, frozen_dtype=row["frozen_dtype"], query_tokens=100).total
         assert predicted == pytest.approx(row["peak_memory_bytes"], rel=0.15), row["mode"]
 

@@ -4,8 +4,12 @@ Components, in bytes, for one device:
 - weights: every backbone the layout places there, frozen ones in the frozen dtype, trained ones in fp32;
 - trainable state: fp32 weights of the adapters (or the whole model) + fp32 gradients + AdamW's two moments;
 - training activations of one micro-batch through one backbone at a time (the policy's backward runs before
-  the value forward): tokens x layers x (A_h * hidden + A_i * intermediate) x bytes, or with gradient
-  checkpointing the layer inputs plus one layer's activations;
+  the value forward): tokens x layers x (A_h * hidden + A_i * intermediate) x 4 bytes, or with gradient
+  checkpointing the layer inputs plus one layer's activations. 4 bytes whatever the frozen dtype: with bfloat16
+  frozen weights much of what the backward keeps is still float32 (the LoRA branches' inputs, cast to the
+  adapters' dtype; the norms' upcasts; autocast's weight copies in a full fine-tune). Measured with bfloat16
+  frozen weights (`python -m benchmarks.ppo_modes`), 4 bytes put every mode within 8% of its peak, 2 bytes
+  put its LoRA modes 28-33% short;
 - logits: micro-batch response tokens x vocabulary x 4 bytes x 3 (logits, log-sum-exp input, its gradient);
 - rollout: the policy's kept logits and the reference's (rollout micro-batch x response x vocabulary x 4 B
   each, x 2 for the reference's temperature copy) and the KV cache;
@@ -33,6 +37,7 @@ from trainers.config import TrainConfig
 
 GIB = 2**30
 ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE = 17, 6
+ACTIVATION_BYTES = 4  # per element, for float32 and bfloat16 frozen weights alike (module docstring)
 CPU_RUNTIME_BYTES = int(0.45 * GIB)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 GPU_BYTES = {"a100-80gb": 80 * GIB, "a100-40gb": 40 * GIB, "h100-80gb": 80 * GIB, "h200": 141 * GIB,
@@ -149,8 +154,8 @@ def plan(cfg: TrainConfig, *, gpus: int = 0, device_bytes: int | None = None, fr
     per_device_micro = cfg.micro_batch_size
     q = query_tokens if query_tokens is not None else cfg.query_len
     tokens = per_device_micro * (q + cfg.response_len)
-    train = (max(_activations(pd, tokens, compute, cfg.gradient_checkpointing),
-                 _activations(vd, tokens, compute, cfg.gradient_checkpointing))
+    train = (max(_activations(pd, tokens, ACTIVATION_BYTES, cfg.gradient_checkpointing),
+                 _activations(vd, tokens, ACTIVATION_BYTES, cfg.gradient_checkpointing))
              + per_device_micro * cfg.response_len * pd.vocab * 4 * 3)
     rollout_b = cfg.rollout_micro_batch_size
     kv = 2 * pd.layers * pd.kv_heads * pd.head_dim * rollout_b * (q + cfg.response_len) * compute

@@ -9,7 +9,8 @@ Components, in bytes, for one device:
   frozen weights much of what the backward keeps is still float32 (the LoRA branches' inputs, cast to the
   adapters' dtype; the norms' upcasts; autocast's weight copies in a full fine-tune). Measured with bfloat16
   frozen weights (`python -m benchmarks.ppo_modes`), 4 bytes put every mode within 8% of its peak, 2 bytes
-  put its LoRA modes 28-33% short;
+  put its LoRA modes 28-33% short. For the layer inputs that gradient checkpointing keeps (bf16 hidden states
+  between layers) it is an upper bound;
 - logits: micro-batch response tokens x vocabulary x 4 bytes x 3 (logits, log-sum-exp input, its gradient);
 - rollout: the policy's kept logits and the reference's (rollout micro-batch x response x vocabulary x 4 B
   each, x 2 for the reference's temperature copy) and the KV cache;

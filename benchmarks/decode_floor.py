@@ -376,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Decoding against its memory floor: {model}, {unit.query_ids.size(0)} rows, {args.tokens} tokens at "
         f"temperature 1, prompts padded to {unit.query_ids.size(1)}; frozen_dtype=auto resolves to {default}; "
         f"{args.threads} threads; {machine.describe()}; torch {torch.__version__}; command: `{command}`. "
-        "Other jobs shared the CPU: compare rows within a round (ratio per round), not across runs.")
+        "The read bandwidth can change between rounds (other jobs, other tenants of the host): compare rows within a "
+        "round (ratio per round), not across runs.")
     result.update(machine=machine.describe(), torch=torch.__version__, python=platform.python_version(),
                   default_dtype=default, threads=args.threads, tokens=args.tokens, command=command,
                   rows_in_batch=unit.query_ids.size(0), prompt_width=unit.query_ids.size(1))

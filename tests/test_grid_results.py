@@ -66,7 +66,7 @@ def test_only_keeps_the_named_runs_with_the_same_ids_and_the_sft_evaluations():
     assert [r.label["seed"] for r in kl.runs] == [1, 2]
     assert all(r.label["regularizer"] == "kl" and r.label["lora"] for r in kl.runs)
     assert {r.run_id for r in kl.runs} < {r.run_id for r in whole.runs}  # the same runs, not new ones
-    assert kl.rebuilt().runs == kl.runs
+    assert kl.sft_evaluators == ("winrate",) and kl.rebuilt().runs == kl.runs
     full = G.build_grid(("table2",), "tiny", only=("full", "none"))
     assert sorted((r.label["regularizer"], r.label["lora"]) for r in full.runs) == [("kl", False), ("none", True)]
     with pytest.raises(ValueError, match="--only bregman: not a run of this grid; allowed: full, jensen_shannon, "

@@ -265,6 +265,67 @@ def products_seconds(models, batch: int, repeats: int = 5) -> tuple[float, float
     return best, batch * sum(flops for _, _, flops in products)
 
 
+# Operator groups of a lean decoding step, by the profiler's names (self time; first match wins).
+STEP_PARTS = (("bf16 packed products", ("mkldnn::_linear_pointwise",)),
+              ("float32 products (LoRA A and B)", ("aten::mm", "aten::addmm")),
+              ("attention (SDPA)", ("scaled_dot_product",)))
+
+
+def _lean_steps(models, unit: WorkUnit, steps: int, adapters: bool = True):
+    """(seconds per step, decoder) of `steps` lean decoding steps with the default levers, after 3 warm-up steps;
+    `adapters` False disables the policy's LoRA adapters (a diagnostic: what their branches cost)."""
+    import contextlib
+
+    from trainers.decode_step import LeanDecoder
+    from trainers.sampling import position_ids_from_mask, prefill
+
+    policy = models.policy
+    off = policy.disable_adapter() if not adapters else contextlib.nullcontext()
+    with models.sampling_context(True, True), off:
+        mask = unit.query_mask.long()
+        room = 3 + 2 * steps  # warm-up, timed, then as many profiled steps on the same cache
+        last, cache = prefill(policy, unit.query_ids, mask, unit.prefill_rows, room=room)
+        decoder = LeanDecoder.build(policy, cache, mask, room, unit.query_ids.size(0))
+        if decoder is None:
+            return None
+        token, position = last.float().argmax(-1), position_ids_from_mask(mask)[:, -1:] + 1
+        for _ in range(3):
+            decoder(token, position)
+            position = position + 1
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            decoder(token, position)
+            position = position + 1
+        return (time.perf_counter() - t0) / steps, decoder, token, position
+
+
+def step_breakdown(unit: WorkUnit, dtype: str, steps: int) -> dict | None:
+    """Where a lean decoding step's time goes: ms per step unprofiled, with the adapters disabled (a diagnostic,
+    not a setting), and the profiler's self time per operator group (`STEP_PARTS`, the rest as 'other operators')
+    over `steps` more steps, with the operator calls per step (nested calls included); None where the lean step
+    does not apply."""
+    from torch.profiler import profile
+
+    models = unit.models[dtype]
+    timed = _lean_steps(models, unit, steps)
+    if timed is None:
+        return None
+    seconds, decoder, token, position = timed
+    without = _lean_steps(models, unit, steps, adapters=False)
+    with models.sampling_context(True, True), profile() as prof:
+        for _ in range(steps):
+            decoder(token, position)
+            position = position + 1
+    parts = {name: 0.0 for name, _ in STEP_PARTS} | {"other operators": 0.0}
+    calls = 0
+    for event in prof.key_averages():
+        name = next((part for part, keys in STEP_PARTS if any(k in event.key for k in keys)), "other operators")
+        parts[name] += event.self_cpu_time_total / 1e3 / steps
+        calls += event.count
+    return {"ms_per_step": 1e3 * seconds, "ms_per_step_adapters_disabled": 1e3 * without[0] if without else None,
+            "profiled_ms_per_step": parts, "operator_calls_per_step": calls / steps, "steps": steps}
+
+
 # --- the run ---------------------------------------------------------------------------------------------------
 
 def measure(unit: WorkUnit, levers: list[Lever], default_dtype: str, repeats: int, buffer: torch.Tensor,
@@ -341,6 +402,16 @@ def markdown(result: dict) -> str:
             f"{row['ms_per_step_median']:.1f} | {row['ratio_best']:.2f} | "
             f"{', '.join(f'{x:.2f}' for x in row['ratio_per_round'])} | {row['same_tokens_as_defaults']} | "
             f"{'-' if diff is None else f'{diff:.2g}'} |")
+    parts = result.get("step_breakdown")
+    if parts:
+        profiled = parts["profiled_ms_per_step"]
+        lines += ["", f"Where a lean step's time goes (defaults, {parts['steps']} steps after 3 warm-up steps): "
+                  f"{parts['ms_per_step']:.1f} ms per step; with the policy's adapters disabled (a diagnostic, not a "
+                  f"setting) {parts['ms_per_step_adapters_disabled']:.1f} ms. Profiled (torch.profiler, self time; "
+                  f"{sum(profiled.values()):.1f} ms per step under the profiler, "
+                  f"{parts['operator_calls_per_step']:.0f} operator calls per step, nested ones included):", "",
+                  "| operators | ms per step |", "|---|---|"]
+        lines += [f"| {name} | {ms:.1f} |" for name, ms in profiled.items()]
     return "\n".join(lines) + "\n"
 
 
@@ -369,6 +440,7 @@ def main(argv: list[str] | None = None) -> int:
     buffer = torch.ones(args.buffer_mib * (1 << 20) // 4)
     with torch.inference_mode():
         result = measure(unit, rows(other), default, args.repeats, buffer)
+        result["step_breakdown"] = step_breakdown(unit, default, 4 if args.dry_run else 10)
     command = "python -m benchmarks.decode_floor" + (" --dry-run" if args.dry_run else "") + (
         f" --repeats {args.repeats}" if not args.dry_run else "")
     model = "tiny-random-llama" if args.dry_run else "SmolLM2-135M-Instruct"

@@ -174,3 +174,9 @@ def test_floor_benchmark_dry_run(tmp_path):
     assert all(row["floor_ms"] > 0 and row["ms_per_step_best"] > 0 for row in rows.values())
     assert result["bandwidth_bytes_per_s_best"] > 1e8 and result["machine"]
     assert "| defaults |" in (tmp_path / "decode_floor.md").read_text()
+    parts = result["step_breakdown"]  # the lean step applies to the tiny Llama: its time, split by operator group
+    assert parts["ms_per_step"] > 0 and parts["ms_per_step_adapters_disabled"] > 0
+    assert set(parts["profiled_ms_per_step"]) == {name for name, _ in decode_floor.STEP_PARTS} | {"other operators"}
+    assert parts["profiled_ms_per_step"]["float32 products (LoRA A and B)"] > 0  # float32 adapters, unfolded or not
+    assert parts["operator_calls_per_step"] > 10 * 2  # two layers, dozens of operators each
+    assert "| attention (SDPA) |" in (tmp_path / "decode_floor.md").read_text()

@@ -106,12 +106,21 @@ def step_bytes(model: nn.Module, batch: int, width: int, new_tokens: int) -> dic
     return {"weights": weights, "kv_cache": kv, "total": weights + kv}
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for `device`'s queued work (CUDA runs asynchronously; a CPU has nothing queued)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def read_bandwidth(buffer: torch.Tensor, repeats: int = 3) -> float:
-    """Bytes per second of the best of `repeats` streaming reads of `buffer` (one `torch.sum` each)."""
+    """Bytes per second of the best of `repeats` streaming reads of `buffer` (one `torch.sum` each), on its device."""
     best = float("inf")
+    buffer.sum()  # a first read: CUDA loads its reduction kernel once
     for _ in range(repeats):
+        synchronize(buffer.device)
         t0 = time.perf_counter()
         buffer.sum()
+        synchronize(buffer.device)
         best = min(best, time.perf_counter() - t0)
     return buffer.numel() * buffer.element_size() / best
 

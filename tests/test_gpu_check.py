@@ -27,6 +27,9 @@ def test_the_dry_run_prints_every_stage_and_exits_0(tmp_path):
         assert re.search(rf"\[{stage}\] peak memory: {n} GiB", text)
         assert re.search(rf"\[{stage}\] training MFU: {n} GFLOP .* peak used: {n} [GT]FLOP/s", text)
         assert f"[{stage}] status: ok" in text
+        for variant in gpu_check.DECODE_VARIANTS:
+            assert re.search(rf"\[{stage}\] decode \({variant}\): {n} ms/step for [0-9]+ rows x 8 tokens; a step "
+                             rf"reads {n} MB .* -> floor {n} ms; {n}x the floor", text)
     assert "[side_by_side] prompts: " in text
     assert re.search(rf"\[llama7b\] planner prediction \(trainers.memory_plan.plan.*\): {n} GiB; measured {n} GiB", text)
     one_base = json.loads((tmp_path / "llama7b_one_base.json").read_text())
@@ -41,6 +44,12 @@ def test_the_dry_run_prints_every_stage_and_exits_0(tmp_path):
         if s["stage"] in ("side_by_side", "llama7b"):
             assert set(s["median"]) == {"step", "generation", "frozen_forwards", "training", "other"}
             assert s["peak"]["rss_bytes"] > 0 and s["mfu"]["training_flop"] > 0
+            decode = s["decode"]
+            assert decode["new_tokens"] == 8 and decode["bandwidth_bytes_per_s"] > 0
+            for variant in gpu_check.DECODE_VARIANTS:
+                row = decode[variant]
+                assert row["ms_per_step"] > 0 and row["bytes_per_step"]["weights"] > 0
+                assert row["x_floor"] == pytest.approx(row["ms_per_step"] / row["floor_ms"])
     assert summary["stages"][2]["plan"]["total_gib"] > 0
     assert (tmp_path / "summary.md").read_text().startswith("| stage | status |")
 
@@ -97,10 +106,11 @@ def test_the_summary_has_one_row_per_stage_and_the_total():
             {"stage": "llama7b", "status": "ok", "median": {"step": 2.0, "generation": 1.0, "frozen_forwards": 0.5,
                                                              "training": 0.4, "other": 0.1},
              "peak": {"allocated_bytes": 30 * 2**30, "reserved_bytes": 32 * 2**30}, "plan": {"total_gib": 29.5},
-             "mfu": {"mfu": 0.123}},
+             "mfu": {"mfu": 0.123}, "decode": {"settings": {"ms_per_step": 12.5, "x_floor": 3.21}}},
             {"stage": "llama7b_one_base", "status": "unavailable"}]
     text = gpu_check.summary(rows, 123.4, dry=False)
-    assert "| llama7b | ok | 2.00 | 1.00 | 0.50 | 0.40 | 0.10 | 30.00 GiB | 32.00 GiB | 29.50 GiB | 12.3% |" in text
+    assert ("| llama7b | ok | 2.00 | 1.00 | 0.50 | 0.40 | 0.10 | 30.00 GiB | 32.00 GiB | 29.50 GiB | 12.3% | 12.50 | "
+            "3.21x |") in text
     assert "| llama7b_one_base | unavailable |" in text and text.endswith("Total wall time: 123.4 s\n")
 
 

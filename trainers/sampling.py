@@ -164,7 +164,9 @@ def sample(
             token = torch.where(finished, torch.full_like(token, pad_id), token)
             tokens.append(token)
             finished |= torch.isin(token, stop)
-            if bool(finished.all()) or step == max_new_tokens - 1:
+            # Without stop tokens no row ends early: no need to read `finished`, a host-device sync on a GPU that
+            # would keep the host from queuing the next step while the device runs this one.
+            if step == max_new_tokens - 1 or (stop_ids and bool(finished.all())):
                 break
             if decoder is not None:
                 last_logits = decoder(token, next_pos)

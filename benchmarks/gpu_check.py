@@ -380,7 +380,8 @@ def decode_against_floor(trainer, prompts: list[list[int]], stage: str, buffer_m
     """The trainer's decoding of `prompts` against its memory floor (benchmarks/decode_floor.py's formula), on its
     device: ms per step = (T(n) - T(1)) / (n - 1) of one sampling call drawing n = response_len tokens per row (no
     stop tokens) with the run's settings, and with the lean step off; floor = bytes a step reads / the device's
-    read bandwidth (the best of 3 sums of a `buffer_mib` MiB buffer)."""
+    read bandwidth (the best of 3 sums of a `buffer_mib` MiB buffer). The policy is put in eval mode, as a
+    rollout has it (a PPO step ends in training mode), and each row says whether the lean step ran."""
     import torch
 
     from benchmarks import decode_floor
@@ -391,32 +392,40 @@ def decode_against_floor(trainer, prompts: list[list[int]], stage: str, buffer_m
     query_ids, query_mask = left_pad(prompts, models.tokenizer.pad_token_id, device)
     batch, width, n = query_ids.size(0), query_ids.size(1), cfg.response_len
 
-    def seconds(tokens: int, lean: bool) -> tuple[float, dict]:
+    def seconds(tokens: int, lean: bool) -> tuple[float, dict, bool]:
         with torch.inference_mode(), models.sampling_context(cfg.merge_adapters_for_rollout,
                                                              cfg.few_row_decode_products):
             decode_floor.synchronize(device)
             t0 = time.perf_counter()
-            sample(models.policy, query_ids, query_mask, max_new_tokens=tokens, temperature=1.0, stop_ids=[],
-                   pad_id=models.tokenizer.pad_token_id, generator=torch.Generator(device).manual_seed(0),
-                   keep_logits=False, prefill_rows=cfg.micro_batch_size if cfg.group_by_length else 0,
-                   lean_step=lean, packed_weights=cfg.packed_decode_weights)
+            out = sample(models.policy, query_ids, query_mask, max_new_tokens=tokens, temperature=1.0, stop_ids=[],
+                         pad_id=models.tokenizer.pad_token_id, generator=torch.Generator(device).manual_seed(0),
+                         keep_logits=False, prefill_rows=cfg.micro_batch_size if cfg.group_by_length else 0,
+                         lean_step=lean, packed_weights=cfg.packed_decode_weights)
             decode_floor.synchronize(device)
-            return time.perf_counter() - t0, decode_floor.step_bytes(models.policy, batch, width, tokens)
+            return (time.perf_counter() - t0, decode_floor.step_bytes(models.policy, batch, width, tokens),
+                    out.lean_step)
 
     rows = {}
-    for name, change in DECODE_VARIANTS.items():
-        lean = change.get("lean_decode_step", cfg.lean_decode_step)
-        seconds(2, lean)  # warm-up: kernels loaded, weights packed once
-        first = min(seconds(1, lean)[0] for _ in range(2))
-        whole, bytes_ = min((seconds(n, lean) for _ in range(2)), key=lambda t: t[0])
-        rows[name] = {"ms_per_step": 1e3 * (whole - first) / (n - 1), "bytes_per_step": bytes_}
+    was_training = models.policy.training
+    models.policy.eval()
+    try:
+        for name, change in DECODE_VARIANTS.items():
+            lean = change.get("lean_decode_step", cfg.lean_decode_step)
+            seconds(2, lean)  # warm-up: kernels loaded, weights packed once
+            first = min(seconds(1, lean)[0] for _ in range(2))
+            whole, bytes_, ran_lean = min((seconds(n, lean) for _ in range(2)), key=lambda t: t[0])
+            rows[name] = {"ms_per_step": 1e3 * (whole - first) / (n - 1), "bytes_per_step": bytes_,
+                          "lean_step": ran_lean}
+    finally:
+        models.policy.train(was_training)
     buffer = torch.ones(buffer_mib * (1 << 20) // 4, device=device)
     bandwidth = decode_floor.read_bandwidth(buffer)
     del buffer
     for name, row in rows.items():
         row["floor_ms"] = 1e3 * row["bytes_per_step"]["total"] / bandwidth
         row["x_floor"] = row["ms_per_step"] / row["floor_ms"]
-        say(stage, f"decode ({name}): {row['ms_per_step']:.2f} ms/step for {batch} rows x {n} tokens; a step reads "
+        say(stage, f"decode ({name}; lean step {'ran' if row['lean_step'] else 'not used'}): "
+            f"{row['ms_per_step']:.2f} ms/step for {batch} rows x {n} tokens; a step reads "
             f"{row['bytes_per_step']['total'] / 1e6:.1f} MB (weights {row['bytes_per_step']['weights'] / 1e6:.1f}, "
             f"keys and values {row['bytes_per_step']['kv_cache'] / 1e6:.1f}); read bandwidth "
             f"{bandwidth / 1e9:.0f} GB/s -> floor {row['floor_ms']:.2f} ms; {row['x_floor']:.2f}x the floor")

@@ -28,7 +28,7 @@ def test_the_dry_run_prints_every_stage_and_exits_0(tmp_path):
         assert re.search(rf"\[{stage}\] training MFU: {n} GFLOP .* peak used: {n} [GT]FLOP/s", text)
         assert f"[{stage}] status: ok" in text
         for variant in gpu_check.DECODE_VARIANTS:
-            assert re.search(rf"\[{stage}\] decode \({variant}\): {n} ms/step for [0-9]+ rows x 8 tokens; a step "
+            assert re.search(rf"\[{stage}\] decode \({variant}; lean step (ran|not used)\): {n} ms/step for [0-9]+ rows x 8 tokens; a step "
                              rf"reads {n} MB .* -> floor {n} ms; {n}x the floor", text)
     assert "[side_by_side] prompts: " in text
     assert re.search(rf"\[llama7b\] planner prediction \(trainers.memory_plan.plan.*\): {n} GiB; measured {n} GiB", text)
@@ -50,6 +50,8 @@ def test_the_dry_run_prints_every_stage_and_exits_0(tmp_path):
                 row = decode[variant]
                 assert row["ms_per_step"] > 0 and row["bytes_per_step"]["weights"] > 0
                 assert row["x_floor"] == pytest.approx(row["ms_per_step"] / row["floor_ms"])
+            # the run's settings decode through the lean step (the policy in eval mode, as in a rollout)
+            assert decode["settings"]["lean_step"] and not decode["lean_decode_step off"]["lean_step"]
     assert summary["stages"][2]["plan"]["total_gib"] > 0
     assert (tmp_path / "summary.md").read_text().startswith("| stage | status |")
 

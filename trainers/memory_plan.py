@@ -41,8 +41,10 @@ ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE = 17, 6
 ACTIVATION_BYTES = 4  # per element, for float32 and bfloat16 frozen weights alike (module docstring)
 CPU_RUNTIME_BYTES = int(0.45 * GIB)
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
-GPU_BYTES = {"a100-80gb": 80 * GIB, "a100-40gb": 40 * GIB, "h100-80gb": 80 * GIB, "h200": 141 * GIB,
-             "rtx4090-24gb": 24 * GIB, "l40s-48gb": 48 * GIB}
+# What CUDA shows of each card, not its data-sheet size where the two differ by more than a GiB (an L40S's
+# "48 GB" is 46,068 MiB; an H200's "141 GB" about 139 GiB).
+GPU_BYTES = {"a100-80gb": 80 * GIB, "a100-40gb": 40 * GIB, "h100-80gb": 80 * GIB, "h200": 139 * GIB,
+             "rtx4090-24gb": 24 * GIB, "l40s-48gb": 45 * GIB}
 
 
 @dataclass(frozen=True, slots=True)

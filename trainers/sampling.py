@@ -109,6 +109,7 @@ class Samples:
     mask: Tensor  # [B, R] 1 up to and including the stop token
     logits: Tensor | None  # [B, R, V] float32 logits / temperature (None when greedy or not kept)
     ended: Tensor  # [B] bool: the response ends with a stop token
+    lean_step: bool = False  # the steps after the first token ran through `trainers.decode_step.LeanDecoder`
 
 
 @torch.inference_mode()
@@ -185,4 +186,5 @@ def sample(
         mask=response_mask,
         logits=kept[:, : tokens_t.size(1)] if kept is not None else None,
         ended=is_stop.any(1),
+        lean_step=decoder is not None,
     )

@@ -10,6 +10,8 @@ Stages, each in its own process under its own time limit (a failure or a hang co
   (`random-llama:7b`, no download), in the default layout and in the one-base layout (reference=one_base, where this
   version has it), 8 prompts, 64-token responses, gradient checkpointing, with the peak beside `harness plan`'s
   prediction (trainers.memory_plan.plan) for the same settings.
+- largest (on request: `--stages env,largest`; about 3 more minutes): the largest LLaMA shape (7B, 13B, 33B, 65B)
+  whose LoRA-PPO in the one-base layout the planner fits on this GPU with its 15% margin, run like llama7b_one_base.
 After its steps, each PPO stage also times its trainer's decoding against the memory floor of
 benchmarks/decode_floor.py (bytes a step reads over the device's read bandwidth), with the run's settings and with
 the lean step off: on a GPU, 16 rows of decoding read far more bytes than they compute FLOPs, so the floor binds.
@@ -23,6 +25,7 @@ the stage says which. `--dry-run` runs the same stages on the CPU at tiny sizes 
 `random-llama:mini`; one step each), the MFU taken against this CPU's measured matrix-product rate.
 
   bash benchmarks/gpu_check.sh [--dry-run] [--out DIR]   # DIR default: $OUT, else benchmarks/results/gpu_check
+  bash benchmarks/gpu_check.sh --stages env,largest      # the largest LLaMA whose LoRA-PPO fits this GPU
   bash benchmarks/gpu_check.sh --pack                    # where SmolLM2 is installed: writes build/gpu_check/
 prints everything and writes gpu_check.log, <stage>.json, summary.json and summary.md into DIR.
 """
@@ -49,8 +52,10 @@ PACK = ROOT / "build" / "gpu_check"  # ignored by git, like every build output
 GIB = 2**30
 # Dense (no sparsity) bf16 peak of each GPU, TFLOP/s, from NVIDIA's data sheets (SXM); GPU_PEAK_TFLOPS overrides.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0}
-STAGES = {"env": 60, "side_by_side": 150, "llama7b": 150, "llama7b_one_base": 150}  # seconds each, at most
+STAGES = {"env": 60, "side_by_side": 150, "llama7b": 150, "llama7b_one_base": 150, "largest": 240}  # s each, at most
+DEFAULT_STAGES = ("env", "side_by_side", "llama7b", "llama7b_one_base")  # `largest` on request: --stages env,largest
 BUDGET_S = 460  # all stages together: the whole check ends within 8 minutes
+LARGEST_CANDIDATES = ("7b", "13b", "33b", "65b")  # `random-llama:` shapes, smallest first
 DRY_BUDGET_S = 240
 
 
@@ -91,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="the same stages on the CPU at tiny sizes")
     parser.add_argument("--out", default=None, help="where results go (default: $OUT, else benchmarks/results/gpu_check)")
-    parser.add_argument("--stages", default=",".join(STAGES), help="comma-separated subset of " + ", ".join(STAGES))
+    parser.add_argument("--stages", default=",".join(DEFAULT_STAGES),
+                        help=f"comma-separated, of {', '.join(STAGES)} (default: {','.join(DEFAULT_STAGES)})")
     parser.add_argument("--pack", action="store_true", help="write build/gpu_check/ for a machine without SmolLM2")
     parser.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # a worker: run this one stage
     args = parser.parse_args(argv)
@@ -165,7 +171,8 @@ def worker(name: str, out: Path, dry: bool) -> int:
     result: dict = {"status": "failed"}
     try:
         result = {"env": stage_env, "side_by_side": stage_side_by_side, "llama7b": stage_llama7b,
-                  "llama7b_one_base": lambda d: stage_llama7b(d, layout="one_base")}[name](dry)
+                  "llama7b_one_base": lambda d: stage_llama7b(d, layout="one_base"),
+                  "largest": stage_largest}[name](dry)
     except Exception as e:  # noqa: BLE001 - reported, and the other stages still run
         import traceback
 
@@ -258,21 +265,11 @@ def stage_side_by_side(dry: bool) -> dict:
     return {"status": "ok", "policy": policy, "policy_note": note, "prompts": where, **result}
 
 
-def stage_llama7b(dry: bool, layout: str = "default") -> dict:
-    import typing
-
+def llama_values(spec: str, dry: bool, layout: str = "default") -> dict:
+    """The settings of a LoRA-PPO run of a `random-llama:` model in the GPU check: 8 prompts (4 dry) of up to 256
+    tokens, 64-token responses (8 dry), gradient checkpointing, bf16 frozen weights on the GPU (float32 dry)."""
     from harness import presets
-    from trainers import memory_plan, models
-    from trainers.config import field_types
 
-    stage = "llama7b" if layout == "default" else f"llama7b_{layout}"
-    if layout != "default" and layout not in typing.get_args(field_types()["reference"]):
-        say(stage, f"{layout}: not available in this version (reference takes "
-            f"{', '.join(typing.get_args(field_types()['reference']))})")
-        return {"status": "unavailable", "why": f"reference={layout} is not in this version"}
-    spec = models.RANDOM_LLAMA + ("mini" if dry else "7b")
-    say(stage, f"policy: {spec} (random weights, seed {models.RANDOM_LLAMA_SEED}, byte-level tokenizer), "
-        f"layout: {layout}")
     values = presets.preset("smoke")
     values.update(policy=spec, reward=f"head:{spec}", value_init="reward", lora=True, lora_dropout=0.0,
                   prompts=presets.INSTRUCTIONS, prompt_split="eval", prompt_template="alpaca", query_len=256,
@@ -284,14 +281,54 @@ def stage_llama7b(dry: bool, layout: str = "default") -> dict:
                   frozen_dtype="float32" if dry else "bfloat16", device="cpu" if dry else "cuda", threads=2 if dry else 0)
     if layout != "default":
         values["reference"] = layout
+    return values
+
+
+def llama_plan(values: dict, spec: str, dry: bool, device_bytes: int | None, query_tokens: int):
+    """`trainers.memory_plan.plan` of a `random-llama:` run with `values` on one GPU (dry: this CPU process)."""
+    from trainers import memory_plan, models
+    from trainers.config import TrainConfig
+
+    dims = memory_plan.Dims.from_config(models.random_llama_config(spec).to_dict())
+    return memory_plan.plan(TrainConfig(**values), gpus=0 if dry else 1, device_bytes=device_bytes,
+                            query_tokens=query_tokens, frozen_dtype="float32" if dry else "bfloat16",
+                            policy_dims=dims, reward_dims=dims)
+
+
+def _layout_missing(stage: str, layout: str) -> dict | None:
+    import typing
+
+    from trainers.config import field_types
+
+    if layout == "default" or layout in typing.get_args(field_types()["reference"]):
+        return None
+    say(stage, f"{layout}: not available in this version (reference takes "
+        f"{', '.join(typing.get_args(field_types()['reference']))})")
+    return {"status": "unavailable", "why": f"reference={layout} is not in this version"}
+
+
+def stage_llama7b(dry: bool, layout: str = "default") -> dict:
+    from trainers import models
+
+    stage = "llama7b" if layout == "default" else f"llama7b_{layout}"
+    spec = models.RANDOM_LLAMA + ("mini" if dry else "7b")
+    return _layout_missing(stage, layout) or run_llama(stage, spec, dry, layout)
+
+
+def run_llama(stage: str, spec: str, dry: bool, layout: str) -> dict:
+    """LoRA-PPO steps of `spec` in `layout`, with the peak beside the planner's prediction."""
+    from trainers import models
+
+    say(stage, f"policy: {spec} (random weights, seed {models.RANDOM_LLAMA_SEED}, byte-level tokenizer), "
+        f"layout: {layout}")
+    values = llama_values(spec, dry, layout)
     say(stage, "prompts: bundled instructions (harness/data/instructions.json, split eval), Alpaca template, in bytes")
     tmp = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     result = run_ppo(stage, values, tmp, dry, keep=True)
-    cfg, query_tokens = result.pop("_cfg"), result.pop("_query_tokens")
-    dims = memory_plan.Dims.from_config(models.random_llama_config(spec).to_dict())
+    result.pop("_cfg")
+    query_tokens = result.pop("_query_tokens")
     device_bytes = None if dry else int(result["gpu_memory_gib"] * GIB)
-    plan = memory_plan.plan(cfg, gpus=0 if dry else 1, device_bytes=device_bytes, query_tokens=query_tokens,
-                            frozen_dtype="float32" if dry else "bfloat16", policy_dims=dims, reward_dims=dims)
+    plan = llama_plan(values, spec, dry, device_bytes, query_tokens)
     measured = result["peak"].get("allocated_bytes") or result["peak"]["rss_bytes"]
     say(stage, f"planner prediction (trainers.memory_plan.plan, {'this CPU process' if dry else '1 GPU'}, frozen "
         f"{'float32' if dry else 'bfloat16'}, query_tokens={query_tokens}): {plan.total / GIB:.2f} GiB; measured "
@@ -302,6 +339,42 @@ def stage_llama7b(dry: bool, layout: str = "default") -> dict:
     return {"status": "ok", "policy": spec, "layout": layout, **result,
             "plan": {"total_gib": plan.total / GIB, "components_gib": {k: v / GIB for k, v in plan.components.items()},
                      "query_tokens": query_tokens, "measured_over_planned": measured / plan.total}}
+
+
+def stage_largest(dry: bool) -> dict:
+    """The largest LLaMA shape (`LARGEST_CANDIDATES`; dry: the mini one) whose LoRA-PPO in the one-base layout the
+    planner fits on this GPU with its margin (`trainers.memory_plan.PLAN_ERROR`), prompts at their full 256 tokens;
+    then that shape's steps, its measured peak beside the prediction. Dry: this host's memory stands for the GPU's."""
+    import torch
+
+    from trainers import memory_plan, models
+
+    stage, layout = "largest", "one_base"
+    missing = _layout_missing(stage, layout)
+    if missing:
+        return missing
+    if dry:
+        device_bytes, where = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "this host's memory (dry run)"
+        shapes = ("mini",)
+    else:
+        props = torch.cuda.get_device_properties(0)
+        device_bytes, where, shapes = props.total_memory, f"{props.name}'s memory", LARGEST_CANDIDATES
+    candidates = []
+    for shape in shapes:
+        spec = models.RANDOM_LLAMA + shape
+        plan = llama_plan(llama_values(spec, dry, layout), spec, dry, device_bytes, query_tokens=256)
+        fits = plan.total * (1 + memory_plan.PLAN_ERROR) <= device_bytes
+        candidates.append({"policy": spec, "planned_gib": plan.total / GIB, "fits": fits})
+        say(stage, f"{spec}: planned {plan.total / GIB:.1f} GiB, {plan.total * (1 + memory_plan.PLAN_ERROR) / GIB:.1f} "
+            f"with the {memory_plan.PLAN_ERROR:.0%} margin, of {device_bytes / GIB:.1f} GiB ({where}): "
+            + ("fits" if fits else "does not fit"))
+    fitting = [c for c in candidates if c["fits"]]
+    if not fitting:
+        return {"status": "ok", "largest": None, "candidates": candidates, "device_gib": device_bytes / GIB}
+    chosen = fitting[-1]["policy"]
+    say(stage, f"largest predicted to fit: {chosen}; running it")
+    return {**run_llama(stage, chosen, dry, layout), "largest": chosen, "candidates": candidates,
+            "device_gib": device_bytes / GIB}
 
 
 def run_ppo(stage: str, values: dict, tmp: Path, dry: bool, keep: bool = False) -> dict:

@@ -2,6 +2,7 @@
 # The GPU check (benchmarks/gpu_check.py): our PPO step's speed, memory and MFU on one GPU in under 8 minutes.
 #   bash benchmarks/gpu_check.sh [--out DIR]   # on the GPU machine, from anywhere in the repository
 #   bash benchmarks/gpu_check.sh --dry-run     # the same stages on this CPU at tiny sizes
+#   bash benchmarks/gpu_check.sh --stages env,largest   # the largest LLaMA whose one-base LoRA-PPO fits the GPU
 #   bash benchmarks/gpu_check.sh --pack        # where SmolLM2 is installed: build/gpu_check/ for a machine without it
 # Python: $GPU_CHECK_PYTHON if set; else the first of .venv/bin/python and python3 whose torch sees a CUDA device
 # (on a dry run: .venv/bin/python, else python3). The repository runs from its source tree (PYTHONPATH), so a

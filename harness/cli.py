@@ -327,13 +327,15 @@ def _judges(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from trainers import memory_plan as mp
+    from trainers.models import RANDOM_LLAMA
 
     overrides = list(args.set)
     if args.lora is not None:
         overrides += ["lora=true"] if args.lora else ["lora=false", "reference=copy"]
     cfg = presets.resolve(args.preset, args.config, overrides)
     arch = args.arch
-    if arch is None and (args.preset or "") == "paper" and not Path(cfg.policy).is_dir():
+    if (arch is None and (args.preset or "") == "paper" and not Path(cfg.policy).is_dir()
+            and not cfg.policy.startswith(RANDOM_LLAMA)):  # a random Llama's shape is known without files
         arch = "llama-7b"
         print(f"(policy {cfg.policy!r} is not on disk: planning for LLaMA-7B, the paper's architecture)")
     dims = mp.Dims.from_config(mp.KNOWN[arch]) if arch else None

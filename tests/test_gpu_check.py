@@ -39,7 +39,7 @@ def test_the_dry_run_prints_every_stage_and_exits_0(tmp_path):
         assert one_base["status"] == "ok" and "[llama7b_one_base] planner prediction" in text
     assert "Total wall time: " in text
     summary = json.loads((tmp_path / "summary.json").read_text())
-    assert [s["stage"] for s in summary["stages"]] == list(gpu_check.STAGES)
+    assert [s["stage"] for s in summary["stages"]] == list(gpu_check.DEFAULT_STAGES)
     for s in summary["stages"]:
         if s["stage"] in ("side_by_side", "llama7b"):
             assert set(s["median"]) == {"step", "generation", "frozen_forwards", "training", "other"}
@@ -65,6 +65,41 @@ def test_llama_7b_has_its_shape_and_the_planner_counts_its_parameters():
     assert len(tok) <= model.config.vocab_size  # every id the tokenizer gives has an embedding row
     assert models.context_length("random-llama:7b") == 2048
     assert models.describe_spec_error("policy", "random-llama:7b") is None
+
+
+@pytest.mark.parametrize("shape, params", [("13b", 13_015_864_320), ("33b", 32_528_943_616),
+                                           ("65b", 65_285_660_672)])
+def test_the_larger_llama_shapes_have_llamas_parameter_counts(shape, params):
+    model = models.random_llama(f"random-llama:{shape}", torch.bfloat16, device="meta")
+    assert sum(p.numel() for p in model.parameters()) == params
+    assert memory_plan.Dims.from_config(model.config.to_dict()).params == params
+
+
+def test_the_largest_stage_runs_the_largest_shape_the_planner_fits(tmp_path):
+    out = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--stages", "env,largest", "--out",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-4000:]
+    n = r"[0-9.]+"
+    assert re.search(rf"\[largest\] random-llama:mini: planned {n} GiB, {n} with the 15% margin, of {n} GiB "
+                     r"\(this host's memory \(dry run\)\): fits", text)
+    assert "[largest] largest predicted to fit: random-llama:mini; running it" in text
+    assert re.search(rf"\[largest\] planner prediction .*: {n} GiB; measured {n} GiB", text)
+    result = json.loads((tmp_path / "largest.json").read_text())
+    assert result["status"] == "ok" and result["largest"] == "random-llama:mini" and result["layout"] == "one_base"
+    (candidate,) = result["candidates"]
+    assert candidate["policy"] == "random-llama:mini" and candidate["fits"] and candidate["planned_gib"] > 0
+    assert result["plan"]["total_gib"] > 0 and result["peak"]["rss_bytes"] > 0
+
+
+def test_on_one_h200_the_planner_fits_llama_33b_in_one_base_mode_and_not_65b():
+    """What the largest stage would choose on the GPU this project is lent (139 GiB), prompts at 256 tokens."""
+    fits = {}
+    for shape in gpu_check.LARGEST_CANDIDATES:
+        spec = f"random-llama:{shape}"
+        plan = gpu_check.llama_plan(gpu_check.llama_values(spec, False, "one_base"), spec, False, 139 * 2**30, 256)
+        fits[shape] = plan.total * (1 + memory_plan.PLAN_ERROR) <= 139 * 2**30
+    assert fits == {"7b": True, "13b": True, "33b": True, "65b": False}
 
 
 def test_random_llama_is_seeded_and_leaves_the_global_rng_alone():
@@ -93,7 +128,7 @@ def test_random_llama_from_a_directory_takes_its_architecture_and_tokenizer(tmp_
 @pytest.mark.parametrize("spec", ["random-llama:9b", "random-llama:/no/such/dir"])
 def test_unknown_random_llama_specs_are_named_with_the_valid_shapes(spec):
     message = models.describe_spec_error("policy", spec)
-    assert message.startswith(f"policy={spec!r}") and "7b, mini" in message
+    assert message.startswith(f"policy={spec!r}") and "7b, 13b, 33b, 65b, mini" in message
 
 
 def test_reward_and_value_backbones_of_a_random_llama_are_the_policys():

@@ -223,3 +223,16 @@ def test_plan_names_the_single_gpu_and_its_assumption():
     assert out.returncode == 0, out.stderr
     assert "smallest listed GPU that holds it is a100-40gb" in out.stdout
     assert "falls back to reference='shared'" in out.stdout and "an assumption" in out.stdout
+
+
+def test_plan_reads_a_random_llamas_shape_without_files():
+    """LLaMA-33B (a `random-llama:` shape, no files) at the paper's settings in one-base bf16 mode: one H200."""
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "plan", "--preset", "paper", "--set",
+                          "policy=random-llama:33b", "--set", "reward=head:random-llama:33b", "--set",
+                          "reference=one_base"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "not on disk" not in out.stdout
+    cfg = presets.resolve("paper", None, ["policy=random-llama:33b", "reward=head:random-llama:33b",
+                                          "reference=one_base"])
+    assert mp.plan(cfg, gpus=1).components["weights/policy"] == 32_528_943_616 * 2  # bf16 on a GPU
+    assert "smallest listed GPU that holds it is h200" in out.stdout

@@ -94,6 +94,8 @@ def dims(spec: str) -> Dims:
         return Dims.from_config(KNOWN["smollm2-135m"])
     if spec in KNOWN:
         return Dims.from_config(KNOWN[spec])
+    if models.is_random_llama(spec):
+        return Dims.from_config(models.random_llama_config(spec).to_dict())
     path = Path(spec).expanduser() / "config.json"
     if path.is_file():
         return Dims.from_config(json.loads(path.read_text()))

@@ -82,6 +82,12 @@ RANDOM_LLAMA = "random-llama:"
 RANDOM_LLAMA_SHAPES = {
     "7b": dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                num_key_value_heads=32, vocab_size=32000, max_position_embeddings=2048),  # LLaMA-7B
+    "13b": dict(hidden_size=5120, intermediate_size=13824, num_hidden_layers=40, num_attention_heads=40,
+                num_key_value_heads=40, vocab_size=32000, max_position_embeddings=2048),  # LLaMA-13B
+    "33b": dict(hidden_size=6656, intermediate_size=17920, num_hidden_layers=60, num_attention_heads=52,
+                num_key_value_heads=52, vocab_size=32000, max_position_embeddings=2048),  # LLaMA-33B ("30B")
+    "65b": dict(hidden_size=8192, intermediate_size=22016, num_hidden_layers=80, num_attention_heads=64,
+                num_key_value_heads=64, vocab_size=32000, max_position_embeddings=2048),  # LLaMA-65B
     "mini": dict(hidden_size=128, intermediate_size=344, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048),  # 7B's vocabulary, 2 layers
 }

@@ -109,3 +109,9 @@ def test_trainers_and_evals_never_import_harness():
     offending = {name: sorted(m for m in deps if m.startswith("harness"))
                  for name, deps in import_graph().items() if name.startswith(("trainers", "evals"))}
     assert not {k: v for k, v in offending.items() if v}
+
+
+def test_trainers_never_import_evals():
+    offending = {name: sorted(m for m in deps if m.startswith("evals"))
+                 for name, deps in import_graph().items() if name.startswith("trainers")}
+    assert not {k: v for k, v in offending.items() if v}

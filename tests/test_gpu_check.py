@@ -114,24 +114,6 @@ def test_random_llama_is_seeded_and_leaves_the_global_rng_alone():
     assert a.config.num_hidden_layers == 2 and a.config.vocab_size == 32000
 
 
-def test_random_llamas_are_built_on_the_runs_device(monkeypatch):
-    """Their values depend on where they are built: a CPU run builds them on the CPU, GPU or not."""
-    from trainers.build import build_models
-    from trainers.config import TrainConfig
-
-    assert models.load_causal_lm("random-llama:mini", torch.float32, device="meta").lm_head.weight.is_meta
-    built = []
-    original = models.random_llama
-    monkeypatch.setattr(models, "random_llama",
-                        lambda spec, dtype, device=None: built.append(device) or original(spec, dtype, device))
-    for layout in ("shared", "copy"):
-        built.clear()
-        cfg = TrainConfig(policy="random-llama:mini", reward="head:random-llama:mini", value_init="policy",
-                          reference=layout, prompts=str(ROOT / "harness" / "data" / "instructions.json"))
-        build_models(cfg, torch.device("cpu"), torch.float32)
-        assert len(built) >= 3 and all(torch.device(d) == torch.device("cpu") for d in built)  # policy, reward, value
-
-
 def test_random_llama_from_a_directory_takes_its_architecture_and_tokenizer(tmp_path):
     LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=300,
                 max_position_embeddings=64).save_pretrained(tmp_path)

@@ -140,12 +140,11 @@ def build_models(cfg: TrainConfig, device: torch.device, frozen: torch.dtype | N
 
     # 1. policy and reference
     if cfg.lora:
-        policy = get_peft_model(_freeze(models.load_causal_lm(cfg.policy, frozen, device)),
-                                lora_config(cfg, TaskType.CAUSAL_LM))
-        reference = _freeze(models.load_causal_lm(cfg.policy, frozen, device)) if cfg.reference == "copy" else None
+        policy = get_peft_model(_freeze(models.load_causal_lm(cfg.policy, frozen)), lora_config(cfg, TaskType.CAUSAL_LM))
+        reference = _freeze(models.load_causal_lm(cfg.policy, frozen)) if cfg.reference == "copy" else None
     else:
-        policy = models.load_causal_lm(cfg.policy, torch.float32, device)
-        reference = _freeze(models.load_causal_lm(cfg.policy, frozen, device))
+        policy = models.load_causal_lm(cfg.policy, torch.float32)
+        reference = _freeze(models.load_causal_lm(cfg.policy, frozen))
     stop_ids = models.stop_token_ids(tokenizer, policy)
     for lm in (policy, reference):
         if lm is not None:
@@ -162,7 +161,7 @@ def build_models(cfg: TrainConfig, device: torch.device, frozen: torch.dtype | N
     if cfg.reward_is_rule:
         reward: ScalarHeadModel | RuleReward = parse_rule(cfg.reward)
     else:
-        reward = _freeze(heads.load_reward_model(cfg.reward, frozen, seed=cfg.seed, device=device))
+        reward = _freeze(heads.load_reward_model(cfg.reward, frozen, seed=cfg.seed))
         reward_tok = models.load_tokenizer(heads.reward_backbone_spec(cfg.reward))
         if reward_tok.get_vocab() != tokenizer.get_vocab():
             if cfg.value_init == "reward":
@@ -181,8 +180,7 @@ def build_models(cfg: TrainConfig, device: torch.device, frozen: torch.dtype | N
         value_backbone = reward.backbone
     else:
         source = cfg.reward if cfg.value_init == "reward" else cfg.policy
-        value_backbone = heads.load_backbone(heads.reward_backbone_spec(source), frozen if cfg.lora else torch.float32,
-                                             device)
+        value_backbone = heads.load_backbone(heads.reward_backbone_spec(source), frozen if cfg.lora else torch.float32)
         if cfg.lora:
             value_backbone = get_peft_model(_freeze(value_backbone), lora_config(cfg, TaskType.FEATURE_EXTRACTION))
     if value_backbone is not None:

@@ -44,12 +44,12 @@ def is_reward_model_dir(path: str | Path) -> bool:
     return (Path(path) / HEAD_WEIGHTS).is_file()
 
 
-def load_backbone(spec: str, dtype: torch.dtype, device: str | torch.device | None = None) -> nn.Module:
-    """The decoder stack of a causal-LM spec, without its LM head (`device` as `models.load_causal_lm` takes it)."""
+def load_backbone(spec: str, dtype: torch.dtype) -> nn.Module:
+    """The decoder stack of a causal-LM spec, without its LM head."""
     if spec == models.TINY:
         return models.tiny_random_llama().model.to(dtype)
     if models.is_random_llama(spec):
-        return models.random_llama(spec, dtype, device).model
+        return models.random_llama(spec, dtype).model
     return AutoModel.from_pretrained(models.resolve_path(spec), dtype=dtype)
 
 
@@ -149,14 +149,13 @@ def response_start(tokenizer, prompts: list[str], attention_mask: Tensor) -> Ten
     return (width - n_total + n_prompt).clamp(max=width - 1)
 
 
-def load_reward_model(spec: str, dtype: torch.dtype, seed: int,
-                      device: str | torch.device | None = None) -> ScalarHeadModel:
+def load_reward_model(spec: str, dtype: torch.dtype, seed: int) -> ScalarHeadModel:
     """A reward model from a harness reward-model directory, `prepared:NAME`, or `head:MODEL` (seeded untrained head);
     a directory's LoRA adapter, if any, merged into the backbone's weights."""
     resolved = resolve_reward_spec(spec)
     if not resolved.startswith("head:") and not is_reward_model_dir(Path(resolved).expanduser()):
         raise ValueError(f"reward={resolved!r} is not a reward-model directory: {HEAD_WEIGHTS} is missing")
-    backbone = load_backbone(reward_backbone_spec(spec), dtype, device)
+    backbone = load_backbone(reward_backbone_spec(spec), dtype)
     head, score_token = load_reward_head(spec, hidden_size(backbone), seed)
     adapter = reward_adapter(spec)
     if adapter is not None:

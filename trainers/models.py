@@ -227,13 +227,12 @@ def load_tokenizer(spec: str):
     return tok
 
 
-def load_causal_lm(spec: str, dtype: torch.dtype, device: str | torch.device | None = None) -> torch.nn.Module:
-    """A causal LM in `dtype` (eval mode, requires_grad untouched). `device`: where a `random-llama:` model is built
-    (its values depend on it; default as `random_llama`'s); other models load on the CPU."""
+def load_causal_lm(spec: str, dtype: torch.dtype) -> torch.nn.Module:
+    """A causal LM in `dtype` (eval mode, requires_grad untouched)."""
     if spec == TINY:
         model = tiny_random_llama().to(dtype)
     elif is_random_llama(spec):
-        model = random_llama(spec, dtype, device)
+        model = random_llama(spec, dtype)
     else:
         model = AutoModelForCausalLM.from_pretrained(resolve_path(spec), dtype=dtype)
     return model.eval()

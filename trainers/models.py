@@ -121,8 +121,10 @@ def random_llama_config(spec: str) -> LlamaConfig:
 
 def random_llama(spec: str, dtype: torch.dtype, device: str | torch.device | None = None) -> LlamaForCausalLM:
     """A `random-llama:` model in `dtype`, initialised from a fixed seed without touching the global RNG, directly
-    on `device` (default: the GPU when there is one, where LLaMA-7B initialises in seconds instead of minutes; the
-    same seed gives other values on a GPU than on a CPU)."""
+    on `device` (default: the GPU when there is one, where LLaMA-7B initialises in seconds instead of minutes). The
+    same seed gives other values on a GPU than on a CPU: every loader of a machine (training, evaluation, prepare)
+    builds it on the same default device, so one machine's runs agree with themselves; such models measure speed
+    and memory, whose figures do not depend on the values."""
     cfg = random_llama_config(spec)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cuda = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []

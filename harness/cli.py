@@ -325,21 +325,37 @@ def _judges(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(args: argparse.Namespace) -> int:
+def _paper_dims(role: str, spec: str):
+    """The dimensions of the paper preset's `role` model: read without a download where they can be, else
+    LLaMA-7B's, the paper's architecture (its models are seldom on disk where a plan is made), said in a line."""
+    from trainers import heads, models
     from trainers import memory_plan as mp
-    from trainers.models import RANDOM_LLAMA
+
+    backbone = heads.reward_backbone_spec(spec)
+    if models.is_random_llama(backbone) and (why := models.describe_spec_error(role, backbone)):
+        raise ValueError(why)
+    found = mp.dims_offline(spec)
+    if found is None:
+        print(f"({role} {spec!r} is not on disk: planned as LLaMA-7B, the paper's architecture)")
+    return found or mp.Dims.from_config(mp.KNOWN["llama-7b"])
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from trainers import heads
+    from trainers import memory_plan as mp
 
     overrides = list(args.set)
     if args.lora is not None:
         overrides += ["lora=true"] if args.lora else ["lora=false", "reference=copy"]
     cfg = presets.resolve(args.preset, args.config, overrides)
-    arch = args.arch
-    if (arch is None and (args.preset or "") == "paper" and not Path(cfg.policy).is_dir()
-            and not cfg.policy.startswith(RANDOM_LLAMA)):  # a random Llama's shape is known without files
-        arch = "llama-7b"
-        print(f"(policy {cfg.policy!r} is not on disk: planning for LLaMA-7B, the paper's architecture)")
-    dims = mp.Dims.from_config(mp.KNOWN[arch]) if arch else None
-    kw = dict(frozen_dtype=args.frozen_dtype, policy_dims=dims, reward_dims=dims, query_tokens=args.query_tokens)
+    policy_dims = reward_dims = mp.Dims.from_config(mp.KNOWN[args.arch]) if args.arch else None
+    if args.arch is None and (args.preset or "") == "paper":
+        policy_dims = _paper_dims("policy", cfg.policy)
+        reward_read_alone = not (cfg.reward_is_rule or cfg.reward.startswith(heads.PREPARED)
+                                 or (cfg.lora and cfg.reference == "one_base"))  # else planned on the policy's
+        reward_dims = _paper_dims("reward", cfg.reward) if reward_read_alone else None
+    kw = dict(frozen_dtype=args.frozen_dtype, policy_dims=policy_dims, reward_dims=reward_dims,
+              query_tokens=args.query_tokens)
     device = int(args.gpu_memory * mp.GIB) if args.gpus else None
     result = mp.plan(cfg, gpus=args.gpus, device_bytes=device, **kw)
     where = f"{args.gpus} GPU(s) of {args.gpu_memory:g} GiB" if args.gpus else "this CPU process"

@@ -236,3 +236,16 @@ def test_plan_reads_a_random_llamas_shape_without_files():
                                           "reference=one_base"])
     assert mp.plan(cfg, gpus=1).components["weights/policy"] == 32_528_943_616 * 2  # bf16 on a GPU
     assert "smallest listed GPU that holds it is h200" in out.stdout
+
+
+def test_plan_falls_back_per_model_and_names_a_bad_shape_by_its_field():
+    """A policy whose shape is known and a reward that is not on disk: each model planned on its own terms."""
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "plan", "--preset", "paper", "--set",
+                          "policy=random-llama:7b"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "(reward 'models/alpaca-farm-reward-model-human' is not on disk: planned as LLaMA-7B" in out.stdout
+    assert "(policy" not in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "harness.cli", "plan", "--preset", "paper", "--set",
+                          "policy=random-llama:9b"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.startswith("harness: error: policy='random-llama:9b': expected")
+    assert len(bad.stderr.strip().splitlines()) == 1

@@ -104,6 +104,16 @@ def dims(spec: str) -> Dims:
     return Dims.from_config(AutoConfig.from_pretrained(spec).to_dict())
 
 
+def dims_offline(spec: str) -> Dims | None:
+    """`dims(spec)` where no download is needed (the builtin models, `KNOWN`, `random-llama:` shapes, a local
+    config.json); None for a hub id."""
+    backbone = heads.reward_backbone_spec(spec)
+    if (backbone in (models.TINY, models.SMOLLM2) or backbone in KNOWN or models.is_random_llama(backbone)
+            or (Path(backbone).expanduser() / "config.json").is_file()):
+        return dims(backbone)
+    return None
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     components: dict[str, int]  # bytes on the busiest device
@@ -180,9 +190,14 @@ def plan(cfg: TrainConfig, *, gpus: int = 0, device_bytes: int | None = None, fr
 PLAN_ERROR = 0.15  # how far a prediction may be from a measured peak (tests/test_memory_plan.py)
 
 
+def fits_with_margin(total: int, device_bytes: int, margin: float = PLAN_ERROR) -> bool:
+    """Whether a device of `device_bytes` holds a plan of `total` bytes plus `margin` of them."""
+    return total * (1 + margin) <= device_bytes
+
+
 def smallest_single_gpu(total: int, margin: float = PLAN_ERROR) -> str | None:
     """The listed GPU (`GPU_BYTES`) with the least memory that holds `total` bytes plus `margin` of them, or None."""
-    fitting = sorted((size, name) for name, size in GPU_BYTES.items() if total * (1 + margin) <= size)
+    fitting = sorted((size, name) for name, size in GPU_BYTES.items() if fits_with_margin(total, size, margin))
     return fitting[0][1] if fitting else None
 
 

@@ -103,7 +103,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.pack:
         return pack()
-    default_out = ROOT / "benchmarks" / "results" / "gpu_check" / ("dry-run" if args.dry_run else "")
+    unknown = [name for name in args.stages.split(",") if name not in STAGES]
+    if unknown and not args.stage:
+        parser.error(f"--stages {args.stages}: no stage {', '.join(map(repr, unknown))}; valid: {', '.join(STAGES)}")
+    # another set of stages gets its own folder: it must not overwrite the whole check's summary
+    subset = "" if args.stages == ",".join(DEFAULT_STAGES) else args.stages.replace(",", "+")
+    default_out = ROOT / "benchmarks" / "results" / "gpu_check" / ("dry-run" if args.dry_run else "") / subset
     out = Path(args.out or os.environ.get("OUT") or default_out)
     out.mkdir(parents=True, exist_ok=True)
     if args.stage:
@@ -121,9 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for name in args.stages.split(","):
         left = budget - (time.perf_counter() - t0)
-        if name not in STAGES:
-            results.append({"stage": name, "status": "failed", "why": f"no such stage; valid: {', '.join(STAGES)}"})
-        elif left < 20:
+        if left < 20:
             results.append({"stage": name, "status": "skipped", "why": f"{left:.0f} s of the {budget} s budget left"})
         elif results and results[0].get("cuda") is False and not args.dry_run:
             results.append({"stage": name, "status": "skipped", "why": "torch sees no CUDA device (see env)"})
@@ -284,15 +287,13 @@ def llama_values(spec: str, dry: bool, layout: str = "default") -> dict:
     return values
 
 
-def llama_plan(values: dict, spec: str, dry: bool, device_bytes: int | None, query_tokens: int):
+def llama_plan(values: dict, dry: bool, device_bytes: int | None, query_tokens: int):
     """`trainers.memory_plan.plan` of a `random-llama:` run with `values` on one GPU (dry: this CPU process)."""
-    from trainers import memory_plan, models
+    from trainers import memory_plan
     from trainers.config import TrainConfig
 
-    dims = memory_plan.Dims.from_config(models.random_llama_config(spec).to_dict())
     return memory_plan.plan(TrainConfig(**values), gpus=0 if dry else 1, device_bytes=device_bytes,
-                            query_tokens=query_tokens, frozen_dtype="float32" if dry else "bfloat16",
-                            policy_dims=dims, reward_dims=dims)
+                            query_tokens=query_tokens, frozen_dtype="float32" if dry else "bfloat16")
 
 
 def _layout_missing(stage: str, layout: str) -> dict | None:
@@ -324,11 +325,10 @@ def run_llama(stage: str, spec: str, dry: bool, layout: str) -> dict:
     values = llama_values(spec, dry, layout)
     say(stage, "prompts: bundled instructions (harness/data/instructions.json, split eval), Alpaca template, in bytes")
     tmp = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    result = run_ppo(stage, values, tmp, dry, keep=True)
-    result.pop("_cfg")
-    query_tokens = result.pop("_query_tokens")
+    result = run_ppo(stage, values, tmp, dry)
+    query_tokens = result["query_tokens"]
     device_bytes = None if dry else int(result["gpu_memory_gib"] * GIB)
-    plan = llama_plan(values, spec, dry, device_bytes, query_tokens)
+    plan = llama_plan(values, dry, device_bytes, query_tokens)
     measured = result["peak"].get("allocated_bytes") or result["peak"]["rss_bytes"]
     say(stage, f"planner prediction (trainers.memory_plan.plan, {'this CPU process' if dry else '1 GPU'}, frozen "
         f"{'float32' if dry else 'bfloat16'}, query_tokens={query_tokens}): {plan.total / GIB:.2f} GiB; measured "
@@ -338,7 +338,7 @@ def run_llama(stage: str, spec: str, dry: bool, layout: str) -> dict:
     shutil.rmtree(tmp, ignore_errors=True)
     return {"status": "ok", "policy": spec, "layout": layout, **result,
             "plan": {"total_gib": plan.total / GIB, "components_gib": {k: v / GIB for k, v in plan.components.items()},
-                     "query_tokens": query_tokens, "measured_over_planned": measured / plan.total}}
+                     "measured_over_planned": measured / plan.total}}
 
 
 def stage_largest(dry: bool) -> dict:
@@ -359,25 +359,34 @@ def stage_largest(dry: bool) -> dict:
     else:
         props = torch.cuda.get_device_properties(0)
         device_bytes, where, shapes = props.total_memory, f"{props.name}'s memory", LARGEST_CANDIDATES
-    candidates = []
-    for shape in shapes:
-        spec = models.RANDOM_LLAMA + shape
-        plan = llama_plan(llama_values(spec, dry, layout), spec, dry, device_bytes, query_tokens=256)
-        fits = plan.total * (1 + memory_plan.PLAN_ERROR) <= device_bytes
-        candidates.append({"policy": spec, "planned_gib": plan.total / GIB, "fits": fits})
-        say(stage, f"{spec}: planned {plan.total / GIB:.1f} GiB, {plan.total * (1 + memory_plan.PLAN_ERROR) / GIB:.1f} "
-            f"with the {memory_plan.PLAN_ERROR:.0%} margin, of {device_bytes / GIB:.1f} GiB ({where}): "
-            + ("fits" if fits else "does not fit"))
-    fitting = [c for c in candidates if c["fits"]]
-    if not fitting:
+    specs = [models.RANDOM_LLAMA + shape for shape in shapes]
+    planned = {spec: llama_plan(llama_values(spec, dry, layout), dry, device_bytes, query_tokens=256).total
+               for spec in specs}
+    candidates, chosen = largest_fitting(planned, device_bytes)
+    for c in candidates:
+        say(stage, f"{c['policy']}: planned {c['planned_gib']:.1f} GiB, "
+            f"{c['planned_gib'] * (1 + memory_plan.PLAN_ERROR):.1f} with the {memory_plan.PLAN_ERROR:.0%} margin, "
+            f"of {device_bytes / GIB:.1f} GiB ({where}): " + ("fits" if c["fits"] else "does not fit"))
+    if chosen is None:
+        say(stage, "none of them fits")
         return {"status": "ok", "largest": None, "candidates": candidates, "device_gib": device_bytes / GIB}
-    chosen = fitting[-1]["policy"]
     say(stage, f"largest predicted to fit: {chosen}; running it")
     return {**run_llama(stage, chosen, dry, layout), "largest": chosen, "candidates": candidates,
             "device_gib": device_bytes / GIB}
 
 
-def run_ppo(stage: str, values: dict, tmp: Path, dry: bool, keep: bool = False) -> dict:
+def largest_fitting(planned: dict[str, int], device_bytes: int) -> tuple[list[dict], str | None]:
+    """(a row per model: planned GiB and whether it fits `device_bytes` with the planner's margin; the largest plan
+    that fits, or None) for `planned` = {model: planned bytes}."""
+    from trainers import memory_plan
+
+    rows = [{"policy": spec, "planned_gib": total / GIB, "fits": memory_plan.fits_with_margin(total, device_bytes)}
+            for spec, total in planned.items()]
+    fitting = [spec for spec, total in planned.items() if memory_plan.fits_with_margin(total, device_bytes)]
+    return rows, max(fitting, key=planned.get, default=None)
+
+
+def run_ppo(stage: str, values: dict, tmp: Path, dry: bool) -> dict:
     """Build our trainer from `values`, take its steps, and report per-phase times (medians after the first step, a
     warm-up), peak memory and the training phase's MFU."""
     import torch
@@ -441,8 +450,7 @@ def run_ppo(stage: str, values: dict, tmp: Path, dry: bool, keep: bool = False) 
                                                          f"{achieved / rate:.1%}" if rate else source))
     # After the peaks are read: the bandwidth buffer must not count in them.
     out["decode"] = decode_against_floor(trainer, trainer.batch_prompts(0), stage, buffer_mib=64 if dry else 1024)
-    if keep:
-        out.update(_cfg=cfg, _query_tokens=query_tokens)
+    out["query_tokens"] = query_tokens
     return out
 
 
@@ -451,32 +459,31 @@ DECODE_VARIANTS = {"settings": {}, "lean_decode_step off": {"lean_decode_step": 
 
 def decode_against_floor(trainer, prompts: list[list[int]], stage: str, buffer_mib: int = 1024) -> dict:
     """The trainer's decoding of `prompts` against its memory floor (benchmarks/decode_floor.py's formula), on its
-    device: ms per step = (T(n) - T(1)) / (n - 1) of one sampling call drawing n = response_len tokens per row (no
-    stop tokens) with the run's settings, and with the lean step off; floor = bytes a step reads / the device's
-    read bandwidth (the best of 3 sums of a `buffer_mib` MiB buffer). The policy is put in eval mode, as a
-    rollout has it (a PPO step ends in training mode), and each row says whether the lean step ran."""
+    device: ms per step = (T(n) - T(1)) / (n - 1) (`decode_floor.decode_step_seconds`, best of 2) of sampling calls
+    with the run's rollout settings (`trainers.rollout.sampling_options`) but no stop tokens, n = response_len, and
+    with the lean step off; floor = bytes a step reads / the device's read bandwidth (the best of 3 sums of a
+    `buffer_mib` MiB buffer). The policy is put in eval mode, as a rollout has it (a PPO step ends in training
+    mode), and each row says whether the lean step ran."""
     import torch
 
     from benchmarks import decode_floor
-    from trainers.rollout import left_pad
+    from trainers.rollout import left_pad, sampling_options
     from trainers.sampling import sample
 
     cfg, models, device = trainer.cfg, trainer.models, trainer.device
     query_ids, query_mask = left_pad(prompts, models.tokenizer.pad_token_id, device)
     batch, width, n = query_ids.size(0), query_ids.size(1), cfg.response_len
+    options = {**sampling_options(models, cfg), "stop_ids": []}
 
-    def seconds(tokens: int, lean: bool) -> tuple[float, dict, bool]:
-        with torch.inference_mode(), models.sampling_context(cfg.merge_adapters_for_rollout,
-                                                             cfg.few_row_decode_products):
-            decode_floor.synchronize(device)
-            t0 = time.perf_counter()
-            out = sample(models.policy, query_ids, query_mask, max_new_tokens=tokens, temperature=1.0, stop_ids=[],
-                         pad_id=models.tokenizer.pad_token_id, generator=torch.Generator(device).manual_seed(0),
-                         keep_logits=False, prefill_rows=cfg.micro_batch_size if cfg.group_by_length else 0,
-                         lean_step=lean, packed_weights=cfg.packed_decode_weights)
-            decode_floor.synchronize(device)
-            return (time.perf_counter() - t0, decode_floor.step_bytes(models.policy, batch, width, tokens),
-                    out.lean_step)
+    def context():
+        return models.sampling_context(cfg.merge_adapters_for_rollout, cfg.few_row_decode_products)
+
+    def draw(tokens: int, lean: bool):
+        with torch.inference_mode(), context():
+            out = sample(models.policy, query_ids, query_mask, generator=torch.Generator(device).manual_seed(0),
+                         **{**options, "max_new_tokens": tokens, "lean_step": lean})
+        decode_floor.synchronize(device)
+        return out
 
     rows = {}
     was_training = models.policy.training
@@ -484,11 +491,11 @@ def decode_against_floor(trainer, prompts: list[list[int]], stage: str, buffer_m
     try:
         for name, change in DECODE_VARIANTS.items():
             lean = change.get("lean_decode_step", cfg.lean_decode_step)
-            seconds(2, lean)  # warm-up: kernels loaded, weights packed once
-            first = min(seconds(1, lean)[0] for _ in range(2))
-            whole, bytes_, ran_lean = min((seconds(n, lean) for _ in range(2)), key=lambda t: t[0])
-            rows[name] = {"ms_per_step": 1e3 * (whole - first) / (n - 1), "bytes_per_step": bytes_,
-                          "lean_step": ran_lean}
+            draw(2, lean)  # warm-up: kernels loaded, weights packed once
+            seconds, out = decode_floor.decode_step_seconds(lambda k: draw(k, lean), n, repeats=2)
+            with context():
+                bytes_ = decode_floor.step_bytes(models.policy, batch, width, n)
+            rows[name] = {"ms_per_step": 1e3 * seconds, "bytes_per_step": bytes_, "lean_step": out.lean_step}
     finally:
         models.policy.train(was_training)
     buffer = torch.ones(buffer_mib * (1 << 20) // 4, device=device)

@@ -94,12 +94,24 @@ def test_the_largest_stage_runs_the_largest_shape_the_planner_fits(tmp_path):
 
 def test_on_one_h200_the_planner_fits_llama_33b_in_one_base_mode_and_not_65b():
     """What the largest stage would choose on the GPU this project is lent (139 GiB), prompts at 256 tokens."""
-    fits = {}
-    for shape in gpu_check.LARGEST_CANDIDATES:
-        spec = f"random-llama:{shape}"
-        plan = gpu_check.llama_plan(gpu_check.llama_values(spec, False, "one_base"), spec, False, 139 * 2**30, 256)
-        fits[shape] = plan.total * (1 + memory_plan.PLAN_ERROR) <= 139 * 2**30
-    assert fits == {"7b": True, "13b": True, "33b": True, "65b": False}
+    planned = {f"random-llama:{shape}": gpu_check.llama_plan(gpu_check.llama_values(f"random-llama:{shape}", False,
+                                                                                      "one_base"), False, 139 * 2**30,
+                                                             256).total
+               for shape in gpu_check.LARGEST_CANDIDATES}
+    rows, chosen = gpu_check.largest_fitting(planned, 139 * 2**30)
+    assert {row["policy"]: row["fits"] for row in rows} == {"random-llama:7b": True, "random-llama:13b": True,
+                                                            "random-llama:33b": True, "random-llama:65b": False}
+    assert chosen == "random-llama:33b"
+
+
+def test_the_largest_fitting_plan_is_chosen_whatever_the_order_and_none_when_nothing_fits():
+    gib = 2**30
+    planned = {"b": 30 * gib, "a": 10 * gib, "c": 90 * gib}
+    rows, chosen = gpu_check.largest_fitting(planned, 40 * gib)  # 30 GiB + 15% fits 40, 90 does not
+    assert chosen == "b" and [row["fits"] for row in rows] == [True, True, False]
+    assert rows[0] == {"policy": "b", "planned_gib": 30.0, "fits": True}
+    assert gpu_check.largest_fitting(planned, 34 * gib)[1] == "a"  # 30 GiB + 15% = 34.5 GiB: no longer fits
+    assert gpu_check.largest_fitting(planned, 5 * gib)[1] is None
 
 
 def test_random_llama_is_seeded_and_leaves_the_global_rng_alone():
@@ -157,3 +169,11 @@ def test_the_h200_peak_is_the_dense_bf16_figure(monkeypatch):
     assert gpu_check.gpu_peak_flops("Some GPU")[0] is None
     monkeypatch.setenv("GPU_PEAK_TFLOPS", "100")
     assert gpu_check.gpu_peak_flops("Some GPU") == (100e12, "GPU_PEAK_TFLOPS")
+
+
+def test_an_unknown_stage_is_refused_before_any_stage_runs(tmp_path):
+    out = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--dry-run", "--stages", "env,largst", "--out",
+                          str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "--stages env,largst: no stage 'largst'; valid: env, side_by_side" in out.stderr
+    assert "[env]" not in out.stdout and not (tmp_path / "env.json").exists()

@@ -142,18 +142,21 @@ def _eos_appended(tokens: Tensor, lengths: Tensor, ended: Tensor, eos_id: int) -
     return tokens, lengths + (~ended).long()
 
 
+def sampling_options(models: PPOModels, cfg: TrainConfig) -> dict:
+    """`trainers.sampling.sample`'s keyword arguments for a rollout of `cfg` (all but the generator)."""
+    return dict(max_new_tokens=cfg.response_len, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                stop_ids=models.stop_ids if cfg.stop_at_eos else [], pad_id=models.tokenizer.pad_token_id,
+                prefill_rows=cfg.micro_batch_size if cfg.group_by_length else 0, lean_step=cfg.lean_decode_step,
+                packed_weights=cfg.packed_decode_weights)
+
+
 @torch.inference_mode()
 def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]], generator, device, timings) -> Rollout:
     spec = regularizers.get(cfg.regularizer)
     query_ids, query_mask = left_pad(prompts, models.tokenizer.pad_token_id, device)
     t0 = time.perf_counter()
     with models.sampling_context(cfg.merge_adapters_for_rollout, cfg.few_row_decode_products):
-        samples = sample(models.policy, query_ids, query_mask, max_new_tokens=cfg.response_len,
-                         temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                         stop_ids=models.stop_ids if cfg.stop_at_eos else [],
-                         pad_id=models.tokenizer.pad_token_id, generator=generator,
-                         prefill_rows=cfg.micro_batch_size if cfg.group_by_length else 0,
-                         lean_step=cfg.lean_decode_step, packed_weights=cfg.packed_decode_weights)
+        samples = sample(models.policy, query_ids, query_mask, generator=generator, **sampling_options(models, cfg))
     t1 = time.perf_counter()
     tokens, mask = samples.tokens, samples.mask
     batch, width = tokens.shape

@@ -162,11 +162,12 @@ def sample(
                 token = draw(probs, generator)
             else:
                 token = logits.argmax(-1)
-            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            # Without stop tokens no row ends early: nothing to mask, and no need to read `finished`, a host-device
+            # sync on a GPU that would keep the host from queuing the next step while the device runs this one.
+            if stop_ids:
+                token = torch.where(finished, torch.full_like(token, pad_id), token)
+                finished |= torch.isin(token, stop)
             tokens.append(token)
-            finished |= torch.isin(token, stop)
-            # Without stop tokens no row ends early: no need to read `finished`, a host-device sync on a GPU that
-            # would keep the host from queuing the next step while the device runs this one.
             if step == max_new_tokens - 1 or (stop_ids and bool(finished.all())):
                 break
             if decoder is not None:

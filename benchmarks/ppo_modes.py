@@ -6,7 +6,7 @@ Each mode runs in its own process (so that peak RSS is its own) through `harness
 steps; the first step is a warm-up and is excluded from the medians.
 
   python -m benchmarks.ppo_modes --preset tiny --steps 3 [--set FIELD=VALUE ...]
-writes benchmarks/results/ppo_modes-<preset>.json and .md.
+writes benchmarks/results/ppo_modes-<preset>.json and .md (with `--modes A,B`: ppo_modes-<preset>-A+B.*).
 """
 
 from __future__ import annotations
@@ -82,6 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
     parser.add_argument("--tag", default="", help="suffix of the result files")
     args = parser.parse_args(argv)
+    unknown = [mode for mode in args.modes.split(",") if mode not in MODES]
+    if unknown:
+        parser.error(f"--modes {args.modes}: no mode {', '.join(map(repr, unknown))}; valid: {', '.join(MODES)}")
+    subset = "" if args.modes == ",".join(MODES) else args.modes.replace(",", "+")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for mode in args.modes.split(","):
@@ -95,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
               f"--steps {args.steps}{'' if args.modes == ','.join(MODES) else ' --modes ' + args.modes}"
               f"{''.join(' --set ' + s for s in args.set)}`")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = RESULTS / f"ppo_modes-{args.preset}{'-' + args.tag if args.tag else ''}"
+    # a subset of the modes gets its own files: the full table (tests/test_memory_plan.py reads it) stays whole
+    stem = RESULTS / "-".join(part for part in ("ppo_modes", args.preset, subset, args.tag) if part)
     stem.with_suffix(".json").write_text(json.dumps({"header": header, "machine": machine, "rows": rows}, indent=2))
     stem.with_suffix(".md").write_text(markdown(rows, header))
     print(markdown(rows, header))

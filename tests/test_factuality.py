@@ -201,6 +201,11 @@ def test_llm_splitter_and_verifier_with_fake_models():
 def test_llm_verifier_from_a_server_has_a_timeout_and_a_retry_cap(monkeypatch):
     import openai
 
+    try:  # openai >= 3 builds on httpx2, earlier releases on httpx; an error needs a real request of its own kind
+        import httpx2 as http
+    except ImportError:
+        import httpx as http
+
     from evals.judging import JudgeError
 
     class Down:  # a server that never answers in time
@@ -208,7 +213,7 @@ def test_llm_verifier_from_a_server_has_a_timeout_and_a_retry_cap(monkeypatch):
 
         def create(self, **kwargs):
             Down.calls += 1
-            raise openai.APITimeoutError(request=None)
+            raise openai.APITimeoutError(request=http.Request("POST", "http://127.0.0.1:9/v1/chat/completions"))
 
     client, sleeps = type("C", (), {"chat": type("Chat", (), {"completions": Down()})()})(), []
     verifier = LLMVerifier.from_server("local-model", base_url="http://127.0.0.1:9/v1", timeout=7, max_retries=2,

@@ -25,6 +25,7 @@ from evals.evalsets import EvalSet
 from evals.generate import Target, generate, load_policy
 from evals.generation_settings import GenerationSettings
 from evals.judging import AnnotationCache, Judge
+from evals.kl import rounded_kl
 from evals.winrate import REFERENCE_TEMPERATURE, REFERENCE_TOP_P, cached_references, check_generations, winrate_result
 from trainers.io import atomic_write_text, read_json_object
 
@@ -65,6 +66,7 @@ class PolicyEvaluation:
     # ---- win rate ---------------------------------------------------------------------------------------------
     def winrate(self, eval_set: EvalSet, judge: Judge, references_dir: str | Path) -> EvalResult:
         cfg, target, settings = self.config, self.target, self.settings
+        train_kl = _train_kl_at(target)  # before any generation: a damaged log must not cost an evaluation
         t0 = time.time()
         outputs = []
         for k, sample in enumerate(cfg.sample_generations(settings)):
@@ -86,8 +88,7 @@ class PolicyEvaluation:
         judge_seconds = time.time() - t1
         metrics = dict(result["metrics"])
         t2 = time.time()
-        metrics["true_kl"] = self._true_kl(records, outputs)
-        train_kl = _train_kl_at(target)
+        metrics["true_kl"] = rounded_kl(self._true_kl(records, outputs), "true_kl")
         if train_kl is not None:
             metrics["true_kl_train"] = train_kl
         t3 = time.time()
@@ -251,7 +252,8 @@ def _splitter_and_verifier(cfg: EvalConfig):
 
 
 def _train_kl_at(target: Target) -> float | None:
-    """The run's logged true KL at the evaluated step (0 for the base policy; None when the log has no such step)."""
+    """The run's logged true KL at the evaluated step (0 for the base policy; None when the log has no such step),
+    rounding below zero read as 0."""
     if target.run_dir is None or target.step == 0:
         return 0.0
     path = Path(target.run_dir) / "metrics.jsonl"
@@ -261,5 +263,6 @@ def _train_kl_at(target: Target) -> float | None:
         except json.JSONDecodeError:
             continue
         if row.get("step") == target.step:
-            return row.get("objective/true_kl")
+            value = row.get("objective/true_kl")
+            return None if value is None else rounded_kl(value, f"{path}: step {target.step}: objective/true_kl")
     return None

@@ -4,6 +4,9 @@ The paper's second figure plots win rate against "token-level true KL"; we measu
 generations themselves: for every response token position t, sum over the vocabulary of
 pi(v) * (log pi(v) - log pi_ref(v)), averaged over all response tokens of all outputs. It is exact (no sampled
 estimator), computed in chunks of rows so the [rows, tokens, vocabulary] tensors stay small.
+
+An exact KL is >= 0, but its float32 sum over a vocabulary of terms that nearly cancel can land a few ulps below
+zero when the two distributions agree: such values are rounding, read as 0 (`rounded_kl`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,21 @@ from __future__ import annotations
 import torch
 
 from trainers.sampling import position_ids_from_mask
+
+KL_ROUNDING = 1e-6  # nats: how far below zero a mean of float32 KL terms can land from rounding alone
+
+
+def rounded_kl(value: float, what: str) -> float:
+    """`value`, a KL estimate, with rounding below zero read as 0; a value further below is an error in `what`.
+
+        rounded_kl(-1.6e-08, ...) == 0.0;  rounded_kl(-0.01, ...) raises ValueError naming `what`.
+    """
+    if value >= 0:
+        return float(value)
+    if value >= -KL_ROUNDING:
+        return 0.0
+    raise ValueError(f"{what}={value!r} is a KL below zero by more than rounding ({KL_ROUNDING:g}): the log that "
+                     "holds it is damaged or was not written by a KL estimate")
 
 
 @torch.inference_mode()
@@ -39,7 +57,8 @@ def true_kl(policy, reference, tokenizer, prompts: list[str], outputs: list[str]
                                       logits_to_keep=keep).logits.float(), -1)
         lq = torch.log_softmax(reference(input_ids=ids, attention_mask=mask, position_ids=pos,
                                          logits_to_keep=keep).logits.float(), -1)
-        kl = (lp.exp() * (lp - lq)).sum(-1)  # [B, keep]: KL of the next-token distribution after each position
+        # [B, keep]: KL of the next-token distribution after each position (>= 0; below it is rounding)
+        kl = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0.0)
         for i, n in enumerate(resp):
             if n:
                 # the distributions that produced the response tokens: positions width-n-1 .. width-2, which are

@@ -15,7 +15,7 @@ from evals.evaluation import EvalResult, PolicyEvaluation
 from evals.generate import Target, resolve_target
 from evals.judges import make_judge
 from harness.eval_request import EvalRequest, open_eval_set
-from harness.results import ResultsStore, make_record
+from harness.results import ResultsStore, check_record_fields, make_record
 from trainers.specs import cache_dir
 
 
@@ -45,6 +45,10 @@ class Evaluator:
         target = resolve_target(req.target, req.step)
         run_id = req.run_id or (target.run_id if target.run_dir else f"sft:{target.policy}")
         label = req.label or _label_for(target)
+        for evaluator, wanted in (("winrate", req.winrate), ("factuality", req.factuality)):
+            if wanted:
+                check_record_fields(preset=req.preset, run_id=run_id, label=label, step=target.step,
+                                    evaluator=evaluator)
         evaluation = PolicyEvaluation(cfg, target, cache_dir=cache_dir(), log=self.log, started=started)
         records = []
         if req.winrate:

@@ -128,6 +128,12 @@ def make_record(*, source: str = "harness", preset: str, run_id: str, label: dic
     return rec
 
 
+def check_record_fields(*, preset: str, run_id: str, label: dict, step: int, evaluator: str) -> None:
+    """Refuse now what `make_record` would refuse at the end: the fields a record takes from its request, known
+    before any model loads (an evaluation is never thrown away for its name)."""
+    make_record(preset=preset, run_id=run_id, label=label, step=step, evaluator=evaluator, metrics={})
+
+
 def _number(value: object) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 

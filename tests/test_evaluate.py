@@ -176,3 +176,35 @@ def test_several_samples_per_instruction_reuse_the_single_sample_answers(smoke_r
     assert two["metrics"]["empty_outputs"] == sum(not a.strip() for a in answers)
     assert _eval(smoke_run, results, eval_file, "--samples", "2") == 2  # greedy has one answer per instruction
     assert "samples=2 needs temperature > 0" in capsys.readouterr().err
+
+
+def _with_logged_true_kl(run: Path, dest: Path, step: int, value: float) -> Path:
+    """A copy of `run` whose metrics log holds `value` as the true KL at `step`."""
+    import shutil
+
+    shutil.copytree(run, dest)
+    rows = [json.loads(line) for line in (dest / "metrics.jsonl").read_text().splitlines()]
+    for row in rows:
+        if row["step"] == step:
+            row["objective/true_kl"] = value
+    (dest / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dest
+
+
+def test_a_logged_kl_that_rounds_below_zero_is_stored_as_zero(smoke_run, tmp_path, cache, eval_file):
+    """An exact KL of two matching distributions can sum to -1.6e-08 in float32: rounding, recorded as 0."""
+    run = _with_logged_true_kl(smoke_run, tmp_path / "run", 2, -1.6332240448946322e-08)
+    assert _eval(run, tmp_path / "results", eval_file) == 0
+    (rec,) = ResultsStore(tmp_path / "results").records()
+    assert rec["metrics"]["true_kl_train"] == 0.0 and rec["metrics"]["true_kl"] >= 0
+
+
+def test_a_logged_kl_below_zero_beyond_rounding_is_refused_before_generating(smoke_run, tmp_path, cache,
+                                                                              eval_file, capsys):
+    run = _with_logged_true_kl(smoke_run, tmp_path / "run", 2, -0.25)
+    assert _eval(run, tmp_path / "results", eval_file) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metrics.jsonl: step 2: objective/true_kl=-0.25 is a KL below zero" in err[0]
+    assert not (tmp_path / "results").exists() or not list(ResultsStore(tmp_path / "results").records())
+    assert not (cache / "outputs").exists()  # nothing was generated
+

@@ -195,3 +195,14 @@ def test_eval_at_another_temperature_keeps_the_greedy_record_and_reruns_need_for
     assert f"{path} holds a record of the same evaluation with other results" in capsys.readouterr().err
     assert evaluate("--force") == 0
     assert store.get(greedy["record_id"])["metrics"]["win_rate"] == greedy["metrics"]["win_rate"]
+
+
+def test_record_fields_known_before_an_evaluation_are_checked_as_the_record_will_be():
+    from harness.results import check_record_fields
+
+    label = {"regularizer": "kl", "lora": True, "seed": 1, "baseline": None}
+    check_record_fields(preset="tiny", run_id="abc", label=label, step=3, evaluator="winrate")
+    with pytest.raises(RecordError, match="run_id='' must be a non-empty string"):
+        check_record_fields(preset="tiny", run_id="", label=label, step=3, evaluator="winrate")
+    with pytest.raises(RecordError, match="seed an integer"):
+        check_record_fields(preset="tiny", run_id="abc", label={**label, "seed": "1"}, step=3, evaluator="winrate")

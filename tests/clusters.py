@@ -6,6 +6,7 @@ marker its environment carries (the daemons' children, job steps and Ray workers
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -190,12 +191,19 @@ class RayCluster:
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.ray = str(Path(sys.executable).with_name("ray"))
+        # its own token (not ~/.ray's, which a local `ray.init` elsewhere may create): drivers need `env` too
+        # workers run this checkout's code
+        root = str(Path(__file__).resolve().parents[1])
+        self.env = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32),
+                        RAY_USAGE_STATS_ENABLED="0",
+                        PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
 
     def _env(self, role: str) -> dict[str, str]:
-        return dict(os.environ, **{MARKER: self.token, f"{MARKER}_ROLE": role}, RAY_USAGE_STATS_ENABLED="0")
+        return dict(self.env, **{MARKER: self.token, f"{MARKER}_ROLE": role})
 
     def start(self) -> "RayCluster":
-        common = ["--num-cpus", str(self.cpus), "--num-gpus", "0", "--disable-usage-stats"]
+        common = ["--num-cpus", str(self.cpus), "--num-gpus", "0", "--object-store-memory", str(200 * 2**20),
+                  "--disable-usage-stats"]
         self._ray_start(["--head", "--node-ip-address=127.0.0.1", f"--port={self.port}", "--include-dashboard=false",
                          f"--temp-dir={self.root}", *common], "head")
         self._ray_start([f"--address={self.address}", "--node-ip-address=127.0.0.1", "--resources",
@@ -218,6 +226,17 @@ class RayCluster:
             except OSError:
                 pass
         return pids
+
+    def node_id(self, role: str) -> str:
+        """The Ray node id of the head or the worker (from its raylet's command line)."""
+        for pid in self.node_pids(role):
+            try:
+                found = re.search(rb"--node_id=([0-9a-f]+)", Path(f"/proc/{pid}/cmdline").read_bytes())
+            except OSError:
+                continue
+            if found:
+                return found.group(1).decode()
+        raise AssertionError(f"no raylet found for the {role} node")
 
     def kill_node(self, role: str) -> list[int]:
         pids = self.node_pids(role)

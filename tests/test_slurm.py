@@ -205,7 +205,7 @@ def test_usr2_checkpoints_requeues_and_resumes(slurm, slurm_env, tmp_path, promp
 
 
 def test_restarted_reproduce_submits_nothing_twice_and_an_interrupted_one_cancels(slurm, slurm_env, tmp_path):
-    steps = ("--set", "steps=4", "--set", "checkpoint_every=1")
+    steps = ("--set", "steps=6", "--set", "checkpoint_every=3")
     first = Output(reproduce(slurm_env, tmp_path, *steps))
     first.wait_for(r"\[train\] start kl-lora-s1-")
     name = re.search(r"\[train\] start (kl-lora-s1-\S+)", first.text()).group(1)
@@ -224,11 +224,12 @@ def test_restarted_reproduce_submits_nothing_twice_and_an_interrupted_one_cancel
     assert second.finish() == 128 + signal.SIGTERM
     wait_until(lambda: [j["state"] for j in ours().values()] == ["CANCELLED"], 60, "the job cancelled")
     assert not (folder / "slurm" / "train" / "submitted.json").exists()
+    checkpointed = any((folder / "checkpoints").glob("step-*"))
 
     third = Output(reproduce(slurm_env, tmp_path, *steps))
     assert third.finish() == 0, third.text()[-3000:]
-    assert len(ours()) == 2 and "resumed from" in (folder / "train.log").read_text()
-    assert [r["step"] for r in metrics(folder)] == [1, 2, 3, 4]
+    assert len(ours()) == 2 and ("resumed from" in (folder / "train.log").read_text()) == checkpointed
+    assert [r["step"] for r in metrics(folder)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_a_node_that_cannot_see_the_results_fails_at_once_naming_it(slurm, slurm_env, tmp_path):

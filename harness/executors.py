@@ -12,7 +12,7 @@ share a host.
 - `RayExecutor(address, retries)`: each attempt is a Ray task (`num_cpus=job.cpus, num_gpus=job.gpus`) that runs
   the same subprocess and returns (returncode, seconds, tail); results are gathered with `ray.wait`, so events
   arrive as runs finish. A task whose node dies is a failed attempt, retried on a node still alive.
-- `harness.slurm.SlurmExecutor`: each attempt a SLURM job submitted through submitit (`make_executor("slurm")`).
+- `harness.slurm.SlurmExecutor`: each attempt a SLURM job submitted through submitit.
 
 On a cluster (Ray or SLURM), nodes need this package installed, and the job's log folder and `job.shared` on storage
 every node sees: a remote attempt checks that they exist before it starts and fails at once with one line naming
@@ -476,15 +476,11 @@ class RayExecutor(_Base):
 EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
 
 
-def make_executor(name: str, **kw):
-    """An executor by name: 'local' (workers, retries, on_event), 'ray' (address, retries, on_event) or 'slurm'
-    (settings, retries, on_event: `harness.slurm`)."""
-    if name == "slurm":
-        from harness.slurm import SlurmExecutor
-
-        return SlurmExecutor(**kw)
+def make_executor(name: str, **kw) -> LocalExecutor | RayExecutor:
+    """An executor by name: 'local' (workers, retries, on_event) or 'ray' (address, retries, on_event); SLURM's
+    is `harness.slurm.SlurmExecutor`."""
     try:
         cls = EXECUTORS[name]
     except KeyError:
-        raise ValueError(f"executor={name!r} is not known; valid: {', '.join([*EXECUTORS, 'slurm'])}") from None
+        raise ValueError(f"executor={name!r} is not known; valid: {', '.join(EXECUTORS)}") from None
     return cls(**kw)

@@ -22,14 +22,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 from evals.config import EvalConfig
 from harness import grid as G
-from harness.cluster_jobs import ClusterJobs, dry_run
+from harness.cluster_jobs import EVAL_JOB, HARNESS, ClusterJobs, dry_run
 from harness.errors import UserError
 from harness.eval_job import write_job
 from harness.eval_request import EvalRequest, expected_identity
@@ -37,8 +36,6 @@ from harness.results import ResultsStore, make_record
 from trainers.io import atomic_write_text, read_json_object, repository_path
 from trainers.runlog import read_metrics
 
-HARNESS = (sys.executable, "-m", "harness")
-EVAL_JOB = (sys.executable, "-m", "harness.eval_job")
 
 
 def targets_of(args) -> tuple[str, ...]:
@@ -288,14 +285,15 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     if args.workers < 1 or args.retries < 0:
         raise ValueError(f"--workers={args.workers} must be >= 1 and --retries={args.retries} >= 0")
     executor_kw = {"retries": args.retries}
+    executor = lambda **kw: make_executor(args.executor, **kw)  # noqa: E731
     if args.executor == "local":
         executor_kw["workers"] = args.workers
     elif args.executor == "ray":
         executor_kw["address"] = args.address
     else:
-        from harness.slurm import settings_from_args
+        from harness.slurm import SlurmExecutor, settings_from_args
 
-        executor_kw["settings"] = settings_from_args(args)
+        executor_kw["settings"], executor = settings_from_args(args), SlurmExecutor
     print_grid(g, args.runs, store)
     # parallel jobs share the cores: oversubscribed OpenMP threads spin against each other and run many times slower
     workers = args.workers if args.executor == "local" else 1
@@ -303,7 +301,11 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     job_env = (("OMP_NUM_THREADS", str(threads)), ("MKL_NUM_THREADS", str(threads)))
     cluster = ClusterJobs(g, args, threads) if args.executor != "local" else None
     if getattr(args, "dry_run", False):
-        return dry_run(g, args, store, cluster, threads)
+        have = grid_records(store, g)
+        runs = [r for r in g.runs if r not in reused_runs(g, have)
+                and G.run_state(G.run_dir(args.runs, g.preset, r.run_id), r) != "done"]
+        cells = [c for c in eval_plan(g) if c[3] != "efficiency" and (c[0], c[2], c[3]) not in have]
+        return dry_run(g, args, runs, cells, cluster, threads, store.root)
     # 1. the proxy reward model
     needs = {r.config.reward.removeprefix("prepared:") for r in g.runs if r.config.reward.startswith("prepared:")}
     for name in sorted(needs):
@@ -345,7 +347,7 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     failed_runs = set()
     if jobs:
         with LiveView(g, args.runs, "train", len(jobs)) as view:
-            outcomes = make_executor(args.executor, on_event=view.event, **executor_kw).run(jobs)
+            outcomes = executor(on_event=view.event, **executor_kw).run(jobs)
         for rid, outcome in outcomes.items():
             marker = G.run_dir(args.runs, g.preset, rid) / "FAILED"
             if outcome.status == "failed":
@@ -380,7 +382,7 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     failed_evals = refused
     if eval_jobs:
         with LiveView(g, args.runs, "eval", len(eval_jobs)) as view:
-            outcomes = make_executor(args.executor, on_event=view.event, **executor_kw).run(eval_jobs)
+            outcomes = executor(on_event=view.event, **executor_kw).run(eval_jobs)
         failed_evals += [k for k, o in outcomes.items() if o.status == "failed"]
     trained_here = {job.run_id for job in jobs}
     for run in g.runs:

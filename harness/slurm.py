@@ -39,6 +39,7 @@ from trainers.io import atomic_write_text
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE",
          "SPECIAL_EXIT", "REVOKED"}
 RECORD = "submitted.json"
+CPUS_PER_GPU = 4  # a job's CPUs when it has GPUs and none are asked for (Ray and SLURM alike)
 OPTION = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
@@ -50,7 +51,7 @@ class SlurmSettings:
     account: str | None = None  # --account
     time_min: int = 24 * 60  # --time, minutes: a requeued job starts its time limit again
     gpus: int | None = None  # --gpus-per-node for every job (None: the job's own, from its run)
-    cpus: int | None = None  # --cpus-per-task (None: 8 per GPU, or the job's own CPUs without GPUs)
+    cpus: int | None = None  # --cpus-per-task (None: CPUS_PER_GPU per GPU, or the job's own CPUs without GPUs)
     mem_gb: float | None = None  # --mem (None: the partition's default)
     options: tuple[tuple[str, str], ...] = ()  # extra sbatch options, e.g. (("qos", "high"), ("constraint", "a100"))
     signal_delay_s: int = 120  # USR2 this long before the time limit: time to stop and requeue
@@ -78,10 +79,10 @@ class SlurmSettings:
         return self.cpus_for(self.gpus_of(job), job.cpus)
 
     def cpus_for(self, gpus: int, default: int) -> int:
-        """CPUs of a job with `gpus` GPUs: `cpus`, else 8 per GPU, else `default`."""
+        """CPUs of a job with `gpus` GPUs: `cpus`, else CPUS_PER_GPU per GPU, else `default`."""
         if self.cpus is not None:
             return self.cpus
-        return 8 * gpus if gpus else max(1, default)
+        return CPUS_PER_GPU * gpus if gpus else max(1, default)
 
 
 def parse_options(items: list[str]) -> tuple[tuple[str, str], ...]:
@@ -119,7 +120,8 @@ def add_arguments(parser) -> None:
     g.add_argument("--slurm-gpus", type=int, default=None, metavar="N",
                    help="GPUs per job (default: the run's: 2 per LoRA and 8 per full fine-tune run at the paper "
                         "preset, 1 per paper evaluation, none offline)")
-    g.add_argument("--slurm-cpus", type=int, default=None, metavar="N", help="CPUs per job (default 8 per GPU)")
+    g.add_argument("--slurm-cpus", type=int, default=None, metavar="N",
+                   help=f"CPUs per job (default {CPUS_PER_GPU} per GPU; without GPUs, the cores of this machine)")
     g.add_argument("--slurm-mem-gb", type=float, default=None, metavar="GIB", help="memory per job")
     g.add_argument("--slurm-option", action="append", default=[], metavar="NAME=VALUE",
                    help="an extra sbatch option for every job, e.g. qos=high or constraint=a100 (repeatable)")

@@ -102,7 +102,7 @@ def test_dry_run_prints_each_jobs_sbatch_request_at_paper_scale(tmp_path):
     lora, full = [x for x in train if "-lora-" in x], [x for x in train if "-full-" in x]
     assert len(lora) == 8 and len(full) == 1  # the paper's eight regularisers and the full fine-tune
     for line in lora:
-        assert "--gpus-per-node=2 " in line and "--cpus-per-task=16 " in line and "2 processes (ddp_lora_2gpu)" in line
+        assert "--gpus-per-node=2 " in line and "--cpus-per-task=8 " in line and "2 processes (ddp_lora_2gpu)" in line
     assert "--gpus-per-node=8 " in full[0] and "8 processes (fsdp_full_8gpu)" in full[0]
     evals = [x for x in lines if "harness.eval_job" in x]
     assert len(evals) == 9 * 10 + 1 and all("--gpus-per-node=1 " in x for x in evals)  # 10 checkpoints each + SFT

@@ -5,6 +5,7 @@ marker its environment carries (the daemons' children, job steps and Ray workers
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -83,6 +85,39 @@ def wait_until(check, seconds: float, what: str, every: float = 0.2):
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {seconds:.0f} s waiting for {what}")
+
+
+# ---- what the tests read ------------------------------------------------------------------------------------
+class Output:
+    """A process's output, read as it comes (so that a test can wait for a line)."""
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc, self.lines = proc, []
+        self.thread = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
+        self.thread.start()
+
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, seconds: float = 300) -> None:
+        wait_until(lambda: re.search(pattern, self.text()) or self.proc.poll() is not None, seconds, pattern)
+        assert re.search(pattern, self.text()), self.text()[-3000:]
+
+    def finish(self, seconds: float = 600) -> int:
+        code = self.proc.wait(timeout=seconds)
+        self.thread.join(timeout=10)
+        return code
+
+
+def records(tmp: Path) -> list[dict]:
+    folder = tmp / "results" / "records"
+    return [r for r in map(json.loads, (p.read_text() for p in sorted(folder.glob("*.json"))))
+            if r["source"] == "harness"]
+
+
+def metrics(run: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(("time/", "memory/"))} for r in rows]
 
 
 # ---- SLURM ---------------------------------------------------------------------------------------------------

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from clusters import RayCluster, wait_until
-from test_slurm import Output, metrics, records
+from clusters import Output, RayCluster, metrics, records, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable

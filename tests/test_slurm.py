@@ -4,7 +4,6 @@ that submits nothing twice, an interrupted one that cancels its jobs, and a node
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
@@ -16,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from clusters import MARKER, Slurm, missing_slurm, wait_until
+from clusters import MARKER, Output, Slurm, metrics, missing_slurm, records, wait_until
 from harness.executors import Job, LocalExecutor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -56,38 +55,6 @@ def reproduce_argv(tmp: Path, *extra: str) -> list[str]:
 def reproduce(env: dict, tmp: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(reproduce_argv(tmp, *extra), cwd=ROOT, env=dict(env, HARNESS_CACHE=str(tmp / "cache")),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-class Output:
-    """A process's output, read as it comes (so that a test can wait for a line)."""
-
-    def __init__(self, proc: subprocess.Popen) -> None:
-        self.proc, self.lines = proc, []
-        self.thread = threading.Thread(target=lambda: self.lines.extend(proc.stdout), daemon=True)
-        self.thread.start()
-
-    def text(self) -> str:
-        return "".join(self.lines)
-
-    def wait_for(self, pattern: str, seconds: float = 300) -> None:
-        wait_until(lambda: re.search(pattern, self.text()) or self.proc.poll() is not None, seconds, pattern)
-        assert re.search(pattern, self.text()), self.text()[-3000:]
-
-    def finish(self, seconds: float = 600) -> int:
-        code = self.proc.wait(timeout=seconds)
-        self.thread.join(timeout=10)
-        return code
-
-
-def records(tmp: Path) -> list[dict]:
-    folder = tmp / "results" / "records"
-    return [r for r in map(json.loads, (p.read_text() for p in sorted(folder.glob("*.json"))))
-            if r["source"] == "harness"]
-
-
-def metrics(run: Path) -> list[dict]:
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith(("time/", "memory/"))} for r in rows]
 
 
 def test_dry_run_prints_each_jobs_sbatch_request_at_paper_scale(tmp_path):
@@ -244,3 +211,24 @@ def test_a_node_that_cannot_see_the_results_fails_at_once_naming_it(slurm, slurm
                         r"the results store must be on storage every node sees \(a shared file system\)",
                         outcome.log_tail)
     assert not hidden.exists()
+
+
+def test_a_failed_job_is_resubmitted_as_the_local_executor_retries(slurm, slurm_env, tmp_path):
+    from harness.slurm import SlurmExecutor, SlurmSettings
+
+    counter = tmp_path / "counter"
+    flaky = (f"import os, sys; p = {str(counter)!r}; n = int(open(p).read()) if os.path.exists(p) else 0; "
+             "open(p, 'w').write(str(n + 1)); print('run', n + 1); sys.exit(1 if n < 1 else 0)")
+    jobs = [Job("flaky", (PY, "-c", flaky), str(tmp_path / "flaky" / "run.log")),
+            Job("bad", (PY, "-c", "import sys; print('loss is nan'); sys.exit(3)"), str(tmp_path / "bad" / "run.log"))]
+    events = []
+    outcomes = SlurmExecutor(SlurmSettings(cpus=1), retries=1, on_event=lambda *e: events.append(e)).run(jobs)
+    assert (outcomes["flaky"].status, outcomes["flaky"].attempts, outcomes["flaky"].returncode) == ("done", 2, 0)
+    assert (outcomes["bad"].status, outcomes["bad"].attempts, outcomes["bad"].returncode) == ("failed", 2, 3)
+    assert outcomes["bad"].log_tail.startswith("===== harness executor: bad attempt 2/2 at ")
+    assert outcomes["bad"].log_tail.endswith("\nloss is nan")
+    assert [k for k, r, _ in events if r == "flaky"] == ["start", "retry", "start", "done"]
+    slurm_jobs = [info["slurm_job"] for k, r, info in events if r == "flaky" and k == "start"]
+    assert len(set(slurm_jobs)) == 2  # each attempt its own SLURM job
+    log = (tmp_path / "flaky" / "run.log").read_text()
+    assert "attempt 1/2" in log and "attempt 2/2" in log and "run 2" in log

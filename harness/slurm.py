@@ -105,7 +105,7 @@ def settings_from_args(args) -> SlurmSettings:
         try:
             import submitit  # noqa: F401
         except ImportError:
-            raise ValueError("--executor=slurm needs submitit: pip install 'harness[slurm]'") from None
+            raise ValueError("--executor=slurm needs submitit: pip install -e '.[slurm]'") from None
     return settings
 
 

@@ -28,7 +28,7 @@ def slurm():
         pytest.skip(why)
     if os.geteuid() != 0:
         pytest.skip("the single-node SLURM runs its daemons as root (SlurmUser=root): run the tests as root")
-    pytest.importorskip("submitit", reason="pip install 'harness[slurm]' (submitit)")
+    pytest.importorskip("submitit", reason="pip install -e '.[slurm]' (submitit)")
     cluster = Slurm()
     try:
         cluster.start()

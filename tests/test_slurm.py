@@ -120,7 +120,7 @@ def test_requeued_job_resumes_and_ends_as_the_uninterrupted_run(slurm, slurm_env
     from harness.slurm import SlurmExecutor, SlurmSettings
 
     def job(out: Path) -> Job:
-        argv = (PY, "-m", "harness", "train", "--preset", "smoke", "--set", "steps=5", "--set", "checkpoint_every=1",
+        argv = (PY, "-m", "harness", "train", "--preset", "smoke", "--set", "steps=8", "--set", "checkpoint_every=1",
                 "--set", "threads=1", "--set", f"prompts={prompt_file}", "--set", "prompt_split=unlabeled",
                 "--out", str(out), "--resume")
         out.mkdir(parents=True)
@@ -153,7 +153,7 @@ def test_usr2_checkpoints_requeues_and_resumes(slurm, slurm_env, tmp_path, promp
 
     run = tmp_path / "run"
     run.mkdir()
-    argv = (PY, "-m", "harness", "train", "--preset", "smoke", "--set", "steps=4", "--set", "checkpoint_every=1",
+    argv = (PY, "-m", "harness", "train", "--preset", "smoke", "--set", "steps=6", "--set", "checkpoint_every=1",
             "--set", "threads=1", "--set", f"prompts={prompt_file}", "--set", "prompt_split=unlabeled",
             "--out", str(run), "--resume")
     events, result = [], {}
@@ -168,7 +168,7 @@ def test_usr2_checkpoints_requeues_and_resumes(slurm, slurm_env, tmp_path, promp
     log = (run / "train.log").read_text()
     assert result["p"].status == "done" and result["p"].attempts == 1, log[-3000:]
     assert ", restart 1): " in log and "resumed from" in log
-    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4, 5, 6]
 
 
 def test_restarted_reproduce_submits_nothing_twice_and_an_interrupted_one_cancels(slurm, slurm_env, tmp_path):
@@ -178,10 +178,11 @@ def test_restarted_reproduce_submits_nothing_twice_and_an_interrupted_one_cancel
     name = re.search(r"\[train\] start (kl-lora-s1-\S+)", first.text()).group(1)
     folder = tmp_path / "runs" / "smoke" / name
     wait_until(lambda: (folder / "metrics.jsonl").is_file(), 180, "the first step")
+    ours = lambda: {jid: j for jid, j in slurm.jobs().items() if j["name"] == f"harness:{name}"}  # noqa: E731
+    slurm.command("scontrol", "suspend", *ours())  # still there (not ended) however fast this machine trains
     first.proc.kill()  # no chance to cancel: its job goes on
     first.finish()
-    ours = lambda: {jid: j for jid, j in slurm.jobs().items() if j["name"] == f"harness:{name}"}  # noqa: E731
-    assert [j["state"] for j in ours().values()] == ["RUNNING"]
+    assert [j["state"] for j in ours().values()] == ["SUSPENDED"]
 
     second = Output(reproduce(slurm_env, tmp_path, *steps))
     second.wait_for(r"\[train\] start kl-lora-s1-")

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import platform
@@ -227,8 +228,8 @@ class SlurmAttempt:
 def squeue_states() -> dict[str, str] | None:
     """id -> state of this user's jobs that slurmctld still knows (None when squeue fails this time)."""
     try:
-        out = subprocess.run(["squeue", "--me", "-h", "-t", "all", "-o", "%i|%T"], capture_output=True, text=True,
-                             timeout=60)
+        out = subprocess.run(["squeue", f"--user={getpass.getuser()}", "-h", "-t", "all", "-o", "%i|%T"],
+                             capture_output=True, text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
         return None
     if out.returncode:
@@ -333,7 +334,9 @@ class SlurmExecutor(_Base):
                 return None, seconds, f"{log_tail(sub.track.job.log_path)}\nharness executor: {e}".strip()
         if states is not None:
             state = states.get(sub.job.job_id)
-            if (state is None or state in ENDED) and sub.ended_at is None:
+            if state is not None and state not in ENDED:
+                sub.ended_at = None  # queued or running (again: a requeue)
+            elif sub.ended_at is None:
                 sub.ended_at = time.monotonic()
         if sub.ended_at is not None and time.monotonic() - sub.ended_at >= self.result_grace_s:
             state = (states or {}).get(sub.job.job_id, "no longer listed by squeue")

@@ -8,7 +8,7 @@
   harness eval RUN|CHECKPOINT|MODEL [--judge simulated|openai|reward-model] [--eval-set NAME|PATH] [--step N]
   harness judges                                    list the judges and the annotator configs of --judge openai
   harness grid --table 2 --preset tiny              list a table's runs and their state, run nothing
-  harness reproduce --table 2 [--preset P] [--executor local|ray]   run what is missing, evaluate, render
+  harness reproduce --table 2 [--preset P] [--executor local|ray|slurm]   run what is missing, evaluate, render
   harness report                                    render report/ from results/ alone
 """
 
@@ -168,9 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--runs", default="runs", help="root of the run folders (default runs/)")
         g.add_argument("--results", default="results", help="results store (default results/)")
         if name == "reproduce":
-            g.add_argument("--executor", default="local", help="local or ray")
+            g.add_argument("--executor", default="local", help="local, ray or slurm")
             g.add_argument("--workers", type=int, default=1, help="local executor: runs in parallel")
-            g.add_argument("--address", default=None, help="ray: cluster address (default: start a local Ray)")
+            g.add_argument("--ray-address", "--address", dest="address", default=None,
+                           help="ray: a running cluster's address, e.g. HEAD:6379 (default: start a local Ray)")
+            g.add_argument("--dry-run", action="store_true",
+                           help="print the jobs it would start (SLURM: each job's sbatch request); start nothing")
+            from harness.slurm import add_arguments as add_slurm_arguments
+
+            add_slurm_arguments(g)
             g.add_argument("--retries", type=int, default=1, help="retries of a failed run before it is reported")
             g.add_argument("--report", default="report", help="where to render (default report/)")
             g.add_argument("--no-report", action="store_true")

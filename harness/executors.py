@@ -11,8 +11,12 @@ share a host.
   process group; Ctrl-C / SIGTERM of the orchestrator terminates every group before it returns.
 - `RayExecutor(address, retries)`: each attempt is a Ray task (`num_cpus=job.cpus, num_gpus=job.gpus`) that runs
   the same subprocess and returns (returncode, seconds, tail); results are gathered with `ray.wait`, so events
-  arrive as runs finish. On a cluster, nodes need this package installed and the run folders and logs on a shared
-  file system.
+  arrive as runs finish. A task whose node dies is a failed attempt, retried on a node still alive.
+- `harness.slurm.SlurmExecutor`: each attempt a SLURM job submitted through submitit.
+
+On a cluster (Ray or SLURM), nodes need this package installed, and the job's log folder and `job.shared` on storage
+every node sees: a remote attempt checks that they exist before it starts and fails at once with one line naming
+the path and the node, instead of creating them on the node's own disk.
 
 `on_event(kind, run_id, info)` reports "start", "retry", "done" and "failed"; a live view reads progress from the
 run folders itself.
@@ -21,6 +25,7 @@ run folders itself.
 from __future__ import annotations
 
 import os
+import platform
 import shlex
 import signal
 import socket
@@ -71,6 +76,7 @@ class Job:
     processes: int = 1  # > 1: `accelerate launch --config_file <yaml> --num_processes N ...`
     accelerate_config: str | None = None  # shipped name or path; default cpu_gloo_2proc (gpus=0) / ddp_lora_2gpu
     env: tuple[tuple[str, str], ...] = ()  # extra environment variables
+    shared: tuple[str, ...] = ()  # folders it reads or writes besides its log's: on a cluster, every node must see them
 
     def __post_init__(self) -> None:
         errors = []
@@ -128,9 +134,20 @@ def launch_argv(job: Job, port: int | None = None) -> list[str]:
     return head + (["-m", *argv[2:]] if argv[1] == "-m" and len(argv) > 2 else argv[1:])
 
 
-def _header(job: Job, attempt: int, attempts: int, argv: list[str]) -> str:
+def _header(job: Job, attempt: int, attempts: int, argv: list[str], where: str = "") -> str:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    return f"\n{HEADER} {job.run_id} attempt {attempt}/{attempts} at {stamp}: {shlex.join(argv)}\n"
+    where = f" on {where}" if where else ""
+    return f"\n{HEADER} {job.run_id} attempt {attempt}/{attempts} at {stamp}{where}: {shlex.join(argv)}\n"
+
+
+def unseen_storage(job: Job, node: str | None = None) -> str | None:
+    """On a cluster node: one line naming the first of the job's folders (its log's, then `job.shared`) that this
+    node cannot see, or None. A remote attempt never creates them: results would stay on the node's own disk."""
+    for folder in (str(Path(job.log_path).parent), *job.shared):
+        if not Path(folder).is_dir():
+            return (f"harness executor: {folder} is not visible on node {node or platform.node()}: run folders and "
+                    "the results store must be on storage every node sees (a shared file system)")
+    return None
 
 
 def _ending_with_this_thread():
@@ -151,14 +168,17 @@ def _ending_with_this_thread():
     return set_parent_death_signal
 
 
-def start_attempt(job: Job, attempt: int, attempts: int, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start one attempt in a new session (its own process group), stdout and stderr appended to the log."""
+def start_attempt(job: Job, attempt: int, attempts: int, extra_env: dict[str, str] | None = None,
+                  where: str = "") -> subprocess.Popen:
+    """Start one attempt in a new session (its own process group), stdout and stderr appended to the log.
+    `where` (a cluster node) is named in the attempt's header; there the log's folder must already exist."""
     argv = launch_argv(job)
     log = Path(job.log_path)
-    log.parent.mkdir(parents=True, exist_ok=True)
+    if not where:
+        log.parent.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **dict(job.env), **(extra_env or {}), "PYTHONUNBUFFERED": "1"}
     with log.open("a") as f:
-        f.write(_header(job, attempt, attempts, argv))
+        f.write(_header(job, attempt, attempts, argv, where))
         f.flush()
         try:
             return subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
@@ -208,12 +228,28 @@ def log_tail(path: str | Path, lines: int = TAIL_LINES) -> str:
     return "\n".join(kept[starts[-1]:] if starts else kept)
 
 
+def ray_node() -> str:
+    """This host and, inside a Ray task, the Ray node's id (several nodes can share a host)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return f"{platform.node()} (ray node {ray.get_runtime_context().get_node_id()})"
+    except Exception:  # not in Ray: the host alone
+        pass
+    return platform.node()
+
+
 def run_attempt(job: Job, attempt: int, attempts: int) -> tuple[int, float, str]:
-    """Run one attempt to its end (the body of a Ray task): (returncode, seconds, log tail).
+    """Run one attempt to its end on a cluster node (the body of a Ray task): (returncode, seconds, log tail).
+    A node that cannot see the job's folders fails at once (exit status 2) with one line naming them.
 
     An interruption (Ray's cancellation raises KeyboardInterrupt here) terminates the attempt's process group."""
+    node = ray_node()
+    if (unseen := unseen_storage(job, node)) is not None:
+        return 2, 0.0, unseen
     t0 = time.monotonic()
-    proc = start_attempt(job, attempt, attempts)
+    proc = start_attempt(job, attempt, attempts, where=node)
     try:
         while (code := proc.poll()) is None:  # short sleeps, not one blocking wait: Ray's cancellation is
             time.sleep(0.2)                    # delivered between bytecodes
@@ -401,6 +437,7 @@ class RayExecutor(_Base):
 
         def submit(t: _Track) -> None:
             t.attempt += 1
+            Path(t.job.log_path).parent.mkdir(parents=True, exist_ok=True)  # here, on the storage nodes share
             ref = task.options(num_cpus=t.job.cpus, num_gpus=t.job.gpus).remote(t.job, t.attempt, self.retries + 1)
             inflight[ref] = (t, time.monotonic())
             self._emit("start", t.job.run_id, attempt=t.attempt, log_path=t.job.log_path, command=list(t.job.argv))
@@ -440,7 +477,8 @@ EXECUTORS = {"local": LocalExecutor, "ray": RayExecutor}
 
 
 def make_executor(name: str, **kw) -> LocalExecutor | RayExecutor:
-    """An executor by name: 'local' (workers, retries, on_event) or 'ray' (address, retries, on_event)."""
+    """An executor by name: 'local' (workers, retries, on_event) or 'ray' (address, retries, on_event); SLURM's
+    is `harness.slurm.SlurmExecutor`."""
     try:
         cls = EXECUTORS[name]
     except KeyError:

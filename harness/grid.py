@@ -54,6 +54,10 @@ class PresetGrid:
     note: str = ""
     # the full fine-tune baseline's own settings over the preset's (its regulariser included; default kl)
     full_overrides: dict[str, Any] = field(default_factory=dict)
+    # what a job asks of a cluster (SLURM, Ray): GPUs of a LoRA run, of the full fine-tune, of one evaluation
+    lora_gpus: int = 0
+    full_gpus: int = 0
+    eval_gpus: int = 0
 
     def __post_init__(self) -> None:
         if self.eval_samples < 1 or (self.eval_samples > 1 and self.eval_temperature == 0):
@@ -90,6 +94,8 @@ GRIDS: dict[str, PresetGrid] = {
         # the paper's full fine-tune line is AlpacaFarm's public PPO checkpoint: its rlhf_ppo.sh (clamped KL at
         # beta 0.0067, 512 rollouts per PPO step, one optimiser step per 256 of them)
         full_overrides=dict(regularizer="clamped_kl", kl_coef=0.0067, rollout_batch_size=512, step_batch_size=256),
+        # the paper's setting: LoRA runs on 2 GPUs (data parallel), the full fine-tune on 8 (FSDP)
+        lora_gpus=2, full_gpus=8, eval_gpus=1,
         note="the paper's setting: LLaMA-7B AlpacaFarm models, 805 eval instructions, an OpenAI-compatible judge"),
 }
 
@@ -216,6 +222,28 @@ def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] 
     sft_evaluators = tuple(sorted(sft))
     return Grid(preset, tuple(targets), spec, tuple(runs), base["policy"], sft_evaluators, tuple(overrides), seeds,
                 tuple(only))
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What one job of the grid asks of a cluster: GPUs, processes (one per GPU), the accelerate config."""
+
+    gpus: int = 0
+    processes: int = 1
+    accelerate_config: str | None = None
+
+
+def job_resources(spec: PresetGrid, run: Run | None, gpus: int | None = None) -> Resources:
+    """A run's training job (`run`) or an evaluation (None): 2 GPUs per LoRA run and 8 per full fine-tune at the
+    paper preset, one process per GPU (DDP for LoRA, FSDP for the full fine-tune); none offline. `gpus` overrides
+    the preset's count (the processes follow it)."""
+    if run is None:
+        return Resources(gpus=spec.eval_gpus if gpus is None else gpus)
+    if gpus is None:
+        gpus = spec.lora_gpus if run.config.lora else spec.full_gpus
+    if gpus <= 1:
+        return Resources(gpus=gpus)
+    return Resources(gpus, gpus, "ddp_lora_2gpu" if run.config.lora else "fsdp_full_8gpu")
 
 
 # ---- state ------------------------------------------------------------------------------------------------

@@ -4,13 +4,15 @@ reproduce, in order (each stage skips what exists, so a killed reproduce reruns 
 0. build and validate every configuration of the grid (nothing starts if one is invalid);
 1. `prepare` the preset's proxy reward model when a run needs it (`prepared:P`);
 2. train: one command per unfinished run (`harness train --config RUN/grid-config.json --out RUN --resume`)
-   through the executor (local processes or Ray); partial runs resume from their last checkpoint, failures are
-   retried, then marked FAILED with the tail of their log;
+   through the executor (local processes, Ray or SLURM: on a cluster each job asks for its run's GPUs,
+   `grid.job_resources`); partial runs resume from their last checkpoint, failures are retried, then marked
+   FAILED with the tail of their log;
 3. evaluate: one job per missing (run, checkpoint, evaluator) record, the SFT baseline included: a file holding the
    evaluation's request, run by `python -m harness.eval_job FILE`; efficiency records and run manifests are read
    from the run folders here;
 4. the paper's own numbers as records of source "paper"; 5. render `report/`.
-A live status line (runs done / running / failed, current step, ETA) prints while jobs run.
+A live status line (runs done / running / failed, current step, ETA) prints while jobs run. `--dry-run` prints
+the jobs it would start (for SLURM, each job's `sbatch` request) and starts nothing.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ import json
 import os
 import platform
 import statistics
-import sys
 import threading
 import time
 from pathlib import Path
 
 from evals.config import EvalConfig
 from harness import grid as G
+from harness.cluster_jobs import EVAL_JOB, HARNESS, ClusterJobs, dry_run
 from harness.errors import UserError
 from harness.eval_job import write_job
 from harness.eval_request import EvalRequest, expected_identity
@@ -34,8 +36,6 @@ from harness.results import ResultsStore, make_record
 from trainers.io import atomic_write_text, read_json_object, repository_path
 from trainers.runlog import read_metrics
 
-HARNESS = (sys.executable, "-m", "harness")
-EVAL_JOB = (sys.executable, "-m", "harness.eval_job")
 
 
 def targets_of(args) -> tuple[str, ...]:
@@ -70,6 +70,12 @@ def existing(store: ResultsStore, preset: str, wanted: dict[str, dict] | None = 
     return {(r["run_id"], r["step"], r["evaluator"]) for r in store.records()
             if r["source"] == "harness" and r["preset"] == preset
             and all(r.get(k) == v for k, v in (wanted or {}).get(r["evaluator"], {}).items())}
+
+
+def grid_records(store: ResultsStore, g: G.Grid) -> set[tuple]:
+    """`existing` records of the grid's own evaluations; the judge is asked for its identity only when the store
+    holds records of this preset to tell apart (planning a fresh grid needs no judge)."""
+    return existing(store, g.preset, grid_identity(g)) if existing(store, g.preset) else set()
 
 
 def eval_config(g: G.Grid, evaluator: str = "winrate") -> EvalConfig:
@@ -139,7 +145,7 @@ def reused_runs(g: G.Grid, have: set[tuple], recompute: tuple[str, ...] = ()) ->
 
 
 def print_grid(g: G.Grid, runs_root: str, store: ResultsStore) -> dict[str, str]:
-    have = existing(store, g.preset, grid_identity(g))
+    have = grid_records(store, g)
     states = {}
     only = f", only {','.join(g.only)}" if g.only else ""
     print(f"grid {'+'.join(g.targets)} at preset {g.preset}{only}: {len(g.runs)} runs + the SFT baseline "
@@ -274,20 +280,32 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     from harness.executors import Job, make_executor
 
     started = time.time()
-    if args.executor not in ("local", "ray"):  # before any preparation or training starts
-        raise ValueError(f"--executor={args.executor!r} is not known; allowed: local, ray")
+    if args.executor not in ("local", "ray", "slurm"):  # before any preparation or training starts
+        raise ValueError(f"--executor={args.executor!r} is not known; allowed: local, ray, slurm")
     if args.workers < 1 or args.retries < 0:
         raise ValueError(f"--workers={args.workers} must be >= 1 and --retries={args.retries} >= 0")
     executor_kw = {"retries": args.retries}
+    executor = lambda **kw: make_executor(args.executor, **kw)  # noqa: E731
     if args.executor == "local":
         executor_kw["workers"] = args.workers
     elif args.executor == "ray":
         executor_kw["address"] = args.address
+    else:
+        from harness.slurm import SlurmExecutor, settings_from_args
+
+        executor_kw["settings"], executor = settings_from_args(args), SlurmExecutor
     print_grid(g, args.runs, store)
     # parallel jobs share the cores: oversubscribed OpenMP threads spin against each other and run many times slower
     workers = args.workers if args.executor == "local" else 1
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     job_env = (("OMP_NUM_THREADS", str(threads)), ("MKL_NUM_THREADS", str(threads)))
+    cluster = ClusterJobs(g, args, threads) if args.executor != "local" else None
+    if getattr(args, "dry_run", False):
+        have = grid_records(store, g)
+        runs = [r for r in g.runs if r not in reused_runs(g, have)
+                and G.run_state(G.run_dir(args.runs, g.preset, r.run_id), r) != "done"]
+        cells = [c for c in eval_plan(g) if c[3] != "efficiency" and (c[0], c[2], c[3]) not in have]
+        return dry_run(g, args, runs, cells, cluster, threads, store.root)
     # 1. the proxy reward model
     needs = {r.config.reward.removeprefix("prepared:") for r in g.runs if r.config.reward.startswith("prepared:")}
     for name in sorted(needs):
@@ -319,14 +337,17 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
             continue
         cfg_path = folder / "grid-config.json"
         values = dict(run.config.to_dict(), threads=threads if workers > 1 else run.config.threads)
+        if cluster is not None:
+            values["threads"] = cluster.threads(run) or run.config.threads
         atomic_write_text(cfg_path, json.dumps(values, indent=1, sort_keys=True))
-        jobs.append(Job(run_id=run.run_id, argv=(*HARNESS, "train", "--config", str(cfg_path), "--out", str(folder),
-                                                 "--resume"), log_path=str(folder / "train.log"), cpus=threads,
-                        env=job_env if workers > 1 else ()))
+        job = Job(run_id=run.run_id, argv=(*HARNESS, "train", "--config", str(cfg_path), "--out", str(folder),
+                                           "--resume"), log_path=str(folder / "train.log"), cpus=threads,
+                  env=job_env if workers > 1 else ())
+        jobs.append(job if cluster is None else cluster.job(job, run))
     failed_runs = set()
     if jobs:
         with LiveView(g, args.runs, "train", len(jobs)) as view:
-            outcomes = make_executor(args.executor, on_event=view.event, **executor_kw).run(jobs)
+            outcomes = executor(on_event=view.event, **executor_kw).run(jobs)
         for rid, outcome in outcomes.items():
             marker = G.run_dir(args.runs, g.preset, rid) / "FAILED"
             if outcome.status == "failed":
@@ -338,6 +359,7 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     have = existing(store, g.preset, grid_identity(g))
     eval_jobs, refused = [], []
     log_dir = Path(args.runs) / g.preset / "eval-logs"
+    Path(store.root).mkdir(parents=True, exist_ok=True)  # a cluster node checks that it sees the store
     for rid, run, step, ev in eval_plan(g):
         if ((rid, step, ev) in have and rid not in recompute) or rid in failed_runs:
             continue
@@ -353,12 +375,14 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
             refused.append(job_id)
             continue
         job_file = write_job(log_dir / f"{name}.json", request, store.root)
-        eval_jobs.append(Job(run_id=job_id, argv=(*EVAL_JOB, str(job_file)), log_path=str(log_dir / f"{name}.log"),
-                             cpus=threads, env=job_env if workers > 1 else ()))
+        job = Job(run_id=job_id, argv=(*EVAL_JOB, str(job_file)), log_path=str(log_dir / f"{name}.log"),
+                  cpus=threads, env=job_env if workers > 1 else ())
+        eval_jobs.append(job if cluster is None else cluster.job(job, None, shared=(str(store.root), *(
+            [str(G.run_dir(args.runs, g.preset, rid))] if run is not None else []))))
     failed_evals = refused
     if eval_jobs:
         with LiveView(g, args.runs, "eval", len(eval_jobs)) as view:
-            outcomes = make_executor(args.executor, on_event=view.event, **executor_kw).run(eval_jobs)
+            outcomes = executor(on_event=view.event, **executor_kw).run(eval_jobs)
         failed_evals += [k for k, o in outcomes.items() if o.status == "failed"]
     trained_here = {job.run_id for job in jobs}
     for run in g.runs:

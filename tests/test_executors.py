@@ -3,6 +3,7 @@ is interrupted, and the same jobs on a local Ray instance."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -190,7 +191,7 @@ def test_multi_process_jobs_are_wrapped_in_accelerate_launch(tmp_path):
     with pytest.raises(ValueError, match="processes=0"):
         Job("x", ("echo",), "log", processes=0)
     with pytest.raises(ValueError, match="executor='slurm' is not known; valid: local, ray"):
-        make_executor("slurm")
+        make_executor("slurm")  # harness.slurm.SlurmExecutor: imported only where chosen
     assert isinstance(make_executor("local", workers=3), LocalExecutor)
     with pytest.raises(ValueError, match="duplicate run_id"):
         LocalExecutor().run([Job("d", ("true",), str(tmp_path / "1")), Job("d", ("true",), str(tmp_path / "2"))])
@@ -229,3 +230,15 @@ def test_ray_interruption_terminates_running_attempts(tmp_path, local_ray):
     with pytest.raises(KeyboardInterrupt):
         RayExecutor(on_event=interrupt_once_running).run([job])
     assert_ended(pids)
+
+
+def test_a_ray_node_that_cannot_see_a_jobs_folder_fails_at_once_naming_it(tmp_path, local_ray):
+    hidden = tmp_path / "not-shared" / "results"
+    job = Job("blind", (PY, "-c", f"open({str(hidden / 'x')!r}, 'w')"), str(tmp_path / "logs" / "blind.log"),
+              shared=(str(hidden),))
+    outcome = RayExecutor(retries=0).run([job])["blind"]
+    assert (outcome.status, outcome.returncode) == ("failed", 2)
+    assert re.fullmatch(rf"harness executor: {re.escape(str(hidden))} is not visible on node \S+ \(ray node "
+                        r"[0-9a-f]+\): run folders and the results store must be on storage every node sees "
+                        r"\(a shared file system\)", outcome.log_tail)
+    assert not hidden.exists() and not (tmp_path / "logs" / "blind.log").exists()  # nothing written on the node

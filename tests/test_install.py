@@ -50,7 +50,7 @@ def test_the_lock_pins_every_package_once_and_the_direct_dependencies_it_must():
 def test_setup_installs_through_the_lock():
     setup = (ROOT / "scripts" / "setup.sh").read_text()
     installs = [line for line in setup.splitlines() if line.startswith('"${pip[@]}"')]
-    assert "--constraint requirements.lock" in setup and len(installs) == 4
+    assert "--constraint requirements.lock" in setup and len(installs) == 4 and "install-slurm.sh" in setup
 
 
 @pytest.mark.skipif(not sys.prefix.endswith(".venv") or Path(sys.prefix).parent != ROOT,

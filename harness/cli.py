@@ -43,6 +43,27 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one setting")
 
 
+def _add_report_to(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", default=None, metavar="TRACKERS",
+                   help="experiment trackers, comma-separated: tensorboard (default: event files in RUN/tensorboard/), "
+                        "wandb, mlflow, trackio, or none; each needs its extra, e.g. pip install "
+                        "'harness-lora-rlhf[wandb]' (sets report_to; not part of the run id)")
+
+
+def _report_to_overrides(args: argparse.Namespace) -> list[str]:
+    """--report-to as a `report_to` override, its trackers' libraries checked before any work starts."""
+    if args.report_to is None:
+        return []
+    from trainers import trackers
+
+    names = tuple(n.strip() for n in args.report_to.split(",") if n.strip()) or (trackers.NONE,)
+    errors = trackers.names_errors(names)
+    if errors:
+        raise ValueError(errors[0].replace("report_to=", "--report-to ", 1))
+    trackers.check_installed(names)
+    return [f"report_to={','.join(names)}"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="LoRA-RLHF experiment harness (PPO, regularisers, evaluation).")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the line)")
@@ -52,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, checkpoints/)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    _add_report_to(train)
 
     config = sub.add_parser("config", help="print the resolved configuration", epilog=_fields_epilog(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -173,6 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--address", default=None, help="ray: cluster address (default: start a local Ray)")
             g.add_argument("--retries", type=int, default=1, help="retries of a failed run before it is reported")
             g.add_argument("--report", default="report", help="where to render (default report/)")
+            _add_report_to(g)
             g.add_argument("--no-report", action="store_true")
             g.add_argument("--recompute", action="append", default=[], metavar="RUN_ID",
                            help="evaluate this run again even where its records exist, training it first if "
@@ -221,7 +244,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = presets.resolve(args.preset, args.config, args.set)
+    cfg = presets.resolve(args.preset, args.config, [*args.set, *_report_to_overrides(args)])
     from trainers.runfolder import check_out
 
     if os.environ.get("RANK", "0") == "0":  # before any model loads; one rank checks (and briefly locks) the folder
@@ -252,6 +275,9 @@ def _prepare(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from harness import reproduce
 
+    if args.command == "reproduce":  # the grid's runs report to one group, named after the grid
+        group = f"{args.preset}-{'+'.join(reproduce.targets_of(args))}"
+        args.set = [*args.set, *_report_to_overrides(args), f"tracker_group={group}"]
     return reproduce.main(args)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from trainers import checkpoint, data, identity, ppo, preflight, schedule
+from trainers import checkpoint, data, identity, ppo, preflight, schedule, trackers
 from trainers.distributed import DataParallel
 from trainers.build import build_models
 from trainers.config import EXECUTION_FIELDS, TrainConfig
@@ -71,6 +71,7 @@ def pick_device(choice: str) -> torch.device:
 class PPOTrainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, log=None) -> None:
         preflight.check(cfg)
+        trackers.check_installed(cfg.report_to)  # a missing tracker library: one line, before any model loads
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dp = DataParallel(cfg)  # one process: the identity everywhere
         self.log = log or (lambda msg: print(msg, flush=True))
@@ -207,15 +208,31 @@ class PPOTrainer:
     def _train(self, resume: bool) -> list[dict]:
         self._start_or_resume(resume)
         progress = Progress(self.cfg.steps, self.step)
-        while self.step < self.cfg.steps:
-            record = self.ppo_step()
-            if self.dp.is_main:
-                self.metrics.append(record)
-                progress.update(self.step, record)
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
-                self._save_checkpoint()
+        sink = self._open_trackers(resume) if self.dp.is_main else None
+        finished = False
+        try:
+            while self.step < self.cfg.steps:
+                record = self.ppo_step()
+                if self.dp.is_main:
+                    self.metrics.append(record)
+                    sink.log_step(record)
+                    progress.update(self.step, record)
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                    self._save_checkpoint()
+            finished = True
+        finally:
+            if sink is not None:
+                sink.close(finished)
         self.dp.barrier()
         return self.metrics.read()
+
+    def _open_trackers(self, resume: bool) -> trackers.Trackers:
+        """The run's trackers; a resumed run reopens its tracker runs and goes on from its checkpoint's step."""
+        if not resume:  # a new run gets new tracker runs
+            (self.run_dir / trackers.STATE).unlink(missing_ok=True)
+        return trackers.Trackers(self.cfg.report_to, self.run_dir, run_name=self.facts["run_id"],
+                                 group=self.cfg.tracker_group, config=self.cfg.to_dict(),
+                                 resume_step=self.step if resume else None)
 
     def _save_checkpoint(self) -> None:
         extra = {"kl_coef": self.kl_ctl.value, "run_id": self.facts["run_id"], "resume_hash": self._resume_hash()}

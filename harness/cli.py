@@ -10,6 +10,7 @@
   harness grid --table 2 --preset tiny              list a table's runs and their state, run nothing
   harness reproduce --table 2 [--preset P] [--executor local|ray]   run what is missing, evaluate, render
   harness report                                    render report/ from results/ alone
+  harness runs [--preset P] [--table N] [--json]    list run folders: state, steps, reward, true KL, win rate
 """
 
 from __future__ import annotations
@@ -201,6 +202,16 @@ def build_parser() -> argparse.ArgumentParser:
                            help="evaluate this run again even where its records exist, training it first if "
                            "its folder is not here (differing results replace the records); 'all' for every run")
 
+    runs = sub.add_parser("runs", help="list run folders: state, steps, last reward and true KL, latest win rate")
+    runs.add_argument("--runs", default="runs", help="root of the run folders (default runs/)")
+    runs.add_argument("--results", default="results", help="results store of the win rates (default results/)")
+    runs.add_argument("--preset", type=preset_name, default=None, help="only RUNS/PRESET (a grid's preset)")
+    grid_of = runs.add_mutually_exclusive_group()
+    grid_of.add_argument("--table", type=int, choices=[1, 2, 3], help="only this table's runs (at --preset, "
+                         "default tiny)")
+    grid_of.add_argument("--figure", type=int, choices=[1, 2], help="only this figure's runs")
+    runs.add_argument("--json", action="store_true", help="one JSON list of objects, for scripts")
+
     rep = sub.add_parser("report", help="render tables and figures from results/ alone")
     rep.add_argument("--results", default="results")
     rep.add_argument("--out", default="report")
@@ -279,6 +290,25 @@ def _reproduce(args: argparse.Namespace) -> int:
         group = f"{args.preset}-{'+'.join(reproduce.targets_of(args))}"
         args.set = [*args.set, *_report_to_overrides(args), f"tracker_group={group}"]
     return reproduce.main(args)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from harness import runs_table
+    from harness.errors import UserError
+
+    ids = None
+    if args.table or args.figure:  # one grid's runs: at its preset's folder
+        from harness import grid, reproduce
+
+        args.preset = args.preset or "tiny"
+        ids = {r.run_id for r in grid.build_grid(reproduce.targets_of(args), args.preset).runs}
+    root = Path(args.runs) / args.preset if args.preset else Path(args.runs)
+    if not root.is_dir():
+        raise UserError(f"--runs {args.runs!r}{f' --preset {args.preset}' if args.preset else ''}: no folder "
+                        f"{root}; give the root `harness train --out` / `harness reproduce --runs` wrote under")
+    rows = runs_table.table_rows(root, args.results, ids)
+    print(runs_table.to_json(rows) if args.json else runs_table.format_table(rows))
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -413,6 +443,7 @@ def _plan(args: argparse.Namespace) -> int:
 # one handler per subcommand; `main` is the one error boundary around them
 HANDLERS = {"presets": _presets, "config": _config, "plan": _plan, "judges": _judges, "train": _train,
             "prepare": _prepare, "eval": _eval, "grid": _reproduce, "reproduce": _reproduce, "report": _report,
+            "runs": _runs,
             "models": _models}
 
 

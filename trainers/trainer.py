@@ -34,6 +34,7 @@ from trainers.identity import LATER_SETTINGS, without_later_defaults
 from trainers import runfolder
 from trainers.kl_control import make_kl_controller
 from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
+from trainers.progress import Meter
 from trainers.rollout import (Rollout, collect_chunk, concat, length_groups, position_ids_from_mask, response_logits,
                               trim_query)
 from trainers.host_memory import release_host_memory
@@ -260,11 +261,14 @@ class PPOTrainer:
         self.dp.reseed(self.step, self.generator)
         prompts = self.dp.shard(self.batch_prompts(self.step))  # this process's slice of the global batch
         chunks = []
-        for i in range(0, len(prompts), cfg.rollout_micro_batch_size):
-            with self.autocast:
-                chunks.append(collect_chunk(models, cfg, prompts[i:i + cfg.rollout_micro_batch_size],
-                                            self.generator, self.device, timings))
-            release_host_memory()
+        with Meter(-(-len(prompts) // cfg.rollout_micro_batch_size), f"step {self.step + 1} rollout", "chunk",
+                   enabled=self.dp.is_main) as meter:
+            for i in range(0, len(prompts), cfg.rollout_micro_batch_size):
+                with self.autocast:
+                    chunks.append(collect_chunk(models, cfg, prompts[i:i + cfg.rollout_micro_batch_size],
+                                                self.generator, self.device, timings))
+                release_host_memory()
+                meter.update()
         ro = concat(chunks, models.tokenizer.pad_token_id)
         if not torch.isfinite(ro.scores).all():
             raise ValueError(f"PPO step {self.step + 1}: the reward is not finite for "
@@ -332,6 +336,8 @@ class PPOTrainer:
         params = models.trainable_parameters()
         totals: dict[str, float] = defaultdict(float)
         n_minibatches = 0
+        meter = Meter(cfg.optimizer_steps_per_ppo_step, f"step {self.step + 1} update", "minibatch",
+                      enabled=self.dp.is_main)
         for _ in range(cfg.noptepochs):
             order = torch.randperm(self.local_rollout_size, generator=self.generator, device=self.generator.device)
             for start in range(0, self.local_rollout_size, self.local_step_size):
@@ -355,6 +361,8 @@ class PPOTrainer:
                 if cfg.lr_schedule_unit == "optimizer_step":
                     self.scheduler.step()
                 n_minibatches += 1
+                meter.update()
+        meter.close()
         return {k: v / n_minibatches for k, v in totals.items()}
 
     def _micro_step(self, ro: Rollout, advantages, returns, idx: torch.Tensor, denom: float) -> dict[str, float]:

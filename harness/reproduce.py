@@ -27,6 +27,7 @@ from pathlib import Path
 
 from evals.config import EvalConfig
 from harness import grid as G
+from harness.curves import has_curves, make_curves, put_curves
 from harness.errors import UserError
 from harness.eval_job import write_job
 from harness.eval_request import EvalRequest, expected_identity
@@ -367,6 +368,8 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         # finished run (another table, a re-evaluation) leaves it as it is
         if G.run_state(folder, run) == "done" and (run.run_id in trained_here or store.manifest(run.run_id) is None):
             store.put_manifest(run.run_id, manifest(run, folder, args.command_line))
+        if G.run_state(folder, run) == "done" and (run.run_id in trained_here or not has_curves(store.root, run.run_id)):
+            put_curves(store.root, make_curves(run.run_id, g.preset, run.label, _metrics(folder)))
     # 4. the paper's numbers, 5. the report
     from harness.paper_numbers import store_paper_records
 

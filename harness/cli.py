@@ -287,8 +287,13 @@ def _reproduce(args: argparse.Namespace) -> int:
     from harness import reproduce
 
     if args.command == "reproduce":  # the grid's runs report to one group, named after the grid
+        from trainers import trackers
+        from trainers.config import TrainConfig
+
         group = f"{args.preset}-{'+'.join(reproduce.targets_of(args))}"
         args.set = [*args.set, *_report_to_overrides(args), f"tracker_group={group}"]
+        default = TrainConfig.__dataclass_fields__["report_to"].default
+        trackers.check_installed(presets.parse_overrides(args.set).get("report_to", default))  # before any run
     return reproduce.main(args)
 
 

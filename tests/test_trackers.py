@@ -218,3 +218,4 @@ def test_trackers_are_an_execution_setting_outside_the_run_id(smoke):
     with pytest.raises(ValueError, match="report_to='tensorboard,tensorboard' names a tracker twice"):
         smoke(report_to=("tensorboard", "tensorboard"))
     assert presets.resolve("smoke", None, ["report_to=none"]).report_to == ("none",)
+    assert presets.resolve("smoke").report_to == presets.resolve("tiny").report_to == ("tensorboard",)

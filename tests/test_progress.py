@@ -30,8 +30,13 @@ def test_plain_lines_in_a_log_carry_rate_and_eta_at_most_once_per_interval():
     for _ in range(5):
         clock.now += 1.0
         meter.update()
-    assert lines[-1] == "step 3 rollout: 10/10 chunk | 0.25 chunk/s | elapsed 00:40 | ETA 00:00"  # the end, always
+    assert lines[-1] == "step 3 rollout: 10/10 chunk | 0.25 chunk/s | elapsed 00:40 | ETA 00:00"  # and its end
     assert len(lines) == 2
+    short = Meter(3, "step 4 rollout", "chunk", tty=False, every=30.0, log=lines.append, clock=clock)
+    for _ in range(3):
+        clock.now += 1.0
+        short.update()
+    assert len(lines) == 2  # a loop shorter than the interval adds nothing to the log
 
 
 def test_a_terminal_gets_a_tqdm_bar_with_rate_and_eta():

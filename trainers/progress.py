@@ -1,7 +1,7 @@
 """Progress of a long loop (rollout chunks, PPO minibatches, evaluation batches, judge answers, bios): a tqdm bar
 with rate and ETA when the stream is a terminal; otherwise (a log file, a pipe, CI) a plain line with the same
-numbers at most every $HARNESS_PROGRESS_EVERY seconds (default 30) and when the loop ends, so that logs show a slow
-loop moving without a line per item."""
+numbers at most every $HARNESS_PROGRESS_EVERY seconds (default 30), and one at its end once it has printed one: logs
+show a slow loop moving without a line per item, and a loop shorter than the interval adds nothing."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Meter:
         self.total, self.desc, self.unit, self.enabled = total, desc, unit, enabled and total > 0
         self.stream = stream or sys.stderr
         self.every = _every() if every is None else every
-        self.clock, self.done = clock, 0
+        self.clock, self.done, self.lines = clock, 0, 0
         self.started = self.last_line = clock()
         self.log = log or (lambda line: print(line, file=self.stream, flush=True))
         self.bar = None
@@ -59,8 +59,8 @@ class Meter:
             self.bar.update(n)
             return
         now = self.clock()
-        if self.done >= self.total or now - self.last_line >= self.every:
-            self.last_line = now
+        if now - self.last_line >= self.every or (self.done >= self.total and self.lines):
+            self.last_line, self.lines = now, self.lines + 1
             self.log(self.line(now))
 
     def line(self, now: float | None = None) -> str:

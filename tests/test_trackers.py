@@ -219,3 +219,32 @@ def test_trackers_are_an_execution_setting_outside_the_run_id(smoke):
         smoke(report_to=("tensorboard", "tensorboard"))
     assert presets.resolve("smoke", None, ["report_to=none"]).report_to == ("none",)
     assert presets.resolve("smoke").report_to == presets.resolve("tiny").report_to == ("tensorboard",)
+
+
+def test_the_trackio_adapter_calls_its_api_in_order(tmp_path, monkeypatch):
+    """trackio is not installed here: a stand-in module with its API's signature records what the adapter asks."""
+    import importlib.machinery
+    import types
+
+    calls = []
+    fake = types.ModuleType("trackio")
+    fake.__spec__ = importlib.machinery.ModuleSpec("trackio", None)
+
+    def init(project, name=None, group=None, config=None, resume="never"):
+        calls.append(("init", project, name, group, resume, config))
+
+    fake.init = init
+    fake.log = lambda metrics, step=None: calls.append(("log", step, metrics))
+    fake.finish = lambda: calls.append(("finish",))
+    monkeypatch.setitem(sys.modules, "trackio", fake)
+    monkeypatch.delenv("TRACKIO_PROJECT", raising=False)
+    sink = trackers.Trackers(("trackio",), tmp_path, run_name="kl-lora-s1-x", group="tiny-table2",
+                             config={"kl_coef": 0.02})
+    sink.log_step({"step": 1, "objective/scores": 0.5, "memory/kind": "peak_rss"})
+    sink.log_step({"step": 1, "objective/scores": 0.5})  # a step it holds is not sent again
+    sink.log_evaluation("winrate", 1, {"win_rate": 50.0, "n": 4})
+    sink.close()
+    assert calls == [("init", "harness", "kl-lora-s1-x", "tiny-table2", "allow", {"kl_coef": 0.02}),
+                     ("log", 1, {"objective/scores": 0.5}),
+                     ("log", 1, {"eval/winrate/win_rate": 50.0, "eval/winrate/n": 4.0}), ("finish",)]
+    assert json.loads((tmp_path / "trackers.json").read_text())["trackio"]["step"] == 1

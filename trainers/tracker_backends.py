@@ -10,7 +10,8 @@ training, an evaluation): kept by `trainers.trackers` in the run folder's `track
   (offline, online) and the rest of W&B's environment apply as usual. Evaluations use their own step axis
   (`eval/ppo_step`), since W&B refuses a step below the run's latest.
 - mlflow: experiment = the run's group, on $MLFLOW_TRACKING_URI (MLflow's default store when unset).
-- trackio: project = the run's group.
+- trackio: project $TRACKIO_PROJECT (default "harness"), group = the run's group (releases without groups: the
+  group is the project).
 """
 
 from __future__ import annotations
@@ -67,8 +68,7 @@ class WandB:
         self.wandb = wandb
         self.id = state.get("id") or secrets.token_hex(6)  # a new W&B run; kept to reopen it
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "harness"), group=group, name=run_name,
-                              id=self.id, resume="allow", dir=str(run_dir), config=config,
-                              reinit="create_new")
+                              id=self.id, resume="allow", dir=str(run_dir), config=config)
         self.run.define_metric("eval/ppo_step")
         self.run.define_metric("eval/*", step_metric="eval/ppo_step")
 
@@ -128,20 +128,25 @@ class Trackio:
 
     def __init__(self, run_dir: Path, run_name: str, group: str, config: dict, state: dict,
                  purge_step: int | None) -> None:
+        import inspect
+
         import trackio
 
-        self.run = trackio.init(project=group, name=run_name, config=config, resume="allow")
+        self.trackio = trackio
+        grouping = {"group": group} if "group" in inspect.signature(trackio.init).parameters else {}
+        project = os.environ.get("TRACKIO_PROJECT", "harness" if grouping else group)  # older: a project per grid
+        trackio.init(project=project, name=run_name, config=config, resume="allow", **grouping)
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.run.log(metrics, step=step)
+        self.trackio.log(metrics, step=step)
 
     log_eval = log
 
     def state(self) -> dict:
-        return {"name": getattr(self.run, "name", None)}
+        return {}
 
     def close(self, finished: bool) -> None:
-        self.run.finish()
+        self.trackio.finish()
 
 
 BACKENDS = {b.name: b for b in (TensorBoard, WandB, MLflow, Trackio)}

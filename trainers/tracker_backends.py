@@ -9,7 +9,8 @@ training, an evaluation): kept by `trainers.trackers` in the run folder's `track
 - wandb: project $WANDB_PROJECT (default "harness"), group = the run's group, files under RUN/wandb/; $WANDB_MODE
   (offline, online) and the rest of W&B's environment apply as usual. Evaluations use their own step axis
   (`eval/ppo_step`), since W&B refuses a step below the run's latest.
-- mlflow: experiment = the run's group, on $MLFLOW_TRACKING_URI (MLflow's default store when unset).
+- mlflow: experiment = the run's group, on $MLFLOW_TRACKING_URI (MLflow's default store when unset); a run is
+  reopened on the tracking URI it was created on.
 - trackio: project $TRACKIO_PROJECT (default "harness"), group = the run's group (releases without groups: the
   group is the project).
 """
@@ -93,7 +94,7 @@ class MLflow:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient()
+        self.client = MlflowClient(tracking_uri=state.get("tracking_uri"))  # a run reopens where it was made
         if state.get("id"):
             self.id = state["id"]
             self.client.update_run(self.id, status="RUNNING")

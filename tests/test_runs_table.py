@@ -100,3 +100,14 @@ def test_a_lock_is_cleared_on_release_and_held_while_taken(tmp_path):
     lock.release()
     assert lock_state(tmp_path) == "free"
     assert (tmp_path / LOCK).read_text() == ""
+
+
+def test_harness_runs_never_loads_torch(tmp_path):
+    fake_run(tmp_path / "runs" / "a", "kl-lora-s1-aaaaaaaaaaaa", 2, 1, None)
+    code = ("import sys; from harness.cli import main; main(['runs', '--runs', sys.argv[1], '--json']); "
+            "print('torch loaded:', 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "runs")], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.rsplit("torch loaded", 1)[0])[0]["state"] == "failed"
+    assert "torch loaded: False" in out.stdout

@@ -108,6 +108,15 @@ class Trackers:
         atomic_write_text(self.run_dir / STATE, json.dumps(self.saved, indent=1, sort_keys=True) + "\n")
 
 
+def for_training(names: tuple[str, ...], run_dir: str | Path, run_name: str, group: str, config: dict[str, Any],
+                 resume_step: int | None) -> Trackers:
+    """A training's trackers: a new run (`resume_step` None) gets new tracker runs; a resumed one reopens its own
+    and goes on from its checkpoint's step."""
+    if resume_step is None:
+        (Path(run_dir) / STATE).unlink(missing_ok=True)
+    return Trackers(names, run_dir, run_name=run_name, group=group, config=config, resume_step=resume_step)
+
+
 def log_evaluation(run_dir: str | Path, evaluator: str, step: int, metrics: dict[str, Any], log=print) -> None:
     """Send one evaluation of a run folder's checkpoint to the trackers its config.json names (the same tracker
     runs as its training). A tracker that fails is named in one line: the evaluation's record is already stored."""

@@ -209,7 +209,8 @@ class PPOTrainer:
     def _train(self, resume: bool) -> list[dict]:
         self._start_or_resume(resume)
         progress = Progress(self.cfg.steps, self.step)
-        sink = self._open_trackers(resume) if self.dp.is_main else None
+        sink = trackers.for_training(self.cfg.report_to, self.run_dir, self.facts["run_id"], self.cfg.tracker_group,
+                                     self.cfg.to_dict(), self.step if resume else None) if self.dp.is_main else None
         finished = False
         try:
             while self.step < self.cfg.steps:
@@ -227,13 +228,6 @@ class PPOTrainer:
         self.dp.barrier()
         return self.metrics.read()
 
-    def _open_trackers(self, resume: bool) -> trackers.Trackers:
-        """The run's trackers; a resumed run reopens its tracker runs and goes on from its checkpoint's step."""
-        if not resume:  # a new run gets new tracker runs
-            (self.run_dir / trackers.STATE).unlink(missing_ok=True)
-        return trackers.Trackers(self.cfg.report_to, self.run_dir, run_name=self.facts["run_id"],
-                                 group=self.cfg.tracker_group, config=self.cfg.to_dict(),
-                                 resume_step=self.step if resume else None)
 
     def _save_checkpoint(self) -> None:
         extra = {"kl_coef": self.kl_ctl.value, "run_id": self.facts["run_id"], "resume_hash": self._resume_hash()}

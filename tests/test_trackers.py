@@ -177,7 +177,8 @@ def test_wandb_offline_run_summary_matches(run):
     assert {(r.run_id, r.run_group, r.project, r.display_name) for r in started} == {
         (state["id"], "grid-test", "harness-test", run_name)}
     config = _items(started[0].config.update)
-    assert config["regularizer"] == "kl" and config["kl_coef"] == 0.02 and config["report_to"] == ["tensorboard", "mlflow", "wandb"]
+    assert config["regularizer"] == "kl" and config["kl_coef"] == 0.02
+    assert config["report_to"] == ["tensorboard", "mlflow", "wandb"]
     history = [(i, _items(r.history.item)) for i, log in enumerate(logs) for r in log
                if r.WhichOneof("record_type") == "history"]
     steps = [h["_step"] for _, h in history if "objective/scores" in h]

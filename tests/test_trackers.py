@@ -1,7 +1,7 @@
 """Experiment trackers against the real tools: one smoke run reports to TensorBoard, a real MLflow tracking server
 (started here on 127.0.0.1 with a SQLite backend, stopped after) and W&B in offline mode; it is killed after logging
-step 3 but before its checkpoint, resumed to step 4, and one evaluation is logged at step 2. Each tracker must then
-hold exactly what metrics.jsonl holds, each step once."""
+step 3 but before its checkpoint, resumed to step 4, and `harness eval` evaluates its step-2 checkpoint. Each tracker
+must then hold exactly what metrics.jsonl holds, each step once, and the evaluation's record at step 2."""
 
 from __future__ import annotations
 
@@ -19,13 +19,15 @@ import numpy as np
 import pytest
 
 from harness import presets
+from harness.cli import main
+from harness.results import ResultsStore
 from trainers import identity, trackers
 from trainers.config import TrainConfig
 from trainers.errors import UserError
 from trainers.runlog import read_metrics
 from trainers.trainer import PPOTrainer
 
-EVAL = {"win_rate": 62.5, "standard_error": 4.0, "n": 8, "true_kl_train": 0.25}
+EVAL: dict = {}  # the metrics of the `harness eval` record the fixture makes at step 2
 
 
 class Killed(Exception):
@@ -68,7 +70,8 @@ def mlflow_server(tmp_path_factory):
 def run(prompt_file, mlflow_server, tmp_path_factory):
     """The run folder after a crash at step 3, a resume to step 4 and an evaluation at step 2."""
     env = {"MLFLOW_TRACKING_URI": mlflow_server, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "WANDB_PROJECT": "harness-test", "WANDB_CONSOLE": "off"}
+           "WANDB_PROJECT": "harness-test", "WANDB_CONSOLE": "off",
+           "HARNESS_CACHE": str(tmp_path_factory.mktemp("cache"))}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     out = tmp_path_factory.mktemp("runs") / "run"
@@ -84,7 +87,12 @@ def run(prompt_file, mlflow_server, tmp_path_factory):
         assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
         first_try = read_metrics(out / "metrics.jsonl")[2]
         PPOTrainer(TrainConfig(**dict(values, steps=4)), out, log=quiet).train(resume=True)
-        trackers.log_evaluation(out, "winrate", 2, EVAL, log=quiet)
+        results, eval_set = out.parent / "results", out.parent / "evalset.json"
+        eval_set.write_text(json.dumps([{"instruction": f"Name a colour number {i}.", "input": ""} for i in range(4)]))
+        assert main(["eval", str(out), "--step", "2", "--results", str(results), "--eval-set", str(eval_set),
+                     "--max-new-tokens", "6", "--preset", "smoke"]) == 0
+        (record,) = ResultsStore(results).records()
+        EVAL.update(record["metrics"])
         yield out, first_try, crashing.facts["run_id"]
     finally:
         for k, v in saved.items():
@@ -110,7 +118,10 @@ def test_tensorboard_event_files_equal_metrics_jsonl(run):
         assert [e.step for e in logged] == [1, 2, 3, 4], key  # the killed try's step 3 purged, each step once
         # event files hold float32
         assert [e.value for e in logged] == [float(np.float32(r[key])) for r in rows], key
-    assert [(e.step, e.value) for e in events.Scalars("eval/winrate/win_rate")] == [(2, 62.5)]
+    logged = trackers.numeric(EVAL)  # every number of the record (lc_win_rate is null on 4 instructions)
+    assert {"win_rate", "true_kl", "n"} <= set(logged)
+    for name, value in logged.items():
+        assert [(e.step, e.value) for e in events.Scalars(f"eval/winrate/{name}")] == [(2, float(np.float32(value)))]
     assert "config/text_summary" in events.Tags()["tensors"]
 
 
@@ -133,7 +144,7 @@ def test_mlflow_server_holds_each_step_once_with_the_config(run, mlflow_server):
         expected = [rows[0][key], rows[1][key], first_try[key], rows[3][key]]
         assert [m.value for m in history] == pytest.approx(expected, rel=0, abs=0), key
     eval_history = client.get_metric_history(mlrun.info.run_id, "eval/winrate/win_rate")
-    assert [(m.step, m.value) for m in eval_history] == [(2, 62.5)]
+    assert [(m.step, m.value) for m in eval_history] == [(2, EVAL["win_rate"])]
     params = mlrun.data.params
     assert params["regularizer"] == "kl" and float(params["kl_coef"]) == 0.02 and params["steps"] == "3"
     assert json.loads(params["report_to"]) == ["tensorboard", "mlflow", "wandb"]
@@ -189,8 +200,8 @@ def test_wandb_offline_run_summary_matches(run):
     summary = _items([r for r in logs[1] if r.WhichOneof("record_type") == "summary"][-1].summary.update)
     assert {k: summary[k] for k in _numbers(rows[-1])} == _numbers(rows[-1]) and summary["_step"] == 4
     evaluation = [h for i, h in history if i == 2]
-    assert len(evaluation) == 1 and evaluation[0]["eval/winrate/win_rate"] == 62.5
-    assert evaluation[0]["eval/ppo_step"] == 2 and evaluation[0]["eval/winrate/n"] == 8
+    assert len(evaluation) == 1 and evaluation[0]["eval/winrate/win_rate"] == EVAL["win_rate"]
+    assert evaluation[0]["eval/ppo_step"] == 2 and evaluation[0]["eval/winrate/n"] == EVAL["n"] == 4
 
 
 def test_a_missing_tracker_library_is_one_line_naming_its_extra():

@@ -28,6 +28,7 @@ from evals.judging import AnnotationCache, Judge
 from evals.kl import rounded_kl
 from evals.winrate import REFERENCE_TEMPERATURE, REFERENCE_TOP_P, cached_references, check_generations, winrate_result
 from trainers.io import atomic_write_text, read_json_object
+from trainers.progress import Meter, is_terminal
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +232,16 @@ class PolicyEvaluation:
         return outputs
 
     def _progress(self, what: str):
+        meter = None
+
         def show(done: int, total: int, tokens: int, seconds: float) -> None:
+            nonlocal meter
+            if is_terminal():  # a bar with rate and ETA; a line per batch in logs
+                meter = meter or Meter(total, what, "prompts", tty=True)
+                meter.update(done - meter.done)
+                if done >= total:
+                    meter.close()
+                return
             rate = tokens / seconds if seconds > 0 else 0.0
             eta = seconds / done * (total - done) if done else 0.0
             self.log(f"{what}: {done}/{total} prompts | {rate:.1f} tokens/s | ETA {eta:.0f} s")

@@ -47,6 +47,7 @@ from evals.retrieval import (SEPARATOR, BM25Retriever, BundledKnowledge, MiniLMR
                              SQLiteKnowledge, bundled_people_path, split_passages)
 from evals.verify import (LexicalVerifier, LLMVerifier, LogitVerifier, Verifier, parse_true_false,
                           verification_prompt)
+from trainers.progress import Meter
 
 __all__ = [
     "ABSTAIN_PREFIXES", "ABSTAIN_REQUESTS", "BM25Retriever", "BundledKnowledge", "ConsistencyVerifier",
@@ -122,7 +123,11 @@ def evaluate_factuality(answers: Mapping[str, str] | Sequence[tuple[str, str]], 
     retriever = retriever or BM25Retriever()
 
     # 1-2. abstentions and atomic facts
-    facts_of = [[] if is_abstention(a) else splitter.split(e, a) for e, a in pairs]
+    facts_of = []
+    with Meter(len(pairs), "factuality: atomic facts", "bios") as meter:
+        for e, a in pairs:
+            facts_of.append([] if is_abstention(a) else splitter.split(e, a))
+            meter.update()
     # 3. retrieval, per fact, from the entity's own passages
     items = [(e, f, retriever.top_k(e, f, knowledge.passages(e), k))
              for (e, _), facts in zip(pairs, facts_of) for f in facts]

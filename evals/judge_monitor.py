@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from evals.judging import Judge, Pair
+from trainers.progress import Meter, is_terminal
 
 
 class UnparsableJudgeError(ValueError):
@@ -41,11 +42,14 @@ class MonitoredJudge(Judge):
         self.name, self.model, self.version = judge.name, judge.model, judge.version
         self.answers = self.unparsed = 0
         self._started: float | None = None
+        self._meter: Meter | None = None  # the bar, on a terminal
 
     def identity(self) -> dict[str, str]:
         return self.inner.identity()
 
     def close(self) -> None:
+        if self._meter is not None:
+            self._meter.close()
         self.inner.close()
 
     @property
@@ -58,7 +62,10 @@ class MonitoredJudge(Judge):
         answers = self.inner._prefer(pairs)
         self.answers += len(answers)
         self.unparsed += sum(a is None for a in answers)
-        if self.log is not None:
+        if self.log is not None and is_terminal():  # a bar with rate and ETA; a line per batch in logs
+            self._meter = self._meter or Meter(self.expected, "judge", "answers", tty=True)
+            self._meter.update(len(answers))
+        elif self.log is not None:
             seconds = self.clock() - self._started
             left = max(self.expected - self.answers, 0)
             self.log(f"judge: {self.answers}/{self.expected} answers asked | unparsable {self.unparsed} "

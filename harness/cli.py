@@ -10,6 +10,7 @@
   harness grid --table 2 --preset tiny              list a table's runs and their state, run nothing
   harness reproduce --table 2 [--preset P] [--executor local|ray|slurm]   run what is missing, evaluate, render
   harness report                                    render report/ from results/ alone
+  harness runs [--preset P] [--table N] [--json]    list run folders: state, steps, reward, true KL, win rate
 """
 
 from __future__ import annotations
@@ -43,6 +44,27 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one setting")
 
 
+def _add_report_to(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report-to", default=None, metavar="TRACKERS",
+                   help="experiment trackers, comma-separated: tensorboard (default: event files in RUN/tensorboard/), "
+                        "wandb, mlflow, trackio, or none; each needs its extra, e.g. pip install "
+                        "'harness-lora-rlhf[wandb]' (sets report_to; not part of the run id)")
+
+
+def _report_to_overrides(args: argparse.Namespace) -> list[str]:
+    """--report-to as a `report_to` override, its trackers' libraries checked before any work starts."""
+    if args.report_to is None:
+        return []
+    from trainers import trackers
+
+    names = tuple(n.strip() for n in args.report_to.split(",") if n.strip()) or (trackers.NONE,)
+    errors = trackers.names_errors(names)
+    if errors:
+        raise ValueError(errors[0].replace("report_to=", "--report-to ", 1))
+    trackers.check_installed(names)
+    return [f"report_to={','.join(names)}"]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="harness", description="LoRA-RLHF experiment harness (PPO, regularisers, evaluation).")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the line)")
@@ -52,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(train)
     train.add_argument("--out", required=True, help="run folder (config.json, metrics.jsonl, checkpoints/)")
     train.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --out")
+    _add_report_to(train)
 
     config = sub.add_parser("config", help="print the resolved configuration", epilog=_fields_epilog(),
                             formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -179,10 +202,21 @@ def build_parser() -> argparse.ArgumentParser:
             add_slurm_arguments(g)
             g.add_argument("--retries", type=int, default=1, help="retries of a failed run before it is reported")
             g.add_argument("--report", default="report", help="where to render (default report/)")
+            _add_report_to(g)
             g.add_argument("--no-report", action="store_true")
             g.add_argument("--recompute", action="append", default=[], metavar="RUN_ID",
                            help="evaluate this run again even where its records exist, training it first if "
                            "its folder is not here (differing results replace the records); 'all' for every run")
+
+    runs = sub.add_parser("runs", help="list run folders: state, steps, last reward and true KL, latest win rate")
+    runs.add_argument("--runs", default="runs", help="root of the run folders (default runs/)")
+    runs.add_argument("--results", default="results", help="results store of the win rates (default results/)")
+    runs.add_argument("--preset", type=preset_name, default=None, help="only RUNS/PRESET (a grid's preset)")
+    grid_of = runs.add_mutually_exclusive_group()
+    grid_of.add_argument("--table", type=int, choices=[1, 2, 3], help="only this table's runs (at --preset, "
+                         "default tiny)")
+    grid_of.add_argument("--figure", type=int, choices=[1, 2], help="only this figure's runs")
+    runs.add_argument("--json", action="store_true", help="one JSON list of objects, for scripts")
 
     rep = sub.add_parser("report", help="render tables and figures from results/ alone")
     rep.add_argument("--results", default="results")
@@ -227,7 +261,7 @@ def _config(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = presets.resolve(args.preset, args.config, args.set)
+    cfg = presets.resolve(args.preset, args.config, [*args.set, *_report_to_overrides(args)])
     from trainers.runfolder import check_out
 
     if os.environ.get("RANK", "0") == "0":  # before any model loads; one rank checks (and briefly locks) the folder
@@ -258,7 +292,34 @@ def _prepare(args: argparse.Namespace) -> int:
 def _reproduce(args: argparse.Namespace) -> int:
     from harness import reproduce
 
+    if args.command == "reproduce":  # the grid's runs report to one group, named after the grid
+        from trainers import trackers
+        from trainers.config import TrainConfig
+
+        group = f"{args.preset}-{'+'.join(reproduce.targets_of(args))}"
+        args.set = [*args.set, *_report_to_overrides(args), f"tracker_group={group}"]
+        default = TrainConfig.__dataclass_fields__["report_to"].default
+        trackers.check_installed(presets.parse_overrides(args.set).get("report_to", default))  # before any run
     return reproduce.main(args)
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from harness import runs_table
+    from harness.errors import UserError
+
+    ids = None
+    if args.table or args.figure:  # one grid's runs: at its preset's folder
+        from harness import grid, reproduce
+
+        args.preset = args.preset or "tiny"
+        ids = {r.run_id for r in grid.build_grid(reproduce.targets_of(args), args.preset).runs}
+    root = Path(args.runs) / args.preset if args.preset else Path(args.runs)
+    if not root.is_dir():
+        raise UserError(f"--runs {args.runs!r}{f' --preset {args.preset}' if args.preset else ''}: no folder "
+                        f"{root}; give the root `harness train --out` / `harness reproduce --runs` wrote under")
+    rows = runs_table.table_rows(root, args.results, ids)
+    print(runs_table.to_json(rows) if args.json else runs_table.format_table(rows))
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -393,6 +454,7 @@ def _plan(args: argparse.Namespace) -> int:
 # one handler per subcommand; `main` is the one error boundary around them
 HANDLERS = {"presets": _presets, "config": _config, "plan": _plan, "judges": _judges, "train": _train,
             "prepare": _prepare, "eval": _eval, "grid": _reproduce, "reproduce": _reproduce, "report": _report,
+            "runs": _runs,
             "models": _models}
 
 

@@ -17,6 +17,7 @@ from evals.judges import make_judge
 from harness.eval_request import EvalRequest, open_eval_set
 from harness.results import ResultsStore, check_record_fields, make_record
 from trainers.specs import cache_dir
+from trainers.trackers import log_evaluation
 
 
 def say(msg: str) -> None:
@@ -36,6 +37,7 @@ class Evaluator:
 
     def __init__(self, request: EvalRequest, store: ResultsStore, log=None) -> None:
         self.req, self.store, self.log = request, store, log or say
+        self.run_dir: str | None = None  # the evaluated run's folder, once resolved
 
     def run(self) -> list[dict]:
         req, cfg = self.req, self.req.config
@@ -50,6 +52,7 @@ class Evaluator:
                 check_record_fields(preset=req.preset, run_id=run_id, label=label, step=target.step,
                                     evaluator=evaluator)
         evaluation = PolicyEvaluation(cfg, target, cache_dir=cache_dir(), log=self.log, started=started)
+        self.run_dir = target.run_dir  # a run's evaluations also go to the trackers its training reported to
         records = []
         if req.winrate:
             records.append(self._store(evaluation.winrate(eval_set, judge, self.store.root / "references"), run_id,
@@ -62,6 +65,8 @@ class Evaluator:
         rec = make_record(preset=self.req.preset, run_id=run_id, label=label, **result.record_fields())
         self.store.put(rec, force=self.req.force)
         self.log(result.summary)
+        if self.run_dir is not None:
+            log_evaluation(self.run_dir, rec["evaluator"], rec["step"], rec["metrics"], log=self.log)
         return rec
 
 

@@ -145,6 +145,7 @@ def resolve(preset_name: str | None, config_file: str | None = None, overrides: 
     values = preset(name)
     values.update(file_values)
     values.update(parse_overrides(list(overrides)))
-    if isinstance(values.get("lora_target_modules"), list):
-        values["lora_target_modules"] = tuple(values["lora_target_modules"])
+    for name in ("lora_target_modules", "report_to"):  # a JSON or YAML file holds lists
+        if isinstance(values.get(name), list):
+            values[name] = tuple(values[name])
     return TrainConfig(**values)

@@ -276,6 +276,9 @@ def render_report(results_root: str | Path, out_dir: str | Path, preset: str | N
     files += report_figures.figure1(data, out_dir)
     files += report_figures.figure2(data, out_dir)
     files += report_figures.figure3(data, out_dir)
+    from harness.report_curves import curves_figure
+
+    files += curves_figure(results_root, preset, out_dir)  # none where the store holds no curves of the preset
     (out_dir / "summary.md").write_text(summary_md(data))
     files.append(out_dir / "summary.md")
     index = out_dir / "index.md"

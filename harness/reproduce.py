@@ -8,8 +8,8 @@ reproduce, in order (each stage skips what exists, so a killed reproduce reruns 
    `grid.job_resources`); partial runs resume from their last checkpoint, failures are retried, then marked
    FAILED with the tail of their log;
 3. evaluate: one job per missing (run, checkpoint, evaluator) record, the SFT baseline included: a file holding the
-   evaluation's request, run by `python -m harness.eval_job FILE`; efficiency records and run manifests are read
-   from the run folders here;
+   evaluation's request, run by `python -m harness.eval_job FILE`; efficiency records, run manifests and
+   training curves (`harness.curves`) are read from the run folders here;
 4. the paper's own numbers as records of source "paper"; 5. render `report/`.
 A live status line (runs done / running / failed, current step, ETA) prints while jobs run. `--dry-run` prints
 the jobs it would start (for SLURM, each job's `sbatch` request) and starts nothing.
@@ -29,6 +29,7 @@ from pathlib import Path
 from evals.config import EvalConfig
 from harness import grid as G
 from harness.cluster_jobs import EVAL_JOB, HARNESS, ClusterJobs, dry_run
+from harness.curves import has_curves, make_curves, put_curves
 from harness.errors import UserError
 from harness.eval_job import write_job
 from harness.eval_request import EvalRequest, expected_identity
@@ -391,6 +392,9 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         # finished run (another table, a re-evaluation) leaves it as it is
         if G.run_state(folder, run) == "done" and (run.run_id in trained_here or store.manifest(run.run_id) is None):
             store.put_manifest(run.run_id, manifest(run, folder, args.command_line))
+        fresh = run.run_id in trained_here or not has_curves(store.root, run.run_id)
+        if G.run_state(folder, run) == "done" and fresh:  # the training curves the report draws
+            put_curves(store.root, make_curves(run.run_id, g.preset, run.label, _metrics(folder)))
     # 4. the paper's numbers, 5. the report
     from harness.paper_numbers import store_paper_records
 

@@ -53,6 +53,7 @@ def test_fresh_clone_reuses_only_its_own_records_and_retrains_for_a_new_reward_m
                          for p in (tmp_path / "results" / "runs").glob("*/manifest.json")}
     trained_by = manifests()
     assert set(trained_by) == first_runs and all("runs-a" in m["command"] for m in trained_by.values())
+    assert {p.parent.name for p in (tmp_path / "results" / "runs").glob("*/curves.json")} == first_runs
 
     # another clone, same inputs: the same ids, so the records are this run's; nothing is trained, and it says so
     out = _reproduce(tmp_path, "runs-b")

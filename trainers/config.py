@@ -13,7 +13,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trainers import regularizers
+from trainers import regularizers, trackers
 
 Dtype = Literal["auto", "bfloat16", "float32", "float16"]
 
@@ -21,7 +21,8 @@ Dtype = Literal["auto", "bfloat16", "float32", "float16"]
 # identity (`trainers.identity`), and a run may be resumed with them changed. Results differ only by
 # floating-point summation order.
 EXECUTION_FIELDS = frozenset({"threads", "device", "group_by_length", "merge_adapters_for_rollout",
-                              "few_row_decode_products", "lean_decode_step", "packed_decode_weights"})
+                              "few_row_decode_products", "lean_decode_step", "packed_decode_weights",
+                              "report_to", "tracker_group"})
 
 
 def _f(default: Any, help: str) -> Any:
@@ -115,6 +116,11 @@ class TrainConfig:
     checkpoint_every: int = _f(20, "save a checkpoint every N steps (and at the last step)")
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: cuda when available")
     threads: int = _f(0, "CPU threads for torch (0: all cores)")
+    report_to: tuple[str, ...] = _f(("tensorboard",), "experiment trackers the run logs its metrics, configuration "
+                                    f"and evaluations to, several at once: {', '.join(trackers.TRACKERS)}, or "
+                                    "none (tensorboard: event files in RUN/tensorboard/)")
+    tracker_group: str = _f("", "the runs logged together: W&B group, MLflow experiment, trackio project (empty: "
+                            f"{trackers.DEFAULT_GROUP!r}; `harness reproduce` names it after its grid)")
     # speed: how the same sums are computed, never what they are (see EXECUTION_FIELDS)
     group_by_length: bool = _f(True, "order rows by length before splitting them into micro-batches (prefill, "
                                "scoring forwards, training), so that each micro-batch carries little padding")
@@ -274,3 +280,4 @@ def _cross_field_errors(c: TrainConfig):
         yield "prompts='' is empty: give a JSON/JSONL file or 'hf:DATASET[:CONFIG]:SPLIT'"
     if not c.lora_target_modules:
         yield "lora_target_modules=() is empty"
+    yield from trackers.names_errors(c.report_to)

@@ -2,7 +2,8 @@
 
 - `RunLock`: an advisory `flock` on `RUN/.lock`, taken without waiting, so that a second `harness train` on the
   same folder fails at once instead of appending every step a second time. The kernel drops it when the process
-  dies, so a killed run never leaves a stale lock.
+  dies, so a killed run never blocks its resumption; the holder's pid and host, written into the file while it
+  holds the lock and cleared on release, tell a killed run (`lock_state` "stale") from one that stopped.
 - `check_out`: the `--out` text names a folder we can create and write (checked before any model loads).
 - `resume_hash` / `check_resume`: a checkpoint's state.json against the configuration and the metrics log.
 """
@@ -14,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import socket
 from pathlib import Path
 
 from trainers.errors import UserError
@@ -45,10 +47,13 @@ class RunLock:
                 raise UserError(f"run folder {self.run_dir} is in use by another process (lock {self.run_dir / LOCK}); "
                                 "wait for it to finish or use another --out") from None
             raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
         if self._fd is not None:
+            os.ftruncate(self._fd, 0)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None
@@ -59,6 +64,26 @@ class RunLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def lock_state(run_dir: str | Path) -> str:
+    """"held" (a live process has the folder), "stale" (its holder died without releasing it: killed), or "free"."""
+    path = Path(run_dir) / LOCK
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return "free"
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                return "held"
+            raise
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return "stale" if os.fstat(fd).st_size else "free"
+    finally:
+        os.close(fd)
 
 
 def check_out(text: str) -> Path:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from trainers import checkpoint, data, identity, ppo, preflight, schedule
+from trainers import checkpoint, data, identity, ppo, preflight, schedule, trackers
 from trainers.distributed import DataParallel
 from trainers.build import build_models
 from trainers.config import EXECUTION_FIELDS, TrainConfig
@@ -34,6 +34,7 @@ from trainers.identity import LATER_SETTINGS, without_later_defaults
 from trainers import runfolder
 from trainers.kl_control import make_kl_controller
 from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
+from trainers.progress import Meter
 from trainers.rollout import (Rollout, collect_chunk, concat, length_groups, position_ids_from_mask, response_logits,
                               trim_query)
 from trainers.host_memory import release_host_memory
@@ -71,6 +72,7 @@ def pick_device(choice: str) -> torch.device:
 class PPOTrainer:
     def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, log=None) -> None:
         preflight.check(cfg)
+        trackers.check_installed(cfg.report_to)  # a missing tracker library: one line, before any model loads
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.dp = DataParallel(cfg)  # one process: the identity everywhere
         self.log = log or (lambda msg: print(msg, flush=True))
@@ -207,15 +209,25 @@ class PPOTrainer:
     def _train(self, resume: bool) -> list[dict]:
         self._start_or_resume(resume)
         progress = Progress(self.cfg.steps, self.step)
-        while self.step < self.cfg.steps:
-            record = self.ppo_step()
-            if self.dp.is_main:
-                self.metrics.append(record)
-                progress.update(self.step, record)
-            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
-                self._save_checkpoint()
+        sink = trackers.for_training(self.cfg.report_to, self.run_dir, self.facts["run_id"], self.cfg.tracker_group,
+                                     self.cfg.to_dict(), self.step if resume else None) if self.dp.is_main else None
+        finished = False
+        try:
+            while self.step < self.cfg.steps:
+                record = self.ppo_step()
+                if self.dp.is_main:
+                    self.metrics.append(record)
+                    sink.log_step(record)
+                    progress.update(self.step, record)
+                if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                    self._save_checkpoint()
+            finished = True
+        finally:
+            if sink is not None:
+                sink.close(finished)
         self.dp.barrier()
         return self.metrics.read()
+
 
     def _save_checkpoint(self) -> None:
         extra = {"kl_coef": self.kl_ctl.value, "run_id": self.facts["run_id"], "resume_hash": self._resume_hash()}
@@ -243,11 +255,14 @@ class PPOTrainer:
         self.dp.reseed(self.step, self.generator)
         prompts = self.dp.shard(self.batch_prompts(self.step))  # this process's slice of the global batch
         chunks = []
-        for i in range(0, len(prompts), cfg.rollout_micro_batch_size):
-            with self.autocast:
-                chunks.append(collect_chunk(models, cfg, prompts[i:i + cfg.rollout_micro_batch_size],
-                                            self.generator, self.device, timings))
-            release_host_memory()
+        with Meter(-(-len(prompts) // cfg.rollout_micro_batch_size), f"step {self.step + 1} rollout", "chunk",
+                   enabled=self.dp.is_main) as meter:
+            for i in range(0, len(prompts), cfg.rollout_micro_batch_size):
+                with self.autocast:
+                    chunks.append(collect_chunk(models, cfg, prompts[i:i + cfg.rollout_micro_batch_size],
+                                                self.generator, self.device, timings))
+                release_host_memory()
+                meter.update()
         ro = concat(chunks, models.tokenizer.pad_token_id)
         if not torch.isfinite(ro.scores).all():
             raise ValueError(f"PPO step {self.step + 1}: the reward is not finite for "
@@ -315,6 +330,8 @@ class PPOTrainer:
         params = models.trainable_parameters()
         totals: dict[str, float] = defaultdict(float)
         n_minibatches = 0
+        meter = Meter(cfg.optimizer_steps_per_ppo_step, f"step {self.step + 1} update", "minibatch",
+                      enabled=self.dp.is_main)
         for _ in range(cfg.noptepochs):
             order = torch.randperm(self.local_rollout_size, generator=self.generator, device=self.generator.device)
             for start in range(0, self.local_rollout_size, self.local_step_size):
@@ -338,6 +355,8 @@ class PPOTrainer:
                 if cfg.lr_schedule_unit == "optimizer_step":
                     self.scheduler.step()
                 n_minibatches += 1
+                meter.update()
+        meter.close()
         return {k: v / n_minibatches for k, v in totals.items()}
 
     def _micro_step(self, ro: Rollout, advantages, returns, idx: torch.Tensor, denom: float) -> dict[str, float]:

@@ -1,0 +1,165 @@
+"""Careless and hostile input, by family: each case exits with a status, prints one line naming the option, field
+or file (its value and what is allowed), and leaves what was on disk as it was. No traceback, no silent acceptance.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from harness.results import ResultsStore, make_record
+
+
+# ---------------------------------------------------------------- helpers
+
+def run(capsys, *argv) -> tuple[int, str]:
+    code = cli.main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def one_line(err: str) -> str:
+    lines = [x for x in err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("harness: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def refused(capsys, *argv, code: int = 2) -> str:
+    """The one error line of a command expected to fail with `code`."""
+    got, err = run(capsys, *argv)
+    assert got == code, err
+    return one_line(err)
+
+
+def parser_refused(capsys, *argv) -> str:
+    """argparse's refusal (exit 2, usage then one error line)."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main([str(a) for a in argv])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()[-1]
+
+
+def snapshot(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under `root` by content and mode: what 'nothing changed' compares (a run folder's empty lock
+    file aside: taking the lock creates it)."""
+    if not root.exists():
+        return {}
+    return {p.relative_to(root).as_posix(): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != ".lock"}
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, prompt_file):
+    """A finished 2-step smoke run with its checkpoint at step 2 (copied by each test that damages it)."""
+    from harness import presets
+    from trainers.config import TrainConfig
+    from trainers.trainer import PPOTrainer
+
+    values = presets.preset("smoke")
+    values.update(prompts=prompt_file, prompt_split="", query_len=256, threads=2, steps=2, checkpoint_every=2)
+    out = tmp_path_factory.mktemp("run") / "smoke"
+    PPOTrainer(TrainConfig(**values), out, log=lambda m: None).train()
+    return out
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(trained, out)
+    return out
+
+
+def step2(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "step-000002"
+
+
+def edit_state(run_dir: Path, **fields) -> None:
+    path = step2(run_dir) / "state.json"
+    state = json.loads(path.read_text())
+    for k, v in fields.items():
+        if v is ...:
+            state.pop(k)
+        else:
+            state[k] = v
+    path.write_text(json.dumps(state))
+
+
+# ---------------------------------------------------------------- checkpoints: evaluation verifies what it loads
+
+def test_eval_refuses_a_checkpoint_file_that_does_not_match_its_manifest(run_copy, tmp_path, cache, capsys):
+    weights = step2(run_copy) / "policy" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-3] ^= 0xFF
+    data[-2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    before = snapshot(run_copy)
+    line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results", "--preset", "smoke")
+    assert f"{weights} does not match the sha256 recorded in" in line
+    assert not (tmp_path / "results").exists() and snapshot(run_copy) == before
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"kl_coef": 5.0}, "does not match its 'state_sha256': a field was edited"),
+    ({"kl_coef": ...}, "kl_coef=None must be a finite number >= 0"),
+    ({"kl_coef": "0.02"}, "kl_coef='0.02' must be a finite number >= 0"),
+    ({"kl_coef": -1}, "kl_coef=-1 must be a finite number >= 0"),
+    ({"step": 10**30}, f"step={10**30} must be an integer in [0, 1000000000]"),
+    ({"files": ["policy"]}, "'files' must map file names to sha256 digests"),
+    ({"state_sha256": ...}, "has no seal ('state_sha256')"),
+])
+def test_an_edited_state_json_is_refused_by_eval_and_resume(run_copy, tmp_path, cache, capsys, fields, message):
+    edit_state(run_copy, **fields)
+    before = snapshot(run_copy)
+    line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results", "--preset", "smoke")
+    assert str(step2(run_copy) / "state.json") in line and message in line
+    config = json.loads((run_copy / "config.json").read_text())
+    line = refused(capsys, "train", "--config", run_copy / "config.json", "--set", "steps=3", "--out", run_copy,
+                   "--resume")
+    assert message in line and str(step2(run_copy) / "state.json") in line, config
+    assert not (tmp_path / "results").exists() and snapshot(run_copy) == before
+
+
+def test_a_state_json_with_nan_is_named_not_misread(run_copy, tmp_path, cache, capsys):
+    path = step2(run_copy) / "state.json"
+    path.write_text(path.read_text().replace('"kl_coef": ', '"kl_coef": NaN, "was": '))
+    line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results", "--preset", "smoke")
+    assert str(path) in line and "NaN is not a number JSON allows" in line
+
+
+def test_outputs_are_cached_by_the_checkpoints_content(run_copy):
+    from evals.generate import resolve_target
+    from trainers import checkpoint
+
+    first = resolve_target(str(run_copy))
+    folder = step2(run_copy)
+    assert first.digest == checkpoint.content_digest(checkpoint.verify(folder))
+    (folder / "scheduler.pt").write_bytes((folder / "scheduler.pt").read_bytes() + b"\0")  # replaced in place
+    state = json.loads((folder / "state.json").read_text())
+    state["files"] = checkpoint.file_manifest(folder)
+    (folder / "state.json").write_text(json.dumps(checkpoint.seal_state(state)))
+    second = resolve_target(str(run_copy))
+    assert second.checkpoint == first.checkpoint and second.digest != first.digest
+    assert second.identity() != first.identity()  # the outputs' cache key holds the identity
+
+
+def test_every_checkpoint_file_is_group_readable(trained):
+    mask = __import__("os").umask(0o022)
+    __import__("os").umask(mask)
+    if mask & stat.S_IRGRP:
+        pytest.skip(f"umask {mask:03o} withholds group read from every file")
+    for path in step2(trained).rglob("*"):
+        assert path.stat().st_mode & stat.S_IRGRP, path

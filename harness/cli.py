@@ -257,7 +257,9 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from harness.report import check_results_root, render_report
+    from trainers.io import check_output_folder
 
+    check_output_folder(args.out)
     check_results_root(args.results)  # a mistyped --results must not replace the report with a paper-only one
     paths = render_report(args.results, args.out, args.preset, metric=args.metric)
     print(f"report: {len(paths)} files in {args.out}/")
@@ -266,7 +268,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from trainers import recover
+    from trainers.io import check_output_folder
 
+    check_output_folder(args.out)
     kind = args.kind
     if kind == "auto":
         config_file = Path(args.diff) / "config.json"

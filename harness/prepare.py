@@ -48,6 +48,7 @@ from trainers.heads import (HEAD_META, SCORE_TOKENS, ScalarHeadModel, hidden_siz
 from trainers import models
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
 from trainers.reward_fit import cross_validated_agreement, fit_bradley_terry_head, pair_accuracy
+from trainers.io import replace_folder
 from trainers.runlog import atomic_write_text
 
 HELD_OUT = 0.15
@@ -175,8 +176,8 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
     save_reward_model(reward, tok, tmp, meta={**how, "pairs": len(train), "samples": samples,
                                               "label_flip": LABEL_FLIP, "policy": cfg.policy},
                       backbone_spec=cfg.policy, adapter=adapter)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    report_path.unlink(missing_ok=True)  # the old report must never describe the new model, even after a crash
+    replace_folder(tmp, out)
     t_train = time.time() - t0
 
     # held-out agreement, read back from the saved directory exactly as PPO and the reward-model judge read it

@@ -36,6 +36,7 @@ from harness.report_data import (DASH, PAPER_JUDGE_TEXT, WIN_RATE_METRICS, Repor
                                  item_answered, item_scores, item_supported, load,
                                  pick_efficiency, preferences)
 from harness.results import ResultsStore
+from trainers.io import staged_folder
 
 # ---------------------------------------------------------------- claims
 
@@ -252,32 +253,42 @@ def render_report(results_root: str | Path, out_dir: str | Path, preset: str | N
 
     preset None: every preset with records of ours; one is rendered into `out_dir`, several into `out_dir/<preset>/`
     with an `out_dir/index.md` linking them; none renders the paper-only report under the name "none".
-    metric: what Figure 1 plots for our runs, "win_rate" or "lc_win_rate" (Table 2 shows both)."""
+    metric: what Figure 1 plots for our runs, "win_rate" or "lc_win_rate" (Table 2 shows both).
+    Everything is rendered into a temporary folder beside `out_dir` first (`trainers.io.staged_folder`): the report
+    appears whole or not at all, and a failed write names its file."""
     if metric not in WIN_RATE_METRICS:
         raise ValueError(f"metric={metric!r} is not known; allowed: {', '.join(WIN_RATE_METRICS)}")
+    out_dir = Path(out_dir)
+    with staged_folder(out_dir) as staging:
+        written = _render(Path(results_root), staging, out_dir, preset, judge=judge, metric=metric)
+    return [out_dir / p.relative_to(staging) for p in written]
+
+
+def _render(results_root: Path, write_dir: Path, out_dir: Path, preset: str | None, *, judge: str | None,
+            metric: str) -> list[Path]:
+    """`render_report` into `write_dir`, its text naming `out_dir` (where the files will be)."""
     from harness import report_figures, report_tables
 
-    results_root, out_dir = Path(results_root), Path(out_dir)
     if preset is None:
         found = presets_in(results_root)
         if len(found) > 1:
-            files = [p for name in found
-                     for p in render_report(results_root, out_dir / name, name, judge=judge, metric=metric)]
-            top = out_dir / "index.md"
+            files = [p for name in found for p in _render(results_root, write_dir / name, out_dir / name, name,
+                                                          judge=judge, metric=metric)]
+            top = write_dir / "index.md"
             top.write_text("# Reports\n\n" + "".join(f"- [{n}]({n}/index.md)\n" for n in found))
             return [*files, top]
         preset = found[0] if found else "none"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    write_dir.mkdir(parents=True, exist_ok=True)
     data = load(results_root, preset, judge)
     data.metric = metric
     files: list[Path] = []
     for table in report_tables.build_tables(data):
-        files += report_tables.write_table(table, out_dir)
-    files += report_figures.figure1(data, out_dir)
-    files += report_figures.figure2(data, out_dir)
-    files += report_figures.figure3(data, out_dir)
-    (out_dir / "summary.md").write_text(summary_md(data))
-    files.append(out_dir / "summary.md")
-    index = out_dir / "index.md"
+        files += report_tables.write_table(table, write_dir)
+    files += report_figures.figure1(data, write_dir)
+    files += report_figures.figure2(data, write_dir)
+    files += report_figures.figure3(data, write_dir)
+    (write_dir / "summary.md").write_text(summary_md(data))
+    files.append(write_dir / "summary.md")
+    index = write_dir / "index.md"
     index.write_text(index_md(data, files, results_root, out_dir))
     return [*files, index]

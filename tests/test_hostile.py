@@ -163,3 +163,63 @@ def test_every_checkpoint_file_is_group_readable(trained):
         pytest.skip(f"umask {mask:03o} withholds group read from every file")
     for path in step2(trained).rglob("*"):
         assert path.stat().st_mode & stat.S_IRGRP, path
+
+
+# ---------------------------------------------------------------- report: whole or not at all, and where it goes
+
+def small_store(root: Path, **fields) -> ResultsStore:
+    store = ResultsStore(root)
+    values = dict(preset="smoke", run_id="r", label={}, step=1, evaluator="winrate", metrics={"win_rate": 50.0},
+                  judge={"name": "j", "model": "m", "version": "1"}, eval_set={"name": "e", "hash": "h", "n": 1})
+    store.put(make_record(**{**values, **fields}))
+    return store
+
+
+@pytest.mark.parametrize("out, message", [
+    ("", "--out is empty; give the folder to write"),
+    (" ", "--out is empty; give the folder to write"),
+    (".", "--out '.' is the current folder or one above it"),
+    ("..", "--out '..' is the current folder or one above it"),
+    ("index.md", "--out 'index.md' is a file; give a folder"),
+])
+def test_report_refuses_an_empty_or_current_folder_out(tmp_path, capsys, monkeypatch, out, message):
+    small_store(tmp_path / "work" / "results")
+    monkeypatch.chdir(tmp_path / "work")
+    (tmp_path / "work" / "index.md").write_text("mine")
+    before = snapshot(tmp_path)
+    assert message in refused(capsys, "report", "--results", "results", "--out", out)
+    assert snapshot(tmp_path) == before
+
+
+def test_a_report_that_fails_half_way_leaves_the_old_one_whole(tmp_path, capsys, monkeypatch):
+    from harness import report_tables
+
+    small_store(tmp_path / "results")
+    out = tmp_path / "report"
+    assert run(capsys, "report", "--results", tmp_path / "results", "--out", out)[0] == 0
+    before = snapshot(out)
+
+    def full_disk(table, path):
+        path.write_text("x" * 100)  # a table cut short, then the disk is full
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_tables, "write_csv", full_disk)
+    line = refused(capsys, "report", "--results", tmp_path / "results", "--out", out)
+    assert f"{out}: cannot be written (No space left on device); nothing in {out} was changed" in line
+    assert snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report", "results"]  # no temporary folder left
+
+
+def test_a_failed_write_names_its_file(tmp_path, capsys, monkeypatch):
+    from harness import report_tables
+
+    small_store(tmp_path / "results")
+    out = tmp_path / "report"
+
+    def denied(table, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(report_tables, "write_csv", denied)
+    line = refused(capsys, "report", "--results", tmp_path / "results", "--out", out)
+    assert f"{out / 'table1.csv'}: cannot be written (Permission denied)" in line
+    assert not out.exists()

@@ -1,12 +1,16 @@
-"""Torch-free file I/O shared by run folders, checkpoints and the results store: atomic writes, JSON objects, and
-paths as committed results store them."""
+"""Torch-free file I/O shared by run folders, checkpoints, the results store and the report: atomic writes of one
+file or of a folder of files, output folders checked before work starts, JSON objects, and paths as committed
+results store them."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from trainers.errors import UserError
@@ -43,6 +47,70 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_output_folder(text: str, option: str = "--out") -> Path:
+    """The folder an `--out`-like option names, refused with one line when it is empty, the current folder (or one
+    above it: outputs would land among unrelated files), or an existing file."""
+    if not text.strip():
+        raise UserError(f"{option} is empty; give the folder to write (e.g. {option} runs/smoke)")
+    path = Path(text).expanduser()
+    here = Path.cwd().resolve()
+    if path.resolve() == here or path.resolve() in here.parents:
+        raise UserError(f"{option} {text!r} is the current folder or one above it; give a folder of its own "
+                        f"(e.g. {option} {Path(text) / 'out'})")
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{option} {text!r} is a file; give a folder")
+    return path
+
+
+def replace_folder(new: Path, dest: Path) -> None:
+    """Put the complete folder `new` at `dest` (same filesystem), replacing any folder there: rename cannot replace
+    a folder, so the old one is parked beside, the new one renamed in, then the old one deleted."""
+    if not dest.exists():
+        new.rename(dest)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".old", dir=dest.parent))
+    old.rmdir()
+    dest.rename(old)
+    new.rename(dest)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_folder(dest: str | Path) -> Iterator[Path]:
+    """A temporary folder beside `dest` to write a set of files into; when the block ends without error, each file
+    replaces its namesake under `dest` (files of `dest` that the set lacks stay). So `dest` shows the old set or
+    the new one whole, never a half-written file; on any error nothing under `dest` changed, and a failed write
+    names the path it was writing (as under `dest`)."""
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    except OSError as e:
+        raise UserError(f"{dest}: cannot be written ({e.strerror or e})") from None
+    try:
+        yield tmp
+        _publish(tmp, dest)
+    except OSError as e:
+        shown = str(e.filename).replace(str(tmp), str(dest)) if e.filename else str(dest)
+        raise UserError(f"{shown}: cannot be written ({e.strerror or e}); nothing in {dest} was changed") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _publish(tmp: Path, dest: Path) -> None:
+    for path in [tmp, *tmp.rglob("*")]:
+        make_readable(path)
+    if not dest.exists():
+        tmp.rename(dest)
+        return
+    if not dest.is_dir():
+        raise UserError(f"{dest} is a file; give a folder")
+    for path in sorted(p for p in tmp.rglob("*") if p.is_file()):
+        target = dest / path.relative_to(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(path, target)
 
 
 def read_json_object(path: Path) -> dict:

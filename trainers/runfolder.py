@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 
 from trainers.errors import UserError
-from trainers.io import read_json_object  # noqa: F401  (re-exported)
+from trainers.io import check_output_folder, read_json_object  # noqa: F401  (re-exported)
 
 LOCK = ".lock"
 
@@ -62,12 +62,8 @@ class RunLock:
 
 
 def check_out(text: str) -> Path:
-    """The run folder `--out` names, refused if empty, a file, unwritable or in use."""
-    if not text.strip():
-        raise UserError("--out is empty; give the run folder to write (e.g. --out runs/smoke)")
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out {text!r} is a file; give a folder")
+    """The run folder `--out` names, refused if empty, the current folder, a file, unwritable or in use."""
+    path = check_output_folder(text)
     with RunLock(path):  # creates it, proves it writable and not in use
         pass
     if not os.access(path, os.W_OK):

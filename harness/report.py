@@ -33,7 +33,7 @@ import numpy as np
 from evals import stats
 from harness.errors import UserError
 from harness.report_data import (DASH, PAPER_JUDGE_TEXT, WIN_RATE_METRICS, ReportData, Series,
-                                 item_answered, item_scores, item_supported, load,
+                                 item_answered, item_scores, item_supported, load, md_code, md_text,
                                  pick_efficiency, preferences)
 from harness.results import ResultsStore
 from trainers.io import staged_folder
@@ -215,9 +215,9 @@ def index_md(data: ReportData, files: list[Path], results_root: Path, out_dir: P
     out += [f"- [{p.name}]({p.name})" for p in files if p.name != "index.md"]
     out += ["", "## Provenance", "", f"- win-rate judge: {data.judge_text}; the paper's: {PAPER_JUDGE_TEXT}",
             "- results' git commits (records' `harness.git_commit`): "
-            + (", ".join(f"`{c}` ({n} records)" for c, n in sorted(commits.items())) or "none (no records)")]
-    out += [f"- note: {n}" for n in data.notes]
-    out += [f"- made by {line}" for line in data.made_by]
+            + (", ".join(f"{md_code(c)} ({n} records)" for c, n in sorted(commits.items())) or "none (no records)")]
+    out += [f"- note: {md_text(n)}" for n in data.notes]
+    out += [f"- made by {line}" for line in data.made_by]  # escaped where made
     runs = sorted({r["run_id"] for r in data.ours})
     if runs:
         out += ["", "| run | label | evaluations (step) | git commit | command |", "|---|---|---|---|---|"]
@@ -227,7 +227,8 @@ def index_md(data: ReportData, files: list[Path], results_root: Path, out_dir: P
             commit = (m.get("harness") or {}).get("git_commit") or m.get("git_commit") or DASH
             lab = ", ".join(f"{k}={v}" for k, v in recs[0]["label"].items() if v is not None)
             evs = ", ".join(sorted(f"{r['evaluator']} ({r['step']})" for r in recs))
-            out.append(f"| `{rid}` | {lab} | {evs} | {commit} | {f'`{cmd}`' if cmd else DASH} |")
+            out.append(f"| {md_code(rid)} | {md_text(lab)} | {md_text(evs)} | {md_text(commit)} | "
+                       f"{md_code(cmd) if cmd else DASH} |")
     return "\n".join(out) + "\n"
 
 

@@ -223,3 +223,107 @@ def test_a_failed_write_names_its_file(tmp_path, capsys, monkeypatch):
     line = refused(capsys, "report", "--results", tmp_path / "results", "--out", out)
     assert f"{out / 'table1.csv'}: cannot be written (Permission denied)" in line
     assert not out.exists()
+
+
+# ---------------------------------------------------------------- records: one id one file, text that stays text
+
+def edited_record(store: ResultsStore, name: str | None = None, **fields) -> Path:
+    """The store's one record with `fields` changed, written as records/<name>.json (default: its own file)."""
+    (rec,) = list(store.records())
+    path = store.record_path(rec["record_id"])
+    target = path if name is None else path.with_name(f"{name}.json")
+    target.write_text(json.dumps({**rec, **fields}))
+    return target
+
+
+def report_refused(capsys, tmp_path: Path) -> str:
+    out = tmp_path / "report"
+    out.mkdir(exist_ok=True)
+    (out / "table2.md").write_text("the last good report")
+    before = snapshot(out)
+    line = refused(capsys, "report", "--results", tmp_path / "results", "--out", out)
+    assert snapshot(out) == before
+    return line
+
+
+def test_a_record_whose_file_name_is_not_its_id_is_refused(tmp_path, capsys):
+    store = small_store(tmp_path / "results")
+    (rec,) = list(store.records())
+    moved = store.record_path(rec["record_id"]).rename(tmp_path / "results" / "records" / "copy.json")
+    line = report_refused(capsys, tmp_path)
+    assert f"{moved}: record_id='{rec['record_id']}' does not match the file name" in line
+
+
+def test_two_records_of_one_id_with_different_results_are_an_error(tmp_path, capsys):
+    store = small_store(tmp_path / "results")
+    (rec,) = list(store.records())
+    twin = edited_record(store, name="0000000000000000", metrics={"win_rate": 90.0})
+    line = report_refused(capsys, tmp_path)
+    assert f"{twin}: record_id='{rec['record_id']}' does not match the file name" in line
+
+
+@pytest.mark.parametrize("fields, message", [
+    ({"run_id": "r | x |\n| injected | row |"}, "run_id='r | x |\\n| injected | row |' must be a non-empty string"),
+    ({"run_id": "$\\frac{1}{0}$"}, "run_id='$\\\\frac{1}{0}$' must be a non-empty string"),
+    ({"step": 10**30}, f"step={10**30} must be an integer in [0, 1000000000]"),
+    ({"step": True}, "step=True must be an integer in [0, 1000000000]"),
+    ({"metrics": {"win_rate": 50.0, "n": 1e300}}, "metrics.n=1e+300 must be a finite number of magnitude <= 1e+15"),
+    ({"label": {"regularizer": "kl\n|x|", "lora": True, "seed": 1, "baseline": None}}, "regularizer is null or 1-64"),
+    ({"label": {"regularizer": "kl", "lora": True, "seed": 2**70, "baseline": None}}, "seed an integer of at most 64"),
+    ({"judge": {"name": "j", "model": "m\r\n", "version": "1"}}, "judge={'name': 'j', 'model': 'm\\r\\n'"),
+    ({"eval_set": {"name": "e", "hash": "h", "n": 10**12}}, "n: an integer in [0, 1000000000]"),
+])
+def test_a_record_field_out_of_range_is_named(tmp_path, capsys, fields, message):
+    store = small_store(tmp_path / "results")
+    path = edited_record(store, **fields)
+    line = report_refused(capsys, tmp_path)
+    assert str(path) in line and message in line
+
+
+def test_a_nan_in_a_record_file_is_named(tmp_path, capsys):
+    store = small_store(tmp_path / "results")
+    path = edited_record(store)
+    path.write_text(path.read_text().replace('"win_rate": 50.0', '"win_rate": NaN'))
+    line = report_refused(capsys, tmp_path)
+    assert f"{path}: not valid JSON (NaN is not a number JSON allows)" in line
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{", "not valid JSON"),
+    ("[1]", "must hold a JSON object (a run's manifest), not list"),
+    ('{"command": "harness train\\n| x |"}', "must be one line without control characters"),
+    ('{"harness": "v1"}', "harness='v1' must be a dict"),
+])
+def test_a_malformed_run_manifest_is_named(tmp_path, capsys, text, message):
+    small_store(tmp_path / "results")
+    path = tmp_path / "results" / "runs" / "r" / "manifest.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    line = report_refused(capsys, tmp_path)
+    assert str(path) in line and message in line
+
+
+@pytest.mark.parametrize("text, message", [
+    ("{}", "must hold a JSON list of objects"),
+    ('[{"minutes": "5"}]', "entry 0: minutes='5' must be a finite number >= 0"),
+    ('[{"minutes": 5, "command": "x\\ny"}]', "entry 0: command='x\\ny' must be one line of text"),
+    ('[{"minutes": 5, "failed": "r"}]', "entry 0: failed='r' must be a list of run ids"),
+])
+def test_a_malformed_reproduction_file_is_named(tmp_path, capsys, text, message):
+    small_store(tmp_path / "results")
+    path = tmp_path / "results" / "reproductions" / "smoke.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(text)
+    line = report_refused(capsys, tmp_path)
+    assert str(path) in line and message in line
+
+
+def test_text_is_escaped_for_each_format():
+    from harness.report_data import csv_text, md_code, md_text
+    from harness.report_tables import tex_escape
+
+    assert md_text("a | b\n| c |") == "a \\| b \\| c \\|"
+    assert md_code("x`y\nz") == "`x'y z`"
+    assert csv_text("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")" and csv_text("-0.5") == "-0.5"
+    assert csv_text("a\r\nb") == "a b"
+    assert tex_escape("50% & $x$\n\\end{document}") == r"50\% \& \$x\$ \textbackslash{}end\{document\}"

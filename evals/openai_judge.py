@@ -21,6 +21,7 @@ another.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import math
@@ -32,12 +33,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 import yaml
 
 from evals.alpaca_eval_import import import_alpaca_eval
 from evals.judging import Judge, JudgeError, Pair
+from trainers.io import parse_yaml
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,33 @@ def public_url(url: str) -> str:
     netloc = host + (f":{parts.port}" if parts.port else "")
     query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def secret_forms(url: str, key: str = "") -> list[str]:
+    """Every text form of the credentials in `url` (user-info, query values) and of `key` a client may send or a
+    server echo: as typed, percent-decoded and -encoded, and user:password in base64 (HTTP Basic)."""
+    parts = urlsplit(url)
+    found = [key, parts.username or "", parts.password or ""]
+    found += [v for _, v in parse_qsl(parts.query, keep_blank_values=True)]
+    found += [v for chunk in parts.query.split("&") for v in chunk.split("=", 1)[1:]]  # as typed
+    if parts.password is not None:
+        for user, password in ((parts.username or "", parts.password),
+                               (unquote(parts.username or ""), unquote(parts.password))):
+            pair = f"{user}:{password}"
+            found += [pair, base64.b64encode(pair.encode()).decode(), base64.urlsafe_b64encode(pair.encode()).decode()]
+    forms = set()
+    for text in found:
+        forms |= {text, unquote(text), quote(text, safe=""), quote_plus(text)}
+    return sorted((x for x in forms if len(x) >= 4), key=len, reverse=True)
+
+
+def scrub(text: str, url: str, key: str = "", shown_url: str | None = None) -> str:
+    """`text` with `url` as `shown_url` (default `public_url(url)`) and every form of its credentials and of `key`
+    as `***`. Pieces under 4 characters are left: they would mangle the text ("v1" in every path)."""
+    text = text.replace(url, shown_url or public_url(url)) if url else text
+    for secret in secret_forms(url, key):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _is_retryable(error: Exception) -> bool:
@@ -104,7 +133,11 @@ class ChatClient:
         if client is None:
             import openai
 
-            client = openai.OpenAI(api_key=self._secret, base_url=self._url, timeout=timeout, max_retries=0)
+            # a query in the base URL (`?api-key=...`) goes on every request as its query, not inside the path
+            parts = urlsplit(self._url)
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
+            client = openai.OpenAI(api_key=self._secret, base_url=urlunsplit((*parts[:3], "", "")), timeout=timeout,
+                                   max_retries=0, default_query=query or None)
         self.client = client
         self.served_models: set[str] = set()
         self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
@@ -123,14 +156,10 @@ class ChatClient:
                          f"is not set (a server on 127.0.0.1/localhost needs none)")
 
     def _scrub(self, text: str) -> str:
-        """`text` without the key, the URL's credentials or its query values (a server may echo them)."""
-        parts = urlsplit(self._url)
-        secrets = [self._url, self._secret if self._secret != LOOPBACK_KEY else "", parts.password or "",
-                   *(v for _, v in parse_qsl(parts.query))]
-        # the whole URL before its pieces; pieces under 4 characters would mangle the text ("v1" in every path)
-        for secret in sorted((x for x in secrets if len(x) >= 4), key=len, reverse=True):
-            text = text.replace(secret, self.base_url if secret == self._url else "***")
-        return text
+        """`text` without the key, the URL's credentials or its query values, in every form the client sends them
+        (as typed, percent-decoded or encoded, and user:password as the Basic header's base64): a server may echo
+        them."""
+        return scrub(text, self._url, self._secret if self._secret != LOOPBACK_KEY else "", self.base_url)
 
     def _delay(self, attempt: int, error: Exception) -> float:
         delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
@@ -250,7 +279,10 @@ def load_annotator_config(annotator: str | os.PathLike) -> tuple[str, dict]:
             raise ValueError(f"annotator config {str(annotator)!r} is not known; use a configs.yaml path or one of: "
                              f"{', '.join(sorted(known))}")
         path = known[str(annotator)]
-    configs = yaml.safe_load(path.read_text())
+    try:
+        configs = parse_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid annotator configs.yaml ({' '.join(str(e).split())})") from None
     if not isinstance(configs, dict) or len(configs) != 1:
         raise UnsupportedConfigError(f"{path}: one annotator expected (pools such as `alpaca_farm` are not "
                                      f"supported); found {list(configs or {})}",

@@ -54,12 +54,15 @@ def _only(text: str | None) -> tuple[str, ...]:
 
 
 def _seeds(text: str | None) -> tuple[int, ...] | None:
-    if not text:
+    if text is None:
         return None
     try:
-        return tuple(int(s) for s in text.split(","))
+        seeds = tuple(int(s) for s in text.split(","))
     except ValueError:
         raise ValueError(f"--seeds={text!r}: expected comma-separated integers, e.g. 1,2,3") from None
+    if any(not 0 <= s < 2**32 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds={text!r}: seeds must be distinct integers in 0..{2**32 - 1}")
+    return seeds
 
 
 # ---- what exists -------------------------------------------------------------------------------------------

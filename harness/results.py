@@ -158,6 +158,13 @@ def _int(value: object, low: int, high: int) -> bool:
 TEXT_RULE = "at most 300 characters on one line, without | ` $ < > \\"
 
 
+def check_run_id(value: str, where: str = "--run-id") -> str:
+    """A run id given by hand, checked before any work: what a record's run_id must be."""
+    if not value or not _text(value):
+        raise UserError(f"{where} {value!r:.200} must be a non-empty string of {TEXT_RULE}")
+    return value
+
+
 def _problems(rec: dict) -> list[str]:
     """Every schema violation of a record that has all its fields, each naming the field and value."""
     found = []

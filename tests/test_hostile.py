@@ -327,3 +327,107 @@ def test_text_is_escaped_for_each_format():
     assert csv_text("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")" and csv_text("-0.5") == "-0.5"
     assert csv_text("a\r\nb") == "a b"
     assert tex_escape("50% & $x$\n\\end{document}") == r"50\% \& \$x\$ \textbackslash{}end\{document\}"
+
+
+# ---------------------------------------------------------------- numbers that cannot be meant: refused before work
+
+@pytest.mark.parametrize("argv, message", [
+    (["plan", "--gpus", "-1"], "argument --gpus: -1 is out of range; allowed: 0..1024"),
+    (["plan", "--gpu-memory", "0"], "argument --gpu-memory: 0 is out of range; allowed: (0, 1e+06]"),
+    (["plan", "--gpu-memory", "inf"], "argument --gpu-memory: inf is out of range"),
+    (["plan", "--query-tokens", "-5"], "argument --query-tokens: -5 is out of range; allowed: 1..1000000"),
+    (["prepare", "--limit", "-1"], "argument --limit: -1 is out of range; allowed: 1..1000000000"),
+    (["prepare", "--limit", "0"], "argument --limit: 0 is out of range"),
+    (["prepare", "--samples", "1"], "argument --samples: 1 is out of range; allowed: 2..10000"),
+    (["prepare", "--epochs", "nan"], "argument --epochs: nan is out of range; allowed: (0, 1e+06]"),
+    (["prepare", "--l2", "-1"], "argument --l2: -1 is out of range; allowed: [0, 1e+12]"),
+    (["models", "recover", "--raw", "a", "--diff", "b", "--out", "c", "--expected-sum", "nan"],
+     "argument --expected-sum: nan must be a finite number"),
+    (["eval", "m", "--step", "-1"], "argument --step: -1 is out of range; allowed: 0..1000000000"),
+    (["eval", "m", "--temperature", "-0.5"], "argument --temperature: -0.5 is out of range; allowed: [0, 100]"),
+    (["eval", "m", "--top-p", "0"], "argument --top-p: 0 is out of range; allowed: (0, 1]"),
+    (["eval", "m", "--batch-size", "0"], "argument --batch-size: 0 is out of range; allowed: 1..1000000"),
+    (["eval", "m", "--limit", "x"], "argument --limit: 'x' is not an integer; allowed: 1..1000000000"),
+    (["eval", "m", "--judge-timeout", "-1"], "argument --judge-timeout: -1 is out of range; allowed: (0, 86400]"),
+    (["eval", "m", "--judge-max-retries", "-1"], "argument --judge-max-retries: -1 is out of range; allowed: 0..100"),
+    (["eval", "m", "--judge-max-tokens", "0"], "argument --judge-max-tokens: 0 is out of range"),
+    (["eval", "m", "--judge-max-unparsed", "1.5"], "argument --judge-max-unparsed: 1.5 is out of range; allowed: [0, 1]"),
+    (["eval", "m", "--seed", "-1"], "argument --seed: -1 is out of range"),
+    (["eval", "m", "--samples", "0"], "argument --samples: 0 is out of range; allowed: 1..10000"),
+    (["eval", "m", "--factuality-limit", "0"], "argument --factuality-limit: 0 is out of range"),
+    (["reproduce", "--table", "2", "--workers", "0"], "argument --workers: 0 is out of range; allowed: 1..1024"),
+    (["reproduce", "--table", "2", "--retries", "-1"], "argument --retries: -1 is out of range; allowed: 0..100"),
+])
+def test_a_numeric_option_out_of_range_is_refused_by_the_parser(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert message in parser_refused(capsys, *argv)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["grid", "--table", "2", "--seeds", ""], "--seeds='': expected comma-separated integers"),
+    (["grid", "--table", "2", "--seeds", "1,,2"], "--seeds='1,,2': expected comma-separated integers"),
+    (["grid", "--table", "2", "--seeds", "1,1"], "--seeds='1,1': seeds must be distinct integers in 0..4294967295"),
+    (["grid", "--table", "2", "--seeds", "-3"], "--seeds='-3': seeds must be distinct integers"),
+    (["config", "--set", "threads=100000"], "threads=100000 must be <= 1024"),
+    (["config", "--set", "steps=10000000000"], "steps=10000000000 must be <= 1000000000"),
+    (["config", "--set", "rollout_batch_size=100000000"], "rollout_batch_size=100000000 must be <= 1000000"),
+    (["eval", "m", "--run-id", "a|b\nc"], "--run-id 'a|b\\nc' must be a non-empty string of at most 300"),
+    (["eval", "m", "--run-id", ""], "--run-id '' must be a non-empty string"),
+    (["reproduce", "--table", "2", "--runs", ""], "--runs is empty; give the folder to write"),
+    (["reproduce", "--table", "2", "--report", "."], "--report '.' is the current folder or one above it"),
+    (["reproduce", "--table", "2", "--results", " "], "--results is empty"),
+    (["train", "--out", "."], "--out '.' is the current folder or one above it"),
+    (["models", "recover", "--raw", "a", "--diff", "b", "--out", ""], "--out is empty"),
+])
+def test_a_bad_value_is_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert message in refused(capsys, *argv)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- settings and data files
+
+@pytest.mark.parametrize("name, text, message", [
+    ("dup.yaml", "steps: 3\nlr: 0.1\nsteps: 5\n", "duplicate key 'steps': each key may appear once"),
+    ("dup.json", '{"steps": 3, "steps": 5}', "duplicate key(s) ['steps']: each key may appear once"),
+    ("nan.json", '{"lr": NaN}', "NaN is not a number JSON allows"),
+    ("tag.yaml", "steps: !!python/object/apply:os.system ['true']\n", "is not valid YAML"),
+])
+def test_a_settings_file_with_duplicate_keys_or_tags_is_refused(tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    line = refused(capsys, "config", "--config", path)
+    assert str(path) in line and message in line
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("p.json", "not json", "prompts='{path}' is not valid JSON (Expecting value: line 1 column 1 (char 0))"),
+    ("p.jsonl", '{"instruction": "a"}\n\n{"instruction": "b"\n', "prompts='{path}', line 3: not valid JSON"),
+    ("p.json", '{"instruction": "a"}', "prompts='{path}' is an object whose values are not all lists"),
+    ("p.json", "3", "prompts='{path}' holds a int; expected a list of records"),
+    ("missing.json", None, "prompts='{path}': no such file"),
+])
+def test_a_bad_prompts_file_is_named_with_its_line(tmp_path, capsys, name, text, message):
+    path = tmp_path / name
+    if text is not None:
+        path.write_text(text)
+    line = refused(capsys, "train", "--preset", "smoke", "--set", f"prompts={path}", "--set", "steps=1",
+                   "--out", tmp_path / "run")
+    assert message.format(path=path) in line
+
+
+@pytest.mark.parametrize("text, message", [
+    ('{"instruction": "a"}\n{"instruction": "b", "id": 1}\n{"instruction": \n', "line 3: not valid JSON"),
+    ('[{"instruction": "a", "id": {"x": 1}}]', "record 0 field 'id' is {'x': 1}; expected a string of 1-1000"),
+    ('[{"instruction": "a", "id": true}]', "record 0 field 'id' is True; expected a string"),
+    ('[{"instruction": "a", "id": ""}]', "record 0 field 'id' is ''; expected a string"),
+])
+def test_a_bad_eval_set_is_named_with_its_line_or_record(tmp_path, capsys, cache, text, message):
+    from evals.evalsets import EvalSetError, load_eval_set
+
+    path = tmp_path / ("set.jsonl" if text.startswith('{"instruction": "a"}\n') else "set.json")
+    path.write_text(text)
+    with pytest.raises(EvalSetError) as error:
+        load_eval_set(str(path))
+    assert f"eval set {str(path)!r}" in str(error.value) and message in str(error.value)

@@ -113,11 +113,80 @@ def _publish(tmp: Path, dest: Path) -> None:
         os.replace(path, target)
 
 
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _unique_pairs(pairs: list[tuple]) -> dict:
+    keys = [k for k, _ in pairs]
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"duplicate key(s) {repeated[:5]}: each key may appear once")
+    return dict(pairs)
+
+
+def parse_json(text: str) -> object:
+    """JSON as the run folders and settings files allow it: NaN, Infinity and duplicate keys refused (ValueError)."""
+    return json.loads(text, parse_constant=_refuse_constant, object_pairs_hook=_unique_pairs)
+
+
+def parse_yaml(text: str) -> object:
+    """YAML through the safe loader (no tags that build objects), duplicate keys refused (yaml.YAMLError)."""
+    import yaml
+
+    return yaml.load(text, Loader=_unique_key_loader())
+
+
+@functools.cache
+def _unique_key_loader():
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        """yaml.SafeLoader that refuses a mapping naming one key twice (SafeLoader keeps the last silently)."""
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = loader.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: SafeLoader says so itself
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}: each key may appear once",
+                                                        key_node.start_mark)
+        return loader.construct_mapping(node, deep)
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return UniqueKeyLoader
+
+
+def parse_json_file_text(text: str, suffix: str, where: str) -> object:
+    """A JSON document, or for a `.jsonl` suffix the list of its lines' documents (blank lines skipped); a
+    UserError naming `where` and the line (of the file, not of the document) otherwise."""
+    if suffix != ".jsonl":
+        try:
+            return parse_json(text)
+        except ValueError as e:
+            raise UserError(f"{where} is not valid JSON ({e})") from None
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(parse_json(line))
+            except ValueError as e:
+                raise UserError(f"{where}, line {number}: not valid JSON ({e})") from None
+    return rows
+
+
 def read_json_object(path: Path) -> dict:
     """A JSON object from a run folder's file, or a clear error naming it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data = parse_json(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"{path} cannot be read as JSON ({e})") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a JSON object, not {type(data).__name__}")

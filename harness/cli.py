@@ -22,7 +22,7 @@ import textwrap
 from pathlib import Path
 
 from harness import presets
-from harness.errors import check_config_file, finite_float, float_in, int_in, preset_name, run_guarded
+from harness.errors import check_config_file, finite_float, float_in, int_in, preset_name, redact_urls, run_guarded
 from trainers.config import MAX_COUNT, MAX_SIZE as MAX_TOKENS, field_help, field_types
 
 
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in argv:  # accepted after the subcommand too
         argv = ["--debug", *(a for a in argv if a != "--debug")]
     args = build_parser().parse_args(argv)
-    args.command_line = " ".join(["harness", *argv])  # what a run's manifest says made it
+    args.command_line = redact_urls(" ".join(["harness", *argv]))  # what a run's manifest says made it
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress reaches log files and pipes as it happens
     # one line for what the user can fix; a traceback only for bugs (or --debug)

@@ -20,8 +20,22 @@ from trainers.errors import UserError
 from trainers.io import parse_json, parse_yaml
 
 __all__ = ["UserError", "check_config_file", "check_preset_name", "describe", "finite_float", "float_in", "int_in",
-           "positive_int", "preset_name", "run_guarded"]
+           "positive_int", "preset_name", "redact_urls", "run_guarded"]
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s@?#]*@)?(?P<rest>[^\s?#]*)"
+                             r"(?P<query>\?[^\s#]*)?")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL's user-info dropped and its query values as `***`: fit to print and store (a command
+    line in a run's manifest, for one)."""
+    def clean(m: re.Match) -> str:
+        query = m["query"] or ""
+        if query:
+            query = "?" + "&".join(p.split("=", 1)[0] + ("=***" if "=" in p else "") for p in query[1:].split("&"))
+        return m["scheme"] + m["rest"] + query
+
+    return URL_CREDENTIALS.sub(clean, text)
 
 
 def check_preset_name(name: object, where: str = "preset") -> str:

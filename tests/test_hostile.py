@@ -431,3 +431,86 @@ def test_a_bad_eval_set_is_named_with_its_line_or_record(tmp_path, capsys, cache
     with pytest.raises(EvalSetError) as error:
         load_eval_set(str(path))
     assert f"eval set {str(path)!r}" in str(error.value) and message in str(error.value)
+
+
+# ---------------------------------------------------------------- credentials: never printed, never stored
+
+class EchoingServer:
+    """An OpenAI-compatible endpoint that refuses every request and echoes its path and headers in the error, as a
+    careless proxy does; it keeps what it received."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received = self.received = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def _echo(self):
+                received.append((self.path, dict(self.headers)))
+                body = json.dumps({"error": {"message": f"bad request {self.path} headers={dict(self.headers)}",
+                                             "type": "invalid_request_error"}}).encode()
+                self.send_response(400)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _echo
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.port = self.server.server_address[1]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def echoing(monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-KEY-0123456789")
+    monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+    server = EchoingServer()
+    yield server
+    server.close()
+
+
+SECRETS = ("s3cret-pw", "judge-user", "QUERY-SECRET", "sk-test-KEY-0123456789")
+
+
+def test_credentials_in_the_url_never_reach_the_output_in_any_encoding(echoing, tmp_path, cache, capsys):
+    import base64
+
+    url = f"http://judge-user:s3cret-pw@127.0.0.1:{echoing.port}/v1?api-key=QUERY-SECRET"
+    code = cli.main(["eval", "tiny-random-llama", "--judge", "openai", "--judge-model", "m", "--judge-base-url", url,
+                     "--judge-max-retries", "0", "--results", str(tmp_path / "results")])
+    out = capsys.readouterr()
+    assert code == 3, out.err
+    line = one_line(out.err)
+    assert f"127.0.0.1:{echoing.port}" in line and "400" in line
+    basic = base64.b64encode(b"judge-user:s3cret-pw").decode()
+    assert any(basic in str(headers) for _, headers in echoing.received)  # the server did see (and echo) them
+    for secret in (*SECRETS, basic):
+        assert secret not in out.out + out.err
+    assert not (tmp_path / "results").exists()
+
+
+def test_a_query_in_the_base_url_is_sent_as_the_query_not_inside_the_path(echoing, tmp_path, cache, capsys):
+    url = f"http://127.0.0.1:{echoing.port}/v1?api-key=QUERY-SECRET"
+    cli.main(["eval", "tiny-random-llama", "--judge", "openai", "--judge-model", "m", "--judge-base-url", url,
+              "--judge-max-retries", "0", "--results", str(tmp_path / "results")])
+    capsys.readouterr()
+    assert echoing.received and all(path.split("?")[0].startswith("/v1/") and path.endswith("?api-key=QUERY-SECRET")
+                                    for path, _ in echoing.received), echoing.received
+
+
+def test_a_command_line_is_stored_without_url_credentials():
+    from harness.errors import redact_urls
+
+    text = redact_urls("harness eval RUN --judge-base-url https://u:s3cret-pw@h.example/v1?api-key=QUERY-SECRET&x=1")
+    assert text == "harness eval RUN --judge-base-url https://h.example/v1?api-key=***&x=***"

@@ -179,6 +179,10 @@ class ChatClient:
                 response = self.client.chat.completions.create(model=self.model, messages=messages,
                                                                temperature=temperature, max_tokens=max_tokens)
                 break
+            except ValueError as error:  # a body that is not JSON (an HTML error page, a cut-off answer)
+                raise JudgeError(f"judge {self.model!r} at {self.base_url} answered with a body that is not JSON "
+                                 f"({self._scrub(' '.join(str(error).split()))}); is the base URL an OpenAI-compatible "
+                                 "endpoint (.../v1)?") from None
             except openai.OpenAIError as error:
                 retry = _is_retryable(error) and attempt < self.max_attempts
                 what = f"{type(error).__name__}: {self._scrub(str(error))}"
@@ -211,6 +215,9 @@ class ChatClient:
 
         try:
             ids = [m.id for m in self.client.models.list()]
+        except ValueError as error:
+            raise JudgeError(f"the judge server at {self.base_url} listed its models in a body that is not JSON "
+                             f"({self._scrub(' '.join(str(error).split()))}); name one with --judge-model") from None
         except openai.OpenAIError as error:
             raise JudgeError(f"the judge server at {self.base_url} did not list its models ({type(error).__name__}: "
                              f"{self._scrub(str(error))}); name one with --judge-model") from None

@@ -42,6 +42,11 @@ class Evaluator:
         req, cfg = self.req, self.req.config
         started = time.time()
         target = resolve_target(req.target, req.step)  # a checkpoint's files checked before any model loads
+        if cfg.proxy_reward and not cfg.proxy_reward.startswith("rule:"):
+            from trainers.preflight import reward_model_problem
+
+            if (problem := reward_model_problem("--proxy-reward", cfg.proxy_reward)) is not None:
+                raise ValueError(problem)
         judge = make_judge(cfg.judge, **cfg.judge_options()) if req.winrate else None
         eval_set = open_eval_set(req.eval_set, cfg.limit) if req.winrate else None
         run_id = req.run_id or (target.run_id if target.run_dir else f"sft:{target.policy}")

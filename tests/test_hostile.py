@@ -514,3 +514,79 @@ def test_a_command_line_is_stored_without_url_credentials():
 
     text = redact_urls("harness eval RUN --judge-base-url https://u:s3cret-pw@h.example/v1?api-key=QUERY-SECRET&x=1")
     assert text == "harness eval RUN --judge-base-url https://h.example/v1?api-key=***&x=***"
+
+
+# ---------------------------------------------------------------- a judge or model that is not what it claims
+
+class BodyServer:
+    """Answers every request with status 200 and `body` (not necessarily JSON)."""
+
+    def __init__(self, body: bytes) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b'{"choices": [{"message": '])
+def test_a_judge_answering_something_other_than_json_is_named(tmp_path, cache, capsys, monkeypatch, body):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server = BodyServer(body)
+    try:
+        line = refused(capsys, "eval", "tiny-random-llama", "--judge", "openai", "--judge-model", "m",
+                       "--judge-base-url", server.url, "--judge-max-retries", "0", "--results", tmp_path / "results",
+                       code=3)
+    finally:
+        server.close()
+    assert f"judge 'm' at {server.url} answered with a body that is not JSON" in line
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--judge", "reward-model", "--judge-model", "/no/such/reward-model"],
+     "--judge-model='/no/such/reward-model': no such model directory"),
+    (["--proxy-reward", "/no/such/reward-model"], "--proxy-reward='/no/such/reward-model': no such model directory"),
+])
+def test_a_reward_model_path_that_does_not_exist_is_named(tmp_path, cache, capsys, argv, message):
+    line = refused(capsys, "eval", "tiny-random-llama", *argv, "--results", tmp_path / "results")
+    assert message in line and not (tmp_path / "results").exists()
+
+
+def test_a_model_folder_with_a_truncated_weight_file_is_named(tmp_path, cache, capsys):
+    import torch
+
+    from trainers.models import load_causal_lm, load_tokenizer
+
+    folder = tmp_path / "model"
+    load_causal_lm("tiny-random-llama", torch.float32).save_pretrained(folder)
+    load_tokenizer("tiny-random-llama").save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    before = snapshot(folder)
+    capsys.readouterr()
+    code, err = run(capsys, "eval", folder, "--results", tmp_path / "results", "--limit", "1")
+    line = err.strip().splitlines()[-1]  # after the offline judge's own loading bar
+    assert code == 2 and "Traceback" not in err
+    assert line == (f"harness: error: {folder}: a weight file cannot be loaded (Error while deserializing header: "
+                    "invalid header length); it is damaged or holds objects other than tensors")
+    assert snapshot(folder) == before and not (tmp_path / "results").exists()

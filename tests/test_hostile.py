@@ -64,13 +64,14 @@ def cache(tmp_path, monkeypatch):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prompt_file):
-    """A finished 2-step smoke run with its checkpoint at step 2 (copied by each test that damages it)."""
+    """A finished 2-step smoke run with checkpoints at steps 1 (its optimizer state dropped) and 2 (copied by each
+    test that damages it)."""
     from harness import presets
     from trainers.config import TrainConfig
     from trainers.trainer import PPOTrainer
 
     values = presets.preset("smoke")
-    values.update(prompts=prompt_file, prompt_split="", query_len=256, threads=2, steps=2, checkpoint_every=2)
+    values.update(prompts=prompt_file, prompt_split="", query_len=256, threads=2, steps=2, checkpoint_every=1)
     out = tmp_path_factory.mktemp("run") / "smoke"
     PPOTrainer(TrainConfig(**values), out, log=lambda m: None).train()
     return out
@@ -154,6 +155,18 @@ def test_outputs_are_cached_by_the_checkpoints_content(run_copy):
     second = resolve_target(str(run_copy))
     assert second.checkpoint == first.checkpoint and second.digest != first.digest
     assert second.identity() != first.identity()  # the outputs' cache key holds the identity
+
+
+def test_an_older_checkpoint_without_its_optimizer_state_is_still_evaluated(run_copy):
+    from evals.generate import resolve_target
+
+    older = run_copy / "checkpoints" / "step-000001"
+    assert not (older / "optimizer.pt").exists() and "optimizer.pt" in json.loads((older / "state.json").read_text())["files"]
+    target = resolve_target(str(run_copy), step=1)
+    assert target.step == 1 and target.checkpoint == str(older) and target.digest
+    (older / "rng.pt").write_bytes(b"damaged")
+    with pytest.raises(ValueError, match=r"rng\.pt does not match the sha256"):
+        resolve_target(str(run_copy), step=1)
 
 
 def test_every_checkpoint_file_is_group_readable(trained):
@@ -590,3 +603,87 @@ def test_a_model_folder_with_a_truncated_weight_file_is_named(tmp_path, cache, c
     assert line == (f"harness: error: {folder}: a weight file cannot be loaded (Error while deserializing header: "
                     "invalid header length); it is damaged or holds objects other than tensors")
     assert snapshot(folder) == before and not (tmp_path / "results").exists()
+
+
+def test_a_full_disk_names_the_file_being_written_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import os
+
+    from trainers import io
+    from trainers.errors import UserError
+
+    path = tmp_path / "records" / "a.json"
+    io.atomic_write_text(path, "old")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UserError) as error:
+        io.atomic_write_text(path, "new")
+    assert str(error.value) == f"{path}: cannot be written (No space left on device); the file was left as it was"
+    assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
+
+
+# ---------------------------------------------------------------- run-folder files other than checkpoints
+
+@pytest.mark.parametrize("line, message", [
+    ('{"step": 1}\n{"step": "2"}\n{"step": 3}\n', "line 2: step='2' must be an integer in [1, 1000000000]"),
+    ('{"step": 1}\n{"step": 100000000000000000000}\n{"step": 3}\n', "line 2: step=100000000000000000000 must be"),
+    ('{"step": 1, "objective/true_kl": "0.1"}\n{"step": 2}\n', "line 1: objective/true_kl='0.1' must be a number"),
+    ('[1]\n{"step": 2}\n', "line 1: a record is a JSON object, not list"),
+])
+def test_a_damaged_metrics_log_is_named_by_line_and_field(tmp_path, line, message):
+    from trainers.errors import UserError
+    from trainers.runlog import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(line)
+    with pytest.raises(UserError) as error:
+        read_metrics(path)
+    assert str(error.value).startswith(f"{path}, line ") and message in str(error.value)
+
+
+@pytest.mark.parametrize("facts, message", [
+    ({}, "parameters=None must hold the integers >= 0 trainable, total, policy_trainable, policy_total"),
+    ({"parameters": {"trainable": 1, "total": 2, "policy_trainable": 5, "policy_total": 2}},
+     "must satisfy 0 <= trainable <= total"),
+    ({"parameters": {"trainable": 1, "total": 2, "policy_trainable": 1, "policy_total": 2}, "world_size": 0},
+     "world_size=0 must be an integer in [1, 100000]"),
+])
+def test_a_damaged_run_json_is_named_by_field(tmp_path, facts, message):
+    from trainers.errors import UserError
+    from trainers.runfolder import read_run_facts
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(facts))
+    with pytest.raises(UserError) as error:
+        read_run_facts(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_a_damaged_config_json_is_named_by_eval(run_copy, tmp_path, cache, capsys):
+    path = run_copy / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "lr": "fast"}))
+    before = snapshot(run_copy)
+    line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results")
+    assert "lr='fast'" in line and snapshot(run_copy) == before
+
+
+def test_a_saved_reward_model_is_group_readable(tmp_path):
+    import os
+
+    import torch
+
+    from trainers.heads import ScalarHeadModel, save_reward_model
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    if mask & stat.S_IRGRP:
+        pytest.skip(f"umask {mask:03o} withholds group read from every file")
+    model = ScalarHeadModel.__new__(ScalarHeadModel)
+    torch.nn.Module.__init__(model)
+    model.head, model.score_token = torch.nn.Linear(4, 1), "eos"
+    out = save_reward_model(model, None, tmp_path / "rm", backbone_spec="tiny-random-llama")
+    for path in [out, *out.rglob("*")]:
+        assert path.stat().st_mode & stat.S_IRGRP, path

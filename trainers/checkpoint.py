@@ -29,9 +29,10 @@ from safetensors.torch import load_file, save_file
 
 from trainers.checkpoint_paths import STATE, checkpoint_dir, latest_checkpoint, list_checkpoints  # noqa: F401
 from trainers.errors import UserError
-from trainers.io import atomic_write_text, make_readable
+from trainers.io import atomic_write_text, make_readable, make_tree_readable
 
 MANIFEST = "files"  # state.json's key: {relative path: sha256} of every other file of the checkpoint
+DROPPED = "optimizer.pt"  # the one listed file an older checkpoint may lack: only resuming needs it
 SEAL = "state_sha256"  # state.json's key: sha256 of its other fields (the manifest included)
 MAX_STEP = 10**9
 SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -124,6 +125,8 @@ def verify(folder: Path) -> dict:
         if ".." in Path(name).parts or Path(name).is_absolute():
             raise UserError(f"{folder / STATE} lists {name!r}, outside the checkpoint")
         if not path.is_file():
+            if name == DROPPED:  # removed on purpose once a newer checkpoint is complete (`save`)
+                continue
             raise UserError(f"{path} is missing from the checkpoint")
         if sha256_of(path) != digest:
             raise UserError(f"{path} does not match the sha256 recorded in {folder / STATE}: the file was changed "
@@ -172,8 +175,7 @@ def save(run_dir: Path, step: int, models, optimizer, scheduler, generator: torc
         if torch.cuda.is_available():
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, tmp / "rng.pt")
-        for path in tmp.rglob("*"):  # safetensors writes 0600; every file of a run is group-readable
-            make_readable(path)
+        make_tree_readable(tmp)  # safetensors writes 0600; every file of a run is group-readable
         state = seal_state({"step": step, **extra, MANIFEST: file_manifest(tmp)})
         atomic_write_text(tmp / STATE, json.dumps(state, indent=2))
         make_readable(tmp)

@@ -32,6 +32,13 @@ def make_readable(path: str | Path) -> None:
     os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
 
 
+def make_tree_readable(folder: str | Path) -> None:
+    """`make_readable` on a folder and everything under it (safetensors writes its files 0600)."""
+    folder = Path(folder)
+    for path in [folder, *folder.rglob("*")]:
+        make_readable(path)
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename: readers never see half a file."""
     path = Path(path)
@@ -44,8 +51,10 @@ def atomic_write_text(path: str | Path, text: str) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:  # a full disk names no file: say which one was being written
+            raise UserError(f"{path}: cannot be written ({e.strerror or e}); the file was left as it was") from None
         raise
 
 
@@ -66,7 +75,9 @@ def check_output_folder(text: str, option: str = "--out") -> Path:
 
 def replace_folder(new: Path, dest: Path) -> None:
     """Put the complete folder `new` at `dest` (same filesystem), replacing any folder there: rename cannot replace
-    a folder, so the old one is parked beside, the new one renamed in, then the old one deleted."""
+    a folder, so the old one is parked beside, the new one renamed in, then the old one deleted. Its files get the
+    mode a plain write would give them."""
+    make_tree_readable(new)
     if not dest.exists():
         new.rename(dest)
         return
@@ -100,8 +111,7 @@ def staged_folder(dest: str | Path) -> Iterator[Path]:
 
 
 def _publish(tmp: Path, dest: Path) -> None:
-    for path in [tmp, *tmp.rglob("*")]:
-        make_readable(path)
+    make_tree_readable(tmp)
     if not dest.exists():
         tmp.rename(dest)
         return

@@ -71,6 +71,27 @@ def check_out(text: str) -> Path:
     return path
 
 
+def read_run_facts(path: Path) -> dict:
+    """A run's `run.json` (what the trainer measured of the run: parameter counts, device, processes), checked
+    field by field."""
+    facts = read_json_object(path)
+    counts = facts.get("parameters")
+    keys = ("trainable", "total", "policy_trainable", "policy_total")
+    if not isinstance(counts, dict) or not all(
+            isinstance(counts.get(k), int) and not isinstance(counts.get(k), bool) and counts[k] >= 0 for k in keys):
+        raise UserError(f"{path}: parameters={counts!r:.120} must hold the integers >= 0 {', '.join(keys)}")
+    if counts["policy_total"] < 1 or counts["policy_trainable"] > counts["policy_total"]:
+        raise UserError(f"{path}: parameters.policy_trainable={counts['policy_trainable']} and policy_total="
+                        f"{counts['policy_total']} must satisfy 0 <= trainable <= total, total >= 1")
+    world = facts.get("world_size", 1)
+    if isinstance(world, bool) or not isinstance(world, int) or not 1 <= world <= 100_000:
+        raise UserError(f"{path}: world_size={world!r:.40} must be an integer in [1, 100000]")
+    for key in ("device", "frozen_dtype", "run_id"):
+        if facts.get(key) is not None and not isinstance(facts[key], str):
+            raise UserError(f"{path}: {key}={facts[key]!r:.60} must be a string")
+    return facts
+
+
 def resume_hash(values: dict, resumable: set[str] | frozenset[str]) -> str:
     """Hash of the settings a resumed run must share with its checkpoint (the config minus `resumable`)."""
     kept = {k: v for k, v in values.items() if k not in resumable}

@@ -88,14 +88,17 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
         return Target(policy=target, run_dir=None, checkpoint=None, step=0, template=template, run_id=None,
                       digest=digest)
     cfg = TrainConfig.from_dict(read_json_object(run_dir / "config.json"))
-    digest = None
+    run_id, digest = identity.run_id(cfg), None
     if chosen is not None:  # every file against the manifest before anything is loaded or generated
         state = ckpt_io.verify(chosen)
         step, digest = state["step"], ckpt_io.content_digest(state)
+        if state.get("run_id") not in (None, run_id):
+            raise TargetError(f"{run_dir / 'config.json'} describes run {run_id}, but {chosen / 'state.json'} was "
+                              f"written by run {state['run_id']}: config.json was changed after training; restore it")
     else:
         step = 0
     return Target(policy=cfg.policy, run_dir=str(run_dir), checkpoint=None if chosen is None else str(chosen),
-                  step=step, template=cfg.prompt_template, run_id=identity.run_id(cfg), digest=digest)
+                  step=step, template=cfg.prompt_template, run_id=run_id, digest=digest)
 
 
 def load_policy(target: Target, dtype: torch.dtype = torch.float32, device: str = "cpu"):

@@ -62,6 +62,26 @@ def is_loopback(base_url: str) -> bool:
     return (urlsplit(base_url).hostname or "") in LOOPBACK_HOSTS
 
 
+def check_base_url(url: str) -> str:
+    """`url` if it can be a judge's base URL: http(s), a host, a valid port, no fragment; else a ValueError naming
+    it (without its credentials) and what is wrong. User-info and a query are allowed: both are sent, never
+    printed."""
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or 0 < parts.port
+    except ValueError:
+        port_ok = False
+    wrong = [why for bad, why in ((parts.scheme not in ("http", "https"), f"scheme {parts.scheme!r} is not http(s)"),
+                                  (not parts.hostname, "no host"), (not port_ok, "the port is not in 1..65535"),
+                                  (bool(parts.fragment), "it has a #fragment"),
+                                  (any(c.isspace() for c in url), "it contains spaces")) if bad]
+    if wrong:
+        shown = f"{parts.scheme}://{parts.netloc.split('@')[-1]}{parts.path}"
+        raise ValueError(f"--judge-base-url {shown!r}: {'; '.join(wrong)}; expected http(s)://HOST[:PORT]/PATH "
+                         "(e.g. http://127.0.0.1:8000/v1)")
+    return url
+
+
 def public_url(url: str) -> str:
     """`url` fit to store and print: no user:password@, query values masked (`?api-key=***`), no fragment."""
     parts = urlsplit(url)
@@ -124,7 +144,7 @@ class ChatClient:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1; got {max_attempts}")
         self.model = model
-        self._url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self._url = check_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
         self.base_url = public_url(self._url)  # what is printed and stored; the client alone gets `_url`
         self.api_key_env = api_key_env or "OPENAI_API_KEY"
         self.max_attempts, self.backoff, self.max_backoff = max_attempts, backoff, max_backoff

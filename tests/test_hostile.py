@@ -687,3 +687,26 @@ def test_a_saved_reward_model_is_group_readable(tmp_path):
     out = save_reward_model(model, None, tmp_path / "rm", backbone_spec="tiny-random-llama")
     for path in [out, *out.rglob("*")]:
         assert path.stat().st_mode & stat.S_IRGRP, path
+
+
+@pytest.mark.parametrize("url, message", [
+    ("file:///etc/passwd", "--judge-base-url 'file:///etc/passwd': scheme 'file' is not http(s); no host"),
+    ("http://127.0.0.1:99999/v1", "--judge-base-url 'http://127.0.0.1:99999/v1': the port is not in 1..65535"),
+    ("http://judge-user:s3cret-pw@127.0.0.1:9/v1#x", "--judge-base-url 'http://127.0.0.1:9/v1': it has a #fragment"),
+    ("http://127.0.0.1:9/v 1", "it contains spaces"),
+])
+def test_a_base_url_that_cannot_be_a_judge_is_refused_without_its_credentials(tmp_path, cache, capsys, url,
+                                                                                 message):
+    line = refused(capsys, "eval", "tiny-random-llama", "--judge", "openai", "--judge-model", "m",
+                   "--judge-base-url", url, "--results", tmp_path / "results")
+    assert message in line and "s3cret-pw" not in line and "judge-user" not in line
+
+
+def test_a_config_json_edited_after_training_is_refused_by_eval(run_copy, tmp_path, cache, capsys):
+    path = run_copy / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "kl_coef": 0.5}))  # valid, but not the run the checkpoint belongs to
+    before = snapshot(run_copy)
+    line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results")
+    assert f"{path} describes run " in line and "config.json was changed after training" in line
+    assert snapshot(run_copy) == before and not (tmp_path / "results").exists()

@@ -1,8 +1,8 @@
 """`harness eval`: evaluate a run, checkpoint or model with `evals.evaluation` and store its records.
 
 Cheap checks first, so bad input fails before any model loads: the target (run, checkpoint or model; a
-checkpoint's files against its manifest), the judge (an API key is checked by constructing it), the eval set
-(readable, with the needed fields). Each record is stored
+checkpoint's files against its manifest), the eval set (readable, with the needed fields), the judge (an API key
+is checked by constructing it). Each record is stored
 as soon as its evaluator finishes: a crash during factuality keeps the win-rate record.
 """
 
@@ -47,8 +47,8 @@ class Evaluator:
 
             if (problem := reward_model_problem("--proxy-reward", cfg.proxy_reward)) is not None:
                 raise ValueError(problem)
-        judge = make_judge(cfg.judge, **cfg.judge_options()) if req.winrate else None
         eval_set = open_eval_set(req.eval_set, cfg.limit) if req.winrate else None
+        judge = make_judge(cfg.judge, **cfg.judge_options()) if req.winrate else None
         run_id = req.run_id or (target.run_id if target.run_dir else f"sft:{target.policy}")
         label = req.label or _label_for(target)
         evaluation = PolicyEvaluation(cfg, target, cache_dir=cache_dir(), log=self.log, started=started)

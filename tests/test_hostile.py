@@ -435,15 +435,16 @@ def test_a_bad_prompts_file_is_named_with_its_line(tmp_path, capsys, name, text,
     ('[{"instruction": "a", "id": {"x": 1}}]', "record 0 field 'id' is {'x': 1}; expected a string of 1-1000"),
     ('[{"instruction": "a", "id": true}]', "record 0 field 'id' is True; expected a string"),
     ('[{"instruction": "a", "id": ""}]', "record 0 field 'id' is ''; expected a string"),
+    ('[{"instruction": "a"}, {"instruction": "b", "id": "0"}]', "the id(s) ['0'] occur more than once"),
+    ('{"instruction": "a", "instruction": "b"}', "duplicate key(s) ['instruction']"),
 ])
 def test_a_bad_eval_set_is_named_with_its_line_or_record(tmp_path, capsys, cache, text, message):
-    from evals.evalsets import EvalSetError, load_eval_set
-
     path = tmp_path / ("set.jsonl" if text.startswith('{"instruction": "a"}\n') else "set.json")
     path.write_text(text)
-    with pytest.raises(EvalSetError) as error:
-        load_eval_set(str(path))
-    assert f"eval set {str(path)!r}" in str(error.value) and message in str(error.value)
+    before = snapshot(tmp_path)
+    line = refused(capsys, "eval", "tiny-random-llama", "--eval-set", path, "--results", tmp_path / "results")
+    assert f"eval set {str(path)!r}" in line and message in line
+    assert snapshot(tmp_path) == before
 
 
 # ---------------------------------------------------------------- credentials: never printed, never stored

@@ -1,5 +1,10 @@
 """Careless and hostile input, by family: each case exits with a status, prints one line naming the option, field
-or file (its value and what is allowed), and leaves what was on disk as it was. No traceback, no silent acceptance.
+or file (its value and what is allowed), and leaves what was on disk as it was. No traceback, no silent acceptance,
+no data loss, no leak.
+
+Families: checkpoints (edited, damaged, replaced); other run-folder files; the report (where it goes, a write that
+fails half way); records (ids, duplicates, text that reaches Markdown/CSV/LaTeX, ranges); numbers that cannot be
+meant; settings and data files; judges and models that are not what they claim; credentials.
 """
 
 from __future__ import annotations
@@ -127,10 +132,9 @@ def test_an_edited_state_json_is_refused_by_eval_and_resume(run_copy, tmp_path, 
     before = snapshot(run_copy)
     line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results", "--preset", "smoke")
     assert str(step2(run_copy) / "state.json") in line and message in line
-    config = json.loads((run_copy / "config.json").read_text())
     line = refused(capsys, "train", "--config", run_copy / "config.json", "--set", "steps=3", "--out", run_copy,
                    "--resume")
-    assert message in line and str(step2(run_copy) / "state.json") in line, config
+    assert message in line and str(step2(run_copy) / "state.json") in line
     assert not (tmp_path / "results").exists() and snapshot(run_copy) == before
 
 
@@ -176,6 +180,82 @@ def test_every_checkpoint_file_is_group_readable(trained):
         pytest.skip(f"umask {mask:03o} withholds group read from every file")
     for path in step2(trained).rglob("*"):
         assert path.stat().st_mode & stat.S_IRGRP, path
+
+
+def test_a_saved_reward_model_is_group_readable(tmp_path):
+    import os
+
+    import torch
+
+    from trainers.heads import ScalarHeadModel, save_reward_model
+
+    mask = os.umask(0o022)
+    os.umask(mask)
+    if mask & stat.S_IRGRP:
+        pytest.skip(f"umask {mask:03o} withholds group read from every file")
+    model = ScalarHeadModel.__new__(ScalarHeadModel)
+    torch.nn.Module.__init__(model)
+    model.head, model.score_token = torch.nn.Linear(4, 1), "eos"
+    out = save_reward_model(model, None, tmp_path / "rm", backbone_spec="tiny-random-llama")
+    for path in [out, *out.rglob("*")]:
+        assert path.stat().st_mode & stat.S_IRGRP, path
+
+
+# ---------------------------------------------------------------- run-folder files other than checkpoints
+
+@pytest.mark.parametrize("line, message", [
+    ('{"step": 1}\n{"step": "2"}\n{"step": 3}\n', "line 2: step='2' must be an integer in [1, 1000000000]"),
+    ('{"step": 1}\n{"step": 100000000000000000000}\n{"step": 3}\n', "line 2: step=100000000000000000000 must be"),
+    ('{"step": 1, "objective/true_kl": "0.1"}\n{"step": 2}\n', "line 1: objective/true_kl='0.1' must be a number"),
+    ('[1]\n{"step": 2}\n', "line 1: a record is a JSON object, not list"),
+])
+def test_a_damaged_metrics_log_is_named_by_line_and_field(tmp_path, line, message):
+    from trainers.errors import UserError
+    from trainers.runlog import read_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(line)
+    with pytest.raises(UserError) as error:
+        read_metrics(path)
+    assert str(error.value).startswith(f"{path}, line ") and message in str(error.value)
+
+
+@pytest.mark.parametrize("facts, message", [
+    ({}, "parameters=None must hold the integers >= 0 trainable, total, policy_trainable, policy_total"),
+    ({"parameters": {"trainable": 1, "total": 2, "policy_trainable": 5, "policy_total": 2}},
+     "must satisfy 0 <= trainable <= total"),
+    ({"parameters": {"trainable": 1, "total": 2, "policy_trainable": 1, "policy_total": 2}, "world_size": 0},
+     "world_size=0 must be an integer in [1, 100000]"),
+])
+def test_a_damaged_run_json_is_named_by_field(tmp_path, facts, message):
+    from trainers.errors import UserError
+    from trainers.runfolder import read_run_facts
+
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(facts))
+    with pytest.raises(UserError) as error:
+        read_run_facts(path)
+    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
+
+
+def test_a_damaged_config_json_is_named_by_eval(run_copy, tmp_path, cache, capsys):
+    path = run_copy / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "lr": "fast"}))
+    before = snapshot(run_copy)
+    line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results")
+    assert "lr='fast'" in line and snapshot(run_copy) == before
+
+
+def test_a_config_json_edited_after_training_is_refused_by_eval(run_copy, tmp_path, cache, capsys):
+    path = run_copy / "config.json"
+    config = json.loads(path.read_text())
+    path.write_text(json.dumps({**config, "kl_coef": 0.5}))  # valid, but not the run the checkpoint belongs to
+    before = snapshot(run_copy)
+    line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results")
+    assert f"{path} describes run " in line and "config.json was changed after training" in line
+    assert snapshot(run_copy) == before and not (tmp_path / "results").exists()
+
 
 
 # ---------------------------------------------------------------- report: whole or not at all, and where it goes
@@ -236,6 +316,25 @@ def test_a_failed_write_names_its_file(tmp_path, capsys, monkeypatch):
     line = refused(capsys, "report", "--results", tmp_path / "results", "--out", out)
     assert f"{out / 'table1.csv'}: cannot be written (Permission denied)" in line
     assert not out.exists()
+
+
+def test_a_full_disk_names_the_file_being_written_and_keeps_the_old_one(tmp_path, monkeypatch):
+    import os
+
+    from trainers import io
+    from trainers.errors import UserError
+
+    path = tmp_path / "records" / "a.json"
+    io.atomic_write_text(path, "old")
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(UserError) as error:
+        io.atomic_write_text(path, "new")
+    assert str(error.value) == f"{path}: cannot be written (No space left on device); the file was left as it was"
+    assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
 
 
 # ---------------------------------------------------------------- records: one id one file, text that stays text
@@ -447,6 +546,82 @@ def test_a_bad_eval_set_is_named_with_its_line_or_record(tmp_path, capsys, cache
     assert snapshot(tmp_path) == before
 
 
+# ---------------------------------------------------------------- a judge or model that is not what it claims
+
+class BodyServer:
+    """Answers every request with status 200 and `body` (not necessarily JSON)."""
+
+    def __init__(self, body: bytes) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self):
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = _answer
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b'{"choices": [{"message": '])
+def test_a_judge_answering_something_other_than_json_is_named(tmp_path, cache, capsys, monkeypatch, body):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server = BodyServer(body)
+    try:
+        line = refused(capsys, "eval", "tiny-random-llama", "--judge", "openai", "--judge-model", "m",
+                       "--judge-base-url", server.url, "--judge-max-retries", "0", "--results", tmp_path / "results",
+                       code=3)
+    finally:
+        server.close()
+    assert f"judge 'm' at {server.url} answered with a body that is not JSON" in line
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--judge", "reward-model", "--judge-model", "/no/such/reward-model"],
+     "--judge-model='/no/such/reward-model': no such model directory"),
+    (["--proxy-reward", "/no/such/reward-model"], "--proxy-reward='/no/such/reward-model': no such model directory"),
+])
+def test_a_reward_model_path_that_does_not_exist_is_named(tmp_path, cache, capsys, argv, message):
+    line = refused(capsys, "eval", "tiny-random-llama", *argv, "--results", tmp_path / "results")
+    assert message in line and not (tmp_path / "results").exists()
+
+
+def test_a_model_folder_with_a_truncated_weight_file_is_named(tmp_path, cache, capsys):
+    import torch
+
+    from trainers.models import load_causal_lm, load_tokenizer
+
+    folder = tmp_path / "model"
+    load_causal_lm("tiny-random-llama", torch.float32).save_pretrained(folder)
+    load_tokenizer("tiny-random-llama").save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    before = snapshot(folder)
+    capsys.readouterr()
+    code, err = run(capsys, "eval", folder, "--results", tmp_path / "results", "--limit", "1")
+    line = err.strip().splitlines()[-1]  # after the offline judge's own loading bar
+    assert code == 2 and "Traceback" not in err
+    assert line == (f"harness: error: {folder}: a weight file cannot be loaded (Error while deserializing header: "
+                    "invalid header length); it is damaged or holds objects other than tensors")
+    assert snapshot(folder) == before and not (tmp_path / "results").exists()
+
+
 # ---------------------------------------------------------------- credentials: never printed, never stored
 
 class EchoingServer:
@@ -530,166 +705,6 @@ def test_a_command_line_is_stored_without_url_credentials():
     assert text == "harness eval RUN --judge-base-url https://h.example/v1?api-key=***&x=***"
 
 
-# ---------------------------------------------------------------- a judge or model that is not what it claims
-
-class BodyServer:
-    """Answers every request with status 200 and `body` (not necessarily JSON)."""
-
-    def __init__(self, body: bytes) -> None:
-        import threading
-        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-        class Handler(BaseHTTPRequestHandler):
-            def _answer(self):
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            do_GET = do_POST = _answer
-
-            def log_message(self, *args):
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-@pytest.mark.parametrize("body", [b"<html>502 Bad Gateway</html>", b'{"choices": [{"message": '])
-def test_a_judge_answering_something_other_than_json_is_named(tmp_path, cache, capsys, monkeypatch, body):
-    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    server = BodyServer(body)
-    try:
-        line = refused(capsys, "eval", "tiny-random-llama", "--judge", "openai", "--judge-model", "m",
-                       "--judge-base-url", server.url, "--judge-max-retries", "0", "--results", tmp_path / "results",
-                       code=3)
-    finally:
-        server.close()
-    assert f"judge 'm' at {server.url} answered with a body that is not JSON" in line
-    assert not (tmp_path / "results").exists()
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["--judge", "reward-model", "--judge-model", "/no/such/reward-model"],
-     "--judge-model='/no/such/reward-model': no such model directory"),
-    (["--proxy-reward", "/no/such/reward-model"], "--proxy-reward='/no/such/reward-model': no such model directory"),
-])
-def test_a_reward_model_path_that_does_not_exist_is_named(tmp_path, cache, capsys, argv, message):
-    line = refused(capsys, "eval", "tiny-random-llama", *argv, "--results", tmp_path / "results")
-    assert message in line and not (tmp_path / "results").exists()
-
-
-def test_a_model_folder_with_a_truncated_weight_file_is_named(tmp_path, cache, capsys):
-    import torch
-
-    from trainers.models import load_causal_lm, load_tokenizer
-
-    folder = tmp_path / "model"
-    load_causal_lm("tiny-random-llama", torch.float32).save_pretrained(folder)
-    load_tokenizer("tiny-random-llama").save_pretrained(folder)
-    weights = folder / "model.safetensors"
-    weights.write_bytes(weights.read_bytes()[:100])
-    before = snapshot(folder)
-    capsys.readouterr()
-    code, err = run(capsys, "eval", folder, "--results", tmp_path / "results", "--limit", "1")
-    line = err.strip().splitlines()[-1]  # after the offline judge's own loading bar
-    assert code == 2 and "Traceback" not in err
-    assert line == (f"harness: error: {folder}: a weight file cannot be loaded (Error while deserializing header: "
-                    "invalid header length); it is damaged or holds objects other than tensors")
-    assert snapshot(folder) == before and not (tmp_path / "results").exists()
-
-
-def test_a_full_disk_names_the_file_being_written_and_keeps_the_old_one(tmp_path, monkeypatch):
-    import os
-
-    from trainers import io
-    from trainers.errors import UserError
-
-    path = tmp_path / "records" / "a.json"
-    io.atomic_write_text(path, "old")
-
-    def full(fd):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(UserError) as error:
-        io.atomic_write_text(path, "new")
-    assert str(error.value) == f"{path}: cannot be written (No space left on device); the file was left as it was"
-    assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["a.json"]
-
-
-# ---------------------------------------------------------------- run-folder files other than checkpoints
-
-@pytest.mark.parametrize("line, message", [
-    ('{"step": 1}\n{"step": "2"}\n{"step": 3}\n', "line 2: step='2' must be an integer in [1, 1000000000]"),
-    ('{"step": 1}\n{"step": 100000000000000000000}\n{"step": 3}\n', "line 2: step=100000000000000000000 must be"),
-    ('{"step": 1, "objective/true_kl": "0.1"}\n{"step": 2}\n', "line 1: objective/true_kl='0.1' must be a number"),
-    ('[1]\n{"step": 2}\n', "line 1: a record is a JSON object, not list"),
-])
-def test_a_damaged_metrics_log_is_named_by_line_and_field(tmp_path, line, message):
-    from trainers.errors import UserError
-    from trainers.runlog import read_metrics
-
-    path = tmp_path / "metrics.jsonl"
-    path.write_text(line)
-    with pytest.raises(UserError) as error:
-        read_metrics(path)
-    assert str(error.value).startswith(f"{path}, line ") and message in str(error.value)
-
-
-@pytest.mark.parametrize("facts, message", [
-    ({}, "parameters=None must hold the integers >= 0 trainable, total, policy_trainable, policy_total"),
-    ({"parameters": {"trainable": 1, "total": 2, "policy_trainable": 5, "policy_total": 2}},
-     "must satisfy 0 <= trainable <= total"),
-    ({"parameters": {"trainable": 1, "total": 2, "policy_trainable": 1, "policy_total": 2}, "world_size": 0},
-     "world_size=0 must be an integer in [1, 100000]"),
-])
-def test_a_damaged_run_json_is_named_by_field(tmp_path, facts, message):
-    from trainers.errors import UserError
-    from trainers.runfolder import read_run_facts
-
-    path = tmp_path / "run.json"
-    path.write_text(json.dumps(facts))
-    with pytest.raises(UserError) as error:
-        read_run_facts(path)
-    assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
-
-
-def test_a_damaged_config_json_is_named_by_eval(run_copy, tmp_path, cache, capsys):
-    path = run_copy / "config.json"
-    config = json.loads(path.read_text())
-    path.write_text(json.dumps({**config, "lr": "fast"}))
-    before = snapshot(run_copy)
-    line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results")
-    assert "lr='fast'" in line and snapshot(run_copy) == before
-
-
-def test_a_saved_reward_model_is_group_readable(tmp_path):
-    import os
-
-    import torch
-
-    from trainers.heads import ScalarHeadModel, save_reward_model
-
-    mask = os.umask(0o022)
-    os.umask(mask)
-    if mask & stat.S_IRGRP:
-        pytest.skip(f"umask {mask:03o} withholds group read from every file")
-    model = ScalarHeadModel.__new__(ScalarHeadModel)
-    torch.nn.Module.__init__(model)
-    model.head, model.score_token = torch.nn.Linear(4, 1), "eos"
-    out = save_reward_model(model, None, tmp_path / "rm", backbone_spec="tiny-random-llama")
-    for path in [out, *out.rglob("*")]:
-        assert path.stat().st_mode & stat.S_IRGRP, path
-
-
 @pytest.mark.parametrize("url, message", [
     ("file:///etc/passwd", "--judge-base-url 'file:///etc/passwd': scheme 'file' is not http(s); no host"),
     ("http://127.0.0.1:99999/v1", "--judge-base-url 'http://127.0.0.1:99999/v1': the port is not in 1..65535"),
@@ -701,13 +716,3 @@ def test_a_base_url_that_cannot_be_a_judge_is_refused_without_its_credentials(tm
     line = refused(capsys, "eval", "tiny-random-llama", "--judge", "openai", "--judge-model", "m",
                    "--judge-base-url", url, "--results", tmp_path / "results")
     assert message in line and "s3cret-pw" not in line and "judge-user" not in line
-
-
-def test_a_config_json_edited_after_training_is_refused_by_eval(run_copy, tmp_path, cache, capsys):
-    path = run_copy / "config.json"
-    config = json.loads(path.read_text())
-    path.write_text(json.dumps({**config, "kl_coef": 0.5}))  # valid, but not the run the checkpoint belongs to
-    before = snapshot(run_copy)
-    line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results")
-    assert f"{path} describes run " in line and "config.json was changed after training" in line
-    assert snapshot(run_copy) == before and not (tmp_path / "results").exists()

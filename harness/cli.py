@@ -241,7 +241,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from harness.prepare import prepare
+    from trainers.io import check_output_folder
 
+    check_output_folder(args.results, "--results")
     name = args.preset or "tiny"
     cfg = presets.resolve(name, args.config, args.set)
     prepare(name, cfg, force=args.force, limit=args.limit, epochs=args.epochs, samples=args.samples,
@@ -304,7 +306,9 @@ def _eval(args: argparse.Namespace) -> int:
     from harness.eval_request import EvalRequest
     from harness.evaluate import evaluate
     from harness.results import check_run_id
+    from trainers.io import check_output_folder
 
+    check_output_folder(args.results, "--results")
     if args.run_id is not None:
         check_run_id(args.run_id)
 

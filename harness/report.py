@@ -240,6 +240,9 @@ def presets_in(results_root: str | Path) -> list[str]:
 def check_results_root(results_root: str | Path) -> None:
     """A results store that exists and holds records of ours (a typo would otherwise render a paper-only report)."""
     root = Path(results_root)
+    if not str(results_root).strip():
+        raise UserError("--results is empty; give the results store that `harness eval` / `harness reproduce` wrote "
+                        "(default results/)")
     if not root.is_dir():
         raise UserError(f"--results {str(results_root)!r}: no such folder; give the results store that "
                         "`harness eval` / `harness reproduce` wrote (default results/)")

@@ -491,6 +491,10 @@ def test_a_numeric_option_out_of_range_is_refused_by_the_parser(tmp_path, capsys
     (["reproduce", "--table", "2", "--results", " "], "--results is empty"),
     (["train", "--out", "."], "--out '.' is the current folder or one above it"),
     (["models", "recover", "--raw", "a", "--diff", "b", "--out", ""], "--out is empty"),
+    (["eval", "m", "--results", ""], "--results is empty"),
+    (["eval", "m", "--results", "."], "--results '.' is the current folder or one above it"),
+    (["prepare", "--results", ""], "--results is empty"),
+    (["report", "--results", ""], "--results is empty; give the results store"),
 ])
 def test_a_bad_value_is_refused_before_any_work(tmp_path, capsys, monkeypatch, argv, message):
     monkeypatch.chdir(tmp_path)

@@ -277,13 +277,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from trainers import recover
-    from trainers.io import check_output_folder
+    from trainers.io import check_output_folder, read_json_object
 
     check_output_folder(args.out)
     kind = args.kind
     if kind == "auto":
         config_file = Path(args.diff) / "config.json"
-        kind = recover.detect_kind(json.loads(config_file.read_text()) if config_file.is_file() else {}, [])
+        kind = recover.detect_kind(read_json_object(config_file) if config_file.is_file() else {}, [])
     if kind == "reward_model":  # rebuild, then rewrite in the layout our reward loader reads
         import tempfile
 

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError, check_preset_name
-from trainers.io import atomic_write_text
+from trainers.io import atomic_write_text, parse_json
 
 SCHEMA = "harness.record/1"
 SOURCES = ("harness", "paper")
@@ -260,12 +260,9 @@ def validate(rec: object, where: str = "record") -> dict:
 
 
 def _read_json(path: Path, error: type[UserError] = UserError) -> object:
-    """A results file's JSON (NaN and Infinity refused), or an error naming the file."""
-    def no_constant(name: str):
-        raise ValueError(f"{name} is not a number JSON allows")
-
+    """A results file's JSON (NaN, Infinity and duplicate keys refused), or an error naming the file."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"), parse_constant=no_constant)
+        return parse_json(path.read_text(encoding="utf-8"))
     except UnicodeDecodeError as exc:
         raise error(f"{path}: cannot be read (not UTF-8 at byte {exc.start})") from None
     except OSError as exc:

@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from trainers.checkpoint_paths import STATE, checkpoint_dir, latest_checkpoint, list_checkpoints  # noqa: F401
 from trainers.errors import UserError
-from trainers.io import atomic_write_text, make_readable, make_tree_readable
+from trainers.io import atomic_write_text, make_readable, make_tree_readable, parse_json
 
 MANIFEST = "files"  # state.json's key: {relative path: sha256} of every other file of the checkpoint
 DROPPED = "optimizer.pt"  # the one listed file an older checkpoint may lack: only resuming needs it
@@ -85,7 +85,7 @@ def read_state(folder: Path) -> dict:
     """state.json, checked field by field and against its seal; a UserError naming the file and field otherwise."""
     path = folder / STATE
     try:
-        state = json.loads(path.read_text(encoding="utf-8"), parse_constant=_no_constant)
+        state = parse_json(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise UserError(f"{path} cannot be read ({e}); the checkpoint is damaged") from None
     if not isinstance(state, dict):
@@ -97,10 +97,6 @@ def read_state(folder: Path) -> dict:
         raise UserError(f"{path} does not match its '{SEAL}': a field was edited after the checkpoint was written; "
                         "restore the file or resume from another checkpoint")
     return state
-
-
-def _no_constant(name: str):
-    raise ValueError(f"{name} is not a number JSON allows")
 
 
 def content_digest(state: dict) -> str:

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from transformers import AutoModel
 
 from trainers import models
-from trainers.io import make_tree_readable
+from trainers.io import make_tree_readable, read_json_object
 from trainers.specs import PREPARED, prepared_dir, resolve_reward_spec  # noqa: F401  (re-exported)
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
@@ -213,7 +213,7 @@ def merge_adapter(backbone: nn.Module, settings: dict, tensors: dict[str, Tensor
 
 def _head_meta(path: str | Path) -> dict:
     meta_path = Path(path) / HEAD_META
-    return json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return read_json_object(meta_path) if meta_path.is_file() else {}
 
 
 def reward_score_token(path: str | Path) -> str:

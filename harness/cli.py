@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="predict per-device memory of a PPO run and the smallest layout that fits")
     _add_config_args(plan)
     plan.add_argument("--gpus", type=int_in(0, 1024), default=1, help="GPUs (0: this CPU process)")
-    plan.add_argument("--gpu-memory", type=float_in(0, 1e6, low_open=True), default=80.0, help="GiB per GPU (default 80, an A100-80GB)")
+    plan.add_argument("--gpu-memory", type=float_in(0, 1e6, low_open=True), default=80.0,
+                      help="GiB per GPU (default 80, an A100-80GB)")
     mode = plan.add_mutually_exclusive_group()
     mode.add_argument("--lora", dest="lora", action="store_true", default=None, help="LoRA (the config's choice by default)")
     mode.add_argument("--full", dest="lora", action="store_false", help="full fine-tune (FSDP-sharded over --gpus)")
@@ -81,19 +82,23 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--diff", required=True, help="directory of the weight diff (e.g. alpaca-farm-sft10k-wdiff)")
     recover.add_argument("--out", required=True, help="output directory")
     recover.add_argument("--kind", choices=["auto", "causal_lm", "reward_model"], default="auto")
-    recover.add_argument("--expected-sum", type=finite_float, default=None, help="integrity check: expected sum of all weights")
+    recover.add_argument("--expected-sum", type=finite_float, default=None,
+                         help="integrity check: expected sum of all weights")
 
     prepare = sub.add_parser("prepare", help="sample preference pairs, label them, train the proxy reward model")
     _add_config_args(prepare)
     prepare.add_argument("--force", action="store_true", help="retrain the reward model even if it exists")
-    prepare.add_argument("--limit", type=int_in(1, MAX_COUNT), default=None, help="use only the first N preference instructions")
-    prepare.add_argument("--epochs", type=float_in(0, 1e6, low_open=True), default=1.0, help="--method trl: training epochs (default 1)")
+    prepare.add_argument("--limit", type=int_in(1, MAX_COUNT), default=None,
+                         help="use only the first N preference instructions")
+    prepare.add_argument("--epochs", type=float_in(0, 1e6, low_open=True), default=1.0,
+                         help="--method trl: training epochs (default 1)")
     prepare.add_argument("--samples", type=int_in(2, 10_000), default=8,
                          help="responses sampled per preference instruction; every pair of them is labelled (default 8)")
     prepare.add_argument("--method", choices=["head", "trl"], default="head",
                          help="head: a Bradley-Terry linear head on the frozen SFT backbone (default); trl: TRL's "
                          "RewardTrainer with LoRA")
-    prepare.add_argument("--l2", type=float_in(0, 1e12), default=1.0, help="--method head: L2 penalty on standardised features")
+    prepare.add_argument("--l2", type=float_in(0, 1e12), default=1.0,
+                         help="--method head: L2 penalty on standardised features")
     prepare.add_argument("--read", choices=("response_mean", "eos"), default="response_mean",
                          help="--method head: the hidden states the head reads: their mean over the response and "
                               "its EOS (default), or the EOS state alone")
@@ -101,7 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="win rate (and factuality) of a run, checkpoint or model")
     ev.add_argument("target", help="a run folder, a checkpoint folder (RUN/checkpoints/step-N) or a model spec")
-    ev.add_argument("--step", type=int_in(0, MAX_COUNT), default=None, help="checkpoint step of a run (default: latest; 0 = base policy)")
+    ev.add_argument("--step", type=int_in(0, MAX_COUNT), default=None,
+                    help="checkpoint step of a run (default: latest; 0 = base policy)")
     ev.add_argument("--judge", default="simulated", help="simulated (offline), openai, or reward-model")
     ev.add_argument("--judge-model", default=None, help="openai: the judge model; reward-model: its directory")
     ev.add_argument("--judge-base-url", default=None, help="any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
@@ -109,20 +115,26 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge-config", default=None, metavar="NAME|PATH", help="openai: alpaca-eval annotator config "
                     "(default alpaca_farm_greedy_gpt4, 5 pairs per prompt; alpaca_farm_greedy_gpt4_b1 asks one pair, "
                     "for small local judges); `harness judges` lists them")
-    ev.add_argument("--judge-timeout", type=float_in(0, 86_400, low_open=True), default=None, help="openai: seconds per request (default 120)")
-    ev.add_argument("--judge-max-retries", type=int_in(0, 100), default=None, help="openai: re-asks after a failed request "
+    ev.add_argument("--judge-timeout", type=float_in(0, 86_400, low_open=True), default=None,
+                    help="openai: seconds per request (default 120)")
+    ev.add_argument("--judge-max-retries", type=int_in(0, 100), default=None,
+                    help="openai: re-asks after a failed request "
                     "(default 5, with exponential backoff)")
-    ev.add_argument("--judge-max-tokens", type=int_in(1, MAX_TOKENS), default=None, help="openai: the answer's length in tokens "
+    ev.add_argument("--judge-max-tokens", type=int_in(1, MAX_TOKENS), default=None,
+                    help="openai: the answer's length in tokens "
                     "(default: the config's)")
     ev.add_argument("--proxy-reward", default=None, metavar="SPEC",
                     help="reward model whose mean score of the outputs the record keeps as proxy_reward (default: "
                          "the evaluated run's own; e.g. prepared:tiny for the SFT policy)")
-    ev.add_argument("--judge-max-unparsed", type=float_in(0, 1), default=0.5, help="stop with an error, recording nothing, "
+    ev.add_argument("--judge-max-unparsed", type=float_in(0, 1), default=0.5,
+                    help="stop with an error, recording nothing, "
                     "when more than this share of the judge's answers cannot be parsed (default 0.5; 1: never)")
     ev.add_argument("--eval-set", default="bundled", help="bundled (offline, 177 instructions), alpaca_farm (Hub), "
                     "hf:DATASET[:CONFIG]:SPLIT, or a local JSON/JSONL file of {instruction, input, output?}")
-    ev.add_argument("--limit", type=int_in(1, MAX_COUNT), default=None, help="evaluate on the first N instructions only")
-    ev.add_argument("--temperature", type=float_in(0, 100), default=0.0, help="sampling temperature (default 0: greedy)")
+    ev.add_argument("--limit", type=int_in(1, MAX_COUNT), default=None,
+                    help="evaluate on the first N instructions only")
+    ev.add_argument("--temperature", type=float_in(0, 100), default=0.0,
+                    help="sampling temperature (default 0: greedy)")
     ev.add_argument("--top-p", type=float_in(0, 1, low_open=True), default=1.0)
     ev.add_argument("--samples", type=int_in(1, 10_000), default=1,
                     help="answers sampled per instruction (needs --temperature > 0); the win rate averages each "
@@ -134,7 +146,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     ev.add_argument("--factuality", action="store_true", help="also FActScore on 'Tell me a bio of <entity>.'")
     ev.add_argument("--factuality-only", action="store_true", help="only factuality, no win rate")
-    ev.add_argument("--factuality-limit", type=int_in(1, MAX_COUNT), default=None, help="number of bio entities (default: all)")
+    ev.add_argument("--factuality-limit", type=int_in(1, MAX_COUNT), default=None,
+                    help="number of bio entities (default: all)")
     ev.add_argument("--verifier", default="auto", help="factuality verifier: auto (llm with --judge openai, else "
                     "consistency), consistency (MiniLM similarity plus consistency checks), lexical (word overlap), "
                     "smollm2 (FActScore-style True/False logits; weak), llm (needs --judge-model)")
@@ -171,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
             g.add_argument("--executor", default="local", help="local or ray")
             g.add_argument("--workers", type=int_in(1, 1024), default=1, help="local executor: runs in parallel")
             g.add_argument("--address", default=None, help="ray: cluster address (default: start a local Ray)")
-            g.add_argument("--retries", type=int_in(0, 100), default=1, help="retries of a failed run before it is reported")
+            g.add_argument("--retries", type=int_in(0, 100), default=1,
+                           help="retries of a failed run before it is reported")
             g.add_argument("--report", default="report", help="where to render (default report/)")
             g.add_argument("--no-report", action="store_true")
             g.add_argument("--recompute", action="append", default=[], metavar="RUN_ID",

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.report_data import DASH, PAPER_JUDGE_TEXT, Series, csv_text, md_text, one_line, pick_efficiency, win_rate_of
+from harness.report_data import (DASH, PAPER_JUDGE_TEXT, Series, csv_text, md_text, one_line, pick_efficiency,
+                                 win_rate_of)
 
 if TYPE_CHECKING:
     from harness.report_data import ReportData

@@ -165,7 +165,8 @@ def test_an_older_checkpoint_without_its_optimizer_state_is_still_evaluated(run_
     from evals.generate import resolve_target
 
     older = run_copy / "checkpoints" / "step-000001"
-    assert not (older / "optimizer.pt").exists() and "optimizer.pt" in json.loads((older / "state.json").read_text())["files"]
+    listed = json.loads((older / "state.json").read_text())["files"]
+    assert not (older / "optimizer.pt").exists() and "optimizer.pt" in listed
     target = resolve_target(str(run_copy), step=1)
     assert target.step == 1 and target.checkpoint == str(older) and target.digest
     (older / "rng.pt").write_bytes(b"damaged")
@@ -463,7 +464,8 @@ def test_text_is_escaped_for_each_format():
     (["eval", "m", "--judge-timeout", "-1"], "argument --judge-timeout: -1 is out of range; allowed: (0, 86400]"),
     (["eval", "m", "--judge-max-retries", "-1"], "argument --judge-max-retries: -1 is out of range; allowed: 0..100"),
     (["eval", "m", "--judge-max-tokens", "0"], "argument --judge-max-tokens: 0 is out of range"),
-    (["eval", "m", "--judge-max-unparsed", "1.5"], "argument --judge-max-unparsed: 1.5 is out of range; allowed: [0, 1]"),
+    (["eval", "m", "--judge-max-unparsed", "1.5"],
+     "argument --judge-max-unparsed: 1.5 is out of range; allowed: [0, 1]"),
     (["eval", "m", "--seed", "-1"], "argument --seed: -1 is out of range"),
     (["eval", "m", "--samples", "0"], "argument --samples: 0 is out of range; allowed: 1..10000"),
     (["eval", "m", "--factuality-limit", "0"], "argument --factuality-limit: 0 is out of range"),

@@ -4,8 +4,9 @@ Contents: `policy/` (the policy's PEFT adapter, loadable with `PeftModel.from_pr
 fine-tune mode), `value.safetensors` (the value model's trainable tensors: head, and adapters or backbone; with
 reference='one_base', its adapter "value" of the policy's model), `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch,
 CUDA and the sampling generator) and `state.json` (step, KL coefficient, config hash, the sha256 of every other
-file, and `state_sha256`, the sha256 of all its other fields, so that an edited field is refused), written last. Optimizer states of older checkpoints are dropped once a newer one is complete: they are only
-needed to resume, which uses the latest.
+file, and `state_sha256`, the sha256 of all its other fields, so that an edited field is refused), written last.
+Optimizer states of older checkpoints are dropped once a newer one is complete: they are only needed to resume,
+which uses the latest. Every file is group-readable, like the rest of a run folder.
 
 Loading never unpickles code: `.pt` files are read with `weights_only=True` (tensors and plain containers only),
 and `verify` checks the files against the manifest before anything is loaded.

@@ -43,8 +43,16 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one setting")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose refusals are one line, like every other error of the command line (the usage is one
+    `--help` away); subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="LoRA-RLHF experiment harness (PPO, regularisers, evaluation).")
+    parser = OneLineParser(prog="harness", description="LoRA-RLHF experiment harness (PPO, regularisers, evaluation).")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -43,13 +43,13 @@ def refused(capsys, *argv, code: int = 2) -> str:
 
 
 def parser_refused(capsys, *argv) -> str:
-    """argparse's refusal (exit 2, usage then one error line)."""
+    """The parser's refusal: exit 2 and one line naming the option, the value and what is allowed."""
     with pytest.raises(SystemExit) as exit_:
         cli.main([str(a) for a in argv])
     assert exit_.value.code == 2
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    return err.strip().splitlines()[-1]
+    lines = [x for x in capsys.readouterr().err.splitlines() if x.strip()]
+    assert len(lines) == 1 and lines[0].startswith("harness") and ": error: argument " in lines[0], lines
+    return lines[0]
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:

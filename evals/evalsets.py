@@ -17,6 +17,8 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from trainers.io import parse_json_file_text
+
 ALPACA_FARM = "hf:tatsu-lab/alpaca_farm:alpaca_farm_evaluation:eval"
 
 
@@ -71,12 +73,9 @@ def _read_rows(source: str, split: str) -> list:
     except (OSError, UnicodeDecodeError) as exc:
         raise EvalSetError(f"eval set {source!r} cannot be read as UTF-8 text ({exc})") from None
     try:
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise EvalSetError(f"eval set {source!r} is not valid JSON: {exc}") from None
+        rows = parse_json_file_text(text, path.suffix, f"eval set {source!r}")
+    except ValueError as exc:
+        raise EvalSetError(str(exc)) from None
     if isinstance(rows, dict):  # {split: [records]}, the bundled layout
         bad = [k for k, v in rows.items() if not isinstance(v, list)]
         if bad:
@@ -107,7 +106,12 @@ def load_eval_set(source: str, *, split: str = "", name: str | None = None, limi
         if output is not None and not isinstance(output, str):
             raise EvalSetError(f"eval set {source!r}: record {i} field 'output' is {type(output).__name__}; "
                                "expected a string (the reference output)")
-        records.append({"id": str(r.get("id", i)), "instruction": r["instruction"], "input": extra,
+        item_id = r.get("id", i)
+        if isinstance(item_id, bool) or not isinstance(item_id, (str, int)) or (isinstance(item_id, str) and not (
+                0 < len(item_id) <= 1000)) or (isinstance(item_id, int) and abs(item_id) >= 2**63):
+            raise EvalSetError(f"eval set {source!r}: record {i} field 'id' is {item_id!r:.80}; expected a string of "
+                               "1-1000 characters or an integer of at most 64 bits")
+        records.append({"id": str(item_id), "instruction": r["instruction"], "input": extra,
                         "output": output, "generator": r.get("generator")})
     repeated = sorted(i for i, n in Counter(r["id"] for r in records).items() if n > 1)
     if repeated:

@@ -2,8 +2,8 @@
 
 The caller resolves the target, opens the eval set and the judge (cheap checks first, so bad input fails before any
 model loads), and stores the results with its own bookkeeping (run id, label, where records live). Here:
-1. the policy's outputs (greedy by default), cached by (target, eval set, settings), so a re-judge or a crashed
-   evaluation costs no generation;
+1. the policy's outputs (greedy by default), cached by (target, eval set, settings), a checkpoint by its content
+   digest (verified against its manifest first), so a re-judge or a crashed evaluation costs no generation;
 2. references: the eval set's own outputs, or the SFT policy's at temperature 0.7 (cached in `references_dir`);
 3. judge (annotations cached in SQLite), measure the outputs' token-level true KL against the SFT policy;
 4. factuality: FActScore on "Tell me a bio of <entity>." prompts (`evals.factuality`).
@@ -219,13 +219,20 @@ class PolicyEvaluation:
                         self._progress(what))
 
     def _cached_outputs(self, kind: str, key_parts: list, make: Callable[[], list[str]]) -> list[str]:
+        """Outputs cached by everything that makes them: the target (a checkpoint by its content digest), the
+        eval set and the settings. A cache file that is damaged or not ours is regenerated, never trusted."""
         key = hashlib.sha256(json.dumps(key_parts, sort_keys=True, default=str).encode()).hexdigest()[:20]
         path = self.cache / "outputs" / f"{kind}-{key}.json"
         if path.is_file():
-            saved = json.loads(path.read_text())
-            if saved.get("key") == key:
-                self.log(f"{kind}: reusing {len(saved['outputs'])} cached generations ({path})")
-                return saved["outputs"]
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError):
+                saved = None
+            outputs = saved.get("outputs") if isinstance(saved, dict) and saved.get("key") == key else None
+            if isinstance(outputs, list) and all(isinstance(o, str) for o in outputs):
+                self.log(f"{kind}: reusing {len(outputs)} cached generations ({path})")
+                return outputs
+            self.log(f"{kind}: {path} is damaged; generating again")
         outputs = make()
         atomic_write_text(path, json.dumps({"key": key, "parts": key_parts, "outputs": outputs}, ensure_ascii=False,
                                            default=str))

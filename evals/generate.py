@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from evals.generation_settings import GenerationSettings
 from trainers import checkpoint as ckpt_io
@@ -45,6 +47,7 @@ class Target:
     step: int
     template: str
     run_id: str | None  # the run's identity (trainers.identity), None for a plain model
+    digest: str | None = None  # the checkpoint's content (trainers.checkpoint.content_digest), None without one
 
     def identity(self) -> dict:
         return asdict(self)
@@ -56,10 +59,8 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
         if step is not None:
             raise TargetError(f"--step {step} cannot be combined with a checkpoint folder ({target})")
         run_dir, chosen = path.parent.parent, path
-        state = read_json_object(chosen / "state.json") if (chosen / "state.json").is_file() else {}
-        if "step" not in state:
-            raise TargetError(f"{chosen} is not a complete checkpoint (state.json with 'step' is missing)")
-        step = int(state["step"])
+        if not (chosen / "state.json").is_file():
+            raise TargetError(f"{chosen} is not a complete checkpoint (its state.json is missing)")
     elif path.is_dir() and (path / "config.json").is_file() and (path / "metrics.jsonl").exists():
         run_dir = path
         found = ckpt_io.list_checkpoints(run_dir)
@@ -75,7 +76,6 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
             if not chosen.is_dir():
                 steps = [int(p.name.split("-")[-1]) for p in found]
                 raise TargetError(f"--step {step}: run {target} has no such checkpoint; it has steps {steps or 'none'}")
-        step = 0 if chosen is None else int(read_json_object(chosen / "state.json")["step"])
     else:
         problem = describe_spec_error("target", target)
         if problem or (path.exists() and not (path / "config.json").is_file()):
@@ -84,27 +84,46 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
                               + (f": {problem}" if problem else ""))
         if step not in (None, 0):
             raise TargetError(f"--step {step} needs a run folder; {target!r} is a model")
-        return Target(policy=target, run_dir=None, checkpoint=None, step=0, template=template, run_id=None)
+        digest = identity.model_fingerprint(target) if path.is_dir() else None  # a local folder: by content
+        return Target(policy=target, run_dir=None, checkpoint=None, step=0, template=template, run_id=None,
+                      digest=digest)
     cfg = TrainConfig.from_dict(read_json_object(run_dir / "config.json"))
+    run_id, digest = identity.run_id(cfg), None
+    if chosen is not None:  # every file against the manifest before anything is loaded or generated
+        state = ckpt_io.verify(chosen)
+        step, digest = state["step"], ckpt_io.content_digest(state)
+        if state.get("run_id") not in (None, run_id):
+            raise TargetError(f"{run_dir / 'config.json'} describes run {run_id}, but {chosen / 'state.json'} was "
+                              f"written by run {state['run_id']}: config.json was changed after training; restore it")
+    else:
+        step = 0
     return Target(policy=cfg.policy, run_dir=str(run_dir), checkpoint=None if chosen is None else str(chosen),
-                  step=step, template=cfg.prompt_template, run_id=identity.run_id(cfg))
+                  step=step, template=cfg.prompt_template, run_id=run_id, digest=digest)
 
 
 def load_policy(target: Target, dtype: torch.dtype = torch.float32, device: str = "cpu"):
-    """(model, tokenizer) ready for generation; a LoRA checkpoint is merged into the base weights."""
+    """(model, tokenizer) ready for generation; a LoRA checkpoint is merged into the base weights. A damaged or
+    refused weight file (truncated, a pickle of code) is a TargetError naming the folder."""
     tokenizer = load_tokenizer(target.policy)
-    if target.checkpoint is None:
-        model = load_causal_lm(target.policy, dtype)
-    else:
-        folder = Path(target.checkpoint) / "policy"
-        if (folder / "adapter_config.json").is_file():
+    folder = Path(target.checkpoint) / "policy" if target.checkpoint else Path(target.policy)
+    try:
+        if target.checkpoint is None:
+            model = load_causal_lm(target.policy, dtype)
+        elif (folder / "adapter_config.json").is_file():
             from peft import PeftModel
 
             base = load_causal_lm(target.policy, dtype)
             model = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
         else:
             model = load_causal_lm(str(folder), dtype)
+    except (SafetensorError, pickle.UnpicklingError, EOFError) as e:
+        raise TargetError(f"{folder}: a weight file cannot be loaded ({_first_line(e)}); it is damaged or holds "
+                          "objects other than tensors") from None
     return model.to(device).eval(), tokenizer
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def generate(model, tokenizer, records: list[dict], template: str, settings: GenerationSettings,

@@ -18,6 +18,11 @@ def check_judge_options(name: str, *, reward_model: str | None = None, config: s
         raise ValueError(f"judge={name!r} is not known; valid judges: {', '.join(JUDGES)}")
     if name == "reward-model" and not reward_model:
         raise ValueError("judge='reward-model' needs --judge-model DIR (a reward-model directory or head:MODEL)")
+    if name == "reward-model":
+        from trainers.preflight import reward_model_problem
+
+        if (problem := reward_model_problem("--judge-model", reward_model)) is not None:
+            raise ValueError(problem)
     openai_only = {"--judge-config": config, "--judge-timeout": timeout, "--judge-max-retries": max_retries,
                    "--judge-max-tokens": max_tokens}
     given = [flag for flag, value in openai_only.items() if value is not None]

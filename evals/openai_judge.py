@@ -21,6 +21,7 @@ another.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import math
@@ -32,12 +33,13 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, quote_plus, unquote, urlencode, urlsplit, urlunsplit
 
 import yaml
 
 from evals.alpaca_eval_import import import_alpaca_eval
 from evals.judging import Judge, JudgeError, Pair
+from trainers.io import parse_yaml
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,26 @@ def is_loopback(base_url: str) -> bool:
     return (urlsplit(base_url).hostname or "") in LOOPBACK_HOSTS
 
 
+def check_base_url(url: str) -> str:
+    """`url` if it can be a judge's base URL: http(s), a host, a valid port, no fragment; else a ValueError naming
+    it (without its credentials) and what is wrong. User-info and a query are allowed: both are sent, never
+    printed."""
+    parts = urlsplit(url)
+    try:
+        port_ok = parts.port is None or 0 < parts.port
+    except ValueError:
+        port_ok = False
+    wrong = [why for bad, why in ((parts.scheme not in ("http", "https"), f"scheme {parts.scheme!r} is not http(s)"),
+                                  (not parts.hostname, "no host"), (not port_ok, "the port is not in 1..65535"),
+                                  (bool(parts.fragment), "it has a #fragment"),
+                                  (any(c.isspace() for c in url), "it contains spaces")) if bad]
+    if wrong:
+        shown = f"{parts.scheme}://{parts.netloc.split('@')[-1]}{parts.path}"
+        raise ValueError(f"--judge-base-url {shown!r}: {'; '.join(wrong)}; expected http(s)://HOST[:PORT]/PATH "
+                         "(e.g. http://127.0.0.1:8000/v1)")
+    return url
+
+
 def public_url(url: str) -> str:
     """`url` fit to store and print: no user:password@, query values masked (`?api-key=***`), no fragment."""
     parts = urlsplit(url)
@@ -69,6 +91,33 @@ def public_url(url: str) -> str:
     netloc = host + (f":{parts.port}" if parts.port else "")
     query = urlencode([(k, "***") for k, _ in parse_qsl(parts.query, keep_blank_values=True)], safe="*")
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def secret_forms(url: str, key: str = "") -> list[str]:
+    """Every text form of the credentials in `url` (user-info, query values) and of `key` a client may send or a
+    server echo: as typed, percent-decoded and -encoded, and user:password in base64 (HTTP Basic)."""
+    parts = urlsplit(url)
+    found = [key, parts.username or "", parts.password or ""]
+    found += [v for _, v in parse_qsl(parts.query, keep_blank_values=True)]
+    found += [v for chunk in parts.query.split("&") for v in chunk.split("=", 1)[1:]]  # as typed
+    if parts.password is not None:
+        for user, password in ((parts.username or "", parts.password),
+                               (unquote(parts.username or ""), unquote(parts.password))):
+            pair = f"{user}:{password}"
+            found += [pair, base64.b64encode(pair.encode()).decode(), base64.urlsafe_b64encode(pair.encode()).decode()]
+    forms = set()
+    for text in found:
+        forms |= {text, unquote(text), quote(text, safe=""), quote_plus(text)}
+    return sorted((x for x in forms if len(x) >= 4), key=len, reverse=True)
+
+
+def scrub(text: str, url: str, key: str = "", shown_url: str | None = None) -> str:
+    """`text` with `url` as `shown_url` (default `public_url(url)`) and every form of its credentials and of `key`
+    as `***`. Pieces under 4 characters are left: they would mangle the text ("v1" in every path)."""
+    text = text.replace(url, shown_url or public_url(url)) if url else text
+    for secret in secret_forms(url, key):
+        text = text.replace(secret, "***")
+    return text
 
 
 def _is_retryable(error: Exception) -> bool:
@@ -95,7 +144,7 @@ class ChatClient:
         if max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1; got {max_attempts}")
         self.model = model
-        self._url = base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+        self._url = check_base_url(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL)
         self.base_url = public_url(self._url)  # what is printed and stored; the client alone gets `_url`
         self.api_key_env = api_key_env or "OPENAI_API_KEY"
         self.max_attempts, self.backoff, self.max_backoff = max_attempts, backoff, max_backoff
@@ -104,7 +153,11 @@ class ChatClient:
         if client is None:
             import openai
 
-            client = openai.OpenAI(api_key=self._secret, base_url=self._url, timeout=timeout, max_retries=0)
+            # a query in the base URL (`?api-key=...`) goes on every request as its query, not inside the path
+            parts = urlsplit(self._url)
+            query = dict(parse_qsl(parts.query, keep_blank_values=True))
+            client = openai.OpenAI(api_key=self._secret, base_url=urlunsplit((*parts[:3], "", "")), timeout=timeout,
+                                   max_retries=0, default_query=query or None)
         self.client = client
         self.served_models: set[str] = set()
         self.usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
@@ -123,14 +176,10 @@ class ChatClient:
                          f"is not set (a server on 127.0.0.1/localhost needs none)")
 
     def _scrub(self, text: str) -> str:
-        """`text` without the key, the URL's credentials or its query values (a server may echo them)."""
-        parts = urlsplit(self._url)
-        secrets = [self._url, self._secret if self._secret != LOOPBACK_KEY else "", parts.password or "",
-                   *(v for _, v in parse_qsl(parts.query))]
-        # the whole URL before its pieces; pieces under 4 characters would mangle the text ("v1" in every path)
-        for secret in sorted((x for x in secrets if len(x) >= 4), key=len, reverse=True):
-            text = text.replace(secret, self.base_url if secret == self._url else "***")
-        return text
+        """`text` without the key, the URL's credentials or its query values, in every form the client sends them
+        (as typed, percent-decoded or encoded, and user:password as the Basic header's base64): a server may echo
+        them."""
+        return scrub(text, self._url, self._secret if self._secret != LOOPBACK_KEY else "", self.base_url)
 
     def _delay(self, attempt: int, error: Exception) -> float:
         delay = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
@@ -150,6 +199,10 @@ class ChatClient:
                 response = self.client.chat.completions.create(model=self.model, messages=messages,
                                                                temperature=temperature, max_tokens=max_tokens)
                 break
+            except ValueError as error:  # a body that is not JSON (an HTML error page, a cut-off answer)
+                raise JudgeError(f"judge {self.model!r} at {self.base_url} answered with a body that is not JSON "
+                                 f"({self._scrub(' '.join(str(error).split()))}); is the base URL an OpenAI-compatible "
+                                 "endpoint (.../v1)?") from None
             except openai.OpenAIError as error:
                 retry = _is_retryable(error) and attempt < self.max_attempts
                 what = f"{type(error).__name__}: {self._scrub(str(error))}"
@@ -182,6 +235,9 @@ class ChatClient:
 
         try:
             ids = [m.id for m in self.client.models.list()]
+        except ValueError as error:
+            raise JudgeError(f"the judge server at {self.base_url} listed its models in a body that is not JSON "
+                             f"({self._scrub(' '.join(str(error).split()))}); name one with --judge-model") from None
         except openai.OpenAIError as error:
             raise JudgeError(f"the judge server at {self.base_url} did not list its models ({type(error).__name__}: "
                              f"{self._scrub(str(error))}); name one with --judge-model") from None
@@ -250,7 +306,10 @@ def load_annotator_config(annotator: str | os.PathLike) -> tuple[str, dict]:
             raise ValueError(f"annotator config {str(annotator)!r} is not known; use a configs.yaml path or one of: "
                              f"{', '.join(sorted(known))}")
         path = known[str(annotator)]
-    configs = yaml.safe_load(path.read_text())
+    try:
+        configs = parse_yaml(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: not a valid annotator configs.yaml ({' '.join(str(e).split())})") from None
     if not isinstance(configs, dict) or len(configs) != 1:
         raise UnsupportedConfigError(f"{path}: one annotator expected (pools such as `alpaca_farm` are not "
                                      f"supported); found {list(configs or {})}",

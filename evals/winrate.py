@@ -48,9 +48,14 @@ def cached_references(eval_set: EvalSet, *, policy: str, settings: dict, cache_d
     key = references_key(policy, eval_set, settings)
     path = Path(cache_dir) / f"references-{key}.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
-        if saved.get("eval_set_hash") == eval_set.hash and _hash(saved["outputs"]) == saved.get("outputs_hash") \
-                and len(saved["outputs"]) == len(eval_set.records):
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError):
+            saved = None  # a damaged cache is generated again
+        outputs = saved.get("outputs") if isinstance(saved, dict) else None
+        if isinstance(outputs, list) and all(isinstance(o, str) for o in outputs) \
+                and saved.get("eval_set_hash") == eval_set.hash and _hash(outputs) == saved.get("outputs_hash") \
+                and len(outputs) == len(eval_set.records):
             return saved["outputs"], {"source": "cache", "generator": policy, "hash": saved["outputs_hash"],
                                       "settings": settings, "path": str(path)}
     outputs = generate_fn()

@@ -23,8 +23,8 @@ import textwrap
 from pathlib import Path
 
 from harness import presets
-from harness.errors import check_config_file, positive_int, preset_name, run_guarded
-from trainers.config import field_help, field_types
+from harness.errors import check_config_file, finite_float, float_in, int_in, preset_name, redact_urls, run_guarded
+from trainers.config import MAX_COUNT, MAX_SIZE as MAX_TOKENS, field_help, field_types
 
 
 def _fields_epilog() -> str:
@@ -65,8 +65,16 @@ def _report_to_overrides(args: argparse.Namespace) -> list[str]:
     return [f"report_to={','.join(names)}"]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose refusals are one line, like every other error of the command line (the usage is one
+    `--help` away); subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="harness", description="LoRA-RLHF experiment harness (PPO, regularisers, evaluation).")
+    parser = OneLineParser(prog="harness", description="LoRA-RLHF experiment harness (PPO, regularisers, evaluation).")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (anywhere on the line)")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -85,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="predict per-device memory of a PPO run and the smallest layout that fits")
     _add_config_args(plan)
-    plan.add_argument("--gpus", type=int, default=1, help="GPUs (0: this CPU process)")
-    plan.add_argument("--gpu-memory", type=float, default=80.0, help="GiB per GPU (default 80, an A100-80GB)")
+    plan.add_argument("--gpus", type=int_in(0, 1024), default=1, help="GPUs (0: this CPU process)")
+    plan.add_argument("--gpu-memory", type=float_in(0, 1e6, low_open=True), default=80.0,
+                      help="GiB per GPU (default 80, an A100-80GB)")
     mode = plan.add_mutually_exclusive_group()
     mode.add_argument("--lora", dest="lora", action="store_true", default=None, help="LoRA (the config's choice by default)")
     mode.add_argument("--full", dest="lora", action="store_false", help="full fine-tune (FSDP-sharded over --gpus)")
@@ -94,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="dtype of frozen weights (default: bf16 on GPUs, fp32 on this CPU)")
     plan.add_argument("--arch", choices=["llama-7b", "smollm2-135m"], default=None,
                       help="plan for this architecture instead of reading the models' config.json")
-    plan.add_argument("--query-tokens", type=int, default=None,
+    plan.add_argument("--query-tokens", type=int_in(1, MAX_TOKENS), default=None,
                       help="prompt tokens per sequence after padding (default: query_len, the worst case)")
 
     models = sub.add_parser("models", help="model utilities")
@@ -104,19 +113,23 @@ def build_parser() -> argparse.ArgumentParser:
     recover.add_argument("--diff", required=True, help="directory of the weight diff (e.g. alpaca-farm-sft10k-wdiff)")
     recover.add_argument("--out", required=True, help="output directory")
     recover.add_argument("--kind", choices=["auto", "causal_lm", "reward_model"], default="auto")
-    recover.add_argument("--expected-sum", type=float, default=None, help="integrity check: expected sum of all weights")
+    recover.add_argument("--expected-sum", type=finite_float, default=None,
+                         help="integrity check: expected sum of all weights")
 
     prepare = sub.add_parser("prepare", help="sample preference pairs, label them, train the proxy reward model")
     _add_config_args(prepare)
     prepare.add_argument("--force", action="store_true", help="retrain the reward model even if it exists")
-    prepare.add_argument("--limit", type=int, default=None, help="use only the first N preference instructions")
-    prepare.add_argument("--epochs", type=float, default=1.0, help="--method trl: training epochs (default 1)")
-    prepare.add_argument("--samples", type=positive_int, default=8,
+    prepare.add_argument("--limit", type=int_in(1, MAX_COUNT), default=None,
+                         help="use only the first N preference instructions")
+    prepare.add_argument("--epochs", type=float_in(0, 1e6, low_open=True), default=1.0,
+                         help="--method trl: training epochs (default 1)")
+    prepare.add_argument("--samples", type=int_in(2, 10_000), default=8,
                          help="responses sampled per preference instruction; every pair of them is labelled (default 8)")
     prepare.add_argument("--method", choices=["head", "trl"], default="head",
                          help="head: a Bradley-Terry linear head on the frozen SFT backbone (default); trl: TRL's "
                          "RewardTrainer with LoRA")
-    prepare.add_argument("--l2", type=float, default=1.0, help="--method head: L2 penalty on standardised features")
+    prepare.add_argument("--l2", type=float_in(0, 1e12), default=1.0,
+                         help="--method head: L2 penalty on standardised features")
     prepare.add_argument("--read", choices=("response_mean", "eos"), default="response_mean",
                          help="--method head: the hidden states the head reads: their mean over the response and "
                               "its EOS (default), or the EOS state alone")
@@ -124,7 +137,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="win rate (and factuality) of a run, checkpoint or model")
     ev.add_argument("target", help="a run folder, a checkpoint folder (RUN/checkpoints/step-N) or a model spec")
-    ev.add_argument("--step", type=int, default=None, help="checkpoint step of a run (default: latest; 0 = base policy)")
+    ev.add_argument("--step", type=int_in(0, MAX_COUNT), default=None,
+                    help="checkpoint step of a run (default: latest; 0 = base policy)")
     ev.add_argument("--judge", default="simulated", help="simulated (offline), openai, or reward-model")
     ev.add_argument("--judge-model", default=None, help="openai: the judge model; reward-model: its directory")
     ev.add_argument("--judge-base-url", default=None, help="any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
@@ -132,32 +146,39 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge-config", default=None, metavar="NAME|PATH", help="openai: alpaca-eval annotator config "
                     "(default alpaca_farm_greedy_gpt4, 5 pairs per prompt; alpaca_farm_greedy_gpt4_b1 asks one pair, "
                     "for small local judges); `harness judges` lists them")
-    ev.add_argument("--judge-timeout", type=float, default=None, help="openai: seconds per request (default 120)")
-    ev.add_argument("--judge-max-retries", type=int, default=None, help="openai: re-asks after a failed request "
+    ev.add_argument("--judge-timeout", type=float_in(0, 86_400, low_open=True), default=None,
+                    help="openai: seconds per request (default 120)")
+    ev.add_argument("--judge-max-retries", type=int_in(0, 100), default=None,
+                    help="openai: re-asks after a failed request "
                     "(default 5, with exponential backoff)")
-    ev.add_argument("--judge-max-tokens", type=int, default=None, help="openai: the answer's length in tokens "
+    ev.add_argument("--judge-max-tokens", type=int_in(1, MAX_TOKENS), default=None,
+                    help="openai: the answer's length in tokens "
                     "(default: the config's)")
     ev.add_argument("--proxy-reward", default=None, metavar="SPEC",
                     help="reward model whose mean score of the outputs the record keeps as proxy_reward (default: "
                          "the evaluated run's own; e.g. prepared:tiny for the SFT policy)")
-    ev.add_argument("--judge-max-unparsed", type=float, default=0.5, help="stop with an error, recording nothing, "
+    ev.add_argument("--judge-max-unparsed", type=float_in(0, 1), default=0.5,
+                    help="stop with an error, recording nothing, "
                     "when more than this share of the judge's answers cannot be parsed (default 0.5; 1: never)")
     ev.add_argument("--eval-set", default="bundled", help="bundled (offline, 177 instructions), alpaca_farm (Hub), "
                     "hf:DATASET[:CONFIG]:SPLIT, or a local JSON/JSONL file of {instruction, input, output?}")
-    ev.add_argument("--limit", type=int, default=None, help="evaluate on the first N instructions only")
-    ev.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (default 0: greedy)")
-    ev.add_argument("--top-p", type=float, default=1.0)
-    ev.add_argument("--samples", type=positive_int, default=1,
+    ev.add_argument("--limit", type=int_in(1, MAX_COUNT), default=None,
+                    help="evaluate on the first N instructions only")
+    ev.add_argument("--temperature", type=float_in(0, 100), default=0.0,
+                    help="sampling temperature (default 0: greedy)")
+    ev.add_argument("--top-p", type=float_in(0, 1, low_open=True), default=1.0)
+    ev.add_argument("--samples", type=int_in(1, 10_000), default=1,
                     help="answers sampled per instruction (needs --temperature > 0); the win rate averages each "
                          "instruction's preferences")
-    ev.add_argument("--max-new-tokens", type=positive_int, default=None,
+    ev.add_argument("--max-new-tokens", type=int_in(1, MAX_TOKENS), default=None,
                     help="default: the run's response_len, else 300")
-    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--batch-size", type=int_in(1, MAX_TOKENS), default=16)
     ev.add_argument("--order", default="both", help="both (judge each pair in both orders), random, fixed")
-    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
     ev.add_argument("--factuality", action="store_true", help="also FActScore on 'Tell me a bio of <entity>.'")
     ev.add_argument("--factuality-only", action="store_true", help="only factuality, no win rate")
-    ev.add_argument("--factuality-limit", type=int, default=None, help="number of bio entities (default: all)")
+    ev.add_argument("--factuality-limit", type=int_in(1, MAX_COUNT), default=None,
+                    help="number of bio entities (default: all)")
     ev.add_argument("--verifier", default="auto", help="factuality verifier: auto (llm with --judge openai, else "
                     "consistency), consistency (MiniLM similarity plus consistency checks), lexical (word overlap), "
                     "smollm2 (FActScore-style True/False logits; weak), llm (needs --judge-model)")
@@ -192,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
         g.add_argument("--results", default="results", help="results store (default results/)")
         if name == "reproduce":
             g.add_argument("--executor", default="local", help="local, ray or slurm")
-            g.add_argument("--workers", type=int, default=1, help="local executor: runs in parallel")
+            g.add_argument("--workers", type=int_in(1, 1024), default=1, help="local executor: runs in parallel")
             g.add_argument("--ray-address", "--address", dest="address", default=None,
                            help="ray: a running cluster's address, e.g. HEAD:6379 (default: start a local Ray)")
             g.add_argument("--dry-run", action="store_true",
@@ -200,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
             from harness.slurm import add_arguments as add_slurm_arguments
 
             add_slurm_arguments(g)
-            g.add_argument("--retries", type=int, default=1, help="retries of a failed run before it is reported")
+            g.add_argument("--retries", type=int_in(0, 100), default=1,
+                           help="retries of a failed run before it is reported")
             g.add_argument("--report", default="report", help="where to render (default report/)")
             _add_report_to(g)
             g.add_argument("--no-report", action="store_true")
@@ -233,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--debug" in argv:  # accepted after the subcommand too
         argv = ["--debug", *(a for a in argv if a != "--debug")]
     args = build_parser().parse_args(argv)
-    args.command_line = " ".join(["harness", *argv])  # what a run's manifest says made it
+    args.command_line = redact_urls(" ".join(["harness", *argv]))  # what a run's manifest says made it
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(line_buffering=True)  # progress reaches log files and pipes as it happens
     # one line for what the user can fix; a traceback only for bugs (or --debug)
@@ -281,7 +303,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _prepare(args: argparse.Namespace) -> int:
     from harness.prepare import prepare
+    from trainers.io import check_output_folder
 
+    check_output_folder(args.results, "--results")
     name = args.preset or "tiny"
     cfg = presets.resolve(name, args.config, args.set)
     prepare(name, cfg, force=args.force, limit=args.limit, epochs=args.epochs, samples=args.samples,
@@ -291,6 +315,13 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from harness import reproduce
+    from trainers.io import check_output_folder
+
+    if args.command == "reproduce":  # the folders it writes, checked before any run starts
+        check_output_folder(args.runs, "--runs")
+        check_output_folder(args.results, "--results")
+        if not args.no_report:
+            check_output_folder(args.report, "--report")
 
     if args.command == "reproduce":  # the grid's runs report to one group, named after the grid
         from trainers import trackers
@@ -324,7 +355,9 @@ def _runs(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from harness.report import check_results_root, render_report
+    from trainers.io import check_output_folder
 
+    check_output_folder(args.out)
     check_results_root(args.results)  # a mistyped --results must not replace the report with a paper-only one
     paths = render_report(args.results, args.out, args.preset, metric=args.metric)
     print(f"report: {len(paths)} files in {args.out}/")
@@ -333,11 +366,13 @@ def _report(args: argparse.Namespace) -> int:
 
 def _models(args: argparse.Namespace) -> int:
     from trainers import recover
+    from trainers.io import check_output_folder, read_json_object
 
+    check_output_folder(args.out)
     kind = args.kind
     if kind == "auto":
         config_file = Path(args.diff) / "config.json"
-        kind = recover.detect_kind(json.loads(config_file.read_text()) if config_file.is_file() else {}, [])
+        kind = recover.detect_kind(read_json_object(config_file) if config_file.is_file() else {}, [])
     if kind == "reward_model":  # rebuild, then rewrite in the layout our reward loader reads
         import tempfile
 
@@ -359,6 +394,12 @@ def _eval(args: argparse.Namespace) -> int:
     from evals.config import EvalConfig
     from harness.eval_request import EvalRequest
     from harness.evaluate import evaluate
+    from harness.results import check_run_id
+    from trainers.io import check_output_folder
+
+    check_output_folder(args.results, "--results")
+    if args.run_id is not None:
+        check_run_id(args.run_id)
 
     config = EvalConfig(
         judge=args.judge, judge_model=args.judge_model, judge_base_url=args.judge_base_url,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pickle
 import re
 import sys
@@ -16,10 +17,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trainers.errors import UserError
+from trainers.io import parse_json, parse_yaml
 
-__all__ = ["UserError", "check_config_file", "check_preset_name", "describe", "positive_int", "preset_name",
-           "run_guarded"]
+__all__ = ["UserError", "check_config_file", "check_preset_name", "describe", "finite_float", "float_in", "int_in",
+           "positive_int", "preset_name", "redact_urls", "run_guarded"]
 PRESET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s@?#]*@)?(?P<rest>[^\s?#]*)"
+                             r"(?P<query>\?[^\s#]*)?")
+
+
+def redact_urls(text: str) -> str:
+    """`text` with every URL's user-info dropped and its query values as `***`: fit to print and store (a command
+    line in a run's manifest, for one)."""
+    def clean(m: re.Match) -> str:
+        query = m["query"] or ""
+        if query:
+            query = "?" + "&".join(p.split("=", 1)[0] + ("=***" if "=" in p else "") for p in query[1:].split("&"))
+        return m["scheme"] + m["rest"] + query
+
+    return URL_CREDENTIALS.sub(clean, text)
 
 
 def check_preset_name(name: object, where: str = "preset") -> str:
@@ -75,13 +91,13 @@ def check_config_file(path: str | None) -> None:
         import yaml
 
         try:
-            yaml.safe_load(text)
+            parse_yaml(text)
         except yaml.YAMLError as e:
             raise UserError(f"--config {path!r} is not valid YAML ({describe(e)})") from None
     else:
         try:
-            json.loads(text)
-        except json.JSONDecodeError as e:
+            parse_json(text)
+        except ValueError as e:
             raise UserError(f"--config {path!r} is not valid JSON ({e})") from None
 
 
@@ -93,6 +109,49 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"{value} must be >= 1 (leave the option out for the default)")
+    return value
+
+
+def int_in(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high]."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; allowed: {low}..{high}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; allowed: {low}..{high}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def float_in(low: float, high: float, *, low_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite number in [low, high] ((low, high] with `low_open`)."""
+    allowed = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number; allowed: {allowed}") from None
+        if not math.isfinite(value) or not (low < value if low_open else low <= value) or value > high:
+            raise argparse.ArgumentTypeError(f"{text} is out of range; allowed: {allowed}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """argparse type: any finite number."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number")
     return value
 
 

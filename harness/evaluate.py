@@ -1,7 +1,8 @@
 """`harness eval`: evaluate a run, checkpoint or model with `evals.evaluation` and store its records.
 
-Cheap checks first, so bad input fails before any model loads: the judge (an API key is checked by constructing
-it), the eval set (readable, with the needed fields), the target (run, checkpoint or model). Each record is stored
+Cheap checks first, so bad input fails before any model loads: the target (run, checkpoint or model; a
+checkpoint's files against its manifest), the eval set (readable, with the needed fields), the judge (an API key
+is checked by constructing it). Each record is stored
 as soon as its evaluator finishes: a crash during factuality keeps the win-rate record.
 """
 
@@ -42,9 +43,14 @@ class Evaluator:
     def run(self) -> list[dict]:
         req, cfg = self.req, self.req.config
         started = time.time()
-        judge = make_judge(cfg.judge, **cfg.judge_options()) if req.winrate else None
+        target = resolve_target(req.target, req.step)  # a checkpoint's files checked before any model loads
+        if cfg.proxy_reward and not cfg.proxy_reward.startswith("rule:"):
+            from trainers.preflight import reward_model_problem
+
+            if (problem := reward_model_problem("--proxy-reward", cfg.proxy_reward)) is not None:
+                raise ValueError(problem)
         eval_set = open_eval_set(req.eval_set, cfg.limit) if req.winrate else None
-        target = resolve_target(req.target, req.step)
+        judge = make_judge(cfg.judge, **cfg.judge_options()) if req.winrate else None
         run_id = req.run_id or (target.run_id if target.run_dir else f"sft:{target.policy}")
         label = req.label or _label_for(target)
         for evaluator, wanted in (("winrate", req.winrate), ("factuality", req.factuality)):

@@ -48,6 +48,7 @@ from trainers.heads import (HEAD_META, SCORE_TOKENS, ScalarHeadModel, hidden_siz
 from trainers import models
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
 from trainers.reward_fit import cross_validated_agreement, fit_bradley_terry_head, pair_accuracy
+from trainers.io import read_json_object, replace_folder
 from trainers.runlog import atomic_write_text
 
 HELD_OUT = 0.15
@@ -65,7 +66,10 @@ def _samples(cfg: TrainConfig, folder: Path, log, limit: int | None, k: int) -> 
     records = data.load_records(cfg.prompts, "preference")[:limit]
     key = {"policy": cfg.policy, "response_len": cfg.response_len, "template": cfg.prompt_template,
            "instructions": [[r["instruction"], r["input"]] for r in records]}
-    saved = json.loads(path.read_text()) if path.is_file() else {}
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (UnicodeDecodeError, ValueError):
+        saved = {}  # a damaged cache of samples: sampled again
     passes = saved.get("passes", {}) if isinstance(saved, dict) and saved.get("key") == key else {}
     missing = [seed for seed in range(1, k + 1) if str(seed) not in passes]
     log(f"samples: {k - len(missing)} of {k} responses to each of {len(records)} preference instructions cached "
@@ -124,9 +128,9 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
         if packaged is not None:
             return packaged
     # a model written before reward models recorded where they read their score is refitted
-    knows_its_position = (out / HEAD_META).is_file() and "score_token" in json.loads((out / HEAD_META).read_text())
+    knows_its_position = (out / HEAD_META).is_file() and "score_token" in read_json_object(out / HEAD_META)
     if out.is_dir() and report_path.is_file() and knows_its_position and not force:
-        report = json.loads(report_path.read_text())
+        report = read_json_object(report_path)
         differing = {k: report.get(k) for k, v in wanted.items() if report.get(k) != v}
         if not differing:
             log(f"prepare: reward model already at {out} (held-out agreement with the judge "
@@ -175,8 +179,8 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
     save_reward_model(reward, tok, tmp, meta={**how, "pairs": len(train), "samples": samples,
                                               "label_flip": LABEL_FLIP, "policy": cfg.policy},
                       backbone_spec=cfg.policy, adapter=adapter)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    report_path.unlink(missing_ok=True)  # the old report must never describe the new model, even after a crash
+    replace_folder(tmp, out)
     t_train = time.time() - t0
 
     # held-out agreement, read back from the saved directory exactly as PPO and the reward-model judge read it

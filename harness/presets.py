@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainers.config import TrainConfig, field_names, field_types
+from trainers.io import parse_json, parse_yaml
 
 DATA_DIR = Path(__file__).parent / "data"
 INSTRUCTIONS = str(DATA_DIR / "instructions.json")
@@ -117,13 +118,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"--config {str(path)!r}: no such file")
-    text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
+    text = path.read_text(encoding="utf-8")
+    data = (parse_yaml(text) or {}) if path.suffix in (".yaml", ".yml") else parse_json(text)
     if not isinstance(data, dict):
         raise ValueError(f"--config {str(path)!r} must hold a mapping of fields, not {type(data).__name__}")
     types_ = field_types()

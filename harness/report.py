@@ -33,9 +33,10 @@ import numpy as np
 from evals import stats
 from harness.errors import UserError
 from harness.report_data import (DASH, PAPER_JUDGE_TEXT, WIN_RATE_METRICS, ReportData, Series,
-                                 item_answered, item_scores, item_supported, load,
+                                 item_answered, item_scores, item_supported, load, md_code, md_text,
                                  pick_efficiency, preferences)
 from harness.results import ResultsStore
+from trainers.io import staged_folder
 
 # ---------------------------------------------------------------- claims
 
@@ -214,9 +215,9 @@ def index_md(data: ReportData, files: list[Path], results_root: Path, out_dir: P
     out += [f"- [{p.name}]({p.name})" for p in files if p.name != "index.md"]
     out += ["", "## Provenance", "", f"- win-rate judge: {data.judge_text}; the paper's: {PAPER_JUDGE_TEXT}",
             "- results' git commits (records' `harness.git_commit`): "
-            + (", ".join(f"`{c}` ({n} records)" for c, n in sorted(commits.items())) or "none (no records)")]
-    out += [f"- note: {n}" for n in data.notes]
-    out += [f"- made by {line}" for line in data.made_by]
+            + (", ".join(f"{md_code(c)} ({n} records)" for c, n in sorted(commits.items())) or "none (no records)")]
+    out += [f"- note: {md_text(n)}" for n in data.notes]
+    out += [f"- made by {line}" for line in data.made_by]  # escaped where made
     runs = sorted({r["run_id"] for r in data.ours})
     if runs:
         out += ["", "| run | label | evaluations (step) | git commit | command |", "|---|---|---|---|---|"]
@@ -226,7 +227,8 @@ def index_md(data: ReportData, files: list[Path], results_root: Path, out_dir: P
             commit = (m.get("harness") or {}).get("git_commit") or m.get("git_commit") or DASH
             lab = ", ".join(f"{k}={v}" for k, v in recs[0]["label"].items() if v is not None)
             evs = ", ".join(sorted(f"{r['evaluator']} ({r['step']})" for r in recs))
-            out.append(f"| `{rid}` | {lab} | {evs} | {commit} | {f'`{cmd}`' if cmd else DASH} |")
+            out.append(f"| {md_code(rid)} | {md_text(lab)} | {md_text(evs)} | {md_text(commit)} | "
+                       f"{md_code(cmd) if cmd else DASH} |")
     return "\n".join(out) + "\n"
 
 
@@ -238,6 +240,9 @@ def presets_in(results_root: str | Path) -> list[str]:
 def check_results_root(results_root: str | Path) -> None:
     """A results store that exists and holds records of ours (a typo would otherwise render a paper-only report)."""
     root = Path(results_root)
+    if not str(results_root).strip():
+        raise UserError("--results is empty; give the results store that `harness eval` / `harness reproduce` wrote "
+                        "(default results/)")
     if not root.is_dir():
         raise UserError(f"--results {str(results_root)!r}: no such folder; give the results store that "
                         "`harness eval` / `harness reproduce` wrote (default results/)")
@@ -252,35 +257,45 @@ def render_report(results_root: str | Path, out_dir: str | Path, preset: str | N
 
     preset None: every preset with records of ours; one is rendered into `out_dir`, several into `out_dir/<preset>/`
     with an `out_dir/index.md` linking them; none renders the paper-only report under the name "none".
-    metric: what Figure 1 plots for our runs, "win_rate" or "lc_win_rate" (Table 2 shows both)."""
+    metric: what Figure 1 plots for our runs, "win_rate" or "lc_win_rate" (Table 2 shows both).
+    Everything is rendered into a temporary folder beside `out_dir` first (`trainers.io.staged_folder`): the report
+    appears whole or not at all, and a failed write names its file."""
     if metric not in WIN_RATE_METRICS:
         raise ValueError(f"metric={metric!r} is not known; allowed: {', '.join(WIN_RATE_METRICS)}")
+    out_dir = Path(out_dir)
+    with staged_folder(out_dir) as staging:
+        written = _render(Path(results_root), staging, out_dir, preset, judge=judge, metric=metric)
+    return [out_dir / p.relative_to(staging) for p in written]
+
+
+def _render(results_root: Path, write_dir: Path, out_dir: Path, preset: str | None, *, judge: str | None,
+            metric: str) -> list[Path]:
+    """`render_report` into `write_dir`, its text naming `out_dir` (where the files will be)."""
     from harness import report_figures, report_tables
 
-    results_root, out_dir = Path(results_root), Path(out_dir)
     if preset is None:
         found = presets_in(results_root)
         if len(found) > 1:
-            files = [p for name in found
-                     for p in render_report(results_root, out_dir / name, name, judge=judge, metric=metric)]
-            top = out_dir / "index.md"
+            files = [p for name in found for p in _render(results_root, write_dir / name, out_dir / name, name,
+                                                          judge=judge, metric=metric)]
+            top = write_dir / "index.md"
             top.write_text("# Reports\n\n" + "".join(f"- [{n}]({n}/index.md)\n" for n in found))
             return [*files, top]
         preset = found[0] if found else "none"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    write_dir.mkdir(parents=True, exist_ok=True)
     data = load(results_root, preset, judge)
     data.metric = metric
     files: list[Path] = []
     for table in report_tables.build_tables(data):
-        files += report_tables.write_table(table, out_dir)
-    files += report_figures.figure1(data, out_dir)
-    files += report_figures.figure2(data, out_dir)
-    files += report_figures.figure3(data, out_dir)
+        files += report_tables.write_table(table, write_dir)
+    files += report_figures.figure1(data, write_dir)
+    files += report_figures.figure2(data, write_dir)
+    files += report_figures.figure3(data, write_dir)
     from harness.report_curves import curves_figure
 
-    files += curves_figure(results_root, preset, out_dir)  # none where the store holds no curves of the preset
-    (out_dir / "summary.md").write_text(summary_md(data))
-    files.append(out_dir / "summary.md")
-    index = out_dir / "index.md"
+    files += curves_figure(results_root, preset, write_dir)  # none where the store holds no curves of the preset
+    (write_dir / "summary.md").write_text(summary_md(data))
+    files.append(write_dir / "summary.md")
+    index = write_dir / "index.md"
     index.write_text(index_md(data, files, results_root, out_dir))
     return [*files, index]

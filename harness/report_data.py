@@ -6,6 +6,7 @@ and writes everything.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,35 @@ DASH = "—"
 REG_ORDER = ("kl", "none", "jensen_shannon", "dropout_only", "bregman", "squared_error", "clamped_kl", "negative_kl")
 KIND_ORDER = ("sft", "full", "lora")
 PAPER_JUDGE_TEXT = "AlpacaFarm annotator pool of 2023 (GPT-4/GPT-3.5/davinci-003, retired), n=805"
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def one_line(text: object) -> str:
+    """Text with its control characters (newlines too) as one space: a value never starts a row of its own."""
+    return _CONTROL.sub(" ", str(text))
+
+
+def md_text(text: object) -> str:
+    """Text as one Markdown table cell or line: on one line, '|' escaped."""
+    return one_line(text).replace("|", "\\|")
+
+
+def md_code(text: object) -> str:
+    """Text as a Markdown code span on one line (a backtick inside would end it early)."""
+    return "`" + md_text(text).replace("`", "'") + "`"
+
+
+def csv_text(text: object) -> str:
+    """Text as one CSV cell: on one line, and never read as a formula by a spreadsheet (=, +, -, @ first)."""
+    out = one_line(text)
+    if out[:1] in ("=", "+", "-", "@"):
+        try:
+            float(out)
+        except ValueError:
+            return "'" + out
+    return out
 
 
 def _kind(label: Mapping) -> str:
@@ -154,10 +184,10 @@ class ReportData:
         """Each `harness reproduce` at this preset that did work, oldest first: command, wall time and machine."""
         lines = []
         for r in self.reproductions:
-            failed = f", with failures: {', '.join(r['failed'])}" if r.get("failed") else ""
-            lines.append(f"`{r.get('command') or 'harness reproduce'}` finished {r.get('finished')} in "
+            failed = f", with failures: {md_text(', '.join(r['failed']))}" if r.get("failed") else ""
+            lines.append(f"{md_code(r.get('command') or 'harness reproduce')} finished {md_text(r.get('finished'))} in "
                          f"{r['minutes']:.1f} min of wall time (trained {r.get('runs_trained')} runs, ran "
-                         f"{r.get('evaluations')} evaluations{failed}) on {r.get('machine')}")
+                         f"{r.get('evaluations')} evaluations{failed}) on {md_text(r.get('machine'))}")
         return lines
 
     def find(self, series: list[Series], kind: str, regularizer: str | None = None) -> Series | None:

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.report_data import DASH, PAPER_JUDGE_TEXT, Series, pick_efficiency, win_rate_of
+from harness.report_data import (DASH, PAPER_JUDGE_TEXT, Series, csv_text, md_text, one_line, pick_efficiency,
+                                 win_rate_of)
 
 if TYPE_CHECKING:
     from harness.report_data import ReportData
@@ -53,7 +54,7 @@ class Table:
 # ---------------------------------------------------------------- writers
 
 def markdown(t: Table) -> str:
-    esc = lambda s: str(s).replace("|", "\\|")  # noqa: E731
+    esc = md_text
     lines = [f"**Table {t.name.removeprefix('table')}. {t.title}**", "",
              "| " + " | ".join(esc(c) for c in [t.row_header, *t.columns]) + " |",
              "|---" + "|---:" * len(t.columns) + "|"]
@@ -67,8 +68,9 @@ _TEX_UNICODE = {"±": r"$\pm$", "—": "---", "–": "--", "×": r"$\times$", "�
 
 
 def tex_escape(s: str) -> str:
-    """LaTeX-escape text (specials first, then the few non-ASCII symbols the report uses)."""
-    out = "".join(_TEX.get(ch, ch) for ch in str(s))
+    """LaTeX-escape text on one line (control characters as a space, specials, then the few non-ASCII symbols the
+    report uses)."""
+    out = "".join(_TEX.get(ch, ch) for ch in one_line(s))
     for k, v in _TEX_UNICODE.items():
         out = out.replace(k, v)
     return out
@@ -102,9 +104,10 @@ def write_csv(t: Table, path: Path) -> None:
         w.writerow(CSV_FIELDS)
         for label, cells in t.rows:
             for col, c in zip(t.columns, cells):
-                w.writerow([t.name, label, col, c.source or "", c.metric or "", _num(c.value), _num(c.se),
-                            "" if c.n is None else c.n, "" if c.step is None else c.step, c.run_id or "",
-                            c.record_id or "", c.text])
+                w.writerow([csv_text(x) for x in (
+                    t.name, label, col, c.source or "", c.metric or "", _num(c.value), _num(c.se),
+                    "" if c.n is None else c.n, "" if c.step is None else c.step, c.run_id or "",
+                    c.record_id or "", c.text)])
 
 
 def _num(v: float | None) -> str:

@@ -35,6 +35,7 @@ from harness.eval_job import write_job
 from harness.eval_request import EvalRequest, expected_identity
 from harness.results import ResultsStore, make_record
 from trainers.io import atomic_write_text, read_json_object, repository_path
+from trainers.runfolder import read_run_facts
 from trainers.runlog import read_metrics
 
 
@@ -55,12 +56,15 @@ def _only(text: str | None) -> tuple[str, ...]:
 
 
 def _seeds(text: str | None) -> tuple[int, ...] | None:
-    if not text:
+    if text is None:
         return None
     try:
-        return tuple(int(s) for s in text.split(","))
+        seeds = tuple(int(s) for s in text.split(","))
     except ValueError:
         raise ValueError(f"--seeds={text!r}: expected comma-separated integers, e.g. 1,2,3") from None
+    if any(not 0 <= s < 2**32 for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds={text!r}: seeds must be distinct integers in 0..{2**32 - 1}")
+    return seeds
 
 
 # ---- what exists -------------------------------------------------------------------------------------------
@@ -173,8 +177,13 @@ def _metrics(folder: Path) -> list[dict]:
 
 
 def efficiency_record(g: G.Grid, run: G.Run, folder: Path) -> dict:
-    facts = read_json_object(folder / "run.json")
+    facts = read_run_facts(folder / "run.json")
     rows = _metrics(folder)
+    needed = ("memory/peak_bytes", "time/step", "time/tokens_per_s")
+    lacking = next(((r["step"], k) for r in rows for k in needed if not isinstance(r.get(k), (int, float))), None)
+    if not rows or lacking:
+        raise UserError(f"{folder / 'metrics.jsonl'}: " + (f"step {lacking[0]} lacks a number for {lacking[1]!r}"
+                        if lacking else "no steps") + "; the run's efficiency cannot be measured")
     timed = rows[1:] or rows  # the first step carries start-up costs
     counts = facts["parameters"]
     metrics = {
@@ -194,7 +203,7 @@ def efficiency_record(g: G.Grid, run: G.Run, folder: Path) -> dict:
 
 
 def manifest(run: G.Run, folder: Path, command: str | None = None) -> dict:
-    facts = read_json_object(folder / "run.json") if (folder / "run.json").is_file() else {}
+    facts = read_run_facts(folder / "run.json") if (folder / "run.json").is_file() else {}
     rows = _metrics(folder)
     from harness.results import harness_identity
 

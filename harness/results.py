@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UserError, check_preset_name
-from trainers.io import atomic_write_text
+from trainers.io import atomic_write_text, parse_json
 
 SCHEMA = "harness.record/1"
 SOURCES = ("harness", "paper")
@@ -58,6 +58,15 @@ PERCENT_METRICS = ("win_rate", "lc_win_rate", "factscore", "factscore_no_penalty
 NONNEGATIVE_METRICS = ("standard_error", "lc_standard_error", "n", "true_kl_train", "facts_per_answer", "gpus", "processes",
                        "trainable_params", "total_params", "peak_memory_gib", "seconds_per_step", "tokens_per_s",
                        "steps", "train_pairs", "heldout_pairs", "gold_agreement_cv_sd")
+
+
+MAX_STEP = 10**9  # PPO steps; a step beyond it is a typo or an attack, not a run
+MAX_MAGNITUDE = 1e15  # any metric: parameter counts and token rates stay far below
+MAX_INT = 2**63 - 1  # seeds, item ids
+# text that reaches Markdown, LaTeX, CSV and figure labels: one line, none of the characters that make structure
+# there (table cells, code spans, maths, HTML, escapes)
+TEXT = re.compile(r"[^\x00-\x1f\x7f-\x9f\u2028\u2029|`$<>\\]{0,300}")
+REGULARIZER = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
 
 
 class RecordError(UserError):
@@ -144,6 +153,24 @@ def _optional(value: object, kind: type) -> bool:
     return isinstance(value, kind) and not isinstance(value, bool)
 
 
+def _text(value: object) -> bool:
+    return isinstance(value, str) and TEXT.fullmatch(value) is not None
+
+
+def _int(value: object, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+TEXT_RULE = "at most 300 characters on one line, without | ` $ < > \\"
+
+
+def check_run_id(value: str, where: str = "--run-id") -> str:
+    """A run id given by hand, checked before any work: what a record's run_id must be."""
+    if not value or not _text(value):
+        raise UserError(f"{where} {value!r:.200} must be a non-empty string of {TEXT_RULE}")
+    return value
+
+
 def _problems(rec: dict) -> list[str]:
     """Every schema violation of a record that has all its fields, each naming the field and value."""
     found = []
@@ -153,25 +180,28 @@ def _problems(rec: dict) -> list[str]:
         check_preset_name(rec["preset"])
     except UserError as e:
         found.append(str(e))
-    if not isinstance(rec["run_id"], str) or not rec["run_id"]:
-        found.append(f"run_id={rec['run_id']!r} must be a non-empty string")
-    if isinstance(rec["step"], bool) or not isinstance(rec["step"], int) or rec["step"] < 0:
-        found.append(f"step={rec['step']!r} must be an integer >= 0")
+    if not _text(rec["run_id"]) or not rec["run_id"]:
+        found.append(f"run_id={rec['run_id']!r:.200} must be a non-empty string of {TEXT_RULE}")
+    if not _int(rec["step"], 0, MAX_STEP):
+        found.append(f"step={rec['step']!r:.60} must be an integer in [0, {MAX_STEP}]")
     lab = rec["label"]
     if not isinstance(lab, dict) or set(lab) != set(LABEL_KEYS):
         found.append(f"label must have exactly the keys {LABEL_KEYS}; got {lab!r:.200}")
-    elif not (_optional(lab["regularizer"], str) and _optional(lab["lora"], bool) and _optional(lab["seed"], int)
+    elif not ((lab["regularizer"] is None or (isinstance(lab["regularizer"], str)
+                                               and REGULARIZER.fullmatch(lab["regularizer"])))
+              and _optional(lab["lora"], bool) and (lab["seed"] is None or _int(lab["seed"], -MAX_INT, MAX_INT))
               and lab["baseline"] in BASELINES):
-        found.append(f"label={lab!r}: regularizer is a string, lora a boolean, seed an integer (or null), baseline "
-                     "one of sft, full, null")
+        found.append(f"label={lab!r:.200}: regularizer is null or 1-64 letters, digits, '_', '.', '+', '-'; lora a "
+                     f"boolean; seed an integer of at most 64 bits (or null); baseline one of sft, full, null")
     judge = rec["judge"]
-    if judge is not None and not (isinstance(judge, dict) and all(isinstance(judge.get(k), str)
+    if judge is not None and not (isinstance(judge, dict) and all(_text(judge.get(k))
                                                                   for k in ("name", "model", "version"))):
-        found.append(f"judge={judge!r:.200} must be null or {{name, model, version}} strings")
+        found.append(f"judge={judge!r:.200} must be null or {{name, model, version}}, each a string of {TEXT_RULE}")
     es = rec["eval_set"]
-    if es is not None and not (isinstance(es, dict) and isinstance(es.get("name"), str) and isinstance(es.get("hash"), str)
-                               and isinstance(es.get("n"), int) and not isinstance(es.get("n"), bool) and es["n"] >= 0):
-        found.append(f"eval_set={es!r:.200} must be null or {{name: string, hash: string, n: integer >= 0}}")
+    if es is not None and not (isinstance(es, dict) and _text(es.get("name")) and _text(es.get("hash"))
+                               and _int(es.get("n"), 0, MAX_STEP)):
+        found.append(f"eval_set={es!r:.200} must be null or {{name, hash: strings of {TEXT_RULE}; n: an integer "
+                     f"in [0, {MAX_STEP}]}}")
     metrics = rec["metrics"]
     if not isinstance(metrics, dict):
         found.append(f"metrics must be an object of numbers; got {type(metrics).__name__}")
@@ -179,8 +209,9 @@ def _problems(rec: dict) -> list[str]:
         for k, v in metrics.items():
             if v is None:
                 continue
-            if not _number(v):
-                found.append(f"metrics.{k}={v!r} must be a finite number or null")
+            if not _number(v) or abs(v) > MAX_MAGNITUDE:
+                found.append(f"metrics.{k}={v!r:.60} must be a finite number of magnitude <= {MAX_MAGNITUDE:g}, "
+                             "or null")
             elif k in PERCENT_METRICS and not 0 <= v <= 100:
                 found.append(f"metrics.{k}={v!r} must be a percentage in [0, 100]")
             elif k in NONNEGATIVE_METRICS and v < 0:
@@ -196,9 +227,14 @@ def _problems(rec: dict) -> list[str]:
     return found
 
 
+def _item_id(value: object) -> bool:
+    return (isinstance(value, str) and len(value) <= 1000) or _int(value, -MAX_INT, MAX_INT)
+
+
 def _per_item_problems(items: object) -> list[str]:
-    if not isinstance(items, list) or not all(isinstance(i, dict) and isinstance(i.get("id"), (str, int)) for i in items):
-        return ["per_item must be a list of objects, each with an 'id'"]
+    if not isinstance(items, list) or not all(isinstance(i, dict) and _item_id(i.get("id")) for i in items):
+        return ["per_item must be a list of objects, each with an 'id' (a string of at most 1000 characters, or an "
+                "integer of at most 64 bits)"]
     ids = [str(i["id"]) for i in items]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     found = [f"per_item repeats the id(s) {dupes[:5]}: paired statistics need one item per id"] if dupes else []
@@ -227,6 +263,49 @@ def validate(rec: object, where: str = "record") -> dict:
     if problems:
         raise RecordError(f"{where}: " + "; ".join(problems))
     return rec
+
+
+def _read_json(path: Path, error: type[UserError] = UserError) -> object:
+    """A results file's JSON (NaN, Infinity and duplicate keys refused), or an error naming the file."""
+    try:
+        return parse_json(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: cannot be read (not UTF-8 at byte {exc.start})") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise error(f"{path}: not valid JSON ({exc})") from None
+
+
+def _read_manifest(path: Path) -> dict:
+    """A run manifest: an object whose `command` (when present) is one line of text and `harness` an object."""
+    data = _read_json(path)
+    if not isinstance(data, dict):
+        raise UserError(f"{path} must hold a JSON object (a run's manifest), not {type(data).__name__}")
+    for key, kind in (("command", str), ("argv", list), ("harness", dict), ("git_commit", str)):
+        if data.get(key) is not None and not isinstance(data[key], kind):
+            raise UserError(f"{path}: {key}={data[key]!r:.100} must be a {kind.__name__} (or absent)")
+    if isinstance(data.get("command"), str) and re.search(r"[\x00-\x1f\x7f]", data["command"]):
+        raise UserError(f"{path}: command={data['command']!r:.100} must be one line without control characters")
+    return data
+
+
+def _reproduction_problem(entry: dict) -> str | None:
+    """What is wrong with one entry of a reproductions file (None: nothing), naming the field and value."""
+    minutes = entry.get("minutes")
+    if not _number(minutes) or not 0 <= minutes <= MAX_MAGNITUDE:
+        return f"minutes={minutes!r:.60} must be a finite number >= 0"
+    for key in ("command", "finished", "machine"):
+        value = entry.get(key)
+        if value is not None and not (isinstance(value, str) and not re.search(r"[\x00-\x1f\x7f]", value)):
+            return f"{key}={value!r:.100} must be one line of text (or absent)"
+    for key in ("runs_trained", "evaluations"):
+        if entry.get(key) is not None and not _int(entry[key], 0, MAX_STEP):
+            return f"{key}={entry[key]!r:.60} must be an integer in [0, {MAX_STEP}] (or absent)"
+    failed = entry.get("failed")
+    if failed is not None and not (isinstance(failed, list) and all(isinstance(f, str) for f in failed)):
+        return f"failed={failed!r:.100} must be a list of run ids (or absent)"
+    return None
 
 
 def same_results(a: dict, b: dict) -> bool:
@@ -263,13 +342,12 @@ class ResultsStore:
         return self.record_path(rid).exists()
 
     def _read(self, path: Path) -> dict:
-        try:
-            rec = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise RecordError(f"{path}: not valid JSON ({exc})") from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise RecordError(f"{path}: cannot be read ({exc})") from None
-        return validate(rec, str(path))
+        """A record file, validated; its name must be its record_id (so one id is one file, never two results)."""
+        rec = validate(_read_json(path, RecordError), str(path))
+        if path.stem != rec["record_id"]:
+            raise RecordError(f"{path}: record_id={rec['record_id']!r} does not match the file name; a record lives "
+                              f"in records/<record_id>.json (rename it to {rec['record_id']}.json, or remove it)")
+        return rec
 
     def records(self) -> Iterable[dict]:
         folder = self.root / "records"
@@ -283,13 +361,13 @@ class ResultsStore:
 
     def manifest(self, run_id: str) -> dict | None:
         path = self.root / "runs" / run_id / "manifest.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        return _read_manifest(path) if path.exists() else None
 
     def manifests(self) -> dict[str, dict]:
         folder = self.root / "runs"
         if not folder.exists():
             return {}
-        return {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/manifest.json"))}
+        return {p.parent.name: _read_manifest(p) for p in sorted(folder.glob("*/manifest.json"))}
 
     def add_reproduction(self, preset: str, entry: dict) -> Path:
         """Append how one `harness reproduce` went (command, wall time, machine) to the preset's list."""
@@ -300,7 +378,17 @@ class ResultsStore:
 
     def reproductions(self, preset: str) -> list[dict]:
         path = self.root / "reproductions" / f"{preset}.json"
-        return json.loads(path.read_text()) if path.is_file() else []
+        if not path.is_file():
+            return []
+        entries = _read_json(path)
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise UserError(f"{path} must hold a JSON list of objects (one per `harness reproduce`), not "
+                            f"{type(entries).__name__}")
+        for i, entry in enumerate(entries):
+            problem = _reproduction_problem(entry)
+            if problem:
+                raise UserError(f"{path}, entry {i}: {problem}")
+        return entries
 
     def dataframe(self, *, preset: str | None = None, evaluator: str | None = None, source: str | None = None):
         """One row per record: the top-level fields, `label.*` flattened, and `metrics.*` as columns."""

@@ -73,7 +73,7 @@ def test_a_sampled_eval_never_replaces_the_greedy_record_and_a_differing_one_nee
     ({"eval_set": {"name": "b", "hash": "h", "n": "2"}}, "eval_set=.* must be null or"),
     ({"per_item": [{"id": "a", "preference": 2.0}, {"id": "a", "preference": 1.0}]}, r"repeats the id\(s\) \['a'\]"),
     ({"per_item": [{"id": "a", "preference": 3.0}]}, "preference=3.0 must be null or a number in"),
-    ({"label": {"regularizer": 1, "lora": True, "seed": 1, "baseline": None}}, "regularizer is a string"),
+    ({"label": {"regularizer": 1, "lora": True, "seed": 1, "baseline": None}}, "regularizer is null or 1-64 letters"),
     ({"details": None}, "details must be an object"),
 ])
 def test_validate_checks_every_field(change, message):

@@ -27,10 +27,10 @@ def two_steps(smoke, tmp_path):
 
 
 def rewrite_manifest(folder):
-    """What an attacker who edits files can also do: make the manifest agree with them."""
+    """What an attacker who edits files can also do: make the manifest (and the state's seal) agree with them."""
     state = json.loads((folder / "state.json").read_text())
     state["files"] = checkpoint.file_manifest(folder)
-    (folder / "state.json").write_text(json.dumps(state))
+    (folder / "state.json").write_text(json.dumps(checkpoint.seal_state(state)))
 
 
 class Payload:
@@ -63,12 +63,15 @@ def test_an_overwritten_optimizer_file_is_named(two_steps):
 @pytest.mark.parametrize("edit, message", [
     ({"step": 1}, "says step 1 but the folder is step-000002"),
     ({"resume_hash": "000000000000"}, "written by another configuration"),
+    ({"kl_coef": 5.0}, "a field was edited after the checkpoint was written"),
 ])
 def test_an_edited_state_json_is_refused(two_steps, edit, message):
     cfg, out = two_steps
     folder = checkpoint.latest_checkpoint(out)
     state = json.loads((folder / "state.json").read_text())
-    (folder / "state.json").write_text(json.dumps({**state, **edit}))
+    edited = {**state, **edit}
+    resealed = "kl_coef" not in edit  # past the seal (as a careful attacker would), the deeper check still holds
+    (folder / "state.json").write_text(json.dumps(checkpoint.seal_state(edited) if resealed else edited))
     with pytest.raises(UserError, match=message):
         train(cfg, out, resume=True)
 
@@ -147,5 +150,5 @@ def test_run_files_are_readable_by_the_group(two_steps):
     _, out = two_steps
     folder = checkpoint.latest_checkpoint(out)
     for path in (out / "config.json", out / "run.json", out / "metrics.jsonl", folder, folder / "state.json",
-                 folder / "rng.pt"):
+                 folder / "rng.pt", folder / "value.safetensors", folder / "policy" / "adapter_model.safetensors"):
         assert path.stat().st_mode & stat.S_IRGRP, path

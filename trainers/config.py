@@ -24,6 +24,11 @@ EXECUTION_FIELDS = frozenset({"threads", "device", "group_by_length", "merge_ada
                               "few_row_decode_products", "lean_decode_step", "packed_decode_weights",
                               "report_to", "tracker_group"})
 
+# Upper bounds of counts and sizes: beyond them a value is a typo (it would end in MemoryError or run for years)
+MAX_THREADS = 1024
+MAX_COUNT = 10**9
+MAX_SIZE = 10**6
+
 
 def _f(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
@@ -264,6 +269,13 @@ def _cross_field_errors(c: TrainConfig):
     for name in ("warmup_steps", "weight_decay", "max_grad_norm", "vf_coef", "kl_coef", "threads"):
         if getattr(c, name) < 0:
             yield f"{name}={getattr(c, name)} must be >= 0"
+    for name, most in (("threads", MAX_THREADS), ("steps", MAX_COUNT), ("checkpoint_every", MAX_COUNT),
+                       ("kl_horizon", MAX_COUNT), ("warmup_steps", MAX_COUNT), ("noptepochs", MAX_SIZE),
+                       ("rollout_batch_size", MAX_SIZE), ("step_batch_size", MAX_SIZE), ("micro_batch_size", MAX_SIZE),
+                       ("rollout_micro_batch_size", MAX_SIZE), ("query_len", MAX_SIZE), ("response_len", MAX_SIZE),
+                       ("lora_r", MAX_SIZE)):
+        if getattr(c, name) > most:
+            yield f"{name}={getattr(c, name)} must be <= {most}"
     if not c.lora and c.reference in ("shared", "one_base"):
         yield (f"reference={c.reference!r} needs lora=true (the reference is the policy with adapters disabled); "
                "use reference='copy'")

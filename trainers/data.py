@@ -10,6 +10,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from trainers.errors import UserError
+from trainers.io import parse_json_file_text
+
 # The Alpaca template AlpacaFarm uses (its prompts/v0_inputs_noinputs.json).
 ALPACA_WITH_INPUT = (
     "Below is an instruction that describes a task, paired with an input that provides further context. "
@@ -72,13 +75,20 @@ def load_records(source: str, split: str = "") -> list[dict]:
                                  f"({second}). Offline, pass a local JSON/JSONL file instead") from second
     else:
         path = Path(source).expanduser()
-        text = path.read_text()
-        if path.suffix == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            rows = json.loads(text)
-            if isinstance(rows, dict):  # {"split": [...]} layouts
-                rows = [dict(r, split=k) for k, v in rows.items() for r in v]
+        if not path.is_file():
+            raise UserError(f"prompts={source!r}: no such file; give a JSON/JSONL file of {{instruction, input}} "
+                            "or 'hf:DATASET[:CONFIG]:SPLIT'")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"prompts={source!r} cannot be read as UTF-8 text ({e})") from None
+        rows = parse_json_file_text(text, path.suffix, f"prompts={source!r}")
+        if isinstance(rows, dict):  # {"split": [...]} layouts
+            if not all(isinstance(v, list) for v in rows.values()):
+                raise UserError(f"prompts={source!r} is an object whose values are not all lists of records")
+            rows = [dict(r, split=k) if isinstance(r, dict) else r for k, v in rows.items() for r in v]
+        elif not isinstance(rows, list):
+            raise UserError(f"prompts={source!r} holds a {type(rows).__name__}; expected a list of records")
     if split:
         rows = [r for r in rows if r.get("split") == split]
     bad = [i for i, r in enumerate(rows) if not isinstance(r, dict) or not isinstance(r.get("instruction"), str)]

@@ -32,6 +32,7 @@ from torch import Tensor, nn
 from transformers import AutoModel
 
 from trainers import models
+from trainers.io import make_tree_readable, read_json_object
 from trainers.specs import PREPARED, prepared_dir, resolve_reward_spec  # noqa: F401  (re-exported)
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
@@ -212,7 +213,7 @@ def merge_adapter(backbone: nn.Module, settings: dict, tensors: dict[str, Tensor
 
 def _head_meta(path: str | Path) -> dict:
     meta_path = Path(path) / HEAD_META
-    return json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return read_json_object(meta_path) if meta_path.is_file() else {}
 
 
 def reward_score_token(path: str | Path) -> str:
@@ -244,6 +245,7 @@ def save_reward_model(model: ScalarHeadModel, tokenizer, out_dir: str | Path, me
                                               **({"backbone": backbone_spec} if backbone_spec else {}),
                                               **({"adapter": adapter[0]} if adapter is not None else {}),
                                               **(meta or {})}, indent=2))
+    make_tree_readable(out)  # safetensors writes 0600; a model folder is shared like any other
     return out
 
 
@@ -284,6 +286,7 @@ def from_alpacafarm_layout(recovered_dir: str | Path, backbone_config_dir: str |
     (out / HEAD_META).write_text(json.dumps({"format": "harness-reward-model", "version": 1,
                                               "score_token": "last_token", "source": "alpaca_farm RewardModel",
                                               "reward_config": reward_config}, indent=2))
+    make_tree_readable(out)
     return out
 
 

@@ -18,17 +18,8 @@ def problems(cfg: TrainConfig) -> list[str]:
             rewards.parse_rule(cfg.reward)
         except ValueError as e:
             found.append(str(e))
-    else:
-        where = heads.resolve_reward_spec(cfg.reward)  # the directory (or head:MODEL)
-        if cfg.reward.startswith(heads.PREPARED) and not heads.is_reward_model_dir(where):
-            name = cfg.reward.removeprefix(heads.PREPARED)
-            found.append(f"reward={cfg.reward!r} has not been prepared yet ({where} is missing); run "
-                         f"`harness prepare --preset {name}` first (it trains the proxy reward model)")
-        elif (msg := models.describe_spec_error("reward", heads.reward_backbone_spec(cfg.reward))) is not None:
-            found.append(msg)  # the backbone: the directory itself, or the model a head-only directory names
-        elif not cfg.reward.startswith("head:") and not heads.is_reward_model_dir(where):
-            found.append(f"reward={cfg.reward!r} is not a reward-model directory ({heads.HEAD_WEIGHTS} missing); "
-                         "use 'harness models recover', a prepared reward model, 'head:MODEL' or 'rule:NAME'")
+    elif (msg := reward_model_problem("reward", cfg.reward)) is not None:
+        found.append(msg)
     if (msg := data.describe_source_error(cfg.prompts)) is not None:
         found.append(msg)
     if cfg.device == "cuda" and not torch.cuda.is_available():
@@ -43,6 +34,22 @@ def problems(cfg: TrainConfig) -> list[str]:
                 found.append(f"query_len + response_len = {cfg.query_len} + {cfg.response_len} exceeds {field} "
                              f"{spec!r}'s context of {limit} tokens; allowed: a sum <= {limit}")
     return found
+
+
+def reward_model_problem(field: str, spec: str) -> str | None:
+    """None if `spec` names a reward model that can load (a directory, a prepared one, head:MODEL), else a message
+    naming `field`, the value and what is allowed."""
+    where = heads.resolve_reward_spec(spec)  # the directory (or head:MODEL)
+    if spec.startswith(heads.PREPARED) and not heads.is_reward_model_dir(where):
+        name = spec.removeprefix(heads.PREPARED)
+        return (f"{field}={spec!r} has not been prepared yet ({where} is missing); run "
+                f"`harness prepare --preset {name}` first (it trains the proxy reward model)")
+    if (msg := models.describe_spec_error(field, heads.reward_backbone_spec(spec))) is not None:
+        return msg  # the backbone: the directory itself, or the model a head-only directory names
+    if not spec.startswith("head:") and not heads.is_reward_model_dir(where):
+        return (f"{field}={spec!r} is not a reward-model directory ({heads.HEAD_WEIGHTS} missing); "
+                "use 'harness models recover', a prepared reward model, 'head:MODEL' or 'rule:NAME'")
+    return None
 
 
 def check(cfg: TrainConfig) -> None:

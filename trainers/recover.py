@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 from safetensors.torch import load_file, save_file
 
-from trainers.io import make_readable
+from trainers.io import make_readable, replace_folder
 
 StateDict = dict[str, torch.Tensor]
 Kind = Literal["auto", "causal_lm", "reward_model"]
@@ -215,7 +215,7 @@ def recover(raw_dir: str | Path, diff_dir: str | Path, out_dir: str | Path, *, k
     try:
         save_state_dict(recovered, tmp)
         _write_side_files(diff_dir, tmp, config, dtype)
-        _move_into_place(tmp, out_dir)
+        replace_folder(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -243,18 +243,6 @@ def _write_side_files(diff_dir: Path, out: Path, config: dict, dtype: torch.dtyp
     for name in SIDE_FILES:
         if (diff_dir / name).is_file():
             shutil.copy2(diff_dir / name, out / name)
-
-
-def _move_into_place(tmp: Path, out_dir: Path) -> None:
-    if not out_dir.exists():
-        tmp.rename(out_dir)
-        return
-    # rename cannot replace a folder: park the old one beside, swap, then delete it
-    old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-    old.rmdir()
-    out_dir.rename(old)
-    tmp.rename(out_dir)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_file(path: Path) -> StateDict:

@@ -19,7 +19,7 @@ import socket
 from pathlib import Path
 
 from trainers.errors import UserError
-from trainers.io import read_json_object  # noqa: F401  (re-exported)
+from trainers.io import check_output_folder, read_json_object  # noqa: F401  (re-exported)
 
 LOCK = ".lock"
 
@@ -87,17 +87,34 @@ def lock_state(run_dir: str | Path) -> str:
 
 
 def check_out(text: str) -> Path:
-    """The run folder `--out` names, refused if empty, a file, unwritable or in use."""
-    if not text.strip():
-        raise UserError("--out is empty; give the run folder to write (e.g. --out runs/smoke)")
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise UserError(f"--out {text!r} is a file; give a folder")
+    """The run folder `--out` names, refused if empty, the current folder, a file, unwritable or in use."""
+    path = check_output_folder(text)
     with RunLock(path):  # creates it, proves it writable and not in use
         pass
     if not os.access(path, os.W_OK):
         raise UserError(f"--out {text!r} is not writable")
     return path
+
+
+def read_run_facts(path: Path) -> dict:
+    """A run's `run.json` (what the trainer measured of the run: parameter counts, device, processes), checked
+    field by field."""
+    facts = read_json_object(path)
+    counts = facts.get("parameters")
+    keys = ("trainable", "total", "policy_trainable", "policy_total")
+    if not isinstance(counts, dict) or not all(
+            isinstance(counts.get(k), int) and not isinstance(counts.get(k), bool) and counts[k] >= 0 for k in keys):
+        raise UserError(f"{path}: parameters={counts!r:.120} must hold the integers >= 0 {', '.join(keys)}")
+    if counts["policy_total"] < 1 or counts["policy_trainable"] > counts["policy_total"]:
+        raise UserError(f"{path}: parameters.policy_trainable={counts['policy_trainable']} and policy_total="
+                        f"{counts['policy_total']} must satisfy 0 <= trainable <= total, total >= 1")
+    world = facts.get("world_size", 1)
+    if isinstance(world, bool) or not isinstance(world, int) or not 1 <= world <= 100_000:
+        raise UserError(f"{path}: world_size={world!r:.40} must be an integer in [1, 100000]")
+    for key in ("device", "frozen_dtype", "run_id"):
+        if facts.get(key) is not None and not isinstance(facts[key], str):
+            raise UserError(f"{path}: {key}={facts[key]!r:.60} must be a string")
+    return facts
 
 
 def resume_hash(values: dict, resumable: set[str] | frozenset[str]) -> str:

@@ -26,6 +26,24 @@ def peak_memory(device: torch.device) -> tuple[int, str]:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "peak_rss"
 
 
+MAX_STEP = 10**9
+NUMERIC_PREFIXES = ("objective/", "ppo/", "time/", "rollout/", "memory/peak")
+
+
+def _row_problem(row: object) -> str | None:
+    """What makes a metrics row unusable (None: nothing): its step, or a measurement that is not a number."""
+    if not isinstance(row, dict):
+        return f"a record is a JSON object, not {type(row).__name__}"
+    step = row.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or not 1 <= step <= MAX_STEP:
+        return f"step={step!r:.40} must be an integer in [1, {MAX_STEP}]"
+    for key, value in row.items():
+        if key.startswith(NUMERIC_PREFIXES) and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{key}={value!r:.40} must be a number (or null)"
+    return None
+
+
 def read_metrics(path: str | Path) -> list[dict]:
     """The steps of a `metrics.jsonl`. Only the last line may be cut short (a crash while appending: that step is
     redone on resume); a damaged line anywhere else is an error naming the file and line, since dropping it, or
@@ -50,10 +68,11 @@ def read_metrics(path: str | Path) -> list[dict]:
                 break
             raise UserError(f"{path}, line {number}: not a JSON record ({e}); the metrics log is damaged: "
                             "repair or remove that line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("step"), int):
+        problem = _row_problem(row)
+        if problem:
             if last:
                 break
-            raise UserError(f"{path}, line {number}: a record needs an integer 'step'; the metrics log is damaged")
+            raise UserError(f"{path}, line {number}: {problem}; the metrics log is damaged")
         records.append(row)
     return records
 

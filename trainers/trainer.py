@@ -190,7 +190,7 @@ class PPOTrainer:
             self.log(runfolder.check_no_checkpoint(self.run_dir, logged, every if isinstance(every, int) and every > 0
                                                    else self.cfg.checkpoint_every))
         elif resume:
-            runfolder.check_resume(latest, checkpoint.read_state(latest), self._resume_hash(), logged,
+            runfolder.check_resume(latest, checkpoint.verify(latest), self._resume_hash(), logged,
                                    self.metrics.path)
         atomic_write_text(saved, json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True))
         atomic_write_text(self.run_dir / "run.json", json.dumps(self.facts, indent=2, sort_keys=True))

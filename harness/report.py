@@ -232,7 +232,8 @@ def index_md(data: ReportData, files: list[Path], results_root: Path, out_dir: P
 
 def presets_in(results_root: str | Path) -> list[str]:
     """The presets of our (source "harness") records in the store, sorted."""
-    return sorted({r["preset"] for r in ResultsStore(results_root).records() if r["source"] == "harness"})
+    return sorted({r["preset"] for r in ResultsStore(results_root).records() if r["source"] == "harness"
+                   and r["evaluator"] != "judge_check"})  # judge checks belong to no preset
 
 
 def check_results_root(results_root: str | Path) -> None:

@@ -7,8 +7,9 @@ changes up to `MAX_EDITS` spans (numbers and dates first, names to fill up), kee
 length rule is no help:
 
 - a number: every digit but the first shifted by a seeded amount (same digit count; a year moves by 3 to 9 years);
-- a month name: another month;
-- a capitalised name inside a sentence: another name of the same kind from a fixed list (people, places).
+- a month name: another month of about the same length;
+- a capitalised word after a lowercase one (a name, mostly): another name from a fixed list (people, or places
+  for a place of the list), of about the same length.
 
 The original is output_1 or output_2 by a seeded coin per pair (a judge that always picks one side scores ~50%).
 A judge is right on a pair when it prefers the original (a draw counts half).
@@ -61,9 +62,10 @@ def _alter_number(text: str, rng: random.Random) -> str:
     return "".join(digits)
 
 
-def _alter_name(name: str, rng: random.Random) -> str:
-    pool = PLACES if name in PLACES else PEOPLE
-    return rng.choice([p for p in pool if p != name])
+def _similar(word: str, pool: tuple[str, ...], rng: random.Random) -> str:
+    """Another word of the pool, of about the same length when one is there."""
+    others = [p for p in pool if p != word]
+    return rng.choice([p for p in others if abs(len(p) - len(word)) <= 2] or others)
 
 
 def alter(text: str, rng: random.Random) -> tuple[str, tuple[str, ...]]:
@@ -90,7 +92,8 @@ def alter(text: str, rng: random.Random) -> tuple[str, tuple[str, ...]]:
     for start, end, kind in chosen:
         old = text[start:end]
         new = (_alter_number(old, rng) if kind == "number" else
-               rng.choice([m for m in MONTHS if m != old]) if kind == "month" else _alter_name(old, rng))
+               _similar(old, MONTHS, rng) if kind == "month" else
+               _similar(old, PLACES if old in PLACES else PEOPLE, rng))
         if new != old:
             out += [text[pos:start], new]
             pos = end

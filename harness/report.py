@@ -11,6 +11,7 @@ writes into `out_dir`:
     figure1.{png,pdf}     win rate vs PPO step: our panel and the paper's panel, never one axis for two judges
     figure2.{png,pdf}     win rate vs token-level true KL, one point per checkpoint: ours and the paper's
     figure3.{png,pdf}     win rate vs the proxy reward of the same answers, one point per checkpoint (ours only)
+    judges.{md,csv}       judges against GPT-4, from the store's judge_check records (when it holds any)
     summary.md            the paper's four claims, tested with paired statistics on the records' per-item data
     index.md              links to everything, the results' git commits and the commands that produced them
 
@@ -277,6 +278,9 @@ def render_report(results_root: str | Path, out_dir: str | Path, preset: str | N
     files += report_figures.figure1(data, out_dir)
     files += report_figures.figure2(data, out_dir)
     files += report_figures.figure3(data, out_dir)
+    from harness.report_judges import write_judges
+
+    files += write_judges(list(ResultsStore(results_root).records()), out_dir)
     (out_dir / "summary.md").write_text(summary_md(data))
     files.append(out_dir / "summary.md")
     index = out_dir / "index.md"

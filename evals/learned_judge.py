@@ -1,14 +1,16 @@
-"""The learned offline judge: a Bradley-Terry head over surface features, fitted on GPT-4's pairwise judgements.
+"""The learned offline judge: a Bradley-Terry head over surface and word features, fitted on GPT-4's judgements.
 
-Each output o of a prompt x gets a feature vector f(x, o) (below: length, structure, endings, refusals, repetition,
-lexical overlap with the prompt, and a few interactions with what the prompt asks for); the judge's preference is
+Each output o of a prompt x gets a score s(x, o) = w . f(x, o) + v . b(o), where f are surface features (FEATURES:
+length, structure, endings, refusals, hedges, repetition, lexical overlap with the prompt, and interactions with
+what the prompt asks for; standardised) and b(o) is the output's bag of words over a fitted vocabulary (each word
+present counts 1, the vector divided by its length: binary, L2-normalised); the judge's preference is
 
-    preference(x, o_1, o_2) = 1 + sigmoid(w . (f(x, o_2) - f(x, o_1)))
+    preference(x, o_1, o_2) = 1 + sigmoid(s(x, o_2) - s(x, o_1))
 
-with one weight vector w and no intercept, so swapping the outputs maps p to 3 - p (order agreement 100% by
-construction) and identical outputs tie. w is fitted by `evals.judge_fit` (L2-penalised logistic regression on the
-reference judge's decisions, features standardised) and shipped as JSON (`evals/data/learned_judge.json`: feature
-names, means, scales, weights, a content version); inference is numpy only, deterministic, and needs no model.
+with no intercept, so swapping the outputs maps p to 3 - p (order agreement 100% by construction) and identical
+outputs tie. w and v are fitted by `evals.judge_fit` (L2-penalised logistic regression on the reference judge's
+decisions) and shipped as JSON (`evals/data/learned_judge.json`: feature names, means, scales, weights, the
+vocabulary and its weights, a content version); inference is plain Python and numpy, deterministic, no model.
 """
 
 from __future__ import annotations
@@ -26,9 +28,10 @@ from evals.judging import Judge, Pair
 from evals.simulated import _ENDING, _LIST_ASKED, _LIST_LINE, _REFUSAL, _SHORT, repetition
 
 WEIGHTS_FILE = Path(__file__).parent / "data" / "learned_judge.json"
-MODEL = "bradley-terry head on surface features"
+MODEL = "bradley-terry head on surface and word features"
 
 _WORD = re.compile(r"\w+")
+_TOKEN = re.compile(r"\b\w\w+\b")  # the bag of words' tokens (lowercased)
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
 _HEADER = re.compile(r"^\s*(#{1,6}\s|\*\*[^*\n]+\*\*:?\s*$)", re.M)
 _BOLD = re.compile(r"\*\*[^*\n]+\*\*")
@@ -76,13 +79,27 @@ def text_features(prompt: str, output: str) -> list[float]:
     ]
 
 
+def bag_of_words(text: str) -> set[str]:
+    return set(_TOKEN.findall(text.lower()))
+
+
+def word_scores(outputs: Sequence[str], vocabulary: dict[str, float]) -> np.ndarray:
+    """v . b(o) per output: the summed weights of the vocabulary words present, over sqrt(how many are present)."""
+    out = np.zeros(len(outputs))
+    for i, text in enumerate(outputs):
+        found = [vocabulary[w] for w in bag_of_words(text) if w in vocabulary]
+        out[i] = sum(found) / math.sqrt(len(found)) if found else 0.0
+    return out
+
+
 def feature_matrix(prompts: Sequence[str], outputs: Sequence[str]) -> np.ndarray:
     return np.array([text_features(p, o) for p, o in zip(prompts, outputs)], dtype=float).reshape(-1, len(FEATURES))
 
 
 def weights_version(weights: dict) -> str:
     """A content hash of what decides the judge's answers: feature names, standardisation and weights."""
-    blob = json.dumps([weights["features"], weights["mean"], weights["scale"], weights["coef"]])
+    blob = json.dumps([weights["features"], weights["mean"], weights["scale"], weights["coef"],
+                       weights.get("vocabulary", []), weights.get("word_coef", [])])
     return "bt-1:" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -115,10 +132,12 @@ class LearnedJudge(Judge):
         self._mean = np.asarray(self.weights["mean"], dtype=float)
         self._scale = np.asarray(self.weights["scale"], dtype=float)
         self._coef = np.asarray(self.weights["coef"], dtype=float)
+        self._words = dict(zip(self.weights.get("vocabulary", []), self.weights.get("word_coef", [])))
 
     def score(self, prompts: Sequence[str], outputs: Sequence[str]) -> np.ndarray:
-        """w . f(x, o) per output (the standardisation's mean cancels in a difference but keeps scores readable)."""
-        return ((feature_matrix(prompts, outputs) - self._mean) / self._scale) @ self._coef
+        """s(x, o) per output (the standardisation's mean cancels in a difference but keeps scores readable)."""
+        surface = ((feature_matrix(prompts, outputs) - self._mean) / self._scale) @ self._coef
+        return surface + word_scores(outputs, self._words)
 
     def _prefer(self, pairs: Sequence[Pair]) -> list[float]:
         prompts = [p.prompt_text for p in pairs]

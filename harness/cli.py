@@ -211,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
     fj.add_argument("--instructions", default=None, metavar="FILE", help="as judge-check's")
     fj.add_argument("--folds", type=int, default=5, help="folds over the models for the held-out figures (default 5)")
     fj.add_argument("--seed", type=int, default=0, help="how the models are dealt into folds")
-    fj.add_argument("--l2", type=float, default=1e-4, help="L2 penalty per pair on standardised features")
+    fj.add_argument("--l2", type=float, default=3e-5, help="L2 penalty per pair (default 3e-5)")
+    fj.add_argument("--min-df", type=int, default=20, help="word features: words in at least this many of the fit's "
+                    "texts (default 20; 0: surface features only)")
     fj.add_argument("--out", default=None, metavar="FILE", help="weights file (default: the shipped "
                     "evals/data/learned_judge.json; its fit record is written beside it)")
     fj.add_argument("--results", default="results", help="where the held-out judge_check record goes")

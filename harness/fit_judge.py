@@ -1,6 +1,6 @@
 """`harness fit-judge`: fit the learned offline judge on a reference judge's annotations and ship it.
 
-    harness fit-judge --annotations FILE.jsonl[.gz] [--instructions FILE] [--folds 5] [--seed 0] [--l2 1e-4]
+    harness fit-judge --annotations FILE.jsonl[.gz] [--instructions FILE] [--folds 5] [--seed 0] [--l2 3e-5] [--min-df 20]
                       [--out evals/data/learned_judge.json] [--results results]
 
 Instructions that resemble any of the bundled instructions (`harness/data/instructions.json`, every split, so the
@@ -51,6 +51,8 @@ def run(args, log=print) -> dict:
     started = time.time()
     if args.l2 <= 0:
         raise AnnotationError(f"--l2={args.l2}: a penalty > 0")
+    if args.min_df < 0:
+        raise AnnotationError(f"--min-df={args.min_df}: an integer >= 0 (0: no word features)")
     rows = load_annotations(args.annotations)
     prompts = load_instructions(instructions_path(args.annotations, args.instructions))
     if (top := max(r.index for r in rows)) >= len(prompts):
@@ -61,11 +63,12 @@ def run(args, log=print) -> dict:
     exclude = overlapping(prompts)
     log(f"fit-judge: {len(pairs_rows)} pairs of {len({r.model for r in pairs_rows})} models; {len(exclude)} "
         f"instructions left out of the fit (they resemble bundled ones: {sorted(exclude)})")
-    result = fit(pairs_rows, prompts, exclude=set(exclude), k=args.folds, seed=args.seed, l2=args.l2, log=log)
+    result = fit(pairs_rows, prompts, exclude=set(exclude), k=args.folds, seed=args.seed, l2=args.l2,
+                 min_df=args.min_df, log=log)
     identity = {"name": "learned", "model": f"{MODEL}, {args.folds}-fold by model, held out",
                 "version": result.weights["version"]}
     settings = {"models": sorted({r.model for r in pairs_rows}), "folds": args.folds, "seed": args.seed,
-                "l2": args.l2, "heldout": True}
+                "l2": args.l2, "min_df": args.min_df, "heldout": True}
     rec = build_record(identity, args.annotations, pairs_rows, list(result.heldout), None, [], [],
                        settings=settings, seed=args.seed,
                        details={"command": args.command_line, "folds": result.folds})

@@ -78,19 +78,22 @@ def run(args, log=print) -> dict:
     check_judge_options(args.judge, **options)
     if args.order not in ("both", "fixed"):
         raise AnnotationError(f"--order={args.order!r}; allowed: both, fixed")
+    if args.probe < 0:
+        raise AnnotationError(f"--probe={args.probe}: correctness-probe pairs, an integer >= 0 (0: none)")
     rows = load_annotations(args.annotations)
     prompts = load_instructions(instructions_path(args.annotations, args.instructions))
     if (top := max(r.index for r in rows)) >= len(prompts):
         raise AnnotationError(f"--annotations {args.annotations!r} has index {top}; --instructions holds only "
                               f"{len(prompts)} instructions")
-    rows = select(rows, models=args.models, sample_instructions=args.sample_instructions, seed=args.seed,
+    every = select(rows, models=args.models, sample_instructions=None, seed=args.seed, path=args.annotations)
+    rows = select(every, models=None, sample_instructions=args.sample_instructions, seed=args.seed,
                   path=args.annotations)
     pairs_rows = judged_pairs(rows)
     if not pairs_rows:
         raise AnnotationError(f"--annotations {args.annotations!r}: no pair whose output differs from its reference")
     from evals.correctness_probe import probe_pairs
 
-    probes = probe_pairs(rows, prompts, n=args.probe, seed=args.seed) if args.probe else []
+    probes = probe_pairs(every, prompts, n=args.probe, seed=args.seed) if args.probe else []  # every instruction
     judge = make_judge(args.judge, model=args.judge_model, base_url=args.judge_base_url,
                        api_key_env=args.judge_api_key_env, config=args.judge_config, timeout=args.judge_timeout,
                        max_retries=args.judge_max_retries, max_tokens=args.judge_max_tokens, seed=args.seed)

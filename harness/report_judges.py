@@ -36,6 +36,8 @@ def _settings(rec: dict) -> str:
     parts = [f"{len(s.get('models') or [])} models"]
     if s.get("heldout"):
         parts.append(f"{s.get('folds')}-fold by model, held out")
+    elif rec["judge"]["name"] == "learned":
+        parts.append("the shipped weights (in-sample where the file is the one they were fitted on)")
     if s.get("sample_instructions"):
         parts.append(f"{s['sample_instructions']} instructions sampled (seed {s.get('seed')})")
     if s.get("order"):

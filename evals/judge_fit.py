@@ -62,7 +62,7 @@ def word_matrix(bags: Sequence[set[str]], vocab: list[str]):
     for bag in bags:
         found = sorted(col[w] for w in bag if w in col)
         indices += found
-        data += [1.0 / math.sqrt(len(found))] * len(found)  # an empty bag adds nothing
+        data += [1.0 / math.sqrt(len(found))] * len(found) if found else []
         indptr.append(len(indices))
     return sparse.csr_matrix((data, indices, indptr), shape=(len(bags), len(vocab)))
 

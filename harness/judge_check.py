@@ -29,6 +29,7 @@ from evals.annotations import AnnotationError, file_hash, judged_pairs, load_ann
 from evals.judging import AnnotationCache, Pair, agreement_of, annotate, both_orders, combine_orders
 from harness import machine
 from harness.results import ResultsStore, make_record
+from trainers.io import repository_path
 from trainers.specs import cache_dir
 
 PRESET = "judge-check"
@@ -147,7 +148,7 @@ def build_record(identity: dict, annotations: str | Path, pairs_rows, prefs, con
         metrics=metrics, settings=settings,
         per_item=[{"id": r.id, "model": r.model, "index": r.index, "preference": rnd(p),
                    "reference_preference": r.preference} for r, p in zip(pairs_rows, prefs)],
-        details={"per_model": per_model, "annotations": str(annotations), "machine": machine.describe(),
+        details={"per_model": per_model, "annotations": repository_path(annotations), "machine": machine.describe(),
                  "probe": [{"id": p.id, "preference": rnd(v), "original_side": p.original_side,
                             "edits": list(p.edits)} for p, v in zip(probes, probe_prefs)], **(details or {})})
 
@@ -178,7 +179,8 @@ def row(rec: dict) -> list[str]:
             _fmt(m.get("longer_agreement"), m.get("longer_agreement_se")),
             _ci(m, "spearman"), _ci(m, "kendall"), _ci(m, "spearman_under70"), _ci(m, "kendall_under70"),
             _fmt(m.get("longer_share"), m.get("longer_share_se")), _fmt(m.get("order_consistency")),
-            _fmt(m.get("probe_correct"), m.get("probe_correct_se")) + f" (n = {m.get('probe_n')})"]
+            _fmt(m.get("probe_correct"), m.get("probe_correct_se")) + (f" (n = {m['probe_n']})" if m.get("probe_n")
+                                                                         else "")]
 
 
 def table(records: list[dict]) -> str:

@@ -231,3 +231,19 @@ def test_real_annotations_longer_rule(tmp_path):
     assert rec["metrics"]["agreement"] == pytest.approx(85.4, abs=0.05)
     assert rec["metrics"]["model_wins_agreement"] == pytest.approx(81.4, abs=0.05)
     assert rec["metrics"]["probe_n"] == 100
+
+
+def test_shipped_weights_match_their_fit_record_and_held_out_record():
+    from evals.learned_judge import WEIGHTS_FILE, LearnedJudge, default_identity
+
+    fit = json.loads(WEIGHTS_FILE.with_suffix(".fit.json").read_text())
+    judge = LearnedJudge()
+    assert judge.version == fit["weights"]["version"] == default_identity()["version"]
+    rec = ResultsStore(Path(__file__).resolve().parents[1] / "results").get(fit["heldout_record"])
+    assert rec is not None and rec["judge"]["version"] == judge.version and rec["settings"]["heldout"]
+    # every figure recomputes from the record's items: the agreement here
+    prefs = [i["preference"] for i in rec["per_item"]]
+    refs = [i["reference_preference"] for i in rec["per_item"]]
+    assert jc.percent(jc.agreement_scores(prefs, refs))[0] == pytest.approx(rec["metrics"]["agreement"])
+    assert rec["metrics"]["agreement"] == pytest.approx(fit["heldout"]["agreement"])
+    assert set(fit["excluded_instructions"]) == {"26", "332", "370", "387"}

@@ -146,8 +146,10 @@ def build_record(identity: dict, annotations: str | Path, pairs_rows, prefs, con
         judge=identity, eval_set={"name": Path(annotations).name, "hash": file_hash(annotations),
                                   "n": len(pairs_rows)},
         metrics=metrics, settings=settings,
-        per_item=[{"id": r.id, "model": r.model, "index": r.index, "preference": rnd(p),
-                   "reference_preference": r.preference} for r, p in zip(pairs_rows, prefs)],
+        # the reference judge's own preferences stay in its file (named by content hash): figures recompute by
+        # joining these items with it on (model, index)
+        per_item=[{"id": r.id, "model": r.model, "index": r.index, "preference": rnd(p)}
+                  for r, p in zip(pairs_rows, prefs)],
         details={"per_model": per_model, "annotations": repository_path(annotations), "machine": machine.describe(),
                  "probe": [{"id": p.id, "preference": rnd(v), "original_side": p.original_side,
                             "edits": list(p.edits)} for p, v in zip(probes, probe_prefs)], **(details or {})})

@@ -23,7 +23,8 @@ Record schema, version `SCHEMA` (every field present; `null` where it does not a
     eval_set      {"name", "hash", "n"} (null for efficiency)
     metrics       flat {name: number}: win_rate, standard_error, n, true_kl, ... / factscore, answered, facts
     per_item      list of {"id", "preference"} (win rate) or {"id", "score", "facts"} (factuality), for paired stats;
-                  judge_check: {"id", "model", "index", "preference", "reference_preference"} per annotated pair
+                  judge_check: {"id", "model", "index", "preference"} per annotated pair (the reference judge's
+                  preference is read from the annotation file the record names by hash)
     details       free-form (generation settings, checkpoint path, lengths, wall time)
     created       ISO time
     harness       {"version", "git_commit"}

@@ -92,9 +92,13 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
     if chosen is not None:  # every file against the manifest before anything is loaded or generated
         state = ckpt_io.verify(chosen)
         step, digest = state["step"], ckpt_io.content_digest(state)
-        if state.get("run_id") not in (None, run_id):
-            raise TargetError(f"{run_dir / 'config.json'} describes run {run_id}, but {chosen / 'state.json'} was "
-                              f"written by run {state['run_id']}: config.json was changed after training; restore it")
+        # the settings that shaped the checkpoint, not the run id: a resume may extend `steps` (a new id)
+        from trainers.trainer import settings_hash
+
+        if state.get("resume_hash") not in (None, settings_hash(cfg)):
+            raise TargetError(f"{run_dir / 'config.json'} (run {run_id}) is not the configuration that wrote "
+                              f"{chosen / 'state.json'} (run {state.get('run_id')}): config.json was changed after "
+                              "training; restore it")
     else:
         step = 0
     return Target(policy=cfg.policy, run_dir=str(run_dir), checkpoint=None if chosen is None else str(chosen),

@@ -1,12 +1,15 @@
-"""Judges by name: `make_judge("simulated" | "openai" | "reward-model", ...)`, validated before any work starts."""
+"""Judges by name: `make_judge("simulated" | "learned" | "openai" | "reward-model" | "longer" | "model-wins", ...)`,
+validated before any work starts. `longer` and `model-wins` are baselines (`evals.baseline_judges`)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from evals.judging import Judge
 
-JUDGES = ("simulated", "openai", "reward-model")
+JUDGES = ("simulated", "learned", "openai", "reward-model", "longer", "model-wins")
+OFFLINE = ("simulated", "learned", "longer", "model-wins")  # no model of our own to name, no server
 
 
 def check_judge_options(name: str, *, reward_model: str | None = None, config: str | None = None,
@@ -23,6 +26,9 @@ def check_judge_options(name: str, *, reward_model: str | None = None, config: s
 
         if (problem := reward_model_problem("--judge-model", reward_model)) is not None:
             raise ValueError(problem)
+    if name == "learned" and reward_model is not None and not Path(reward_model).is_file():
+        raise ValueError(f"--judge-model {reward_model!r}: no such file (the learned judge's weights JSON, written "
+                         "by `harness fit-judge`; leave it out for the shipped weights)")
     openai_only = {"--judge-config": config, "--judge-timeout": timeout, "--judge-max-retries": max_retries,
                    "--judge-max-tokens": max_tokens}
     given = [flag for flag, value in openai_only.items() if value is not None]
@@ -46,7 +52,8 @@ def make_judge(name: str, *, model: str | None = None, base_url: str | None = No
                api_key_env: str = "OPENAI_API_KEY", device: str = "cpu", seed: int = 0, config: str | None = None,
                timeout: float | None = None, max_retries: int | None = None,
                max_tokens: int | None = None) -> Judge:
-    """A judge instance. `model`: the judge model (openai) or the reward-model directory (reward-model).
+    """A judge instance. `model`: the judge model (openai), the reward-model directory (reward-model) or a weights
+    file (learned; default: the shipped one).
     openai only: `config` (an alpaca-eval annotator config name or configs.yaml path), `timeout` (seconds per
     request), `max_retries` (re-asks after a failed request), `max_tokens` (the answer's length)."""
     check_judge_options(name, reward_model=model, timeout=timeout, max_retries=max_retries, max_tokens=max_tokens)
@@ -54,6 +61,14 @@ def make_judge(name: str, *, model: str | None = None, base_url: str | None = No
         from evals.simulated import SimulatedJudge
 
         return SimulatedJudge()
+    if name == "learned":
+        from evals.learned_judge import WEIGHTS_FILE, LearnedJudge
+
+        return LearnedJudge(model or WEIGHTS_FILE)
+    if name in ("longer", "model-wins"):
+        from evals.baseline_judges import LongerJudge, ModelWinsJudge
+
+        return LongerJudge() if name == "longer" else ModelWinsJudge()
     if name == "reward-model":
         from evals.reward_judge import RewardModelJudge
 
@@ -77,6 +92,8 @@ def judge_identity(name: str, **options) -> dict[str, str]:
         from evals.simulated import default_identity
 
         return default_identity()
+    if name in ("learned", "longer", "model-wins"):
+        return make_judge(name, model=options.get("model")).identity()  # no model loads: numpy or nothing
     judge = make_judge(name, **options)
     try:
         return judge.identity()

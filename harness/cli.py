@@ -7,6 +7,8 @@
   harness prepare --preset tiny                     preference pairs + proxy reward model (a head on the SFT backbone)
   harness eval RUN|CHECKPOINT|MODEL [--judge simulated|openai|reward-model] [--eval-set NAME|PATH] [--step N]
   harness judges                                    list the judges and the annotator configs of --judge openai
+  harness judge-check --annotations FILE [--judge NAME]   a judge against a reference judge's annotations
+  harness fit-judge --annotations FILE              fit the learned offline judge (k-fold by model)
   harness grid --table 2 --preset tiny              list a table's runs and their state, run nothing
   harness reproduce --table 2 [--preset P] [--executor local|ray|slurm]   run what is missing, evaluate, render
   harness report                                    render report/ from results/ alone
@@ -240,6 +242,45 @@ def build_parser() -> argparse.ArgumentParser:
     grid_of.add_argument("--figure", type=int, choices=[1, 2], help="only this figure's runs")
     runs.add_argument("--json", action="store_true", help="one JSON list of objects, for scripts")
 
+    jc = sub.add_parser("judge-check", help="score a judge against a reference judge's pairwise annotations "
+                        "(e.g. GPT-4's AlpacaEval judgements) and store the record")
+    jc.add_argument("--annotations", required=True, metavar="FILE", help="JSON lines (optionally gzipped) of "
+                    "{model, index, output, preference, reference}")
+    jc.add_argument("--instructions", default=None, metavar="FILE", help="the instructions the indices point to "
+                    "(a JSON list of {instruction, input}; default: alpaca_farm_evaluation.json beside --annotations)")
+    jc.add_argument("--judge", default="simulated", help="simulated, learned, openai, reward-model, longer, model-wins "
+                    "(default simulated, the offline default)")
+    jc.add_argument("--judge-model", default=None, help="openai: the judge model; reward-model: its directory; "
+                    "learned: a weights file (default: the shipped one)")
+    jc.add_argument("--judge-base-url", default=None, help="openai: any OpenAI-compatible server")
+    jc.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="openai: variable holding the API key")
+    jc.add_argument("--judge-config", default=None, metavar="NAME|PATH", help="openai: alpaca-eval annotator config")
+    jc.add_argument("--judge-timeout", type=float_in(0, 86_400, low_open=True), default=None, help="openai: seconds per request")
+    jc.add_argument("--judge-max-retries", type=int_in(0, 100), default=None, help="openai: re-asks after a failed request")
+    jc.add_argument("--judge-max-tokens", type=int_in(1, MAX_TOKENS), default=None, help="openai: the answer's length in tokens")
+    jc.add_argument("--models", default=None, help="comma-separated models to score (default: every model)")
+    jc.add_argument("--sample-instructions", type=int_in(1, 10**6), default=None, metavar="N",
+                    help="judge only a seeded sample of N instructions (default: all)")
+    jc.add_argument("--order", default="both", help="both (each pair in both orders, averaged; measures order "
+                    "consistency) or fixed")
+    jc.add_argument("--probe", type=int_in(0, 10**6), default=200, metavar="N", help="correctness-probe pairs (0: none)")
+    jc.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="instruction sample, probe and bootstrap seed")
+    jc.add_argument("--results", default="results", help="results store (default results/)")
+    jc.add_argument("--force", action="store_true", help="replace a record of the same check whose results differ")
+
+    fj = sub.add_parser("fit-judge", help="fit the learned offline judge on pairwise annotations, k-fold by model")
+    fj.add_argument("--annotations", required=True, metavar="FILE", help="as judge-check's")
+    fj.add_argument("--instructions", default=None, metavar="FILE", help="as judge-check's")
+    fj.add_argument("--folds", type=int_in(2, 1000), default=5, help="folds over the models for the held-out figures (default 5)")
+    fj.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="how the models are dealt into folds")
+    fj.add_argument("--l2", type=float_in(0, 1e6), default=3e-5, help="L2 penalty per pair (default 3e-5)")
+    fj.add_argument("--min-df", type=int_in(0, 10**9), default=20, help="word features: words in at least this many of the fit's "
+                    "texts (default 20; 0: surface features only)")
+    fj.add_argument("--out", default=None, metavar="FILE", help="weights file (default: the shipped "
+                    "evals/data/learned_judge.json; its fit record is written beside it)")
+    fj.add_argument("--results", default="results", help="where the held-out judge_check record goes")
+    fj.add_argument("--force", action="store_true", help="replace a held-out record whose results differ")
+
     rep = sub.add_parser("report", help="render tables and figures from results/ alone")
     rep.add_argument("--results", default="results")
     rep.add_argument("--out", default="report")
@@ -361,6 +402,22 @@ def _report(args: argparse.Namespace) -> int:
     check_results_root(args.results)  # a mistyped --results must not replace the report with a paper-only one
     paths = render_report(args.results, args.out, args.preset, metric=args.metric)
     print(f"report: {len(paths)} files in {args.out}/")
+    return 0
+
+
+def _judge_check(args: argparse.Namespace) -> int:
+    from harness.judge_check import run
+
+    run(args)
+    return 0
+
+
+def _fit_judge(args: argparse.Namespace) -> int:
+    from evals.learned_judge import WEIGHTS_FILE
+    from harness.fit_judge import run
+
+    args.out = args.out or str(WEIGHTS_FILE)
+    run(args)
     return 0
 
 
@@ -496,7 +553,8 @@ def _plan(args: argparse.Namespace) -> int:
 HANDLERS = {"presets": _presets, "config": _config, "plan": _plan, "judges": _judges, "train": _train,
             "prepare": _prepare, "eval": _eval, "grid": _reproduce, "reproduce": _reproduce, "report": _report,
             "runs": _runs,
-            "models": _models}
+            "models": _models, "judge-check": _judge_check,
+            "fit-judge": _fit_judge}
 
 
 if __name__ == "__main__":

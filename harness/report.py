@@ -11,6 +11,7 @@ writes into `out_dir`:
     figure1.{png,pdf}     win rate vs PPO step: our panel and the paper's panel, never one axis for two judges
     figure2.{png,pdf}     win rate vs token-level true KL, one point per checkpoint: ours and the paper's
     figure3.{png,pdf}     win rate vs the proxy reward of the same answers, one point per checkpoint (ours only)
+    judges.{md,csv}       judges against GPT-4, from the store's judge_check records (when it holds any)
     summary.md            the paper's four claims, tested with paired statistics on the records' per-item data
     index.md              links to everything, the results' git commits and the commands that produced them
 
@@ -234,7 +235,8 @@ def index_md(data: ReportData, files: list[Path], results_root: Path, out_dir: P
 
 def presets_in(results_root: str | Path) -> list[str]:
     """The presets of our (source "harness") records in the store, sorted."""
-    return sorted({r["preset"] for r in ResultsStore(results_root).records() if r["source"] == "harness"})
+    return sorted({r["preset"] for r in ResultsStore(results_root).records() if r["source"] == "harness"
+                   and r["evaluator"] != "judge_check"})  # judge checks belong to no preset
 
 
 def check_results_root(results_root: str | Path) -> None:
@@ -294,6 +296,9 @@ def _render(results_root: Path, write_dir: Path, out_dir: Path, preset: str | No
     from harness.report_curves import curves_figure
 
     files += curves_figure(results_root, preset, write_dir)  # none where the store holds no curves of the preset
+    from harness.report_judges import write_judges
+
+    files += write_judges(list(ResultsStore(results_root).records()), write_dir)
     (write_dir / "summary.md").write_text(summary_md(data))
     files.append(write_dir / "summary.md")
     index = write_dir / "index.md"

@@ -17,11 +17,14 @@ Record schema, version `SCHEMA` (every field present; `null` where it does not a
     run_id        the run's stable id (hash of its resolved config), or a baseline name ("sft")
     label         {"regularizer": ..., "lora": bool|None, "seed": int|None, "baseline": "sft"|"full"|None}
     step          PPO step of the checkpoint (0 = the SFT policy)
-    evaluator     "winrate" | "factuality" | "efficiency" | "proxy_rm" (the proxy reward model against the judge)
+    evaluator     "winrate" | "factuality" | "efficiency" | "proxy_rm" (the proxy reward model against the judge) |
+                  "judge_check" (a judge against a reference judge's annotations, `harness judge-check`)
     judge         {"name", "model", "version"} of the judge / verifier (null for efficiency)
     eval_set      {"name", "hash", "n"} (null for efficiency)
     metrics       flat {name: number}: win_rate, standard_error, n, true_kl, ... / factscore, answered, facts
-    per_item      list of {"id", "preference"} (win rate) or {"id", "score", "facts"} (factuality), for paired stats
+    per_item      list of {"id", "preference"} (win rate) or {"id", "score", "facts"} (factuality), for paired stats;
+                  judge_check: {"id", "model", "index", "preference"} per annotated pair (the reference judge's
+                  preference is read from the annotation file the record names by hash)
     details       free-form (generation settings, checkpoint path, lengths, wall time)
     created       ISO time
     harness       {"version", "git_commit"}
@@ -39,6 +42,7 @@ import json
 import math
 import re
 import subprocess
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -48,12 +52,13 @@ from trainers.io import atomic_write_text, parse_json
 
 SCHEMA = "harness.record/1"
 SOURCES = ("harness", "paper")
-EVALUATORS = ("winrate", "factuality", "efficiency", "proxy_rm")
+EVALUATORS = ("winrate", "factuality", "efficiency", "proxy_rm", "judge_check")
 REQUIRED = ("schema", "record_id", "source", "preset", "run_id", "label", "step", "evaluator", "judge",
             "eval_set", "metrics", "per_item", "details", "created", "harness")
 LABEL_KEYS = ("regularizer", "lora", "seed", "baseline")
 BASELINES = (None, "sft", "full")
 PERCENT_METRICS = ("win_rate", "lc_win_rate", "factscore", "factscore_no_penalty", "answered", "trainable_pct", "agreement",
+                   "agreement_shorter_preferred", "longer_share", "order_consistency", "probe_correct",
                    "unparsed_answers_pct", "gold_agreement", "noisy_agreement", "gold_agreement_cv_mean")
 NONNEGATIVE_METRICS = ("standard_error", "lc_standard_error", "n", "true_kl_train", "facts_per_answer", "gpus", "processes",
                        "trainable_params", "total_params", "peak_memory_gib", "seconds_per_step", "tokens_per_s",
@@ -236,7 +241,7 @@ def _per_item_problems(items: object) -> list[str]:
         return ["per_item must be a list of objects, each with an 'id' (a string of at most 1000 characters, or an "
                 "integer of at most 64 bits)"]
     ids = [str(i["id"]) for i in items]
-    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    dupes = sorted(i for i, n in Counter(ids).items() if n > 1)
     found = [f"per_item repeats the id(s) {dupes[:5]}: paired statistics need one item per id"] if dupes else []
     for i in items:
         pref, score = i.get("preference"), i.get("score")

@@ -254,7 +254,8 @@ def test_a_config_json_edited_after_training_is_refused_by_eval(run_copy, tmp_pa
     path.write_text(json.dumps({**config, "kl_coef": 0.5}))  # valid, but not the run the checkpoint belongs to
     before = snapshot(run_copy)
     line = refused(capsys, "eval", run_copy, "--results", tmp_path / "results")
-    assert f"{path} describes run " in line and "config.json was changed after training" in line
+    assert f"{path} (run " in line and "is not the configuration that wrote" in line
+    assert "config.json was changed after training" in line
     assert snapshot(run_copy) == before and not (tmp_path / "results").exists()
 
 

@@ -51,6 +51,12 @@ def resumable_changes(cfg: TrainConfig) -> set[str]:
     return RESUMABLE_CHANGES - {"steps"} if decays_over_steps else RESUMABLE_CHANGES
 
 
+def settings_hash(cfg: TrainConfig) -> str:
+    """The hash a checkpoint carries of the settings that shaped it: a run resumed or evaluated from it must have
+    the same (`resumable_changes` may differ, e.g. `steps` extended by a resume)."""
+    return runfolder.resume_hash(without_later_defaults(cfg.to_dict()), resumable_changes(cfg))
+
+
 def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -197,7 +203,7 @@ class PPOTrainer:
         return None if latest is None or not resume else str(latest)
 
     def _resume_hash(self) -> str:
-        return runfolder.resume_hash(without_later_defaults(self.cfg.to_dict()), resumable_changes(self.cfg))
+        return settings_hash(self.cfg)
 
     def train(self, resume: bool = False) -> list[dict]:
         self.lock = runfolder.RunLock(self.run_dir)  # taken by rank 0 in _prepare_run_dir

@@ -1,0 +1,91 @@
+"""`harness fit-judge`: fit the learned offline judge on a reference judge's annotations and ship it.
+
+    harness fit-judge --annotations FILE.jsonl[.gz] [--instructions FILE] [--folds 5] [--seed 0] [--l2 3e-5] [--min-df 20]
+                      [--out evals/data/learned_judge.json] [--results results]
+
+Instructions that resemble any of the bundled instructions (`harness/data/instructions.json`, every split, so the
+offline grid's evaluation and preference sets) never enter the fit: word-set Jaccard >= `OVERLAP` with any of them.
+The k-fold-by-model held-out preferences are stored as a judge_check record (the learned judge's row in the
+report, its figures from models it never saw); the weights go to `--out` and the fit record beside them
+(`<out stem>.fit.json`: command, data hash, folds, excluded instructions, held-out figures, time, machine, commit).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+from evals.annotations import AnnotationError, file_hash, judged_pairs, load_annotations, load_instructions
+from evals.learned_judge import MODEL, WEIGHTS_FILE
+from harness import machine
+from harness.judge_check import build_record, instructions_path, table
+from harness.results import ResultsStore, harness_identity
+from trainers.io import atomic_write_text
+
+BUNDLED = Path(__file__).parent / "data" / "instructions.json"
+OVERLAP = 0.7
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"\w+", text.lower()))
+
+
+def overlapping(prompts: list[str], bundled: str | Path = BUNDLED) -> dict[int, str]:
+    """Index -> the bundled instruction it resembles (word-set Jaccard >= OVERLAP)."""
+    ours = [(_words(f"{r['instruction']} {r.get('input', '')}"), r["id"]) for r in json.loads(Path(bundled).read_text())]
+    found = {}
+    for i, p in enumerate(prompts):
+        w = _words(p)
+        for b, bid in ours:
+            if w and len(w & b) / len(w | b) >= OVERLAP:
+                found[i] = bid
+                break
+    return found
+
+
+def run(args, log=print) -> dict:
+    from evals.judge_fit import fit, model_folds
+
+    started = time.time()
+    if args.l2 <= 0:
+        raise AnnotationError(f"--l2={args.l2}: a penalty > 0")
+    if args.min_df < 0:
+        raise AnnotationError(f"--min-df={args.min_df}: an integer >= 0 (0: no word features)")
+    rows = load_annotations(args.annotations)
+    prompts = load_instructions(instructions_path(args.annotations, args.instructions))
+    if (top := max(r.index for r in rows)) >= len(prompts):
+        raise AnnotationError(f"--annotations {args.annotations!r} has index {top}; --instructions holds only "
+                              f"{len(prompts)} instructions")
+    pairs_rows = judged_pairs(rows)
+    model_folds([r.model for r in pairs_rows], args.folds, args.seed)  # a bad --folds fails before the features
+    exclude = overlapping(prompts)
+    log(f"fit-judge: {len(pairs_rows)} pairs of {len({r.model for r in pairs_rows})} models; {len(exclude)} "
+        f"instructions left out of the fit (they resemble bundled ones: {sorted(exclude)})")
+    result = fit(pairs_rows, prompts, exclude=set(exclude), k=args.folds, seed=args.seed, l2=args.l2,
+                 min_df=args.min_df, log=log)
+    identity = {"name": "learned", "model": f"{MODEL}, {args.folds}-fold by model, held out",
+                "version": result.weights["version"]}
+    settings = {"models": sorted({r.model for r in pairs_rows}), "folds": args.folds, "seed": args.seed,
+                "l2": args.l2, "min_df": args.min_df, "heldout": True}
+    rec = build_record(identity, args.annotations, pairs_rows, list(result.heldout), None, [], [],
+                       settings=settings, seed=args.seed,
+                       details={"command": args.command_line, "folds": result.folds})
+    store = ResultsStore(args.results)
+    path = store.put(rec, force=args.force)
+    out = Path(args.out)
+    atomic_write_text(out, json.dumps(result.weights, indent=1) + "\n")
+    fit_record = {
+        "command": args.command_line, "annotations": {"name": Path(args.annotations).name,
+                                                      "hash": file_hash(args.annotations)},
+        "weights": {"version": result.weights["version"], "pairs": result.n_fit},
+        "excluded_instructions": {str(k): v for k, v in sorted(exclude.items())}, "folds": result.folds,
+        "heldout_record": rec["record_id"], "heldout": {k: v for k, v in rec["metrics"].items()},
+        "seconds": round(time.time() - started, 1), "machine": machine.describe(), "harness": harness_identity(),
+    }
+    atomic_write_text(out.with_suffix(".fit.json"), json.dumps(fit_record, indent=1, sort_keys=True) + "\n")
+    log(table([rec]))
+    log(f"weights {out} ({result.weights['version']}, fitted on {result.n_fit} pairs); fit record "
+        f"{out.with_suffix('.fit.json')}; held-out record {path}")
+    return rec

@@ -30,6 +30,11 @@ from evals.simulated import _ENDING, _LIST_ASKED, _LIST_LINE, _REFUSAL, _SHORT, 
 WEIGHTS_FILE = Path(__file__).parent / "data" / "learned_judge.json"
 MODEL = "bradley-terry head on surface and word features"
 
+
+def model_description(weights: dict) -> str:
+    """What the head reads: surface features alone where the weights have no vocabulary (fitted with min_df 0)."""
+    return MODEL if weights.get("vocabulary") else "bradley-terry head on surface features"
+
 _WORD = re.compile(r"\w+")
 _TOKEN = re.compile(r"\b\w\w+\b")  # the bag of words' tokens (lowercased)
 _SENTENCE_END = re.compile(r"[.!?](?:\s|$)")
@@ -117,7 +122,8 @@ def load_weights(path: str | Path = WEIGHTS_FILE) -> dict:
 
 
 def default_identity(path: str | Path = WEIGHTS_FILE) -> dict[str, str]:
-    return {"name": LearnedJudge.name, "model": MODEL, "version": weights_version(load_weights(path))}
+    weights = load_weights(path)
+    return {"name": LearnedJudge.name, "model": model_description(weights), "version": weights_version(weights)}
 
 
 class LearnedJudge(Judge):
@@ -127,7 +133,7 @@ class LearnedJudge(Judge):
 
     def __init__(self, weights: str | Path | dict = WEIGHTS_FILE) -> None:
         self.weights = weights if isinstance(weights, dict) else load_weights(weights)
-        self.model = MODEL
+        self.model = model_description(self.weights)
         self.version = weights_version(self.weights)
         self._mean = np.asarray(self.weights["mean"], dtype=float)
         self._scale = np.asarray(self.weights["scale"], dtype=float)

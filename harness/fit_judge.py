@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from evals.annotations import AnnotationError, file_hash, judged_pairs, load_annotations, load_instructions
-from evals.learned_judge import MODEL, WEIGHTS_FILE
+from evals.learned_judge import WEIGHTS_FILE, model_description
 from harness import machine
 from harness.judge_check import build_record, instructions_path, table
 from harness.results import ResultsStore, harness_identity
@@ -65,7 +65,7 @@ def run(args, log=print) -> dict:
         f"instructions left out of the fit (they resemble bundled ones: {sorted(exclude)})")
     result = fit(pairs_rows, prompts, exclude=set(exclude), k=args.folds, seed=args.seed, l2=args.l2,
                  min_df=args.min_df, log=log)
-    identity = {"name": "learned", "model": f"{MODEL}, {args.folds}-fold by model, held out",
+    identity = {"name": "learned", "model": f"{model_description(result.weights)}, {args.folds}-fold by model, held out",
                 "version": result.weights["version"]}
     settings = {"models": sorted({r.model for r in pairs_rows}), "folds": args.folds, "seed": args.seed,
                 "l2": args.l2, "min_df": args.min_df, "heldout": True}

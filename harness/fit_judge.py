@@ -17,10 +17,10 @@ import re
 import time
 from pathlib import Path
 
-from evals.annotations import AnnotationError, file_hash, judged_pairs, load_annotations, load_instructions
+from evals.annotations import AnnotationError, file_hash, judged_pairs
 from evals.learned_judge import WEIGHTS_FILE, model_description
 from harness import machine
-from harness.judge_check import build_record, instructions_path, table
+from harness.judge_check import build_record, load_annotated, table
 from harness.results import ResultsStore, harness_identity
 from trainers.io import atomic_write_text
 
@@ -53,11 +53,7 @@ def run(args, log=print) -> dict:
         raise AnnotationError(f"--l2={args.l2}: a penalty > 0")
     if args.min_df < 0:
         raise AnnotationError(f"--min-df={args.min_df}: an integer >= 0 (0: no word features)")
-    rows = load_annotations(args.annotations)
-    prompts = load_instructions(instructions_path(args.annotations, args.instructions))
-    if (top := max(r.index for r in rows)) >= len(prompts):
-        raise AnnotationError(f"--annotations {args.annotations!r} has index {top}; --instructions holds only "
-                              f"{len(prompts)} instructions")
+    rows, prompts = load_annotated(args.annotations, args.instructions)
     pairs_rows = judged_pairs(rows)
     model_folds([r.model for r in pairs_rows], args.folds, args.seed)  # a bad --folds fails before the features
     exclude = overlapping(prompts)

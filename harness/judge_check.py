@@ -41,6 +41,16 @@ def instructions_path(annotations: str | Path, instructions: str | None) -> Path
     return Path(instructions) if instructions else Path(annotations).parent / DEFAULT_INSTRUCTIONS
 
 
+def load_annotated(annotations: str | Path, instructions: str | None) -> tuple[list, list[str]]:
+    """(the annotation rows, the instructions their indices point to), every index checked against the latter."""
+    rows = load_annotations(annotations)
+    prompts = load_instructions(instructions_path(annotations, instructions))
+    if (top := max(r.index for r in rows)) >= len(prompts):
+        raise AnnotationError(f"--annotations {str(annotations)!r} has index {top}; --instructions holds only "
+                              f"{len(prompts)} instructions")
+    return rows, prompts
+
+
 def select(rows, *, models: str | None, sample_instructions: int | None, seed: int, path: str):
     """The rows of the named models (all by default) on a seeded sample of instructions (all by default)."""
     known = sorted({r.model for r in rows})
@@ -81,11 +91,7 @@ def run(args, log=print) -> dict:
         raise AnnotationError(f"--order={args.order!r}; allowed: both, fixed")
     if args.probe < 0:
         raise AnnotationError(f"--probe={args.probe}: correctness-probe pairs, an integer >= 0 (0: none)")
-    rows = load_annotations(args.annotations)
-    prompts = load_instructions(instructions_path(args.annotations, args.instructions))
-    if (top := max(r.index for r in rows)) >= len(prompts):
-        raise AnnotationError(f"--annotations {args.annotations!r} has index {top}; --instructions holds only "
-                              f"{len(prompts)} instructions")
+    rows, prompts = load_annotated(args.annotations, args.instructions)
     every = select(rows, models=args.models, sample_instructions=None, seed=args.seed, path=args.annotations)
     rows = select(every, models=None, sample_instructions=args.sample_instructions, seed=args.seed,
                   path=args.annotations)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import sys
+import sysconfig
 from importlib.metadata import distributions
 from pathlib import Path
 
@@ -56,7 +57,10 @@ def test_setup_installs_through_the_lock():
 @pytest.mark.skipif(not sys.prefix.endswith(".venv") or Path(sys.prefix).parent != ROOT,
                     reason="the interpreter is not this checkout's .venv made by scripts/setup.sh")
 def test_the_installed_packages_are_exactly_the_lock():
-    installed = {canonical(d.metadata["Name"]): public_version(d.version) for d in distributions()}
+    # what pip freeze sees: the environment's own site-packages (a library may put vendored copies on sys.path,
+    # e.g. pkg_resources adds setuptools/_vendor, whose metadata `distributions()` would otherwise list)
+    site = {sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]}
+    installed = {canonical(d.metadata["Name"]): public_version(d.version) for d in distributions(path=sorted(site))}
     installed = {k: v for k, v in installed.items() if k != PROJECT and not CUDA_RUNTIME.fullmatch(k)}
     pins = read_lock(LOCK)
     differ = {k: (installed.get(k), pins.get(k)) for k in set(installed) | set(pins) if installed.get(k) != pins.get(k)}

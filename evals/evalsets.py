@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainers.io import parse_json_file_text
+from trainers.io import read_json_file
 
 ALPACA_FARM = "hf:tatsu-lab/alpaca_farm:alpaca_farm_evaluation:eval"
 
@@ -64,17 +64,13 @@ def _read_rows(source: str, split: str) -> list:
         except Exception as exc:  # noqa: BLE001 - reported with the offline alternative
             raise EvalSetError(f"eval set {source!r} could not be loaded ({type(exc).__name__}: {exc}); offline, "
                                "pass a local JSON copy with --eval-set PATH") from exc
-    path = Path(source).expanduser()
-    if not path.is_file():
-        raise EvalSetError(f"eval set {source!r}: no such file; expected a JSON/JSONL list of {{instruction, input, "
-                           "output?}}, 'alpaca_farm', or 'hf:DATASET[:CONFIG]:SPLIT'")
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EvalSetError(f"eval set {source!r} cannot be read as UTF-8 text ({exc})") from None
-    try:
-        rows = parse_json_file_text(text, path.suffix, f"eval set {source!r}")
-    except ValueError as exc:
+        rows = read_json_file(Path(source).expanduser(), f"eval set {source!r}", "expected a JSON/JSONL list of "
+                              "{instruction, input, output?}, 'alpaca_farm', or 'hf:DATASET[:CONFIG]:SPLIT'",
+                              EvalSetError)
+    except EvalSetError:
+        raise
+    except ValueError as exc:  # the document's syntax, named by the parser
         raise EvalSetError(str(exc)) from None
     if isinstance(rows, dict):  # {split: [records]}, the bundled layout
         bad = [k for k, v in rows.items() if not isinstance(v, list)]

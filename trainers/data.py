@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 
 from trainers.errors import UserError
-from trainers.io import parse_json_file_text
+from trainers.io import read_json_file
 
 # The Alpaca template AlpacaFarm uses (its prompts/v0_inputs_noinputs.json).
 ALPACA_WITH_INPUT = (
@@ -74,15 +74,8 @@ def load_records(source: str, split: str = "") -> list[dict]:
                 raise ValueError(f"prompts={source!r} could not be loaded ({first}); nor its Parquet conversion "
                                  f"({second}). Offline, pass a local JSON/JSONL file instead") from second
     else:
-        path = Path(source).expanduser()
-        if not path.is_file():
-            raise UserError(f"prompts={source!r}: no such file; give a JSON/JSONL file of {{instruction, input}} "
-                            "or 'hf:DATASET[:CONFIG]:SPLIT'")
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"prompts={source!r} cannot be read as UTF-8 text ({e})") from None
-        rows = parse_json_file_text(text, path.suffix, f"prompts={source!r}")
+        rows = read_json_file(Path(source).expanduser(), f"prompts={source!r}",
+                              "give a JSON/JSONL file of {instruction, input} or 'hf:DATASET[:CONFIG]:SPLIT'")
         if isinstance(rows, dict):  # {"split": [...]} layouts
             if not all(isinstance(v, list) for v in rows.values()):
                 raise UserError(f"prompts={source!r} is an object whose values are not all lists of records")

@@ -174,6 +174,18 @@ def _unique_key_loader():
     return UniqueKeyLoader
 
 
+def read_json_file(path: Path, where: str, missing_hint: str, error: type[Exception] = UserError) -> object:
+    """`parse_json_file_text` of the UTF-8 file at `path`; a missing or unreadable file is `error` naming `where`
+    (`missing_hint`: what the file should have been)."""
+    if not path.is_file():
+        raise error(f"{where}: no such file; {missing_hint}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise error(f"{where} cannot be read as UTF-8 text ({exc})") from None
+    return parse_json_file_text(text, path.suffix, where)
+
+
 def parse_json_file_text(text: str, suffix: str, where: str) -> object:
     """A JSON document, or for a `.jsonl` suffix the list of its lines' documents (blank lines skipped); a
     UserError naming `where` and the line (of the file, not of the document) otherwise."""

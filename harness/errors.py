@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from trainers.errors import UserError
-from trainers.io import parse_json, parse_yaml
+from trainers.io import parse_json, parse_yaml, read_utf8
 
 __all__ = ["UserError", "check_config_file", "check_preset_name", "describe", "finite_float", "float_in", "int_in",
            "positive_int", "preset_name", "redact_urls", "run_guarded"]
@@ -81,12 +81,7 @@ def check_config_file(path: str | None) -> None:
     if path is None:
         return
     file = Path(path)
-    if not file.is_file():
-        raise UserError(f"--config {path!r}: no such file")
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"--config {path!r} cannot be read as UTF-8 text ({describe(e)})") from None
+    text = read_utf8(file, f"--config {path!r}")
     if file.suffix in (".yaml", ".yml"):
         import yaml
 

@@ -174,16 +174,20 @@ def _unique_key_loader():
     return UniqueKeyLoader
 
 
-def read_json_file(path: Path, where: str, missing_hint: str, error: type[Exception] = UserError) -> object:
-    """`parse_json_file_text` of the UTF-8 file at `path`; a missing or unreadable file is `error` naming `where`
-    (`missing_hint`: what the file should have been)."""
+def read_utf8(path: Path, where: str, missing_hint: str = "", error: type[Exception] = UserError) -> str:
+    """The text of the UTF-8 file at `path`; a missing or unreadable file is `error` naming `where` (`missing_hint`:
+    what the file should have been)."""
     if not path.is_file():
-        raise error(f"{where}: no such file; {missing_hint}")
+        raise error(f"{where}: no such file" + (f"; {missing_hint}" if missing_hint else ""))
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{where} cannot be read as UTF-8 text ({exc})") from None
-    return parse_json_file_text(text, path.suffix, where)
+
+
+def read_json_file(path: Path, where: str, missing_hint: str, error: type[Exception] = UserError) -> object:
+    """`parse_json_file_text` of the UTF-8 file at `path` (`read_utf8`'s refusals)."""
+    return parse_json_file_text(read_utf8(path, where, missing_hint, error), path.suffix, where)
 
 
 def parse_json_file_text(text: str, suffix: str, where: str) -> object:

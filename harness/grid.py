@@ -92,7 +92,7 @@ GRIDS: dict[str, PresetGrid] = {
         overrides=dict(steps=200, checkpoint_every=20), eval_limit=None, eval_max_new_tokens=512,
         factuality_limit=None, judge="openai", eval_set="alpaca_farm",
         # the paper's full fine-tune line is AlpacaFarm's public PPO checkpoint: its rlhf_ppo.sh (clamped KL at
-        # beta 0.0067, 512 rollouts per PPO step, one optimiser step per 256 of them)
+        # kl_coef 0.0067, 512 rollouts per PPO step, one optimiser step per 256 of them)
         full_overrides=dict(regularizer="clamped_kl", kl_coef=0.0067, rollout_batch_size=512, step_batch_size=256),
         # the paper's setting: LoRA runs on 2 GPUs (data parallel), the full fine-tune on 8 (FSDP)
         lora_gpus=2, full_gpus=8, eval_gpus=1,

@@ -62,14 +62,14 @@ def test_rule_rewards():
 
 
 def test_adaptive_kl_controller_follows_its_formula():
-    ctl = make_kl_controller("adaptive", 0.1, target=6.0, horizon=10000)
+    ctl = make_kl_controller("adaptive", 0.1, target_kl=6.0, kl_horizon=10000)
     assert isinstance(ctl, AdaptiveKLController)
     ctl.update(current_kl=9.0, n_steps=256)  # error = clip(9/6 - 1, -.2, .2) = 0.2
-    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000))
+    assert ctl.kl_coef == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000))
     ctl.update(current_kl=5.4, n_steps=256)  # error = -0.1
-    assert ctl.value == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000) * (1 - 0.1 * 256 / 10000))
+    assert ctl.kl_coef == pytest.approx(0.1 * (1 + 0.2 * 256 / 10000) * (1 - 0.1 * 256 / 10000))
     fixed = make_kl_controller("fixed", 0.02, 6.0, 10000)
     fixed.update(100.0, 256)
-    assert isinstance(fixed, FixedKLController) and fixed.value == 0.02
+    assert isinstance(fixed, FixedKLController) and fixed.kl_coef == 0.02
     with pytest.raises(ValueError, match="valid: fixed, adaptive"):
         make_kl_controller("pid", 0.1, 6.0, 10)

@@ -85,8 +85,8 @@ class TrainConfig:
                                       "score, as AlpacaFarm's default; OpenAI's summarisation setting used -1)")
     # regulariser
     regularizer: str = _f("kl", f"shaped-reward regulariser: {', '.join(regularizers.REGULARIZERS)}")
-    kl_coef: float = _f(0.02, "beta: coefficient of the regulariser (initial value when adaptive)")
-    kl_controller: Literal["fixed", "adaptive"] = _f("fixed", "fixed beta or the adaptive controller")
+    kl_coef: float = _f(0.02, "the regulariser's coefficient (beta in the paper; the initial value when adaptive)")
+    kl_controller: Literal["fixed", "adaptive"] = _f("fixed", "a fixed kl_coef or the adaptive controller")
     target_kl: float = _f(6.0, "adaptive controller: target per-sequence KL")
     kl_horizon: int = _f(10000, "adaptive controller: horizon in sequences")
     # PPO

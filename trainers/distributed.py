@@ -245,7 +245,7 @@ class DataParallel:
 
     def reduce_record(self, record: dict, tokens: float) -> dict:
         """One step's metrics over all ranks: token means weighted by each rank's response tokens (`tokens`),
-        throughputs summed, times and memory the maximum, step / beta / learning rate as they are (equal), and
+        throughputs summed, times and memory the maximum, step / kl_coef / learning rate as they are (equal), and
         every other number the mean over ranks (per-sequence means over equal shares = the global mean)."""
         if not self.enabled:
             return record

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 @dataclass(slots=True)
 class FixedKLController:
-    """beta stays at its initial value."""
+    """kl_coef stays at its initial value."""
 
-    value: float
+    kl_coef: float
 
     def update(self, current_kl: float, n_steps: int) -> None:
         return None
@@ -17,24 +17,24 @@ class FixedKLController:
 
 @dataclass(slots=True)
 class AdaptiveKLController:
-    """beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n_steps / horizon).
+    """kl_coef <- kl_coef * (1 + clip(KL / target_kl - 1, -0.2, 0.2) * n_steps / kl_horizon).
 
     KL is the batch mean of the per-sequence sum of k_t; n_steps the number of sequences seen.
     """
 
-    value: float
-    target: float
-    horizon: int
+    kl_coef: float
+    target_kl: float
+    kl_horizon: int
 
     def update(self, current_kl: float, n_steps: int) -> None:
-        error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
-        self.value *= 1.0 + error * n_steps / self.horizon
+        error = min(max(current_kl / self.target_kl - 1.0, -0.2), 0.2)
+        self.kl_coef *= 1.0 + error * n_steps / self.kl_horizon
 
 
-def make_kl_controller(kind: str, init: float, target: float, horizon: int):
-    """The controller named `kind` ('fixed' or 'adaptive')."""
-    if kind == "fixed":
-        return FixedKLController(init)
-    if kind == "adaptive":
-        return AdaptiveKLController(init, target, horizon)
-    raise ValueError(f"kl_controller={kind!r} is not known; valid: fixed, adaptive")
+def make_kl_controller(kl_controller: str, kl_coef: float, target_kl: float, kl_horizon: int):
+    """The controller named `kl_controller` ('fixed' or 'adaptive'), starting at `kl_coef`."""
+    if kl_controller == "fixed":
+        return FixedKLController(kl_coef)
+    if kl_controller == "adaptive":
+        return AdaptiveKLController(kl_coef, target_kl, kl_horizon)
+    raise ValueError(f"kl_controller={kl_controller!r} is not known; valid: fixed, adaptive")

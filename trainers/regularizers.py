@@ -2,7 +2,7 @@
 
 Notation, per sampled response token t: p = pi(y_t | x, y_<t) under the policy, q = pi_ref(y_t | ...)
 under the reference, both at the sampling temperature; lp = log p, lq = log q. A regulariser gives an
-element-wise penalty k_t and the shaped reward is r_t = -beta * k_t (+ the reward-model score at the
+element-wise penalty k_t and the shaped reward is r_t = -kl_coef * k_t (+ the reward-model score at the
 last response token). The sampled-token forms follow the paper's code (SimengSun/alpaca_farm_lora);
 `kl_full` and `jensen_shannon_full` are exact full-vocabulary divergences, an extension of ours.
 

@@ -2,7 +2,7 @@
 
 1. rollout   sample responses from the policy (trainers.rollout)
 2. score     reference, value and reward forwards, regulariser k_t, exact KL
-3. shape     r_t = -beta * k_t, plus the score at the last response token
+3. shape     r_t = -kl_coef * k_t, plus the score at the last response token
 4. advantage optional reward whitening, GAE, advantage whitening
 5. update    `noptepochs` passes over shuffled minibatches of distinct samples, gradient accumulation
 6. record    one line of metrics.jsonl, KL controller, checkpoint
@@ -169,7 +169,7 @@ class PPOTrainer:
         else:
             state = checkpoint.load(latest, self.models, self.optimizer, self.scheduler, self.generator)
         self.step = state["step"]
-        self.kl_ctl.value = state["kl_coef"]
+        self.kl_ctl.kl_coef = state["kl_coef"]
         if self.dp.is_main:
             self.metrics.truncate_after(self.step)
         self.dp.barrier()
@@ -236,7 +236,7 @@ class PPOTrainer:
 
 
     def _save_checkpoint(self) -> None:
-        extra = {"kl_coef": self.kl_ctl.value, "run_id": self.facts["run_id"], "resume_hash": self._resume_hash()}
+        extra = {"kl_coef": self.kl_ctl.kl_coef, "run_id": self.facts["run_id"], "resume_hash": self._resume_hash()}
         if self.dp.fsdp:
             self.dp.save_fsdp(self.run_dir, self.step, self.models, self.scheduler, self.generator, extra)
             return
@@ -276,8 +276,8 @@ class PPOTrainer:
                              f"(reward={cfg.reward!r}); training stopped with the last checkpoint intact")
         mask = ro.mask.float()
         # 3. shape rewards
-        beta = self.kl_ctl.value
-        shaped, non_score = ppo.shape_rewards(ro.scores, ro.penalties, beta, mask)
+        kl_coef = self.kl_ctl.kl_coef
+        shaped, non_score = ppo.shape_rewards(ro.scores, ro.penalties, kl_coef, mask)
         # 4. advantages
         rewards = self.dp.whiten(shaped, mask, shift_mean=False) if cfg.whiten_rewards else shaped
         advantages, returns = ppo.gae_advantages(rewards * mask, ro.values * mask, cfg.gamma, cfg.lam)
@@ -311,7 +311,7 @@ class PPOTrainer:
             "objective/kl_sampled": ((ro.logprobs - ro.ref_logprobs) * mask).sum(1).mean().item(),
             "objective/true_kl": ppo.masked_mean(ro.true_kl, mask).item(),
             "objective/entropy": ppo.masked_mean(ro.entropy, mask).item(),
-            "objective/kl_coef": beta,
+            "objective/kl_coef": kl_coef,
             "rollout/response_length": mask.sum(1).mean().item(),
             "rollout/ended_rate": ro.ended.float().mean().item(),
             "ppo/learning_rate": lr,

@@ -6,7 +6,8 @@ half; standard error = 100 * the sample standard error of (pref - 1).
 
 Two models judged on the same instructions against the same references are compared *paired*, instruction
 by instruction: a bootstrap confidence interval of the win-rate difference (resampling instructions), and
-an exact two-sided sign test over the instructions where the two models' preferences differ.
+an exact two-sided sign test over the instructions where the two models' preferences differ. A claim of "no
+difference" is tested as equivalence within a margin fixed in advance (`equivalence_verdict`).
 """
 
 from __future__ import annotations
@@ -107,3 +108,22 @@ def paired_comparison(
         difference=100.0 * float(diff.mean()), ci_low=float(low), ci_high=float(high), confidence=confidence,
         a_better=a_better, b_better=b_better, sign_test_p=sign_test(a_better, b_better),
     )
+
+
+def equivalence_verdict(ci_low: float, ci_high: float, margin: float) -> str:
+    """Equivalence of A and B within +-`margin` points, read off A - B's confidence interval [lo, hi] (two one-sided
+    tests at once):
+
+        holds         -margin < lo and hi < margin   (any difference is smaller than the margin)
+        contradicted  hi <= -margin or lo >= margin  (the difference exceeds the margin, one way or the other)
+        inconclusive  otherwise                       (the interval reaches past the margin: too few items to tell)
+    """
+    if not (math.isfinite(margin) and margin > 0):
+        raise ValueError(f"margin={margin!r} must be a number > 0 (points of the compared measure)")
+    if ci_low > ci_high:
+        raise ValueError(f"interval [{ci_low}, {ci_high}] has its low end above its high end")
+    if -margin < ci_low and ci_high < margin:
+        return "holds"
+    if ci_high <= -margin or ci_low >= margin:
+        return "contradicted"
+    return "inconclusive"

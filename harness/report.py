@@ -59,6 +59,11 @@ def paired_bootstrap(a: Mapping[str, float], b: Mapping[str, float], *, scale: f
             "a_better": ab, "b_better": bb, "sign_test_p": stats.sign_test(ab, bb)}
 
 
+# Claim 2 ("removing the KL penalty does not hurt") as equivalence: a win-rate difference under 5 points either way
+# is read as no difference. Fixed in the code before the runs it judges, so the margin cannot follow the data.
+CLAIM2_MARGIN = 5.0
+
+
 def verdict(ci_low: float, ci_high: float, direction: int = +1) -> str:
     """The rule: 'holds' if the 95% CI excludes 0 in the claimed direction, 'contradicted' if it excludes 0 the
     other way, 'not detected' if it includes 0."""
@@ -97,10 +102,12 @@ def averaged_preferences(runs: list[Series], step: int) -> dict[str, float]:
     return {k: sum(p[k] for p in prefs) / len(prefs) for k in common}
 
 
-def compare_winrate(a: list[Series], b: list[Series], what: str, direction: int = +1) -> Test:
+def compare_winrate(a: list[Series], b: list[Series], what: str, direction: int = +1,
+                    margin: float | None = None) -> Test:
     """A vs B paired on per-item preferences (evals.stats.paired_comparison), each side's seeds averaged per
     instruction: at their last common step > 0, or, where B is the SFT policy (step 0 only), A's last step common
-    to its seeds against step 0."""
+    to its seeds against step 0. With `margin`, the verdict is equivalence within +-margin points
+    (`evals.stats.equivalence_verdict`) instead of a difference in `direction`."""
     if not a or not b:
         return Test(what, why=f"no {'A' if not a else 'B'} run")
     steps = lambda runs: set.intersection(*(set(r.points) for r in runs))  # noqa: E731
@@ -118,6 +125,11 @@ def compare_winrate(a: list[Series], b: list[Series], what: str, direction: int 
         return Test(label, why="records lack per-item preferences on common instructions")
     r = stats.paired_comparison({k: pa[k] for k in keys}, {k: pb[k] for k in keys}).as_dict()
     r["mean_a"], r["mean_b"] = r["win_rate_a"], r["win_rate_b"]
+    if margin is not None:
+        found = stats.equivalence_verdict(r["ci_low"], r["ci_high"], margin)
+        side = ("; A better by more than the margin" if r["ci_low"] >= margin else
+                "; A worse by more than the margin" if r["ci_high"] <= -margin else "")
+        return Test(label, r, found, why=f"equivalence margin +-{margin:g} win-rate points{side}")
     return Test(label, r, verdict(r["ci_low"], r["ci_high"], direction))
 
 
@@ -169,7 +181,7 @@ def claims(data: ReportData) -> list[tuple[str, str, list[Test]]]:
           compare_winrate(full_w, data.find_all(w, "sft"), "PPO helps: A = full fine-tune, B = SFT"),
           compare_winrate(lora("kl"), full_w, "win rate: A = LoRA kl, B = full fine-tune")]),
         ("2", "Under LoRA, removing the KL penalty does not hurt win rate.",
-         [compare_winrate(lora("none"), lora("kl"), "A = LoRA none, B = LoRA kl")]),
+         [compare_winrate(lora("none"), lora("kl"), "A = LoRA none, B = LoRA kl", margin=CLAIM2_MARGIN)]),
         ("3", "Other regularisers, such as Jensen-Shannon, improve win rate.",
          [compare_winrate(lora("jensen_shannon"), lora("kl"), "A = LoRA jensen_shannon, B = LoRA kl")]),
         ("4", "PPO hurts factuality (FActScore); LoRA largely mitigates this.",
@@ -191,8 +203,10 @@ def summary_md(data: ReportData) -> str:
              if data.made_by else []),
            "Rule: a paired 95% bootstrap interval (instructions or entities resampled, 10,000 draws, seed 0) of "
            "A - B; **holds** if it excludes 0 in the claimed direction, **contradicted** if it excludes 0 the other "
-           "way, **not detected** if it includes 0. The sign test p is given beside it. For claim 2 ('does not "
-           "hurt') 'not detected' is consistent with the claim but does not prove it (no equivalence margin). "
+           "way, **not detected** if it includes 0. The sign test p is given beside it. Claim 2 ('does not hurt') is "
+           f"an equivalence test with a margin of +-{CLAIM2_MARGIN:g} win-rate points, fixed before any run: "
+           "**holds** if the interval lies inside the margin, **contradicted** if it lies wholly outside it, "
+           "**inconclusive** otherwise. "
            "Claim 1's memory test compares GPUs x peak memory per device. Win rates are paired at the two runs' "
            "last common PPO step (against the SFT policy: at A's last step); where a regulariser has several runs (seeds), "
            "each instruction's preference is averaged over them before the instructions are resampled. Claim 4 "

@@ -64,3 +64,19 @@ def test_paired_inputs_must_align():
         paired_comparison([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="both preferences as mappings"):
         paired_comparison({"a": 1.0}, [1.0])
+
+
+def test_equivalence_verdict_reads_the_interval_against_the_margin():
+    from evals.stats import equivalence_verdict
+
+    assert equivalence_verdict(-4.9, 4.9, 5.0) == "holds"
+    assert equivalence_verdict(-3.0, 0.5, 5.0) == "holds"  # a small loss inside the margin is equivalence
+    assert equivalence_verdict(-5.0, 1.0, 5.0) == "inconclusive"  # touching the margin proves nothing
+    assert equivalence_verdict(-12.0, 2.0, 5.0) == "inconclusive"
+    assert equivalence_verdict(-12.0, -5.0, 5.0) == "contradicted"  # certainly worse by the margin or more
+    assert equivalence_verdict(6.0, 9.0, 5.0) == "contradicted"  # certainly better by more: not equivalent either
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="margin"):
+            equivalence_verdict(-1.0, 1.0, bad)
+    with pytest.raises(ValueError, match="low end above"):
+        equivalence_verdict(2.0, 1.0, 5.0)

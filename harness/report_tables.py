@@ -10,7 +10,8 @@ cells. Empty cells read "—" (and have no value in the CSV).
   a row even when we have no run for them), a block of our PPO steps (raw and length-controlled win rate side by
   side), then a block of the paper's Figure 1 values
   at its own steps and its horizontal lines. The two blocks have different judges: side by side, never merged.
-- Table 3, factuality: FActScore, % answered, facts per answer at each run's latest step.
+- Table 3, factuality: the share of supported facts (primary), FActScore and facts per answer, each with a 95%
+  bootstrap interval over entities, and % answered, at each run's latest step.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from harness.report_data import (DASH, PAPER_JUDGE_TEXT, Series, csv_text, md_text, one_line, pick_efficiency,
-                                 win_rate_of)
+from evals import stats
+from harness.report_data import (DASH, PAPER_JUDGE_TEXT, Series, csv_text, item_scores, item_supported, md_text,
+                                 one_line, pick_efficiency, win_rate_of)
 
 if TYPE_CHECKING:
     from harness.report_data import ReportData
@@ -38,6 +40,8 @@ class Cell:
     step: int | None = None
     run_id: str | None = None
     record_id: str | None = None
+    ci_low: float | None = None  # a 95% interval of `value`, where the table gives one
+    ci_high: float | None = None
 
 
 @dataclass
@@ -94,8 +98,8 @@ def latex(t: Table) -> str:
     return "\n".join(lines)
 
 
-CSV_FIELDS = ("table", "row", "column", "source", "metric", "value", "standard_error", "n", "step", "run_id",
-              "record_id", "text")
+CSV_FIELDS = ("table", "row", "column", "source", "metric", "value", "standard_error", "ci_low", "ci_high", "n",
+              "step", "run_id", "record_id", "text")
 
 
 def write_csv(t: Table, path: Path) -> None:
@@ -106,7 +110,7 @@ def write_csv(t: Table, path: Path) -> None:
             for col, c in zip(t.columns, cells):
                 w.writerow([csv_text(x) for x in (
                     t.name, label, col, c.source or "", c.metric or "", _num(c.value), _num(c.se),
-                    "" if c.n is None else c.n, "" if c.step is None else c.step, c.run_id or "",
+                    _num(c.ci_low), _num(c.ci_high), "" if c.n is None else c.n, "" if c.step is None else c.step, c.run_id or "",
                     c.record_id or "", c.text)])
 
 
@@ -250,9 +254,20 @@ def table2(data: ReportData) -> Table:
     return t
 
 
+def _interval_cell(value: float | None, items: dict[str, float], scale: float, **kw) -> Cell:
+    """`value` (the record's metric) with the 95% bootstrap interval of its per-entity `items` (times `scale`)."""
+    if value is None:
+        return Cell(**kw)
+    if len(items) < 2:
+        return Cell(text=f"{value:.1f}", value=value, n=len(items) or None, **kw)
+    _, low, high = stats.mean_interval([scale * v for v in items.values()])
+    return Cell(text=f"{value:.1f} [{low:.1f}, {high:.1f}]", value=value, n=len(items), ci_low=low, ci_high=high,
+                **kw)
+
+
 def table3(data: ReportData) -> Table:
-    t = Table("table3", "Factuality (FActScore) after PPO", "", "run",
-              ["step", "FActScore (%)", "answered (%)", "facts / answer", "n"])
+    t = Table("table3", "Factuality after PPO: supported facts, FActScore, facts per answer", "", "run",
+              ["step", "supported (%)", "FActScore (%)", "facts / answer", "answered (%)", "n"])
     series = list(data.factuality) or [Series("", k, r, None) for k, r in (("sft", None), ("full", "kl"),
                                                                           ("lora", "kl"))]
     for s in series:
@@ -261,19 +276,25 @@ def table3(data: ReportData) -> Table:
         kw = lambda k: _rec_kw(rec, "harness", k)  # noqa: E731
         n = m.get("n", len((rec or {}).get("per_item") or []) or None)
         facts = m.get("facts_per_answer", m.get("facts"))
+        answered = [i for i in (rec or {}).get("per_item") or []
+                    if i.get("answered") and isinstance(i.get("facts"), int)]
         t.rows.append((s.label, [
             _value(None if rec is None else rec["step"], "d", **kw("step")),
-            _value(m.get("factscore"), ".1f", **kw("factscore")),
+            _interval_cell(m.get("factscore_no_penalty"), item_supported(rec), 100.0, **kw("factscore_no_penalty")),
+            _interval_cell(m.get("factscore"), item_scores(rec), 100.0, **kw("factscore")),
+            _interval_cell(facts, {str(i["id"]): float(i["facts"]) for i in answered}, 1.0, **kw("facts_per_answer")),
             _value(m.get("answered"), ".1f", **kw("answered")),
-            _value(facts, ".1f", **kw("facts_per_answer")),
             _value(n, "d", **kw("n")),
         ]))
     verifier = next((s.last.get("judge") for s in data.factuality if s.points and s.last.get("judge")), None)
     vtext = f"{verifier.get('name')} ({verifier.get('model')})" if verifier else DASH
-    t.caption = (f"Ours (preset {data.preset}), each run's latest step: FActScore = % of atomic facts supported "
-                 f"(with FActScore's length penalty), answered = % of prompts answered, facts per answered prompt; "
-                 f"verifier {vtext}; bios {_decoding_text(data.factuality)}. The paper reports only the direction (PPO lowers FActScore, LoRA keeps most "
-                 "of it), so it has no column here.")
+    t.caption = (f"Ours (preset {data.preset}), each run's latest step, with 95% bootstrap intervals over the "
+                 "entities (10,000 draws, seed 0): supported = % of an answer's atomic facts the knowledge source "
+                 "supports, averaged over answered entities (the primary measure: no length penalty); FActScore = "
+                 "the same with FActScore's length penalty, which marks down answers of few facts; facts per "
+                 "answered prompt; answered = % of prompts answered; n = entities asked. "
+                 f"Verifier {vtext}; bios {_decoding_text(data.factuality)}. The paper reports only the direction "
+                 "(PPO lowers FActScore, LoRA keeps most of it), so it has no column here.")
     return t
 
 

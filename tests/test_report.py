@@ -139,7 +139,10 @@ def test_csv_and_latex(report):
     lora_gpus = t1[(t1.row == "LoRA") & (t1.column == "GPUs")].iloc[0]
     assert lora_gpus.value == 1 and t1[(t1.row == "LoRA") & (t1.column == "paper GPUs")].iloc[0].value == 2
     t3 = pd.read_csv(out / "table3.csv")
-    assert t3[(t3.row == "full FT kl") & (t3.column == "FActScore (%)")].iloc[0].value == 55.0
+    fs = t3[(t3.row == "full FT kl") & (t3.column == "FActScore (%)")].iloc[0]
+    assert fs.value == 55.0 and fs.ci_low < fs.ci_high and fs.n == N_ENT  # the record's metric, its entities' interval
+    assert fs.text == f"55.0 [{fs.ci_low:.1f}, {fs.ci_high:.1f}]"
+    assert t3[(t3.row == "full FT kl") & (t3.column == "supported (%)")].iloc[0].text == "—"  # the record lacks it
     for name in ("table1", "table2", "table3"):
         tex = (out / f"{name}.tex").read_text()
         assert r"\toprule" in tex and r"\bottomrule" in tex

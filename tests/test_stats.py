@@ -80,3 +80,21 @@ def test_equivalence_verdict_reads_the_interval_against_the_margin():
             equivalence_verdict(-1.0, 1.0, bad)
     with pytest.raises(ValueError, match="low end above"):
         equivalence_verdict(2.0, 1.0, 5.0)
+
+
+def test_mean_interval_brackets_the_mean_and_narrows_with_items():
+    from evals.stats import mean_interval
+
+    rng = np.random.default_rng(1)
+    few, many = rng.normal(0.3, 0.2, 20), rng.normal(0.3, 0.2, 500)
+    m, lo, hi = mean_interval(few)
+    assert m == pytest.approx(few.mean()) and lo < m < hi
+    # the percentile bootstrap of a mean is close to mean +- 1.96 sd / sqrt(n)
+    half = 1.96 * few.std(ddof=1) / math.sqrt(few.size)
+    assert (hi - lo) / 2 == pytest.approx(half, rel=0.15)
+    _, lo2, hi2 = mean_interval(many)
+    assert hi2 - lo2 < (hi - lo) / 3
+    assert mean_interval([0.5]) == (0.5, 0.5, 0.5)
+    assert mean_interval(few) == mean_interval(list(few))  # seeded: the same interval every time
+    with pytest.raises(ValueError, match="non-empty"):
+        mean_interval([])

@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge-max-unparsed", type=float_in(0, 1), default=0.5,
                     help="stop with an error, recording nothing, "
                     "when more than this share of the judge's answers cannot be parsed (default 0.5; 1: never)")
-    ev.add_argument("--eval-set", default="bundled", help="bundled (offline, 177 instructions), alpaca_farm (Hub), "
+    ev.add_argument("--eval-set", default="bundled", help="bundled (offline, 177 instructions), bundled-val (offline, the 66 "
+                    "validation instructions, for choosing settings), alpaca_farm (Hub), "
                     "hf:DATASET[:CONFIG]:SPLIT, or a local JSON/JSONL file of {instruction, input, output?}")
     ev.add_argument("--limit", type=int_in(1, MAX_COUNT), default=None,
                     help="evaluate on the first N instructions only")

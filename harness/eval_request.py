@@ -16,6 +16,8 @@ from harness import presets
 from harness.errors import check_preset_name
 
 BUNDLED = "bundled"
+# the bundled validation instructions: where hyper-parameters and decodings are chosen, never on `bundled`
+BUNDLED_VALIDATION = "bundled-val"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +68,10 @@ def expected_identity(req: EvalRequest) -> dict[str, dict]:
 
 
 def open_eval_set(source: str, limit: int | None = None) -> EvalSet:
-    """`bundled`: the harness's own held-out instructions; anything else as `evals.evalsets.load_eval_set` reads it."""
+    """`bundled`: the harness's own held-out evaluation instructions; `bundled-val`: its validation instructions
+    (disjoint from them); anything else as `evals.evalsets.load_eval_set` reads it."""
     if source == BUNDLED:
         return load_eval_set(presets.INSTRUCTIONS, split="eval", name="harness-bundled", limit=limit)
+    if source == BUNDLED_VALIDATION:
+        return load_eval_set(presets.INSTRUCTIONS, split="val", name="harness-bundled", limit=limit)
     return load_eval_set(source, limit=limit)

@@ -213,6 +213,10 @@ def _judge_key(j: dict | None) -> tuple:
     return tuple(str((j or {}).get(k)) for k in ("name", "model", "version"))
 
 
+def _eval_set_key(e: dict | None) -> tuple:
+    return tuple(str((e or {}).get(k)) for k in ("name", "hash"))
+
+
 def load(results_root: str | Path, preset: str, judge: str | None = None) -> ReportData:
     store = ResultsStore(results_root)
     records = list(store.records())
@@ -238,6 +242,13 @@ def load(results_root: str | Path, preset: str, judge: str | None = None) -> Rep
                 notes.append(f"win-rate records of other judges left out: "
                              f"{', '.join(f'{k[0]} ({n})' for k, n in judges.items() if k != key)}")
     wr = [r for r in wr if chosen is not None and _judge_key(r["judge"]) == _judge_key(chosen)]
+    # one eval set per table: a run's validation records (where settings are chosen) never join its test curve
+    sets = Counter(_eval_set_key(r.get("eval_set")) for r in wr)
+    if len(sets) > 1:
+        main = sets.most_common(1)[0][0]
+        notes.append(f"win-rate records of other eval sets left out: "
+                     f"{', '.join(f'{k[0]} ({n})' for k, n in sets.items() if k != main)}")
+        wr = [r for r in wr if _eval_set_key(r.get("eval_set")) == main]
     fig = lambda r, i: r["evaluator"] == "winrate" and (r.get("details") or {}).get("figure") == i  # noqa: E731
     return ReportData(
         preset=preset, judge=chosen, winrate=group_series(wr),

@@ -347,3 +347,21 @@ def test_table3_says_how_the_bios_were_decoded():
     several.points[6] = {"details": {"generation": {"temperature": 1.0, "max_new_tokens": 96},
                                      "samples_per_instruction": 4}}
     assert _decoding_text([several]) == "sampled at temperature 1 (4 answers per instruction, averaged), 96 new tokens"
+
+
+def test_validation_records_stay_out_of_the_test_tables(tmp_path):
+    """A run evaluated on the validation instructions too: its table and curves use the main eval set only."""
+    from harness.report_data import load
+
+    store = ResultsStore(tmp_path)
+    test_prefs, val_prefs = [2.0] * 40 + [1.0] * 20, [1.0] * 30
+    store.put(_winrate("run-kl", _label("kl"), 10, test_prefs))
+    store.put(_winrate("run-none", _label("none"), 10, test_prefs))
+    store.put(make_record(preset="tiny", run_id="run-kl", label=_label("kl"), step=10, evaluator="winrate",
+                          metrics={"win_rate": 0.0, "n": 30}, judge=JUDGE,
+                          eval_set={"name": "harness-bundled:val", "hash": "bb09", "n": 30},
+                          per_item=[{"id": f"v{i}", "preference": p} for i, p in enumerate(val_prefs)]))
+    data = load(tmp_path, "tiny")
+    kl = data.find(data.winrate, "lora", "kl")
+    assert kl.points[10]["eval_set"] == EVAL_SET and kl.points[10]["metrics"]["win_rate"] == pytest.approx(200 / 3)
+    assert data.notes == ["win-rate records of other eval sets left out: harness-bundled:val (1)"]

@@ -51,6 +51,10 @@ class PresetGrid:
     factuality_temperature: float = 0.0
     judge: str = "simulated"
     eval_set: str = "bundled"
+    # the SFT policy's candidate decodings (temperatures, 0 = greedy) for the baseline row "SFT at its best decoding",
+    # chosen on `validation_set` (harness.decoding_choice); () for no such row
+    sft_decodings: tuple[float, ...] = ()
+    validation_set: str = "bundled-val"
     note: str = ""
     # the full fine-tune baseline's own settings over the preset's (its regulariser included; default kl)
     full_overrides: dict[str, Any] = field(default_factory=dict)
@@ -60,6 +64,8 @@ class PresetGrid:
     eval_gpus: int = 0
 
     def __post_init__(self) -> None:
+        if any(not 0 <= t <= 100 for t in self.sft_decodings) or len(set(self.sft_decodings)) != len(self.sft_decodings):
+            raise ValueError(f"sft_decodings={self.sft_decodings}: distinct temperatures in [0, 100] (0: greedy)")
         if self.eval_samples < 1 or (self.eval_samples > 1 and self.eval_temperature == 0):
             raise ValueError(f"eval_samples={self.eval_samples} needs an integer >= 1, and eval_temperature > 0 "
                              f"above 1 (eval_temperature={self.eval_temperature})")

@@ -111,7 +111,7 @@ def compare_winrate(a: list[Series], b: list[Series], what: str, direction: int 
     if not a or not b:
         return Test(what, why=f"no {'A' if not a else 'B'} run")
     steps = lambda runs: set.intersection(*(set(r.points) for r in runs))  # noqa: E731
-    if all(r.kind == "sft" for r in b):
+    if all(r.kind in ("sft", "sft_best") for r in b):
         step_a, step_b = max(steps(a) - {0}, default=None), 0
         label = f"{what}{_seeds_text(a)}" + (f" (step {step_a} vs 0)" if step_a is not None else "")
     else:
@@ -179,6 +179,9 @@ def claims(data: ReportData) -> list[tuple[str, str, list[Test]]]:
          [efficiency_test(data),
           compare_winrate(lora("kl"), data.find_all(w, "sft"), "PPO helps: A = LoRA kl, B = SFT"),
           compare_winrate(full_w, data.find_all(w, "sft"), "PPO helps: A = full fine-tune, B = SFT"),
+          *([compare_winrate(lora("kl"), data.find_all(w, "sft_best"),
+                             "PPO helps beyond decoding: A = LoRA kl, B = SFT at its best decoding")]
+            if data.find_all(w, "sft_best") else []),
           compare_winrate(lora("kl"), full_w, "win rate: A = LoRA kl, B = full fine-tune")]),
         ("2", "Under LoRA, removing the KL penalty does not hurt win rate.",
          [compare_winrate(lora("none"), lora("kl"), "A = LoRA none, B = LoRA kl", margin=CLAIM2_MARGIN)]),

@@ -17,7 +17,7 @@ from harness.results import ResultsStore
 
 DASH = "—"
 REG_ORDER = ("kl", "none", "jensen_shannon", "dropout_only", "bregman", "squared_error", "clamped_kl", "negative_kl")
-KIND_ORDER = ("sft", "full", "lora")
+KIND_ORDER = ("sft", "sft_best", "full", "lora")
 PAPER_JUDGE_TEXT = "AlpacaFarm annotator pool of 2023 (GPT-4/GPT-3.5/davinci-003, retired), n=805"
 
 
@@ -53,6 +53,8 @@ def csv_text(text: object) -> str:
 def _kind(label: Mapping) -> str:
     if label.get("baseline") == "sft":
         return "sft"
+    if label.get("baseline") == "sft-best":
+        return "sft_best"
     if label.get("baseline") == "full" or label.get("lora") is False:
         return "full"
     return "lora"
@@ -63,7 +65,7 @@ class Series:
     """One run's records of one evaluator, by step."""
 
     run_id: str
-    kind: str  # "sft" | "full" | "lora"
+    kind: str  # "sft" | "sft_best" (SFT at its best decoding) | "full" | "lora"
     regularizer: str | None
     seed: int | None
     points: dict[int, dict] = field(default_factory=dict)
@@ -75,8 +77,8 @@ class Series:
 
     @property
     def label(self) -> str:
-        base = {"sft": "SFT", "full": "full FT", "lora": "LoRA"}[self.kind]
-        if self.kind != "sft" and self.regularizer:
+        base = {"sft": "SFT", "sft_best": "SFT, best decoding", "full": "full FT", "lora": "LoRA"}[self.kind]
+        if self.kind in ("full", "lora") and self.regularizer:
             base += f" {self.regularizer}"
         return f"{base} ({self.tag})" if self.tag else base
 
@@ -178,6 +180,7 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     metric: str = "win_rate"  # what Figure 1 plots for our runs: "win_rate" or "lc_win_rate"
     reproductions: list[dict] = field(default_factory=list)  # `harness reproduce` runs at this preset, oldest first
+    validation: list[dict] = field(default_factory=list)  # win-rate records on validation instructions (of the judge)
 
     @property
     def made_by(self) -> list[str]:
@@ -196,7 +199,7 @@ class ReportData:
     @staticmethod
     def find_all(series: list[Series], kind: str, regularizer: str | None = None) -> list[Series]:
         """Every run (seed) of `kind` and `regularizer` (any regulariser for the SFT policy), lowest seed first."""
-        return [s for s in series if s.kind == kind and (kind == "sft" or s.regularizer == regularizer)]
+        return [s for s in series if s.kind == kind and (kind in ("sft", "sft_best") or s.regularizer == regularizer)]
 
     @staticmethod
     def full_regularizer(series: list[Series]) -> str | None:
@@ -211,6 +214,15 @@ class ReportData:
 
 def _judge_key(j: dict | None) -> tuple:
     return tuple(str((j or {}).get(k)) for k in ("name", "model", "version"))
+
+
+# an eval set read from a file's validation split is named NAME:val (NAME:val[:N] for its first N)
+_VALIDATION_NAME = re.compile(r":(val|validation)(\[:\d+\])?$")
+
+
+def is_validation(eval_set: dict | None) -> bool:
+    """Whether a record's eval set is validation instructions (`harness-bundled:val`, or any file's `val` split)."""
+    return bool(_VALIDATION_NAME.search(str((eval_set or {}).get("name", ""))))
 
 
 def _eval_set_key(e: dict | None) -> tuple:
@@ -242,7 +254,9 @@ def load(results_root: str | Path, preset: str, judge: str | None = None) -> Rep
                 notes.append(f"win-rate records of other judges left out: "
                              f"{', '.join(f'{k[0]} ({n})' for k, n in judges.items() if k != key)}")
     wr = [r for r in wr if chosen is not None and _judge_key(r["judge"]) == _judge_key(chosen)]
-    # one eval set per table: a run's validation records (where settings are chosen) never join its test curve
+    # one eval set per table: validation records (where settings and decodings are chosen) never join a test curve
+    validation = [r for r in wr if is_validation(r.get("eval_set"))]
+    wr = [r for r in wr if not is_validation(r.get("eval_set"))]
     sets = Counter(_eval_set_key(r.get("eval_set")) for r in wr)
     if len(sets) > 1:
         main = sets.most_common(1)[0][0]
@@ -258,7 +272,7 @@ def load(results_root: str | Path, preset: str, judge: str | None = None) -> Rep
         paper_fig2=group_series([r for r in paper if fig(r, 2)]),
         paper_efficiency=[r for r in paper if r["evaluator"] == "efficiency"],
         ours=ours, manifests=manifests, paper_source=paper_source, notes=notes,
-        reproductions=store.reproductions(preset))
+        reproductions=store.reproductions(preset), validation=validation)
 
 
 def pick_efficiency(recs: list[dict], lora: bool) -> dict | None:

@@ -87,6 +87,9 @@ def _curves(ax: Axes, series: list[Series], metric: str = "win_rate") -> bool:
         if s.kind == "sft":
             _baseline(ax, s, "SFT (step 0)" if s.last["step"] == 0 else s.label, SFT_COLOR, "--", metric)
             drawn = True
+        elif s.kind == "sft_best":
+            _baseline(ax, s, s.label, SFT_COLOR, ":", metric)
+            drawn = True
         elif s.kind == "full" and len(s.points) == 1:
             _baseline(ax, s, f"{s.label} (step {s.last['step']})" if s.last["step"] else "full fine-tune",
                       FULL_COLOR, "-.", metric)
@@ -106,7 +109,7 @@ def _curves(ax: Axes, series: list[Series], metric: str = "win_rate") -> bool:
 
 def _step_ticks(ax: Axes, series: list[Series]) -> None:
     """Ticks at the evaluated steps when they are few, else integer ticks."""
-    steps = sorted({st for s in series if s.kind != "sft" for st in s.points})
+    steps = sorted({st for s in series if s.kind not in ("sft", "sft_best") for st in s.points})
     if 0 < len(steps) <= 12:
         ax.set_xticks(steps)
     else:

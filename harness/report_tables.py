@@ -243,8 +243,9 @@ def table2(data: ReportData) -> Table:
     ntext = DASH if not ns else str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
     t.caption = (
         f"Ours (preset {data.preset}): win rate against the evaluation set's reference outputs, ± one standard "
-        f"error, judge {data.judge_text}, n = {ntext} instructions, answers {_decoding_text(data.winrate)}; step 0 "
-        "is the SFT policy. LC: the length-"
+        f"error, judge {data.judge_text}, n = {ntext} instructions, answers "
+        f"{_decoding_text([s for s in data.winrate if s.kind != 'sft_best'])}; step 0 is the SFT policy."
+        f"{_best_decoding_text(data)} LC: the length-"
         "controlled win rate, the win rate predicted at equal output lengths by alpaca-eval's "
         "length_controlled_minimal model (evals/length_control.py); — where a record predates it or has under 5 "
         "judged pairs. Paper: read off its "
@@ -252,6 +253,28 @@ def table2(data: ReportData) -> Table:
         "horizontal lines (SFT10k, and the public AlpacaFarm PPO checkpoint, a full fine-tune). The judges, "
         "references and model scale differ: compare directions within a block, not numbers across blocks.")
     return t
+
+
+def _temperature(rec: dict) -> float | None:
+    return ((rec.get("details") or {}).get("generation") or {}).get("temperature")
+
+
+def _best_decoding_text(data: ReportData) -> str:
+    """The 'SFT, best decoding' row's decoding, and the SFT policy's validation win rates it was chosen from."""
+    best = data.find(data.winrate, "sft_best")
+    if best is None:
+        return ""
+    sft = [r for r in data.validation if r["label"].get("baseline") == "sft" and _temperature(r) is not None]
+    rates = {}
+    for rec in sorted(sft, key=lambda r: str(r.get("created"))):  # the latest record of each decoding
+        rates[_temperature(rec)] = rec
+    decode = lambda t: "greedy" if t == 0 else f"temperature {t:g}"  # noqa: E731
+    chosen = _temperature(best.last)
+    found = ", ".join(f"{decode(t)} {r['metrics']['win_rate']:.1f}" for t, r in sorted(rates.items()))
+    n = next((r["eval_set"].get("n") for r in rates.values()), None)
+    return (f" 'SFT, best decoding': the SFT policy {decode(chosen) if chosen is not None else '(decoding not recorded)'}"
+            + (f", the best of its validation win rates ({found}; n = {n} validation instructions, disjoint from "
+               "the evaluation instructions)." if rates else "."))
 
 
 def _interval_cell(value: float | None, items: dict[str, float], scale: float, **kw) -> Cell:

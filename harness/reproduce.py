@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from evals.config import EvalConfig
+from harness import decoding_choice
 from harness import grid as G
 from harness.cluster_jobs import EVAL_JOB, HARNESS, ClusterJobs, dry_run
 from harness.curves import has_curves, make_curves, put_curves
@@ -133,6 +134,24 @@ def eval_plan(g: G.Grid) -> list[tuple[str, str | None, int, str]]:
     return items
 
 
+def sft_decoding_cells(g: G.Grid, store: ResultsStore) -> tuple[list[tuple[str, EvalRequest]], EvalRequest | None]:
+    """The baseline "SFT at its best decoding" (`harness.decoding_choice`): the validation evaluations still missing
+    [(run id, request)], and, once all are in the store, the evaluation at the chosen decoding (None while it is
+    not known, when its record exists, or when the grid has no such row)."""
+    if not g.spec.sft_decodings or "winrate" not in g.sft_evaluators:
+        return [], None
+    sft_id, config = f"sft:{g.sft_policy}", eval_config(g)
+    candidates = decoding_choice.validation_requests(config, g.sft_policy, g.spec.validation_set, g.preset,
+                                                     g.spec.sft_decodings)
+    records = [r for r in store.records() if r["source"] == "harness" and r["preset"] == g.preset]
+    missing = [(sft_id, req) for req in candidates if decoding_choice.find(records, req, sft_id) is None]
+    chosen = None if missing else decoding_choice.choose(records, candidates, sft_id)
+    if chosen is None:
+        return missing, None
+    best = decoding_choice.best_request(config, g.sft_policy, g.spec.eval_set, g.preset, chosen[0])
+    return missing, None if decoding_choice.find(records, best, best.run_id) else best
+
+
 def ids_after_prepare(g: G.Grid) -> G.Grid:
     """The grid with its ids derived again when they name a prepared reward model (they changed if it was just
     made or remade); `g` itself when no id did."""
@@ -168,6 +187,11 @@ def print_grid(g: G.Grid, runs_root: str, store: ResultsStore) -> dict[str, str]
     sft = [(rid, s, ev) for rid, r, s, ev in eval_plan(g) if r is None]
     if sft:
         print(f"  {'sft:' + g.sft_policy:34s} {'-':8s} {'-':>9s}  {sum(x in have for x in sft)}/{len(sft)}")
+    if g.spec.sft_decodings and "winrate" in g.sft_evaluators:
+        missing, best = sft_decoding_cells(g, store)
+        n = len(g.spec.sft_decodings) + 1  # the candidates on the validation instructions, then the chosen one
+        done = n - len(missing) - (1 if missing or best is not None else 0)
+        print(f"  {decoding_choice.BASELINE + ':' + g.sft_policy:34s} {'-':8s} {'-':>9s}  {done}/{n}")
     return states
 
 
@@ -370,6 +394,26 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     eval_jobs, refused = [], []
     log_dir = Path(args.runs) / g.preset / "eval-logs"
     Path(store.root).mkdir(parents=True, exist_ok=True)  # a cluster node checks that it sees the store
+
+    def eval_job(job_id: str, name: str, request: EvalRequest, rid: str, run: G.Run | None):
+        name = name.replace(":", "_").replace("/", "_")
+        job_file = write_job(log_dir / f"{name}.json", request, store.root)
+        job = Job(run_id=job_id, argv=(*EVAL_JOB, str(job_file)), log_path=str(log_dir / f"{name}.log"),
+                  cpus=threads, env=job_env if workers > 1 else ())
+        return job if cluster is None else cluster.job(job, None, shared=(str(store.root), *(
+            [str(G.run_dir(args.runs, g.preset, rid))] if run is not None else [])))
+
+    # 3a. the SFT policy at its candidate decodings on the validation instructions, then at the best one
+    choice_jobs, best = sft_decoding_cells(g, store)
+    if choice_jobs:
+        with LiveView(g, args.runs, "eval", len(choice_jobs)) as view:
+            outcomes = executor(on_event=view.event, **executor_kw).run(
+                [eval_job(f"eval:{rid}:validation:t{req.config.temperature:g}",
+                          f"{rid}-validation-t{req.config.temperature:g}", req, rid, None) for rid, req in choice_jobs])
+        refused += [k for k, o in outcomes.items() if o.status == "failed"]
+        _, best = sft_decoding_cells(g, store)
+    if best is not None:
+        eval_jobs.append(eval_job(f"eval:{best.run_id}:0:winrate", f"{best.run_id}-0-winrate", best, best.run_id, None))
     for rid, run, step, ev in eval_plan(g):
         if ((rid, step, ev) in have and rid not in recompute) or rid in failed_runs:
             continue
@@ -377,18 +421,14 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
             folder = G.run_dir(args.runs, g.preset, rid)
             store.put(efficiency_record(g, run, folder), force=rid in recompute)
             continue
-        job_id, name = f"eval:{rid}:{step}:{ev}", f"{rid.replace(':', '_').replace('/', '_')}-{step}-{ev}"
+        job_id = f"eval:{rid}:{step}:{ev}"
         try:
             request = cell_request(g, args.runs, rid, run, step, ev, force=rid in recompute)
         except ValueError as e:  # an evaluation that cannot run fails alone; the others go on
             print(f"[eval] failed {job_id}: {e}")
             refused.append(job_id)
             continue
-        job_file = write_job(log_dir / f"{name}.json", request, store.root)
-        job = Job(run_id=job_id, argv=(*EVAL_JOB, str(job_file)), log_path=str(log_dir / f"{name}.log"),
-                  cpus=threads, env=job_env if workers > 1 else ())
-        eval_jobs.append(job if cluster is None else cluster.job(job, None, shared=(str(store.root), *(
-            [str(G.run_dir(args.runs, g.preset, rid))] if run is not None else []))))
+        eval_jobs.append(eval_job(job_id, f"{rid}-{step}-{ev}", request, rid, run))
     failed_evals = refused
     if eval_jobs:
         with LiveView(g, args.runs, "eval", len(eval_jobs)) as view:

@@ -15,7 +15,7 @@ Record schema, version `SCHEMA` (every field present; `null` where it does not a
     preset        "smoke" | "tiny" | "paper" | a user preset name (letters, digits, "_", "-", "."; a folder name
                   of the report, so never a path)
     run_id        the run's stable id (hash of its resolved config), or a baseline name ("sft")
-    label         {"regularizer": ..., "lora": bool|None, "seed": int|None, "baseline": "sft"|"full"|None}
+    label         {"regularizer": ..., "lora": bool|None, "seed": int|None, "baseline": "sft"|"sft-best"|"full"|None}
     step          PPO step of the checkpoint (0 = the SFT policy)
     evaluator     "winrate" | "factuality" | "efficiency" | "proxy_rm" (the proxy reward model against the judge) |
                   "judge_check" (a judge against a reference judge's annotations, `harness judge-check`)
@@ -56,7 +56,7 @@ EVALUATORS = ("winrate", "factuality", "efficiency", "proxy_rm", "judge_check")
 REQUIRED = ("schema", "record_id", "source", "preset", "run_id", "label", "step", "evaluator", "judge",
             "eval_set", "metrics", "per_item", "details", "created", "harness")
 LABEL_KEYS = ("regularizer", "lora", "seed", "baseline")
-BASELINES = (None, "sft", "full")
+BASELINES = (None, "sft", "sft-best", "full")  # sft-best: SFT at its best decoding (harness.decoding_choice)
 PERCENT_METRICS = ("win_rate", "lc_win_rate", "factscore", "factscore_no_penalty", "answered", "trainable_pct", "agreement",
                    "agreement_shorter_preferred", "longer_share", "order_consistency", "probe_correct",
                    "unparsed_answers_pct", "gold_agreement", "noisy_agreement", "gold_agreement_cv_mean")
@@ -197,7 +197,7 @@ def _problems(rec: dict) -> list[str]:
               and _optional(lab["lora"], bool) and (lab["seed"] is None or _int(lab["seed"], -MAX_INT, MAX_INT))
               and lab["baseline"] in BASELINES):
         found.append(f"label={lab!r:.200}: regularizer is null or 1-64 letters, digits, '_', '.', '+', '-'; lora a "
-                     f"boolean; seed an integer of at most 64 bits (or null); baseline one of sft, full, null")
+                     f"boolean; seed an integer of at most 64 bits (or null); baseline one of sft, sft-best, full, null")
     judge = rec["judge"]
     if judge is not None and not (isinstance(judge, dict) and all(_text(judge.get(k))
                                                                   for k in ("name", "model", "version"))):

@@ -18,6 +18,7 @@ Every configuration is built and validated before anything runs (`build_grid` ra
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,7 @@ class Grid:
     extra_overrides: tuple[str, ...] = field(default=())
     seeds: tuple[int, ...] = field(default=())
     only: tuple[str, ...] = field(default=())  # the runs kept (regularisers of LoRA runs, "full"); () keeps all
+    validation: bool = False  # evaluated on the preset's validation instructions (choosing settings), not its test set
 
     @property
     def provisional(self) -> bool:
@@ -146,7 +148,8 @@ class Grid:
 
     def rebuilt(self) -> "Grid":
         """The same grid with every id derived again (after `harness prepare` made the reward model)."""
-        return build_grid(self.targets, self.preset, seeds=self.seeds, overrides=self.extra_overrides, only=self.only)
+        return build_grid(self.targets, self.preset, seeds=self.seeds, overrides=self.extra_overrides, only=self.only,
+                          validation=self.validation)
 
     def describe(self) -> dict:
         return {"preset": self.preset, "targets": list(self.targets), "note": self.spec.note,
@@ -166,15 +169,22 @@ def checkpoint_steps(cfg: TrainConfig) -> tuple[int, ...]:
 
 
 def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] | None = None,
-               overrides: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> Grid:
+               overrides: tuple[str, ...] = (), only: tuple[str, ...] = (), validation: bool = False) -> Grid:
     """All runs needed for `targets` (e.g. ("table2",)), each configuration validated now.
 
     `only`: keep the LoRA runs of these regularisers and, with "full", the full fine-tune baseline (e.g. more
-    seeds of one comparison); the SFT policy's evaluations stay, every comparison needs them."""
+    seeds of one comparison); the SFT policy's evaluations stay, every comparison needs them.
+    `validation`: evaluate on the preset's validation instructions instead of its evaluation set, where
+    learning rates, steps and coefficients are chosen (with `overrides`); win-rate targets only."""
     bad = [t for t in targets if t not in TARGETS]
     if bad or not targets:
         raise ValueError(f"targets={list(targets)}: allowed {', '.join(TARGETS)}")
     spec = grid_for(preset)
+    if validation:
+        if set(targets) - {"table2", "figure1", "figure2"}:
+            raise ValueError(f"--validation: win-rate targets only (table 2, figures 1 and 2), not "
+                             f"{', '.join(sorted(set(targets) - {'table2', 'figure1', 'figure2'}))}")
+        spec = dataclasses.replace(spec, eval_set=spec.validation_set, sft_decodings=())
     seeds = tuple(seeds or spec.seeds)
     base = presets.preset(preset)
     base.update(spec.overrides)
@@ -227,7 +237,7 @@ def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] 
         | ({"factuality"} if "table3" in targets else set())
     sft_evaluators = tuple(sorted(sft))
     return Grid(preset, tuple(targets), spec, tuple(runs), base["policy"], sft_evaluators, tuple(overrides), seeds,
-                tuple(only))
+                tuple(only), validation)
 
 
 @dataclass(frozen=True, slots=True)

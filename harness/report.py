@@ -7,7 +7,8 @@ writes into `out_dir`:
 
     table1.{md,tex,csv}   efficiency: LoRA vs full fine-tune PPO (GPUs, trainable params, memory, time)
     table2.{md,tex,csv}   win rate by PPO step, one row per run, the paper's Figure 1 values in their own columns
-    table3.{md,tex,csv}   factuality (FActScore) at each run's latest step
+    table3.{md,tex,csv}   factuality: supported facts, FActScore, facts per answer at each run's latest step
+    validation.{md,tex,csv} settings chosen on the validation instructions (when the store holds such records)
     figure1.{png,pdf}     win rate vs PPO step: our panel and the paper's panel, never one axis for two judges
     figure2.{png,pdf}     win rate vs token-level true KL, one point per checkpoint: ours and the paper's
     figure3.{png,pdf}     win rate vs the proxy reward of the same answers, one point per checkpoint (ours only)
@@ -17,7 +18,8 @@ writes into `out_dir`:
 
 Which records: ours are source "harness" at `preset`; the paper's are source "paper" in the store, or, when the
 store holds none, `harness.paper_numbers.paper_records()` (code data, the same numbers). Win-rate records of one
-judge only (the judge with the most records, or `judge=`), so no table or figure mixes judges. One row / series per
+judge only (the judge with the most records, or `judge=`), so no table or figure mixes judges, and of one eval set
+(validation records go to their own table). One row / series per
 run (a run_id); a regulariser with several runs (seeds, settings) gets one row each, told apart by seed or id.
 Missing data never raises: cells read "—", claims "not measured at this preset".
 """
@@ -313,6 +315,9 @@ def _render(results_root: Path, write_dir: Path, out_dir: Path, preset: str | No
     from harness.report_curves import curves_figure
 
     files += curves_figure(results_root, preset, write_dir)  # none where the store holds no curves of the preset
+    from harness.report_validation import write_validation
+
+    files += write_validation(data, write_dir)  # none where the store holds no validation records
     from harness.report_judges import write_judges
 
     files += write_judges(list(ResultsStore(results_root).records()), write_dir)

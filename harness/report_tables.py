@@ -59,7 +59,8 @@ class Table:
 
 def markdown(t: Table) -> str:
     esc = md_text
-    lines = [f"**Table {t.name.removeprefix('table')}. {t.title}**", "",
+    number = t.name.removeprefix("table")  # the paper's tables by number, others by their title alone
+    lines = [f"**Table {number}. {t.title}**" if number.isdigit() else f"**{t.title}**", "",
              "| " + " | ".join(esc(c) for c in [t.row_header, *t.columns]) + " |",
              "|---" + "|---:" * len(t.columns) + "|"]
     lines += ["| " + " | ".join(esc(c) for c in [label, *(c.text for c in cells)]) + " |" for label, cells in t.rows]

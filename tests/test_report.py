@@ -365,3 +365,31 @@ def test_validation_records_stay_out_of_the_test_tables(tmp_path):
     kl = data.find(data.winrate, "lora", "kl")
     assert kl.points[10]["eval_set"] == EVAL_SET and kl.points[10]["metrics"]["win_rate"] == pytest.approx(200 / 3)
     assert data.notes == [] and [r["eval_set"]["name"] for r in data.validation] == ["harness-bundled:val"]
+
+
+def test_the_validation_table_shows_the_sft_decodings_and_the_sweep_runs(tmp_path):
+    from harness.report import render_report
+
+    store = ResultsStore(tmp_path)
+    store.put(_winrate("run-kl", _label("kl"), 10, [2.0] * 30 + [1.0] * 30))
+    val = {"name": "harness-bundled:val", "hash": "bb09", "n": 4}
+
+    def on_validation(run_id, label, step, prefs, temperature):
+        return make_record(preset="tiny", run_id=run_id, label=label, step=step, evaluator="winrate",
+                           metrics={"win_rate": stats.win_rate(prefs), "standard_error": stats.standard_error(prefs),
+                                    "n": len(prefs)}, judge=JUDGE, eval_set=val,
+                           details={"generation": {"temperature": temperature}},
+                           settings={"generation": {"temperature": temperature}},
+                           per_item=[{"id": f"v{i}", "preference": p} for i, p in enumerate(prefs)])
+
+    store.put(on_validation("sft:m", _label(None, None, "sft", None), 0, [1.0, 1.0, 2.0, 2.0], 0.0))
+    store.put(on_validation("sft:m", _label(None, None, "sft", None), 0, [1.0, 1.0, 1.0, 2.0], 0.7))
+    store.put(on_validation("run-lr1", _label("kl", seed=1), 10, [2.0, 2.0, 2.0, 1.0], 1.0))
+    store.put_manifest("run-lr1", {"run_id": "run-lr1", "config": {"lr": 0.001, "kl_coef": 0.02, "steps": 10}})
+    render_report(tmp_path, tmp_path / "out", "tiny")
+    rows = {ln.split(" | ")[0].strip("| "): ln for ln in (tmp_path / "out" / "validation.md").read_text().splitlines()
+            if ln.startswith("| ") and "---" not in ln}
+    assert rows["SFT, greedy"].split(" | ")[4] == "50.0 ± 28.9"
+    assert rows["SFT, temperature 0.7"].split(" | ")[4] == "25.0 ± 25.0"
+    assert rows["LoRA kl"].split(" | ")[1:4] == ["0.001", "0.02", "10"] and "75.0 ± 25.0" in rows["LoRA kl"]
+    assert "run-kl" not in (tmp_path / "out" / "validation.csv").read_text()  # test-set records stay in Table 2

@@ -212,6 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="comma-separated runs to keep: regularisers of the LoRA runs, and 'full' for the full "
                             "fine-tune baseline (e.g. --seeds 2,3 --only kl); the SFT policy is always evaluated")
         g.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override one setting of every run")
+        g.add_argument("--validation", action="store_true",
+                       help="evaluate on the preset's validation instructions instead of its evaluation set: where "
+                            "learning rates, steps and coefficients are chosen (with --set); win-rate targets only")
         g.add_argument("--runs", default="runs", help="root of the run folders (default runs/)")
         g.add_argument("--results", default="results", help="results store (default results/)")
         if name == "reproduce":

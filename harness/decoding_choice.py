@@ -32,8 +32,10 @@ def _at(config: EvalConfig, temperature: float) -> EvalConfig:
 
 def validation_requests(config: EvalConfig, policy: str, validation_set: str, preset: str,
                         temperatures: tuple[float, ...]) -> list[EvalRequest]:
-    """One win-rate evaluation of the SFT policy on the validation instructions per candidate temperature."""
-    return [EvalRequest(target=policy, config=_at(config, t), eval_set=validation_set, preset=preset)
+    """One win-rate evaluation of the SFT policy on every validation instruction per candidate temperature (the
+    greedy candidate is the record `harness reproduce --validation` makes of the SFT policy at greedy grids)."""
+    return [EvalRequest(target=policy, config=dataclasses.replace(_at(config, t), limit=None), eval_set=validation_set,
+                        preset=preset)
             for t in temperatures]
 
 

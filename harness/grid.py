@@ -184,7 +184,8 @@ def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] 
         if set(targets) - {"table2", "figure1", "figure2"}:
             raise ValueError(f"--validation: win-rate targets only (table 2, figures 1 and 2), not "
                              f"{', '.join(sorted(set(targets) - {'table2', 'figure1', 'figure2'}))}")
-        spec = dataclasses.replace(spec, eval_set=spec.validation_set, sft_decodings=())
+        # every validation instruction: the set is small, and its size is the resolution of the choice
+        spec = dataclasses.replace(spec, eval_set=spec.validation_set, sft_decodings=(), eval_limit=None)
     seeds = tuple(seeds or spec.seeds)
     base = presets.preset(preset)
     base.update(spec.overrides)

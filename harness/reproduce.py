@@ -172,6 +172,7 @@ def print_grid(g: G.Grid, runs_root: str, store: ResultsStore) -> dict[str, str]
     have = grid_records(store, g)
     states = {}
     only = f", only {','.join(g.only)}" if g.only else ""
+    only += f", on the validation instructions ({g.spec.eval_set})" if g.validation else ""
     print(f"grid {'+'.join(g.targets)} at preset {g.preset}{only}: {len(g.runs)} runs + the SFT baseline "
           f"({g.spec.note})")
     if g.provisional:
@@ -302,7 +303,7 @@ class LiveView:
 # ---- the command ---------------------------------------------------------------------------------------------
 def main(args) -> int:
     g = G.build_grid(targets_of(args), args.preset, seeds=_seeds(args.seeds), overrides=tuple(args.set),
-                     only=_only(args.only))
+                     only=_only(args.only), validation=getattr(args, "validation", False))
     store = ResultsStore(args.results)
     if args.command == "grid":
         print_grid(g, args.runs, store)

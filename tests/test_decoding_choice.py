@@ -58,7 +58,7 @@ def test_reproduce_chooses_the_sft_decoding_on_validation_and_reports_the_row(tm
             "--set", "checkpoint_every=2", "--runs", str(runs), "--results", str(results), "--report", str(report)]
     assert main(args) == 0
     ours = [r for r in ResultsStore(results).records() if r["source"] == "harness"]
-    validation = [r for r in ours if r["eval_set"]["name"].endswith(":val[:6]")]
+    validation = [r for r in ours if r["eval_set"]["name"].endswith(":val")]
     assert sorted(r["details"]["generation"]["temperature"] for r in validation) == [0.0, 1.0]
     rates = {r["details"]["generation"]["temperature"]: r["metrics"]["win_rate"] for r in validation}
     chosen = max(rates, key=lambda t: (rates[t], -t))  # the best, greedy first on a tie
@@ -74,3 +74,22 @@ def test_reproduce_chooses_the_sft_decoding_on_validation_and_reports_the_row(tm
     assert main(args) == 0
     assert sorted(p.name for p in (results / "records").iterdir()) == before
     assert len(ResultsStore(results).reproductions("smoke")) == 1  # the second did no work, so left no entry
+    # the same run evaluated on the validation instructions: a row of the validation table, never of Table 2
+    table2_before = (report / "table2.md").read_text()
+    assert main([*args, "--validation"]) == 0
+    assert (report / "table2.md").read_text() == table2_before
+    validation = (report / "validation.md").read_text()
+    assert "| LoRA kl |" in validation and "| SFT, greedy |" in validation and "| SFT, temperature 1 |" in validation
+
+
+def test_a_validation_grid_trains_the_same_runs_and_evaluates_them_on_the_validation_instructions(tmp_path):
+    from harness.reproduce import cell_request, eval_plan
+
+    main_grid = G.build_grid(("table2",), "tiny", only=("kl",))
+    val_grid = G.build_grid(("table2",), "tiny", only=("kl",), validation=True)
+    assert [r.run_id for r in val_grid.runs] == [r.run_id for r in main_grid.runs]  # trained once, evaluated twice
+    assert val_grid.rebuilt().validation and not val_grid.spec.sft_decodings
+    requests = [cell_request(val_grid, tmp_path, rid, run, step, ev) for rid, run, step, ev in eval_plan(val_grid)]
+    assert {r.eval_set for r in requests} == {BUNDLED_VALIDATION} and {r.config.limit for r in requests} == {None}
+    with pytest.raises(ValueError, match="--validation: win-rate targets only"):
+        G.build_grid(("table2", "table3"), "tiny", validation=True)

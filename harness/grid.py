@@ -189,7 +189,8 @@ def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] 
     seeds = tuple(seeds or spec.seeds)
     base = presets.preset(preset)
     base.update(spec.overrides)
-    base.update(presets.parse_overrides(list(overrides)))
+    user = presets.parse_overrides(list(overrides))
+    base.update(user)
     wanted: dict[tuple, set[str]] = {}  # (regularizer, lora, seed) -> evaluators
 
     def want(reg: str, lora: bool, evaluator: str) -> None:
@@ -225,6 +226,7 @@ def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] 
         values = dict(base, regularizer=reg, lora=lora, seed=seed)
         if not lora:  # a full fine-tune has no adapters to disable: the reference is a frozen copy (the paper's)
             values.update(spec.full_overrides, reference="copy")
+            values.update(user)  # --set wins over the preset's full fine-tune settings too (e.g. a sweep of its lr)
         try:
             cfg = TrainConfig(**values)
         except ValueError as exc:

@@ -162,3 +162,14 @@ def test_an_evaluation_job_file_names_what_does_not_fit(tmp_path):
     path.write_text(json.dumps(job))
     with pytest.raises(ValueError, match="config.tempreature"):
         read_job(path)
+
+
+def test_set_overrides_the_full_fine_tunes_own_settings_too():
+    """`--set lr=...` with `--only full` sweeps the full fine-tune's rate; the preset's own full settings stay the
+    default."""
+    default = G.build_grid(("table2",), "tiny", only=("full",)).runs[0].config
+    assert default.lr == G.GRIDS["tiny"].full_overrides["lr"]
+    swept = G.build_grid(("table2",), "tiny", only=("full",), overrides=("lr=1e-4",)).runs[0]
+    assert swept.config.lr == 1e-4 and swept.config.reference == "copy" and not swept.config.lora
+    lora = G.build_grid(("table2",), "tiny", only=("kl",), overrides=("lr=1e-4",)).runs[0].config
+    assert lora.lr == 1e-4

@@ -112,6 +112,40 @@ def group_series(records: list[dict]) -> list[Series]:
     return series
 
 
+def seed_means(series: list[Series]) -> list[Series]:
+    """`series` with each PPO run that has several seeds (same kind and regulariser) replaced by one series of their
+    mean, at the steps every seed has: each instruction's preference averaged over the seeds, the win rate and its
+    standard error over those averages (the unit the claims' paired tests resample), true KL and proxy reward
+    averaged over the seeds, and the length-controlled rate as the seeds' mean (no standard error). Series of one
+    seed, and the SFT baselines, are kept as they are."""
+    groups: dict[tuple, list[Series]] = {}
+    for s in series:
+        groups.setdefault((s.kind, s.regularizer) if s.kind in ("full", "lora") else (s.run_id,), []).append(s)
+    out = []
+    for group in groups.values():
+        if len(group) == 1:
+            out.append(group[0])
+            continue
+        mean = Series(group[0].run_id, group[0].kind, group[0].regularizer, None, tag=f"mean of {len(group)} seeds")
+        for step in sorted(set.intersection(*(set(s.points) for s in group))):
+            recs = [s.points[step] for s in group]
+            prefs = [preferences(r) for r in recs]
+            common = sorted(set.intersection(*(set(p) for p in prefs)))
+            if not common:
+                continue
+            averaged = [sum(p[k] for p in prefs) / len(prefs) for k in common]
+            metrics = {"win_rate": stats.win_rate(averaged), "standard_error": stats.standard_error(averaged),
+                       "n": len(common)}
+            for key in ("true_kl", "proxy_reward", "lc_win_rate"):
+                values = [r["metrics"].get(key) for r in recs]
+                if all(isinstance(v, (int, float)) for v in values):
+                    metrics[key] = sum(values) / len(values)
+            mean.points[step] = {"step": step, "metrics": metrics, "details": recs[0].get("details"),
+                                 "per_item": [{"id": k, "preference": v} for k, v in zip(common, averaged)]}
+        out.append(mean if mean.points else group[0])
+    return sorted(out, key=Series.sort_key)
+
+
 # a win-rate record's two rates, each with the name of its standard error
 WIN_RATE_METRICS = {"win_rate": "standard_error", "lc_win_rate": "lc_standard_error"}
 

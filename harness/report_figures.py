@@ -4,6 +4,8 @@ The panels never share a y-axis: our judge and the paper's (AlpacaFarm's retired
 their win rates are on separate axes with the judge in each title. Colours and markers are fixed per
 regulariser across both figures and panels. An empty store draws the paper's panel and a note in ours.
 
+- Our panels draw a run with several seeds as their mean (`report_data.seed_means`: preferences averaged per
+  instruction over the seeds, ± one standard error over instructions); Tables 2 and 3 keep a row per seed.
 - Figure 1: win rate (raw, or length-controlled when `data.metric` is "lc_win_rate"; the paper's panel is raw: it
   reports no LC rate) vs PPO step, one line per run with ± one standard error bars; SFT as a horizontal line with
   its standard error as a band; the full fine-tune as a horizontal line when it has one evaluated step (the
@@ -27,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from harness.report_data import REG_ORDER, Series, win_rate_of
+from harness.report_data import REG_ORDER, Series, seed_means, win_rate_of
 
 YLABELS = {"win_rate": "win rate (%)", "lc_win_rate": "length-controlled win rate (%)"}
 
@@ -134,7 +136,7 @@ def figure1(data: ReportData, out_dir: Path) -> list[Path]:
     metric = data.metric
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     ours, paper = fig.subplots(1, 2)
-    drawn = _curves(ours, data.winrate, metric)
+    drawn = _curves(ours, seed_means(data.winrate), metric)
     if drawn:
         _step_ticks(ours, data.winrate)
     missing = "no win-rate records" + (" with a length-controlled win rate" if metric == "lc_win_rate" else "")
@@ -175,7 +177,8 @@ def _kl_points(ax: Axes, series: list[Series]) -> bool:
 def figure2(data: ReportData, out_dir: Path) -> list[Path]:
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     ours, paper = fig.subplots(1, 2)
-    _our_panel(ours, data, drawn=_kl_points(ours, data.winrate), xlabel="token-level true KL(policy || reference)",
+    _our_panel(ours, data, drawn=_kl_points(ours, seed_means(data.winrate)),
+               xlabel="token-level true KL(policy || reference)",
                missing="no win-rate records with true_kl")
     if _kl_points(paper, data.paper_fig2):
         paper.set_xscale("log")  # the paper's points crowd below KL 0.05 on a linear axis
@@ -212,7 +215,7 @@ def figure3(data: ReportData, out_dir: Path) -> list[Path]:
     metric = data.metric
     fig = Figure(figsize=(6.5, 4.8), layout="constrained")
     ax = fig.subplots(1, 1)
-    _our_panel(ax, data, drawn=_proxy_points(ax, data.winrate, metric),
+    _our_panel(ax, data, drawn=_proxy_points(ax, seed_means(data.winrate), metric),
                xlabel="proxy reward (the reward model PPO optimises; mean over the evaluated answers)",
                missing="no win-rate records with proxy_reward", ylabel=YLABELS[metric])
     fig.suptitle("Judge win rate vs proxy reward, one point per checkpoint (labels: PPO step)", fontsize=11)

@@ -393,3 +393,25 @@ def test_the_validation_table_shows_the_sft_decodings_and_the_sweep_runs(tmp_pat
     assert rows["SFT, temperature 0.7"].split(" | ")[4] == "25.0 ± 25.0"
     assert rows["LoRA kl"].split(" | ")[1:4] == ["0.001", "0.02", "10"] and "75.0 ± 25.0" in rows["LoRA kl"]
     assert "run-kl" not in (tmp_path / "out" / "validation.csv").read_text()  # test-set records stay in Table 2
+
+
+def test_seed_means_average_each_instructions_preference_over_the_seeds():
+    from harness.report_data import Series, seed_means
+
+    def run(run_id, seed, prefs, kl):
+        rec = {"step": 4, "metrics": {"win_rate": 0.0, "true_kl": kl, "lc_win_rate": 50.0 + seed},
+               "per_item": [{"id": f"q{i}", "preference": p} for i, p in enumerate(prefs)]}
+        return Series(run_id, "lora", "kl", seed, points={4: rec})
+
+    one, two = run("a", 1, [2.0, 1.0, 2.0, 1.0], 0.1), run("b", 2, [2.0, 2.0, 1.0, 1.0], 0.3)
+    sft = Series("sft:m", "sft", None, None, points={0: {"step": 0, "metrics": {"win_rate": 40.0}}})
+    none = run("c", 1, [1.0, 1.0, 1.0, 2.0], 0.5)
+    none.regularizer = "none"
+    out = seed_means([two, sft, one, none])
+    assert [s.label for s in out] == ["SFT", "LoRA kl (mean of 2 seeds)", "LoRA none"]
+    m = out[1].points[4]["metrics"]
+    averaged = [2.0, 1.5, 1.5, 1.0]
+    assert m["win_rate"] == pytest.approx(stats.win_rate(averaged)) == 50.0
+    assert m["standard_error"] == pytest.approx(stats.standard_error(averaged))
+    assert m["true_kl"] == pytest.approx(0.2) and m["lc_win_rate"] == pytest.approx(51.5) and m["n"] == 4
+    assert out[2] is none and out[0] is sft

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -333,25 +334,48 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def reproduce_config(args: argparse.Namespace):
+    """The one place `harness grid` / `harness reproduce` flags become a `ReproduceConfig` (validated there)."""
+    from harness.reproduce_config import ReproduceConfig, parse_only, parse_seeds, targets
+
+    what = targets(args.all, args.table, args.figure)
+    overrides = tuple(args.set)
+    if args.command == "grid":
+        return ReproduceConfig(targets=what, preset=args.preset, seeds=parse_seeds(args.seeds),
+                               only=parse_only(args.only), overrides=overrides, runs=args.runs, results=args.results)
+    slurm = None
+    if args.executor == "slurm":
+        from harness.slurm import settings_from_args
+
+        slurm = settings_from_args(args)
+    config = ReproduceConfig(
+        targets=what, preset=args.preset, seeds=parse_seeds(args.seeds), only=parse_only(args.only),
+        overrides=overrides, runs=args.runs, results=args.results, executor=args.executor, workers=args.workers,
+        address=args.address, slurm=slurm, dry_run=args.dry_run, retries=args.retries,
+        report=None if args.no_report else args.report, recompute=tuple(args.recompute),
+        command_line=args.command_line)
+    # the grid's runs report to one group, named after the grid
+    return dataclasses.replace(config, overrides=(*overrides, *_report_to_overrides(args),
+                                                  f"tracker_group={config.tracker_group}"))
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from harness import reproduce
     from trainers.io import check_output_folder
 
-    if args.command == "reproduce":  # the folders it writes, checked before any run starts
-        check_output_folder(args.runs, "--runs")
-        check_output_folder(args.results, "--results")
-        if not args.no_report:
-            check_output_folder(args.report, "--report")
+    config = reproduce_config(args)
+    if args.command == "grid":
+        return reproduce.list_grid(config)
+    check_output_folder(config.runs, "--runs")  # the folders it writes, checked before any run starts
+    check_output_folder(config.results, "--results")
+    if config.report is not None:
+        check_output_folder(config.report, "--report")
+    from trainers import trackers
+    from trainers.config import TrainConfig
 
-    if args.command == "reproduce":  # the grid's runs report to one group, named after the grid
-        from trainers import trackers
-        from trainers.config import TrainConfig
-
-        group = f"{args.preset}-{'+'.join(reproduce.targets_of(args))}"
-        args.set = [*args.set, *_report_to_overrides(args), f"tracker_group={group}"]
-        default = TrainConfig.__dataclass_fields__["report_to"].default
-        trackers.check_installed(presets.parse_overrides(args.set).get("report_to", default))  # before any run
-    return reproduce.main(args)
+    default = TrainConfig.__dataclass_fields__["report_to"].default  # trackers checked before any run
+    trackers.check_installed(presets.parse_overrides(list(config.overrides)).get("report_to", default))
+    return reproduce.run(config)
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -360,10 +384,11 @@ def _runs(args: argparse.Namespace) -> int:
 
     ids = None
     if args.table or args.figure:  # one grid's runs: at its preset's folder
-        from harness import grid, reproduce
+        from harness import grid
+        from harness.reproduce_config import targets
 
         args.preset = args.preset or "tiny"
-        ids = {r.run_id for r in grid.build_grid(reproduce.targets_of(args), args.preset).runs}
+        ids = {r.run_id for r in grid.build_grid(targets(False, args.table, args.figure), args.preset).runs}
     root = Path(args.runs) / args.preset if args.preset else Path(args.runs)
     if not root.is_dir():
         raise UserError(f"--runs {args.runs!r}{f' --preset {args.preset}' if args.preset else ''}: no folder "

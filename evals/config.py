@@ -85,10 +85,11 @@ class EvalConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvalConfig":
-        """The configuration `to_dict` wrote; a ValueError names a field it does not have."""
+        """The configuration `to_dict` wrote (an evaluation request's `config`); a ValueError names a field it does
+        not have."""
         unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
-            raise ValueError(f"an evaluation configuration has no field(s) {', '.join(unknown)}")
+            raise ValueError(f"an evaluation request has no field(s) {', '.join(f'config.{k}' for k in unknown)}")
         judge = data.get("judge", DEFAULT_JUDGE)
         return cls(**{**data, "judge_options": options_from_dict(judge, data.get("judge_options"))})
 

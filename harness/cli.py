@@ -49,9 +49,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_report_to(p: argparse.ArgumentParser) -> None:
+    from trainers.tracker_backends import tracker_names
+
+    names = tracker_names()
     p.add_argument("--report-to", default=None, metavar="TRACKERS",
-                   help="experiment trackers, comma-separated: tensorboard (default: event files in RUN/tensorboard/), "
-                        "wandb, mlflow, trackio, or none; each needs its extra, e.g. pip install "
+                   help=f"experiment trackers, comma-separated: {names[0]} (default: event files in RUN/tensorboard/), "
+                        f"{', '.join(names[1:])}, or none; each needs its extra, e.g. pip install "
                         "'harness-lora-rlhf[wandb]' (sets report_to; not part of the run id)")
 
 

@@ -15,10 +15,10 @@ from typing import Any
 
 
 def option(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-           low_open: bool = False, metavar: str | None = None) -> Any:
+           low_open: bool = False, metavar: str | None = None, env: str | None = None) -> Any:
     """A dataclass field with its help line and, for a number, its range [low, high] ((low, high] with
-    `low_open`)."""
-    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "metavar": metavar}
+    `low_open`); `env`: the environment variable it is read from, for options set there (a tracker's)."""
+    meta = {"help": help, "low": low, "high": high, "low_open": low_open, "metavar": metavar, "env": env}
     return dataclasses.field(default=default, metadata=meta)
 
 

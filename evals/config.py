@@ -7,10 +7,11 @@ a grid names the records it needs from these without loading a model.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 from evals.generation_settings import GenerationSettings
-from evals.judges import check_judge_options
+from evals.judges import DEFAULT as DEFAULT_JUDGE, checked_options, options_from_dict
 from evals.judging import ORDERS
 
 VERIFIERS = ("auto", "consistency", "lexical", "smollm2", "llm")
@@ -20,14 +21,9 @@ SAMPLE_SEED_STRIDE = 1_000_003  # seeds of an evaluation's sampled answers lie t
 
 @dataclass(frozen=True, slots=True)
 class EvalConfig:
-    judge: str = "simulated"
-    judge_model: str | None = None  # openai: the judge model; reward-model: its directory
-    judge_base_url: str | None = None
-    judge_api_key_env: str = "OPENAI_API_KEY"
-    judge_config: str | None = None  # openai: an alpaca-eval annotator config name or configs.yaml path
-    judge_timeout: float | None = None  # openai: seconds per request
-    judge_max_retries: int | None = None  # openai: re-asks after a failed request
-    judge_max_tokens: int | None = None  # openai: the answer's length (default: the config's)
+    judge: str = DEFAULT_JUDGE  # a registered judge (`evals.judges`)
+    # the judge's own options dataclass (`evals.judges.judge_options`); None: its defaults
+    judge_options: Any = None
     judge_max_unparsed: float | None = 0.5  # stop when more of the judge's answers are unparsable (None: never)
     limit: int | None = None  # the eval set's first N instructions
     temperature: float = 0.0
@@ -61,26 +57,41 @@ class EvalConfig:
             raise ValueError(f"order={self.order!r} is not known; allowed: {', '.join(ORDERS)}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit={self.limit} must be >= 1")
-        check_judge_options(self.judge, reward_model=self.judge_model, config=self.judge_config,
-                            timeout=self.judge_timeout, max_retries=self.judge_max_retries,
-                            max_tokens=self.judge_max_tokens, max_unparsed=self.judge_max_unparsed)
+        # the judge's defaults stand in for None, so every reader sees the options the judge is built with
+        object.__setattr__(self, "judge_options", checked_options(self.judge, self.judge_options))
+        if self.judge_max_unparsed is not None and not 0.0 <= self.judge_max_unparsed <= 1.0:
+            raise ValueError(f"--judge-max-unparsed={self.judge_max_unparsed!r}: a share of the judge's answers "
+                             "in [0, 1]")
         if self.verifier not in VERIFIERS:
             raise ValueError(f"verifier={self.verifier!r} is not known; allowed: {', '.join(VERIFIERS)}")
 
     def check_factuality(self) -> None:
         """Raise before any work when the factuality evaluation cannot run as configured."""
-        if self.factuality_verifier == "llm" and not self.judge_model:
-            raise ValueError("the llm factuality verifier needs its model named: --judge-model NAME (there is no "
-                             "default model); or choose an offline one with --verifier consistency")
+        if self.factuality_verifier == "llm" and not self.llm_server().get("model"):
+            raise ValueError("the llm factuality verifier asks the judge's server and needs its model named: "
+                             "--judge openai --judge-model NAME (there is no default model); or choose an offline "
+                             "one with --verifier consistency")
+
+    def llm_server(self) -> dict:
+        """The server the llm factuality verifier asks: a server judge's (one whose options name a `base_url`, as
+        the openai judge's do) model, base_url, api_key_env, timeout and max_retries; {} for any other judge."""
+        if not hasattr(self.judge_options, "base_url"):
+            return {}
+        wanted = ("model", "base_url", "api_key_env", "timeout", "max_retries")
+        return {k: getattr(self.judge_options, k) for k in wanted if hasattr(self.judge_options, k)}
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def judge_options(self) -> dict:
-        """The keyword arguments of `evals.judges.make_judge` (and `judge_identity`) for `self.judge`."""
-        return dict(model=self.judge_model, base_url=self.judge_base_url, api_key_env=self.judge_api_key_env,
-                    device=self.device, seed=self.seed, config=self.judge_config, timeout=self.judge_timeout,
-                    max_retries=self.judge_max_retries, max_tokens=self.judge_max_tokens)
+    @classmethod
+    def from_dict(cls, data: dict) -> "EvalConfig":
+        """The configuration `to_dict` wrote (an evaluation request's `config`); a ValueError names a field it does
+        not have."""
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
+        if unknown:
+            raise ValueError(f"an evaluation request has no field(s) {', '.join(f'config.{k}' for k in unknown)}")
+        judge = data.get("judge", DEFAULT_JUDGE)
+        return cls(**{**data, "judge_options": options_from_dict(judge, data.get("judge_options"))})
 
     def generation(self, run_response_len: int | None = None) -> GenerationSettings:
         """How the target's outputs are generated; `run_response_len`: the evaluated run's, when it is a run."""

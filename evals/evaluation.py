@@ -260,11 +260,11 @@ def _splitter_and_verifier(cfg: EvalConfig):
     OpenAI-compatible server splits and verifies, with the judge's timeout and retry cap."""
     choice = cfg.factuality_verifier
     if choice == "llm":
-        limits = {k: v for k, v in (("timeout", cfg.judge_timeout), ("max_retries", cfg.judge_max_retries))
-                  if v is not None}
-        verifier = F.LLMVerifier.from_server(cfg.judge_model, base_url=cfg.judge_base_url,
-                                             api_key_env=cfg.judge_api_key_env, **limits)
-        return F.LLMFactSplitter(verifier.complete, model=cfg.judge_model), verifier
+        server = cfg.llm_server()
+        limits = {k: server[k] for k in ("timeout", "max_retries") if server.get(k) is not None}
+        verifier = F.LLMVerifier.from_server(server["model"], base_url=server["base_url"],
+                                             api_key_env=server["api_key_env"], **limits)
+        return F.LLMFactSplitter(verifier.complete, model=server["model"]), verifier
     return F.RuleFactSplitter(), F.make_verifier(choice)
 
 

@@ -6,7 +6,7 @@
   harness models recover --raw DIR --diff DIR --out DIR   rebuild AlpacaFarm weights from their diffs
   harness prepare --preset tiny                     preference pairs + proxy reward model (a head on the SFT backbone)
   harness eval RUN|CHECKPOINT|MODEL [--judge simulated|openai|reward-model] [--eval-set NAME|PATH] [--step N]
-  harness judges                                    list the judges and the annotator configs of --judge openai
+  harness judges                                    list the judges, their options, the configs of --judge openai
   harness judge-check --annotations FILE [--judge NAME]   a judge against a reference judge's annotations
   harness fit-judge --annotations FILE              fit the learned offline judge (k-fold by model)
   harness grid --table 2 --preset tiny              list a table's runs and their state, run nothing
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from harness import presets
 from harness.errors import check_config_file, finite_float, float_in, int_in, preset_name, redact_urls, run_guarded
+from harness.option_flags import add_judge_arguments, judge_from_args
 from trainers.config import MAX_COUNT, MAX_SIZE as MAX_TOKENS, field_help, field_types
 
 
@@ -47,9 +49,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_report_to(p: argparse.ArgumentParser) -> None:
+    from trainers.tracker_backends import tracker_names
+
+    names = tracker_names()
     p.add_argument("--report-to", default=None, metavar="TRACKERS",
-                   help="experiment trackers, comma-separated: tensorboard (default: event files in RUN/tensorboard/), "
-                        "wandb, mlflow, trackio, or none; each needs its extra, e.g. pip install "
+                   help=f"experiment trackers, comma-separated: {names[0]} (default: event files in RUN/tensorboard/), "
+                        f"{', '.join(names[1:])}, or none; each needs its extra, e.g. pip install "
                         "'harness-lora-rlhf[wandb]' (sets report_to; not part of the run id)")
 
 
@@ -91,7 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(config)
 
     sub.add_parser("presets", help="list the presets")
-    sub.add_parser("judges", help="list the judges and the annotator configs --judge openai can use")
+    sub.add_parser("judges", help="list the judges: what each is, offline or not, its options (and the annotator "
+                   "configs --judge openai can use)")
 
     plan = sub.add_parser("plan", help="predict per-device memory of a PPO run and the smallest layout that fits")
     _add_config_args(plan)
@@ -141,21 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("target", help="a run folder, a checkpoint folder (RUN/checkpoints/step-N) or a model spec")
     ev.add_argument("--step", type=int_in(0, MAX_COUNT), default=None,
                     help="checkpoint step of a run (default: latest; 0 = base policy)")
-    ev.add_argument("--judge", default="simulated", help="simulated (offline), openai, or reward-model")
-    ev.add_argument("--judge-model", default=None, help="openai: the judge model; reward-model: its directory")
-    ev.add_argument("--judge-base-url", default=None, help="any OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1")
-    ev.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    ev.add_argument("--judge-config", default=None, metavar="NAME|PATH", help="openai: alpaca-eval annotator config "
-                    "(default alpaca_farm_greedy_gpt4, 5 pairs per prompt; alpaca_farm_greedy_gpt4_b1 asks one pair, "
-                    "for small local judges); `harness judges` lists them")
-    ev.add_argument("--judge-timeout", type=float_in(0, 86_400, low_open=True), default=None,
-                    help="openai: seconds per request (default 120)")
-    ev.add_argument("--judge-max-retries", type=int_in(0, 100), default=None,
-                    help="openai: re-asks after a failed request "
-                    "(default 5, with exponential backoff)")
-    ev.add_argument("--judge-max-tokens", type=int_in(1, MAX_TOKENS), default=None,
-                    help="openai: the answer's length in tokens "
-                    "(default: the config's)")
+    add_judge_arguments(ev)
     ev.add_argument("--proxy-reward", default=None, metavar="SPEC",
                     help="reward model whose mean score of the outputs the record keeps as proxy_reward (default: "
                          "the evaluated run's own; e.g. prepared:tiny for the SFT policy)")
@@ -252,16 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "{model, index, output, preference, reference}")
     jc.add_argument("--instructions", default=None, metavar="FILE", help="the instructions the indices point to "
                     "(a JSON list of {instruction, input}; default: alpaca_farm_evaluation.json beside --annotations)")
-    jc.add_argument("--judge", default="simulated", help="simulated, learned, openai, reward-model, longer, model-wins "
-                    "(default simulated, the offline default)")
-    jc.add_argument("--judge-model", default=None, help="openai: the judge model; reward-model: its directory; "
-                    "learned: a weights file (default: the shipped one)")
-    jc.add_argument("--judge-base-url", default=None, help="openai: any OpenAI-compatible server")
-    jc.add_argument("--judge-api-key-env", default="OPENAI_API_KEY", help="openai: variable holding the API key")
-    jc.add_argument("--judge-config", default=None, metavar="NAME|PATH", help="openai: alpaca-eval annotator config")
-    jc.add_argument("--judge-timeout", type=float_in(0, 86_400, low_open=True), default=None, help="openai: seconds per request")
-    jc.add_argument("--judge-max-retries", type=int_in(0, 100), default=None, help="openai: re-asks after a failed request")
-    jc.add_argument("--judge-max-tokens", type=int_in(1, MAX_TOKENS), default=None, help="openai: the answer's length in tokens")
+    add_judge_arguments(jc)
     jc.add_argument("--models", default=None, help="comma-separated models to score (default: every model)")
     jc.add_argument("--sample-instructions", type=int_in(1, 10**6), default=None, metavar="N",
                     help="judge only a seeded sample of N instructions (default: all)")
@@ -358,25 +341,49 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def reproduce_config(args: argparse.Namespace):
+    """The one place `harness grid` / `harness reproduce` flags become a `ReproduceConfig` (validated there)."""
+    from harness.reproduce_config import ReproduceConfig, parse_only, parse_seeds, targets
+
+    what = targets(args.all, args.table, args.figure)
+    overrides = tuple(args.set)
+    if args.command == "grid":
+        return ReproduceConfig(targets=what, preset=args.preset, seeds=parse_seeds(args.seeds),
+                               only=parse_only(args.only), overrides=overrides, validation=args.validation,
+                               runs=args.runs, results=args.results)
+    slurm = None
+    if args.executor == "slurm":
+        from harness.slurm import settings_from_args
+
+        slurm = settings_from_args(args)
+    config = ReproduceConfig(
+        targets=what, preset=args.preset, seeds=parse_seeds(args.seeds), only=parse_only(args.only),
+        overrides=overrides, validation=args.validation, runs=args.runs, results=args.results, executor=args.executor, workers=args.workers,
+        address=args.address, slurm=slurm, dry_run=args.dry_run, retries=args.retries,
+        report=None if args.no_report else args.report, recompute=tuple(args.recompute),
+        command_line=args.command_line)
+    # the grid's runs report to one group, named after the grid
+    return dataclasses.replace(config, overrides=(*overrides, *_report_to_overrides(args),
+                                                  f"tracker_group={config.tracker_group}"))
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from harness import reproduce
     from trainers.io import check_output_folder
 
-    if args.command == "reproduce":  # the folders it writes, checked before any run starts
-        check_output_folder(args.runs, "--runs")
-        check_output_folder(args.results, "--results")
-        if not args.no_report:
-            check_output_folder(args.report, "--report")
+    config = reproduce_config(args)
+    if args.command == "grid":
+        return reproduce.list_grid(config)
+    check_output_folder(config.runs, "--runs")  # the folders it writes, checked before any run starts
+    check_output_folder(config.results, "--results")
+    if config.report is not None:
+        check_output_folder(config.report, "--report")
+    from trainers import trackers
+    from trainers.config import TrainConfig
 
-    if args.command == "reproduce":  # the grid's runs report to one group, named after the grid
-        from trainers import trackers
-        from trainers.config import TrainConfig
-
-        group = f"{args.preset}-{'+'.join(reproduce.targets_of(args))}"
-        args.set = [*args.set, *_report_to_overrides(args), f"tracker_group={group}"]
-        default = TrainConfig.__dataclass_fields__["report_to"].default
-        trackers.check_installed(presets.parse_overrides(args.set).get("report_to", default))  # before any run
-    return reproduce.main(args)
+    default = TrainConfig.__dataclass_fields__["report_to"].default  # trackers checked before any run
+    trackers.check_installed(presets.parse_overrides(list(config.overrides)).get("report_to", default))
+    return reproduce.run(config)
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -385,10 +392,11 @@ def _runs(args: argparse.Namespace) -> int:
 
     ids = None
     if args.table or args.figure:  # one grid's runs: at its preset's folder
-        from harness import grid, reproduce
+        from harness import grid
+        from harness.reproduce_config import targets
 
         args.preset = args.preset or "tiny"
-        ids = {r.run_id for r in grid.build_grid(reproduce.targets_of(args), args.preset).runs}
+        ids = {r.run_id for r in grid.build_grid(targets(False, args.table, args.figure), args.preset).runs}
     root = Path(args.runs) / args.preset if args.preset else Path(args.runs)
     if not root.is_dir():
         raise UserError(f"--runs {args.runs!r}{f' --preset {args.preset}' if args.preset else ''}: no folder "
@@ -412,7 +420,7 @@ def _report(args: argparse.Namespace) -> int:
 def _judge_check(args: argparse.Namespace) -> int:
     from harness.judge_check import run
 
-    run(args)
+    run(args, *judge_from_args(args))
     return 0
 
 
@@ -462,14 +470,13 @@ def _eval(args: argparse.Namespace) -> int:
     if args.run_id is not None:
         check_run_id(args.run_id)
 
+    judge, options = judge_from_args(args)
     config = EvalConfig(
-        judge=args.judge, judge_model=args.judge_model, judge_base_url=args.judge_base_url,
-        judge_api_key_env=args.judge_api_key_env, judge_config=args.judge_config, judge_timeout=args.judge_timeout,
-        judge_max_retries=args.judge_max_retries, judge_max_tokens=args.judge_max_tokens,
-        judge_max_unparsed=args.judge_max_unparsed, limit=args.limit, temperature=args.temperature,
-        top_p=args.top_p, samples=args.samples, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-        order=args.order, seed=args.seed, allow_empty=args.allow_empty, factuality_limit=args.factuality_limit,
-        verifier=args.verifier, knowledge=args.knowledge, refresh_judge_cache=args.refresh_judge_cache,
+        judge=judge, judge_options=options, judge_max_unparsed=args.judge_max_unparsed, limit=args.limit,
+        temperature=args.temperature, top_p=args.top_p, samples=args.samples, max_new_tokens=args.max_new_tokens,
+        batch_size=args.batch_size, order=args.order, seed=args.seed, allow_empty=args.allow_empty,
+        factuality_limit=args.factuality_limit, verifier=args.verifier, knowledge=args.knowledge,
+        refresh_judge_cache=args.refresh_judge_cache,
         proxy_reward=args.proxy_reward)
     req = EvalRequest(target=args.target, config=config, eval_set=args.eval_set, step=args.step,
                       winrate=not args.factuality_only, factuality=args.factuality or args.factuality_only,
@@ -478,19 +485,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _judges(args: argparse.Namespace) -> int:
-    from evals.judges import JUDGES
-    from evals.openai_judge import DEFAULT_ANNOTATOR, describe_annotator_configs
+    from harness.option_flags import describe_judges
 
-    rows = describe_annotator_configs()
-    print(f"judges (--judge): {', '.join(JUDGES)}")
-    print("annotator configs of --judge openai (--judge-config NAME, or a path to a configs.yaml):")
-    width = max(len(r["name"]) for r in rows if r["usable"]) + len(" (default)")
-    for r in (r for r in rows if r["usable"]):
-        name = r["name"] + (" (default)" if r["name"] == DEFAULT_ANNOTATOR else "")
-        print(f"  {name:{width}s}  {r['source']:11s}  {r['pairs_per_prompt']} pair(s) per prompt")
-    print("not usable by --judge openai:")
-    for r in (r for r in rows if not r["usable"]):
-        print(f"  {r['name']} ({r['source']}): {r['why']}")
+    print("\n".join(describe_judges()))
     return 0
 
 

@@ -14,21 +14,23 @@ import dataclasses
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness import grid as G
+
+if TYPE_CHECKING:
+    from harness.reproduce_config import ReproduceConfig
+    from harness.slurm import SlurmSettings
 
 HARNESS = (sys.executable, "-m", "harness")
 EVAL_JOB = (sys.executable, "-m", "harness.eval_job")
 
 
 class ClusterJobs:
-    def __init__(self, g: G.Grid, args, threads: int) -> None:
+    def __init__(self, g: G.Grid, slurm: SlurmSettings | None, threads: int) -> None:
+        """`slurm`: the request of every SLURM job; None on Ray."""
         self.g, self.default_cpus = g, threads
-        self.settings = None
-        if args.executor == "slurm":
-            from harness.slurm import settings_from_args
-
-            self.settings = settings_from_args(args)
+        self.settings = slurm
         self.gpus = None if self.settings is None else self.settings.gpus
 
     def resources(self, run: G.Run | None) -> G.Resources:
@@ -54,7 +56,7 @@ class ClusterJobs:
                                    accelerate_config=res.accelerate_config, cpus=cpus, env=env, shared=shared)
 
 
-def dry_run(g: G.Grid, args, runs: list[G.Run], cells: list[tuple], cluster: ClusterJobs | None, threads: int,
+def dry_run(g: G.Grid, config: ReproduceConfig, runs: list[G.Run], cells: list[tuple], cluster: ClusterJobs | None, threads: int,
             store_root) -> int:
     """Print the jobs `reproduce` would start now: the training of `runs` and the evaluations of `cells` ((run_id,
     run, step, evaluator), `reproduce.eval_plan`'s); start nothing."""
@@ -62,28 +64,28 @@ def dry_run(g: G.Grid, args, runs: list[G.Run], cells: list[tuple], cluster: Clu
 
     lines = []
     for run in runs:
-        folder = G.run_dir(args.runs, g.preset, run.run_id)
+        folder = G.run_dir(config.runs, g.preset, run.run_id)
         job = Job(run.run_id, (*HARNESS, "train", "--config", str(folder / "grid-config.json"), "--out", str(folder),
                                "--resume"), str(folder / "train.log"), cpus=threads)
-        lines.append(_line(job if cluster is None else cluster.job(job, run), args))
-    log_dir = Path(args.runs) / g.preset / "eval-logs"
+        lines.append(_line(job if cluster is None else cluster.job(job, run), config))
+    log_dir = Path(config.runs) / g.preset / "eval-logs"
     for rid, run, step, ev in cells:
         name = f"{rid.replace(':', '_').replace('/', '_')}-{step}-{ev}"
         job = Job(f"eval:{rid}:{step}:{ev}", (*EVAL_JOB, str(log_dir / f"{name}.json")), str(log_dir / f"{name}.log"),
                   cpus=threads)
-        lines.append(_line(job if cluster is None else cluster.job(job, None, shared=(str(store_root),)), args))
+        lines.append(_line(job if cluster is None else cluster.job(job, None, shared=(str(store_root),)), config))
     provisional = " (run ids provisional: the reward model is not prepared yet)" if g.provisional else ""
-    print(f"dry run, executor {args.executor}: {len(lines)} jobs{provisional}; nothing started")
+    print(f"dry run, executor {config.executor}: {len(lines)} jobs{provisional}; nothing started")
     for line in lines:
         print(f"  {line}")
     return 0
 
 
-def _line(job, args) -> str:
-    if args.executor == "slurm":
-        from harness.slurm import format_request, settings_from_args
+def _line(job, config: ReproduceConfig) -> str:
+    if config.slurm is not None:
+        from harness.slurm import format_request
 
-        return format_request(job, settings_from_args(args))
+        return format_request(job, config.slurm)
     what = f"[cpus={job.cpus} gpus={job.gpus}{f' processes={job.processes}' if job.processes > 1 else ''}]"
     argv = [a if a != sys.executable else "python" for a in job.argv]
     return f"{job.run_id} {what} {shlex.join(argv)}"

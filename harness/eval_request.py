@@ -7,7 +7,7 @@ generation setting) without loading a model, and `harness reproduce` hands a req
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 
 from evals.config import EvalConfig
 from evals.evalsets import EvalSet, load_eval_set
@@ -40,18 +40,15 @@ class EvalRequest:
 
     def to_dict(self) -> dict:
         return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"},
-                "config": asdict(self.config)}
+                "config": self.config.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict) -> "EvalRequest":
         """The request `to_dict` wrote; a ValueError names what does not fit."""
-        known = {f.name for f in fields(cls)}
-        config_fields = {f.name for f in fields(EvalConfig)}
-        config = data.get("config", {})
-        unknown = sorted(set(data) - known) + sorted(f"config.{k}" for k in set(config) - config_fields)
+        unknown = sorted(set(data) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"an evaluation request has no field(s) {', '.join(unknown)}")
-        return cls(**{**data, "config": EvalConfig(**config)})
+        return cls(**{**data, "config": EvalConfig.from_dict(data.get("config", {}))})
 
 
 def expected_identity(req: EvalRequest) -> dict[str, dict]:
@@ -61,7 +58,7 @@ def expected_identity(req: EvalRequest) -> dict[str, dict]:
     generation = cfg.generation()
     found = {"factuality": {"settings": cfg.factuality_settings(generation)}}
     if req.winrate:
-        found["winrate"] = {"judge": judge_identity(cfg.judge, **cfg.judge_options()),
+        found["winrate"] = {"judge": judge_identity(cfg.judge, cfg.judge_options, device=cfg.device, seed=cfg.seed),
                             "eval_set": open_eval_set(req.eval_set, cfg.limit).identity(),
                             "settings": cfg.winrate_settings(generation)}
     return found

@@ -50,7 +50,7 @@ class Evaluator:
             if (problem := reward_model_problem("--proxy-reward", cfg.proxy_reward)) is not None:
                 raise ValueError(problem)
         eval_set = open_eval_set(req.eval_set, cfg.limit) if req.winrate else None
-        judge = make_judge(cfg.judge, **cfg.judge_options()) if req.winrate else None
+        judge = make_judge(cfg.judge, cfg.judge_options, device=cfg.device, seed=cfg.seed) if req.winrate else None
         run_id = req.run_id or (target.run_id if target.run_dir else f"sft:{target.policy}")
         label = req.label or _label_for(target)
         for evaluator, wanted in (("winrate", req.winrate), ("factuality", req.factuality)):

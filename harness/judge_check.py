@@ -80,13 +80,11 @@ def judge_pairs(judge, pairs: list[Pair], order: str, cache: AnnotationCache | N
     return combine_orders(forward, backward), consistency
 
 
-def run(args, log=print) -> dict:
-    from evals.judges import check_judge_options, make_judge
+def run(args, judge_name: str, options, log=print) -> dict:
+    """`options`: judge `judge_name`'s (`evals.judges.judge_options`), already checked."""
+    from evals.judges import judge_spec, make_judge
 
     started = time.time()
-    options = dict(reward_model=args.judge_model, config=args.judge_config, timeout=args.judge_timeout,
-                   max_retries=args.judge_max_retries, max_tokens=args.judge_max_tokens)
-    check_judge_options(args.judge, **options)
     if args.order not in ("both", "fixed"):
         raise AnnotationError(f"--order={args.order!r}; allowed: both, fixed")
     if args.probe < 0:
@@ -101,15 +99,12 @@ def run(args, log=print) -> dict:
     from evals.correctness_probe import probe_pairs
 
     probes = probe_pairs(every, prompts, n=args.probe, seed=args.seed) if args.probe else []  # every instruction
-    judge = make_judge(args.judge, model=args.judge_model, base_url=args.judge_base_url,
-                       api_key_env=args.judge_api_key_env, config=args.judge_config, timeout=args.judge_timeout,
-                       max_retries=args.judge_max_retries, max_tokens=args.judge_max_tokens, seed=args.seed)
+    judge = make_judge(judge_name, options, seed=args.seed)
     identity = judge.identity()
     log(f"judge-check: {identity['name']} ({identity['model']}, {identity['version']}) on {len(pairs_rows)} pairs of "
         f"{len({r.model for r in pairs_rows})} models, {len(probes)} probe pairs")
     pairs = [Pair(prompts[r.index], "", r.reference, r.output, r.id) for r in pairs_rows]
-    cheap = args.judge in ("learned", "longer", "model-wins")  # faster to recompute than to look up
-    cache = None if cheap else AnnotationCache(cache_dir() / "annotations.sqlite")
+    cache = None if judge_spec(judge_name).cheap else AnnotationCache(cache_dir() / "annotations.sqlite")
     try:
         prefs, consistency = judge_pairs(judge, pairs, args.order, cache)
         probe_prefs = judge_pairs(judge, [p.pair for p in probes], args.order, cache)[0] if probes else []

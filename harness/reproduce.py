@@ -34,38 +34,12 @@ from harness.curves import has_curves, make_curves, put_curves
 from harness.errors import UserError
 from harness.eval_job import write_job
 from harness.eval_request import EvalRequest, expected_identity
+from harness.reproduce_config import ReproduceConfig
 from harness.results import ResultsStore, make_record
 from trainers.io import atomic_write_text, read_json_object, repository_path
 from trainers.runfolder import read_run_facts
 from trainers.runlog import read_metrics
 
-
-
-def targets_of(args) -> tuple[str, ...]:
-    if getattr(args, "all", False):
-        return G.TARGETS
-    if getattr(args, "table", None):
-        return (f"table{args.table}",)
-    return (f"figure{args.figure}",)
-
-
-def _only(text: str | None) -> tuple[str, ...]:
-    names = tuple(name.strip() for name in (text or "").split(",") if name.strip())
-    if text is not None and not names:
-        raise ValueError(f"--only={text!r}: expected comma-separated runs, e.g. kl or kl,full")
-    return names
-
-
-def _seeds(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        seeds = tuple(int(s) for s in text.split(","))
-    except ValueError:
-        raise ValueError(f"--seeds={text!r}: expected comma-separated integers, e.g. 1,2,3") from None
-    if any(not 0 <= s < 2**32 for s in seeds) or len(set(seeds)) != len(seeds):
-        raise ValueError(f"--seeds={text!r}: seeds must be distinct integers in 0..{2**32 - 1}")
-    return seeds
 
 
 # ---- what exists -------------------------------------------------------------------------------------------
@@ -301,46 +275,44 @@ class LiveView:
 
 
 # ---- the command ---------------------------------------------------------------------------------------------
-def main(args) -> int:
-    g = G.build_grid(targets_of(args), args.preset, seeds=_seeds(args.seeds), overrides=tuple(args.set),
-                     only=_only(args.only), validation=getattr(args, "validation", False))
-    store = ResultsStore(args.results)
-    if args.command == "grid":
-        print_grid(g, args.runs, store)
-        return 0
-    return reproduce(g, args, store)
+def list_grid(config: ReproduceConfig) -> int:
+    """`harness grid`: the grid's runs and their state; runs nothing."""
+    print_grid(config.build_grid(), config.runs, ResultsStore(config.results))
+    return 0
 
 
-def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
+def run(config: ReproduceConfig) -> int:
+    """`harness reproduce`: the grid built and validated, then `reproduce`."""
+    g = config.build_grid()
+    return reproduce(g, config, ResultsStore(config.results))
+
+
+def reproduce(g: G.Grid, config: ReproduceConfig, store: ResultsStore) -> int:
     from harness.executors import Job, make_executor
 
     started = time.time()
-    if args.executor not in ("local", "ray", "slurm"):  # before any preparation or training starts
-        raise ValueError(f"--executor={args.executor!r} is not known; allowed: local, ray, slurm")
-    if args.workers < 1 or args.retries < 0:
-        raise ValueError(f"--workers={args.workers} must be >= 1 and --retries={args.retries} >= 0")
-    executor_kw = {"retries": args.retries}
-    executor = lambda **kw: make_executor(args.executor, **kw)  # noqa: E731
-    if args.executor == "local":
-        executor_kw["workers"] = args.workers
-    elif args.executor == "ray":
-        executor_kw["address"] = args.address
+    executor_kw = {"retries": config.retries}
+    executor = lambda **kw: make_executor(config.executor, **kw)  # noqa: E731
+    if config.executor == "local":
+        executor_kw["workers"] = config.workers
+    elif config.executor == "ray":
+        executor_kw["address"] = config.address
     else:
-        from harness.slurm import SlurmExecutor, settings_from_args
+        from harness.slurm import SlurmExecutor
 
-        executor_kw["settings"], executor = settings_from_args(args), SlurmExecutor
-    print_grid(g, args.runs, store)
+        executor_kw["settings"], executor = config.slurm, SlurmExecutor
+    print_grid(g, config.runs, store)
     # parallel jobs share the cores: oversubscribed OpenMP threads spin against each other and run many times slower
-    workers = args.workers if args.executor == "local" else 1
+    workers = config.workers if config.executor == "local" else 1
     threads = max(1, (os.cpu_count() or 1) // max(1, workers))
     job_env = (("OMP_NUM_THREADS", str(threads)), ("MKL_NUM_THREADS", str(threads)))
-    cluster = ClusterJobs(g, args, threads) if args.executor != "local" else None
-    if getattr(args, "dry_run", False):
+    cluster = ClusterJobs(g, config.slurm, threads) if config.executor != "local" else None
+    if config.dry_run:
         have = grid_records(store, g)
         runs = [r for r in g.runs if r not in reused_runs(g, have)
-                and G.run_state(G.run_dir(args.runs, g.preset, r.run_id), r) != "done"]
+                and G.run_state(G.run_dir(config.runs, g.preset, r.run_id), r) != "done"]
         cells = [c for c in eval_plan(g) if c[3] != "efficiency" and (c[0], c[2], c[3]) not in have]
-        return dry_run(g, args, runs, cells, cluster, threads, store.root)
+        return dry_run(g, config, runs, cells, cluster, threads, store.root)
     # 1. the proxy reward model
     needs = {r.config.reward.removeprefix("prepared:") for r in g.runs if r.config.reward.startswith("prepared:")}
     for name in sorted(needs):
@@ -353,9 +325,9 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     if fresh is not g:
         g = fresh
         print("run ids now that the reward model exists:")
-        print_grid(g, args.runs, store)
+        print_grid(g, config.runs, store)
     # 2. train, except runs whose every record is already in the store (made elsewhere: same id, same inputs)
-    recompute = tuple(args.recompute) if "all" not in args.recompute else tuple(r.run_id for r in g.runs)
+    recompute = tuple(config.recompute) if "all" not in config.recompute else tuple(r.run_id for r in g.runs)
     unknown = sorted(set(recompute) - {r.run_id for r in g.runs})
     if unknown:
         raise ValueError(f"--recompute {', '.join(unknown)}: not a run of this grid; its runs: "
@@ -367,7 +339,7 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
               f"rerun with --recompute {run.run_id} or remove them")
     jobs = []
     for run in g.runs:
-        folder = G.run_dir(args.runs, g.preset, run.run_id)
+        folder = G.run_dir(config.runs, g.preset, run.run_id)
         if G.run_state(folder, run) == "done" or run in reused:
             continue
         cfg_path = folder / "grid-config.json"
@@ -381,10 +353,10 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         jobs.append(job if cluster is None else cluster.job(job, run))
     failed_runs = set()
     if jobs:
-        with LiveView(g, args.runs, "train", len(jobs)) as view:
+        with LiveView(g, config.runs, "train", len(jobs)) as view:
             outcomes = executor(on_event=view.event, **executor_kw).run(jobs)
         for rid, outcome in outcomes.items():
-            marker = G.run_dir(args.runs, g.preset, rid) / "FAILED"
+            marker = G.run_dir(config.runs, g.preset, rid) / "FAILED"
             if outcome.status == "failed":
                 failed_runs.add(rid)
                 atomic_write_text(marker, outcome.log_tail)
@@ -393,7 +365,7 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
     # 3. evaluate
     have = existing(store, g.preset, grid_identity(g))
     eval_jobs, refused = [], []
-    log_dir = Path(args.runs) / g.preset / "eval-logs"
+    log_dir = Path(config.runs) / g.preset / "eval-logs"
     Path(store.root).mkdir(parents=True, exist_ok=True)  # a cluster node checks that it sees the store
 
     def eval_job(job_id: str, name: str, request: EvalRequest, rid: str, run: G.Run | None):
@@ -402,12 +374,12 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         job = Job(run_id=job_id, argv=(*EVAL_JOB, str(job_file)), log_path=str(log_dir / f"{name}.log"),
                   cpus=threads, env=job_env if workers > 1 else ())
         return job if cluster is None else cluster.job(job, None, shared=(str(store.root), *(
-            [str(G.run_dir(args.runs, g.preset, rid))] if run is not None else [])))
+            [str(G.run_dir(config.runs, g.preset, rid))] if run is not None else [])))
 
     # 3a. the SFT policy at its candidate decodings on the validation instructions, then at the best one
     choice_jobs, best = sft_decoding_cells(g, store)
     if choice_jobs:
-        with LiveView(g, args.runs, "eval", len(choice_jobs)) as view:
+        with LiveView(g, config.runs, "eval", len(choice_jobs)) as view:
             outcomes = executor(on_event=view.event, **executor_kw).run(
                 [eval_job(f"eval:{rid}:validation:t{req.config.temperature:g}",
                           f"{rid}-validation-t{req.config.temperature:g}", req, rid, None) for rid, req in choice_jobs])
@@ -419,12 +391,12 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         if ((rid, step, ev) in have and rid not in recompute) or rid in failed_runs:
             continue
         if ev == "efficiency":
-            folder = G.run_dir(args.runs, g.preset, rid)
+            folder = G.run_dir(config.runs, g.preset, rid)
             store.put(efficiency_record(g, run, folder), force=rid in recompute)
             continue
         job_id = f"eval:{rid}:{step}:{ev}"
         try:
-            request = cell_request(g, args.runs, rid, run, step, ev, force=rid in recompute)
+            request = cell_request(g, config.runs, rid, run, step, ev, force=rid in recompute)
         except ValueError as e:  # an evaluation that cannot run fails alone; the others go on
             print(f"[eval] failed {job_id}: {e}")
             refused.append(job_id)
@@ -432,16 +404,16 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         eval_jobs.append(eval_job(job_id, f"{rid}-{step}-{ev}", request, rid, run))
     failed_evals = refused
     if eval_jobs:
-        with LiveView(g, args.runs, "eval", len(eval_jobs)) as view:
+        with LiveView(g, config.runs, "eval", len(eval_jobs)) as view:
             outcomes = executor(on_event=view.event, **executor_kw).run(eval_jobs)
         failed_evals += [k for k, o in outcomes.items() if o.status == "failed"]
     trained_here = {job.run_id for job in jobs}
     for run in g.runs:
-        folder = G.run_dir(args.runs, g.preset, run.run_id)
+        folder = G.run_dir(config.runs, g.preset, run.run_id)
         # a run's manifest names the command and commit that trained it: a later reproduce that only reads the
         # finished run (another table, a re-evaluation) leaves it as it is
         if G.run_state(folder, run) == "done" and (run.run_id in trained_here or store.manifest(run.run_id) is None):
-            store.put_manifest(run.run_id, manifest(run, folder, args.command_line))
+            store.put_manifest(run.run_id, manifest(run, folder, config.command_line))
         fresh = run.run_id in trained_here or not has_curves(store.root, run.run_id)
         if G.run_state(folder, run) == "done" and fresh:  # the training curves the report draws
             put_curves(store.root, make_curves(run.run_id, g.preset, run.label, _metrics(folder)))
@@ -454,16 +426,16 @@ def reproduce(g: G.Grid, args, store: ResultsStore) -> int:
         from harness.machine import describe
 
         store.add_reproduction(g.preset, {
-            "command": getattr(args, "command_line", None), "targets": list(g.targets),
+            "command": config.command_line, "targets": list(g.targets),
             "seeds": list(g.seeds or g.spec.seeds), "only": list(g.only),
             "minutes": round(minutes, 1), "runs_trained": len(jobs), "evaluations": len(eval_jobs),
             "failed": sorted(failed_runs) + list(failed_evals), "machine": describe(),
             "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
-    if not args.no_report:
+    if config.report is not None:
         from harness.report import render_report
 
-        paths = render_report(str(store.root), args.report, g.preset)
-        print(f"report: {len(paths)} files in {args.report}/")
+        paths = render_report(str(store.root), config.report, g.preset)
+        print(f"report: {len(paths)} files in {config.report}/")
     if failed_runs or failed_evals:
         print(f"reproduce: finished in {minutes:.1f} min with failures: runs {sorted(failed_runs) or '-'}, "
               f"evaluations {failed_evals or '-'}; rerun the same command to retry them")

@@ -315,11 +315,12 @@ def test_consistency_verifier_on_the_held_out_fact_checks():
 
 def test_the_llm_verifier_is_named_before_any_work_and_records_name_the_verifier_used():
     from evals.config import EvalConfig
+    from evals.judges import judge_options
     from harness.eval_request import EvalRequest
 
     with pytest.raises(ValueError, match="--judge-model"):
         EvalRequest(target="smollm2-135m-instruct", config=EvalConfig(judge="openai"), factuality=True)
-    named = EvalRequest(target="smollm2-135m-instruct", config=EvalConfig(judge="openai", judge_model="m"),
+    named = EvalRequest(target="smollm2-135m-instruct", config=EvalConfig(judge="openai", judge_options=judge_options("openai", model="m")),
                         factuality=True).config
     offline = EvalRequest(target="smollm2-135m-instruct", factuality=True).config
     assert named.factuality_settings(named.generation())["verifier"] == "llm"

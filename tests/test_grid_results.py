@@ -135,7 +135,7 @@ def test_each_evaluation_job_of_a_grid_carries_the_identity_the_grid_looks_for(t
         if ev == "winrate":
             assert cfg.winrate_settings(cfg.generation()) == wanted["winrate"]["settings"]
             assert open_eval_set(request.eval_set, cfg.limit).identity() == wanted["winrate"]["eval_set"]
-            assert judge_identity(cfg.judge, **cfg.judge_options()) == wanted["winrate"]["judge"]
+            assert judge_identity(cfg.judge, cfg.judge_options) == wanted["winrate"]["judge"]
         else:
             assert cfg.factuality_settings(cfg.generation()) == wanted["factuality"]["settings"]
 

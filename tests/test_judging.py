@@ -129,12 +129,13 @@ def test_simulated_judge_is_symmetric_and_prefers_the_better_answer():
 
 
 def test_the_simulated_judges_identity_is_known_without_loading_it():
-    from evals.judges import judge_identity
+    from evals.judges import judge_identity, judge_options
 
     assert judge_identity("simulated") == SimulatedJudge().identity()
     assert judge_identity("simulated")["version"] != SimulatedJudge(embedder=BagOfWords()).identity()["version"]
-    with pytest.raises(ValueError, match="--judge-timeout"):
-        judge_identity("simulated", timeout=5.0)
+    with pytest.raises(ValueError, match="--judge-timeout set for judge='simulated'; these options apply to "
+                                         "--judge openai only"):
+        judge_options("simulated", timeout=5.0)
 
 
 def test_training_labels_flip_the_requested_share():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from harness import grid, presets
-from harness.prepare import trl_score_token
+from trainers.reward_trl import trl_score_token
 from trainers import models, schedule
 from trainers.heads import ScalarHeadModel, load_reward_model, new_head, save_reward_model
 from trainers.rollout import _score

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 
-from harness.prepare import all_pairs, split_instructions
+from evals.preference_data import all_pairs, split_instructions
 from trainers import models
 from trainers.heads import ScalarHeadModel, new_head
 from trainers.reward_fit import fit_bradley_terry_head, pair_accuracy

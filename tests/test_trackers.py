@@ -211,7 +211,7 @@ def test_a_missing_tracker_library_is_one_line_naming_its_extra():
 
 
 @pytest.mark.parametrize("value, message", [
-    ("tensorboard,nope", "'nope' is not known; allowed: tensorboard, wandb, mlflow, trackio, or none"),
+    ("tensorboard,nope", "'nope' is not known; allowed: tensorboard, mlflow, trackio, wandb, or none"),
     ("none,wandb", "'none' cannot be combined with a tracker"),
     ("trackio", "the 'trackio' library is not installed; install its extra: pip install 'harness-lora-rlhf[trackio]'"),
 ])

@@ -122,7 +122,7 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: cuda when available")
     threads: int = _f(0, "CPU threads for torch (0: all cores)")
     report_to: tuple[str, ...] = _f(("tensorboard",), "experiment trackers the run logs its metrics, configuration "
-                                    f"and evaluations to, several at once: {', '.join(trackers.TRACKERS)}, or "
+                                    f"and evaluations to, several at once: {', '.join(trackers.tracker_names())}, or "
                                     "none (tensorboard: event files in RUN/tensorboard/)")
     tracker_group: str = _f("", "the runs logged together: W&B group, MLflow experiment, trackio project (empty: "
                             f"{trackers.DEFAULT_GROUP!r}; `harness reproduce` names it after its grid)")

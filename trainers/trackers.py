@@ -18,9 +18,8 @@ from typing import Any
 
 from trainers.errors import UserError
 from trainers.io import atomic_write_text, read_json_object
+from trainers.tracker_backends import options_from_env, tracker_names, tracker_spec
 
-# tracker name -> the library it needs (the pyproject extra of the same name installs it)
-TRACKERS = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow", "trackio": "trackio"}
 NONE = "none"
 STATE = "trackers.json"
 DEFAULT_GROUP = "harness"
@@ -28,10 +27,10 @@ DEFAULT_GROUP = "harness"
 
 def names_errors(names: tuple[str, ...]) -> list[str]:
     """What is wrong with a `report_to` value (no library is looked at)."""
-    unknown = [n for n in names if n not in TRACKERS and n != NONE]
+    unknown = [n for n in names if n not in tracker_names() and n != NONE]
     if unknown:
         return [f"report_to={','.join(names)!r}: {', '.join(map(repr, unknown))} is not known; allowed: "
-                f"{', '.join(TRACKERS)}, or {NONE} (several at once, comma-separated)"]
+                f"{', '.join(tracker_names())}, or {NONE} (several at once, comma-separated)"]
     if NONE in names and len(names) > 1:
         return [f"report_to={','.join(names)!r}: {NONE!r} cannot be combined with a tracker"]
     if len(set(names)) != len(names):
@@ -46,8 +45,9 @@ def selected(names: tuple[str, ...]) -> tuple[str, ...]:
 def check_installed(names: tuple[str, ...]) -> None:
     """One line naming the extra to install when a tracker's library is missing (before any model loads)."""
     for name in selected(names):
-        if importlib.util.find_spec(TRACKERS[name]) is None:
-            raise UserError(f"--report-to {name}: the {TRACKERS[name]!r} library is not installed; install its "
+        library = tracker_spec(name).library
+        if importlib.util.find_spec(library) is None:
+            raise UserError(f"--report-to {name}: the {library!r} library is not installed; install its "
                             f"extra: pip install 'harness-lora-rlhf[{name}]' (or drop {name} from --report-to)")
 
 
@@ -63,8 +63,6 @@ class Trackers:
 
     def __init__(self, names: tuple[str, ...], run_dir: str | Path, *, run_name: str, group: str = "",
                  config: dict[str, Any] | None = None, resume_step: int | None = None) -> None:
-        from trainers.tracker_backends import BACKENDS
-
         check_installed(names)
         self.run_dir = Path(run_dir)
         path = self.run_dir / STATE
@@ -75,8 +73,8 @@ class Trackers:
                 state = self.saved.get(name, {})
                 purge = resume_step + 1 if resume_step is not None and state else None
                 title = state.get("name", run_name)  # a tracker run keeps the name it started with
-                self.backends.append(BACKENDS[name](self.run_dir, title, group or DEFAULT_GROUP, config or {},
-                                                    state, purge))
+                self.backends.append(tracker_spec(name).backend(self.run_dir, title, group or DEFAULT_GROUP,
+                                                                config or {}, state, purge, options_from_env(name)))
                 self.saved[name] = {**state, **self.backends[-1].state(), "name": title, "step": state.get("step", 0)}
         except BaseException:
             self.close(finished=False)

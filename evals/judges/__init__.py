@@ -1,0 +1,129 @@
+"""Judges by name: each module of this package registers one judge (`register_judge`) with its frozen options
+dataclass, and `make_judge(name, options)` builds it, validated before any work starts.
+
+The modules are found by listing this package (`pkgutil`), so a new judge is one new module here (plus its test):
+it appears in `harness judges`, its options become `--judge-OPTION` flags with their `--help` lines, and
+`--judge NAME` accepts it. A module registers without importing a model library (`harness report` and `harness
+grid` load no torch); the judge itself is imported when it is built.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from evals.judging import Judge
+from trainers.options import check_options
+
+DEFAULT = "simulated"  # the offline default of `harness eval` and `harness judge-check`
+PREFIX = "judge"  # option `timeout` is the flag --judge-timeout
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeSpec:
+    name: str
+    description: str  # one line for `harness judges`
+    options: type  # a frozen dataclass; its fields are the judge's options (`trainers.options.option`)
+    build: Callable[..., Judge]  # build(options, device=..., seed=...) -> Judge
+    offline: bool  # needs no server and no model of our own to be named
+    # identity(options) without building the judge (no model loads), when it can be known so; None: built and asked
+    identity: Callable[[Any], dict[str, str]] | None = None
+    cheap: bool = False  # its answers cost less to recompute than to look up in the annotation cache
+    details: Callable[[], list[str]] | None = None  # more lines for `harness judges` (e.g. the configs it reads)
+
+
+_REGISTRY: dict[str, JudgeSpec] = {}
+_discovered = False
+
+
+def register_judge(name: str, *, description: str, options: type, build: Callable[..., Judge], offline: bool,
+                   identity: Callable[[Any], dict[str, str]] | None = None, cheap: bool = False,
+                   details: Callable[[], list[str]] | None = None) -> JudgeSpec:
+    """Called by a module of this package at import: adds the judge `name` (one name, one module)."""
+    if not dataclasses.is_dataclass(options):
+        raise TypeError(f"judge {name!r}: options must be a dataclass, not {options!r}")
+    if name in _REGISTRY and _REGISTRY[name].build.__module__ != build.__module__:
+        raise ValueError(f"judge {name!r} is registered twice ({_REGISTRY[name].build.__module__}, "
+                         f"{build.__module__})")
+    spec = JudgeSpec(name, description, options, build, offline, identity, cheap, details)
+    _REGISTRY[name] = spec
+    return spec
+
+
+def _discover() -> dict[str, JudgeSpec]:
+    global _discovered
+    if not _discovered:
+        for module in pkgutil.iter_modules(__path__):
+            if not module.name.startswith("_"):
+                importlib.import_module(f"{__name__}.{module.name}")
+        _discovered = True
+    return _REGISTRY
+
+
+def judge_names() -> tuple[str, ...]:
+    """Every registered judge: the default first, then by name."""
+    return tuple(sorted(_discover(), key=lambda n: (n != DEFAULT, n)))
+
+
+def judge_spec(name: str) -> JudgeSpec:
+    specs = _discover()
+    if name not in specs:
+        raise ValueError(f"judge={name!r} is not known; valid judges: {', '.join(judge_names())}")
+    return specs[name]
+
+
+def judges_with_option(field: str) -> list[str]:
+    return [n for n in judge_names() if field in {f.name for f in dataclasses.fields(judge_spec(n).options)}]
+
+
+def judge_options(name: str, **given: Any) -> Any:
+    """The options of judge `name`: its defaults with `given` set (None: left at its default). A setting the judge
+    does not take is refused with the flags named and the judges that take them."""
+    cls = judge_spec(name).options
+    own = {f.name for f in dataclasses.fields(cls)}
+    foreign = [k for k, v in given.items() if v is not None and k not in own]
+    if foreign:
+        flags = ", ".join(f"--{PREFIX}-{k.replace('_', '-')}" for k in foreign)
+        takers = sorted({j for k in foreign for j in judges_with_option(k)})
+        raise ValueError(f"{flags} set for judge={name!r}; these options apply to --judge "
+                         f"{', '.join(takers) or '(no judge)'} only")
+    return cls(**{k: v for k, v in given.items() if v is not None})
+
+
+def checked_options(name: str, options: Any | None) -> Any:
+    """`options` when they are judge `name`'s (checked again: a dataclass built elsewhere), else its defaults."""
+    spec = judge_spec(name)
+    if options is None:
+        return judge_options(name)
+    if not isinstance(options, spec.options):
+        raise ValueError(f"judge={name!r} takes {spec.options.__name__} options, not {type(options).__name__}")
+    check_options(options, PREFIX)
+    return options
+
+
+def options_from_dict(name: str, values: dict | None) -> Any:
+    """The options `dataclasses.asdict` wrote (e.g. in an evaluation job's file)."""
+    return judge_options(name, **(values or {}))
+
+
+def make_judge(name: str, options: Any | None = None, *, device: str = "cpu", seed: int = 0) -> Judge:
+    """A judge instance; `device` and `seed` reach the judges that load a model (the reward-model judge)."""
+    return judge_spec(name).build(checked_options(name, options), device=device, seed=seed)
+
+
+def judge_identity(name: str, options: Any | None = None, *, device: str = "cpu", seed: int = 0) -> dict[str, str]:
+    """What `make_judge(name, options).identity()` reports: known without building the judge where its module says
+    how (no torch, so a grid names its records without a model); otherwise built and asked (the OpenAI judge asks
+    its server which model answers)."""
+    spec, options = judge_spec(name), checked_options(name, options)
+    if spec.identity is not None:
+        return spec.identity(options)
+    judge = spec.build(options, device=device, seed=seed)
+    try:
+        return judge.identity()
+    finally:
+        judge.close()

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from harness import grid as G
+from trainers.runfolder import RunFolder
 
 HARNESS = (sys.executable, "-m", "harness")
 EVAL_JOB = (sys.executable, "-m", "harness.eval_job")
@@ -62,9 +63,9 @@ def dry_run(g: G.Grid, args, runs: list[G.Run], cells: list[tuple], cluster: Clu
 
     lines = []
     for run in runs:
-        folder = G.run_dir(args.runs, g.preset, run.run_id)
-        job = Job(run.run_id, (*HARNESS, "train", "--config", str(folder / "grid-config.json"), "--out", str(folder),
-                               "--resume"), str(folder / "train.log"), cpus=threads)
+        folder = RunFolder(G.run_dir(args.runs, g.preset, run.run_id))
+        job = Job(run.run_id, (*HARNESS, "train", "--config", str(folder.grid_config_path), "--out", str(folder),
+                               "--resume"), str(folder.train_log_path), cpus=threads)
         lines.append(_line(job if cluster is None else cluster.job(job, run), args))
     log_dir = Path(args.runs) / g.preset / "eval-logs"
     for rid, run, step, ev in cells:

@@ -48,8 +48,7 @@ from trainers.heads import (HEAD_META, SCORE_TOKENS, ScalarHeadModel, hidden_siz
 from trainers import models
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
 from trainers.reward_fit import cross_validated_agreement, fit_bradley_terry_head, pair_accuracy
-from trainers.io import read_json_object, replace_folder
-from trainers.runlog import atomic_write_text
+from trainers.io import atomic_write_text, read_json_object, replace_folder
 
 HELD_OUT = 0.15
 PACKAGED = Path(__file__).parent / "data" / "prepared"  # proxy reward models shipped with the package, by preset

@@ -178,7 +178,7 @@ def training_flops(prompts: Path, response_len: int, epochs: int, mode: str) -> 
     from trainers import data, models
 
     tok = models.load_tokenizer(models.SMOLLM2)
-    cfg = json.loads((models.smollm2_dir() / "config.json").read_text())
+    cfg = json.loads((models.smollm2_dir() / models.MODEL_CONFIG).read_text())
     query_lengths = [len(tok(data.format_prompt(r, "alpaca"))["input_ids"]) for r in json.loads(prompts.read_text())]
     return count_training_flops(cfg, query_lengths, response_len, epochs, mode)
 

@@ -7,8 +7,9 @@
 5. update    `noptepochs` passes over shuffled minibatches of distinct samples, gradient accumulation
 6. record    one line of metrics.jsonl, KL controller, checkpoint
 
-A run folder holds `config.json`, `metrics.jsonl` and `checkpoints/`; `train(resume=True)` continues from
-the latest checkpoint and reproduces an uninterrupted run with the same seed on CPU.
+A run folder (`trainers.runfolder.RunFolder`) holds `config.json`, `metrics.jsonl` and `checkpoints/`;
+`train(resume=True)` continues from the latest checkpoint and reproduces an uninterrupted run with the same seed on
+CPU.
 
 Launched by `accelerate launch` with WORLD_SIZE > 1, the same loop runs data-parallel (trainers.distributed): each
 process takes its share of the global batch, gradients and statistics are reduced across processes, and only

@@ -3,7 +3,8 @@ in it; every other module goes through `RunFolder`. The names are in `trainers.r
 
 Every reader validates, and a damaged file is refused the same way wherever it is read (evaluation, runs table,
 curves, resume): one UserError line naming the file, what is wrong and where (its line, or its field). Every writer
-is atomic, bar the metrics log, which is appended one fsynced line per step (a torn last line is what resume redoes).
+is atomic, bar the lock's holder line and the metrics log, which is appended one fsynced line per step (a torn last
+line is what resume redoes).
 
 The parts: `lock` (who may write the folder), `metrics` (the per-step log), `state` (a checkpoint's state.json),
 `resume` (whether a checkpoint belongs to the run about to continue it). Nothing here loads torch.
@@ -25,8 +26,8 @@ from trainers.runfolder.resume import check_no_checkpoint, check_resume, resume_
 from trainers.runfolder.state import content_digest, has_state, read_state, seal_state, verify, write_state
 
 __all__ = ["RunFolder", "RunLock", "check_out", "lock_state", "resume_hash", "check_resume", "check_no_checkpoint",
-           "read_state", "write_state", "verify", "seal_state", "content_digest", "checkpoint_name", "STATE",
-           "LOCK"]
+           "read_state", "write_state", "has_state", "verify", "seal_state", "content_digest", "checkpoint_name",
+           "STATE", "LOCK"]
 
 
 @dataclass(frozen=True, slots=True)

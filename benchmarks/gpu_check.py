@@ -232,7 +232,7 @@ def stage_side_by_side(dry: bool) -> dict:
         policy, note = models.TINY, "the tiny random Llama (dry run)"
     elif models.describe_spec_error("policy", models.SMOLLM2) is None:
         policy, note = models.SMOLLM2, "SmolLM2-135M-Instruct, its real weights"
-    elif (PACK / models.SMOLLM2 / "config.json").is_file():
+    elif (PACK / models.SMOLLM2 / models.MODEL_CONFIG).is_file():
         policy = f"{models.RANDOM_LLAMA}{PACK / models.SMOLLM2}"
         note = ("SmolLM2-135M-Instruct's architecture and tokenizer with random weights (its weights are not on this "
                 "machine): the same work per step, since every response has 64 tokens")

@@ -21,6 +21,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trainers.runfolder import RunFolder
+
 MODES = {
     "lora_shared": ["lora=true", "reference=shared"],
     "lora_copy": ["lora=true", "reference=copy"],
@@ -41,8 +43,8 @@ def run_mode(preset: str, steps: int, extra: list[str], mode: str, workdir: Path
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
     wall = time.perf_counter() - t0
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    facts = json.loads((out / "run.json").read_text())
+    records = RunFolder(out).read_metrics()
+    facts = RunFolder(out).read_facts()
     timed = records[1:] or records
     counts = facts["parameters"]
     return {

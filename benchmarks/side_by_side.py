@@ -109,12 +109,14 @@ def refusal(settings: list[str]) -> str | None:
 
 
 def ours(prompts: Path, out: Path, steps: int, epochs: int, mode: str, extra: list[str] = ()) -> dict:
+    from trainers.runfolder import RunFolder
+
     settings = [*as_settings(work_unit(prompts, steps, epochs, mode)), *extra]
     cmd = [sys.executable, "-m", "harness.cli", "train", "--preset", "tiny", "--out", str(out)]
     for s in settings:
         cmd += ["--set", s]
     subprocess.run(cmd, check=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][1:]
+    records = RunFolder(out).read_metrics()[1:]
     return {
         "s_per_step": statistics.median(r["time/step"] for r in records),
         "generation": statistics.median(r["time/rollout"] for r in records),
@@ -176,7 +178,7 @@ def training_flops(prompts: Path, response_len: int, epochs: int, mode: str) -> 
     from trainers import data, models
 
     tok = models.load_tokenizer(models.SMOLLM2)
-    cfg = json.loads((models.smollm2_dir() / "config.json").read_text())
+    cfg = json.loads((models.smollm2_dir() / models.MODEL_CONFIG).read_text())
     query_lengths = [len(tok(data.format_prompt(r, "alpaca"))["input_ids"]) for r in json.loads(prompts.read_text())]
     return count_training_flops(cfg, query_lengths, response_len, epochs, mode)
 

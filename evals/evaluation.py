@@ -27,8 +27,9 @@ from evals.generation_settings import GenerationSettings
 from evals.judging import AnnotationCache, Judge
 from evals.kl import rounded_kl
 from evals.winrate import REFERENCE_TEMPERATURE, REFERENCE_TOP_P, cached_references, check_generations, winrate_result
-from trainers.io import atomic_write_text, read_json_object
+from trainers.io import atomic_write_text
 from trainers.progress import Meter, is_terminal
+from trainers.runfolder import RunFolder
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +59,7 @@ class PolicyEvaluation:
         self.started = time.time() if started is None else started
         response_len = None
         if target.run_dir:
-            response_len = read_json_object(Path(target.run_dir) / "config.json")["response_len"]
+            response_len = RunFolder(target.run_dir).read_config()["response_len"]
         self.settings = config.generation(response_len)
         log(f"evaluating {target.checkpoint or target.policy} (step {target.step}) | {self.settings.mode} | "
             f"max {self.settings.max_new_tokens} new tokens")
@@ -142,7 +143,7 @@ class PolicyEvaluation:
         the evaluated run's; None where there is none, or it is a rule."""
         spec, seed = self.config.proxy_reward, self.config.seed
         if spec is None and self.target.run_dir:
-            run = read_json_object(Path(self.target.run_dir) / "config.json")
+            run = RunFolder(self.target.run_dir).read_config()
             spec, seed = run.get("reward"), run.get("seed", seed)  # a `head:` reward's head is seeded by the run
         if not spec or spec.startswith("rule:"):
             return None
@@ -270,16 +271,10 @@ def _splitter_and_verifier(cfg: EvalConfig):
 
 def _train_kl_at(target: Target) -> float | None:
     """The run's logged true KL at the evaluated step (0 for the base policy; None when the log has no such step),
-    rounding below zero read as 0."""
+    rounding below zero read as 0. A damaged log is refused, as everywhere else it is read."""
     if target.run_dir is None or target.step == 0:
         return 0.0
-    path = Path(target.run_dir) / "metrics.jsonl"
-    for line in path.read_text().splitlines() if path.is_file() else ():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if row.get("step") == target.step:
-            value = row.get("objective/true_kl")
-            return None if value is None else rounded_kl(value, f"{path}: step {target.step}: objective/true_kl")
-    return None
+    run = RunFolder(target.run_dir)
+    row = run.metrics_at(target.step)
+    value = None if row is None else row.get("objective/true_kl")
+    return None if value is None else rounded_kl(value, f"{run.metrics_path}: step {target.step}: objective/true_kl")

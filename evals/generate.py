@@ -23,11 +23,11 @@ import torch
 from safetensors import SafetensorError
 
 from evals.generation_settings import GenerationSettings
-from trainers import checkpoint as ckpt_io
 from trainers import identity
 from trainers.config import TrainConfig
 from trainers.data import format_prompt
-from trainers.runfolder import read_json_object
+from trainers.runfolder import RunFolder, content_digest, has_state, verify
+from trainers.runfolder.names import CONFIG, METRICS, STATE
 from trainers.models import describe_spec_error, load_causal_lm, load_tokenizer, stop_token_ids
 from trainers.decode_linear import few_row_products
 from trainers.sampling import sample
@@ -47,7 +47,7 @@ class Target:
     step: int
     template: str
     run_id: str | None  # the run's identity (trainers.identity), None for a plain model
-    digest: str | None = None  # the checkpoint's content (trainers.checkpoint.content_digest), None without one
+    digest: str | None = None  # the checkpoint's content (trainers.runfolder.content_digest), None without one
 
     def identity(self) -> dict:
         return asdict(self)
@@ -55,15 +55,16 @@ class Target:
 
 def resolve_target(target: str, step: int | None = None, template: str = "alpaca") -> Target:
     path = Path(target).expanduser()
-    if path.is_dir() and path.parent.name == "checkpoints" and (path.parent.parent / "config.json").is_file():
+    as_run = RunFolder(path)
+    if path.is_dir() and (owner := RunFolder.of_checkpoint(path)) is not None:
         if step is not None:
             raise TargetError(f"--step {step} cannot be combined with a checkpoint folder ({target})")
-        run_dir, chosen = path.parent.parent, path
-        if not (chosen / "state.json").is_file():
-            raise TargetError(f"{chosen} is not a complete checkpoint (its state.json is missing)")
-    elif path.is_dir() and (path / "config.json").is_file() and (path / "metrics.jsonl").exists():
-        run_dir = path
-        found = ckpt_io.list_checkpoints(run_dir)
+        run, chosen = owner, path
+        if not has_state(chosen):
+            raise TargetError(f"{chosen} is not a complete checkpoint (its {STATE} is missing)")
+    elif path.is_dir() and as_run.has_config() and as_run.has_metrics():
+        run = as_run
+        found = run.checkpoints()
         if step == 0:
             chosen = None
         elif step is None:
@@ -72,36 +73,36 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
                                   "or pass --step 0 for its base policy")
             chosen = found[-1]
         else:
-            chosen = ckpt_io.checkpoint_dir(run_dir, step)
+            chosen = run.checkpoint_dir(step)
             if not chosen.is_dir():
-                steps = [int(p.name.split("-")[-1]) for p in found]
+                steps = run.checkpoint_steps()
                 raise TargetError(f"--step {step}: run {target} has no such checkpoint; it has steps {steps or 'none'}")
     else:
         problem = describe_spec_error("target", target)
-        if problem or (path.exists() and not (path / "config.json").is_file()):
-            raise TargetError(f"target={target!r} is neither a run folder (config.json + metrics.jsonl), a "
-                              f"checkpoint folder (RUN/checkpoints/step-N) nor a model spec"
+        if problem or (path.exists() and not as_run.has_config()):
+            raise TargetError(f"target={target!r} is neither a run folder ({CONFIG} + {METRICS}), a checkpoint "
+                              "folder (RUN/checkpoints/step-N) nor a model spec"
                               + (f": {problem}" if problem else ""))
         if step not in (None, 0):
             raise TargetError(f"--step {step} needs a run folder; {target!r} is a model")
         digest = identity.model_fingerprint(target) if path.is_dir() else None  # a local folder: by content
         return Target(policy=target, run_dir=None, checkpoint=None, step=0, template=template, run_id=None,
                       digest=digest)
-    cfg = TrainConfig.from_dict(read_json_object(run_dir / "config.json"))
+    cfg = TrainConfig.from_dict(run.read_config())
     run_id, digest = identity.run_id(cfg), None
     if chosen is not None:  # every file against the manifest before anything is loaded or generated
-        state = ckpt_io.verify(chosen)
-        step, digest = state["step"], ckpt_io.content_digest(state)
+        state = verify(chosen)
+        step, digest = state["step"], content_digest(state)
         # the settings that shaped the checkpoint, not the run id: a resume may extend `steps` (a new id)
         from trainers.trainer import settings_hash
 
         if state.get("resume_hash") not in (None, settings_hash(cfg)):
-            raise TargetError(f"{run_dir / 'config.json'} (run {run_id}) is not the configuration that wrote "
-                              f"{chosen / 'state.json'} (run {state.get('run_id')}): config.json was changed after "
+            raise TargetError(f"{run.config_path} (run {run_id}) is not the configuration that wrote "
+                              f"{chosen / STATE} (run {state.get('run_id')}): {CONFIG} was changed after "
                               "training; restore it")
     else:
         step = 0
-    return Target(policy=cfg.policy, run_dir=str(run_dir), checkpoint=None if chosen is None else str(chosen),
+    return Target(policy=cfg.policy, run_dir=str(run.path), checkpoint=None if chosen is None else str(chosen),
                   step=step, template=cfg.prompt_template, run_id=run_id, digest=digest)
 
 

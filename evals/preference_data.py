@@ -25,7 +25,7 @@ from evals.simulated import SimulatedJudge, training_labels
 from trainers import data
 from trainers.config import TrainConfig
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
-from trainers.runlog import atomic_write_text
+from trainers.io import atomic_write_text
 
 HELD_OUT = 0.15
 LABEL_FLIP = 0.25

@@ -440,7 +440,7 @@ def _models(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     kind = args.kind
     if kind == "auto":
-        config_file = Path(args.diff) / "config.json"
+        config_file = Path(args.diff) / recover.MODEL_CONFIG
         kind = recover.detect_kind(read_json_object(config_file) if config_file.is_file() else {}, [])
     if kind == "reward_model":  # rebuild, then rewrite in the layout our reward loader reads
         import tempfile

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from harness import grid as G
+from trainers.runfolder import RunFolder
 
 if TYPE_CHECKING:
     from harness.reproduce_config import ReproduceConfig
@@ -64,9 +65,9 @@ def dry_run(g: G.Grid, config: ReproduceConfig, runs: list[G.Run], cells: list[t
 
     lines = []
     for run in runs:
-        folder = G.run_dir(config.runs, g.preset, run.run_id)
-        job = Job(run.run_id, (*HARNESS, "train", "--config", str(folder / "grid-config.json"), "--out", str(folder),
-                               "--resume"), str(folder / "train.log"), cpus=threads)
+        folder = RunFolder(G.run_dir(config.runs, g.preset, run.run_id))
+        job = Job(run.run_id, (*HARNESS, "train", "--config", str(folder.grid_config_path), "--out", str(folder),
+                               "--resume"), str(folder.train_log_path), cpus=threads)
         lines.append(_line(job if cluster is None else cluster.job(job, run), config))
     log_dir = Path(config.runs) / g.preset / "eval-logs"
     for rid, run, step, ev in cells:

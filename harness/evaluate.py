@@ -8,15 +8,14 @@ as soon as its evaluator finishes: a crash during factuality keeps the win-rate 
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 from evals.evaluation import EvalResult, PolicyEvaluation
 from evals.generate import Target, resolve_target
 from evals.judges import make_judge
 from harness.eval_request import EvalRequest, open_eval_set
 from harness.results import ResultsStore, check_record_fields, make_record
+from trainers.runfolder import RunFolder
 from trainers.specs import cache_dir
 from trainers.trackers import log_evaluation
 
@@ -28,7 +27,7 @@ def say(msg: str) -> None:
 def _label_for(target: Target) -> dict:
     if target.run_dir is None:
         return {"regularizer": None, "lora": None, "seed": None, "baseline": "sft"}
-    cfg = json.loads((Path(target.run_dir) / "config.json").read_text())
+    cfg = RunFolder(target.run_dir).read_config()
     return {"regularizer": cfg["regularizer"], "lora": cfg["lora"], "seed": cfg["seed"],
             "baseline": None if cfg["lora"] else "full"}
 

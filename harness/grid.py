@@ -24,10 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from harness import presets
-from trainers import checkpoint_paths as ckpt_io
 from trainers import identity
 from trainers.config import TrainConfig
-from trainers.runlog import read_metrics
+from trainers.runfolder import RunFolder
 
 PAPER_REGULARIZERS = ("kl", "clamped_kl", "bregman", "jensen_shannon", "squared_error", "none", "negative_kl",
                       "dropout_only")
@@ -272,16 +271,16 @@ def run_dir(runs_root: str | Path, preset: str, rid: str) -> Path:
 
 def completed_steps(folder: Path) -> int:
     """The last step in the run's metrics log (0 for none); a damaged log is an error naming its line."""
-    return max((row["step"] for row in read_metrics(folder / "metrics.jsonl")), default=0)
+    return RunFolder(folder).completed_steps()
 
 
 def run_state(folder: Path, run: Run) -> str:
     """done | partial | failed | missing (failed = the last dispatch gave up; a rerun retries it)."""
-    last = ckpt_io.latest_checkpoint(folder) if folder.is_dir() else None
-    if last is not None and last.name == ckpt_io.checkpoint_dir(folder, run.last_step).name:
+    run_folder = RunFolder(folder)
+    if run_folder.is_finished(run.last_step):
         return "done"
-    if (folder / "FAILED").is_file():
+    if run_folder.failed():
         return "failed"
-    if folder.is_dir() and (completed_steps(folder) or last is not None):
+    if folder.is_dir() and (run_folder.completed_steps() or run_folder.latest_checkpoint() is not None):
         return "partial"
     return "missing"

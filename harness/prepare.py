@@ -34,9 +34,8 @@ from harness.results import ResultsStore, make_record
 from trainers import data, identity
 from trainers.config import TrainConfig
 from trainers.heads import HEAD_META, SCORE_TOKENS, is_reward_model_dir, prepared_dir, save_reward_model
-from trainers.io import read_json_object, replace_folder
+from trainers.io import atomic_write_text, read_json_object, replace_folder
 from trainers.models import load_tokenizer
-from trainers.runlog import atomic_write_text
 
 PACKAGED = Path(__file__).parent / "data" / "prepared"  # proxy reward models shipped with the package, by preset
 METHODS = ("head", "trl")

@@ -18,7 +18,6 @@ the jobs it would start (for SLURM, each job's `sbatch` request) and starts noth
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import statistics
@@ -36,9 +35,8 @@ from harness.eval_job import write_job
 from harness.eval_request import EvalRequest, expected_identity
 from harness.reproduce_config import ReproduceConfig
 from harness.results import ResultsStore, make_record
-from trainers.io import atomic_write_text, read_json_object, repository_path
-from trainers.runfolder import read_run_facts
-from trainers.runlog import read_metrics
+from trainers.io import repository_path
+from trainers.runfolder import RunFolder
 
 
 
@@ -172,16 +170,16 @@ def print_grid(g: G.Grid, runs_root: str, store: ResultsStore) -> dict[str, str]
 
 # ---- records read from run folders ---------------------------------------------------------------------------
 def _metrics(folder: Path) -> list[dict]:
-    return read_metrics(folder / "metrics.jsonl")
+    return RunFolder(folder).read_metrics()
 
 
 def efficiency_record(g: G.Grid, run: G.Run, folder: Path) -> dict:
-    facts = read_run_facts(folder / "run.json")
+    facts = RunFolder(folder).read_facts()
     rows = _metrics(folder)
     needed = ("memory/peak_bytes", "time/step", "time/tokens_per_s")
     lacking = next(((r["step"], k) for r in rows for k in needed if not isinstance(r.get(k), (int, float))), None)
     if not rows or lacking:
-        raise UserError(f"{folder / 'metrics.jsonl'}: " + (f"step {lacking[0]} lacks a number for {lacking[1]!r}"
+        raise UserError(f"{RunFolder(folder).metrics_path}: " + (f"step {lacking[0]} lacks a number for {lacking[1]!r}"
                         if lacking else "no steps") + "; the run's efficiency cannot be measured")
     timed = rows[1:] or rows  # the first step carries start-up costs
     counts = facts["parameters"]
@@ -202,7 +200,7 @@ def efficiency_record(g: G.Grid, run: G.Run, folder: Path) -> dict:
 
 
 def manifest(run: G.Run, folder: Path, command: str | None = None) -> dict:
-    facts = read_run_facts(folder / "run.json") if (folder / "run.json").is_file() else {}
+    facts = RunFolder(folder).read_facts_if_any()
     rows = _metrics(folder)
     from harness.results import harness_identity
 
@@ -342,13 +340,12 @@ def reproduce(g: G.Grid, config: ReproduceConfig, store: ResultsStore) -> int:
         folder = G.run_dir(config.runs, g.preset, run.run_id)
         if G.run_state(folder, run) == "done" or run in reused:
             continue
-        cfg_path = folder / "grid-config.json"
         values = dict(run.config.to_dict(), threads=threads if workers > 1 else run.config.threads)
         if cluster is not None:
             values["threads"] = cluster.threads(run) or run.config.threads
-        atomic_write_text(cfg_path, json.dumps(values, indent=1, sort_keys=True))
+        cfg_path = RunFolder(folder).write_grid_config(values)
         job = Job(run_id=run.run_id, argv=(*HARNESS, "train", "--config", str(cfg_path), "--out", str(folder),
-                                           "--resume"), log_path=str(folder / "train.log"), cpus=threads,
+                                           "--resume"), log_path=str(RunFolder(folder).train_log_path), cpus=threads,
                   env=job_env if workers > 1 else ())
         jobs.append(job if cluster is None else cluster.job(job, run))
     failed_runs = set()
@@ -356,12 +353,12 @@ def reproduce(g: G.Grid, config: ReproduceConfig, store: ResultsStore) -> int:
         with LiveView(g, config.runs, "train", len(jobs)) as view:
             outcomes = executor(on_event=view.event, **executor_kw).run(jobs)
         for rid, outcome in outcomes.items():
-            marker = G.run_dir(config.runs, g.preset, rid) / "FAILED"
+            folder = RunFolder(G.run_dir(config.runs, g.preset, rid))
             if outcome.status == "failed":
                 failed_runs.add(rid)
-                atomic_write_text(marker, outcome.log_tail)
+                folder.mark_failed(outcome.log_tail)
             else:
-                marker.unlink(missing_ok=True)
+                folder.clear_failed()
     # 3. evaluate
     have = existing(store, g.preset, grid_identity(g))
     eval_jobs, refused = [], []

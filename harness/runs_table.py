@@ -1,7 +1,8 @@
 """`harness runs`: the run folders under a root and where each stands, read from their files alone (no torch).
 
-A run folder is a folder holding `config.json` (what `harness train` writes first). Its state:
-- running:    a live process holds its lock (`trainers.runfolder.lock_state`);
+A run folder is a folder holding `config.json` (what `harness train` writes first), read through
+`trainers.runfolder.RunFolder`. Its state:
+- running:    a live process holds its lock (`RunFolder.lock_state`);
 - finished:   its checkpoint of the last step exists;
 - stale lock: it stopped before its last step and its lock still names the process that held it, which was killed
               (SIGKILL, out of memory, a lost node) before it could release it; `--resume` continues it;
@@ -15,27 +16,16 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from trainers import checkpoint_paths as ckpt_io
-from trainers.io import read_json_object
-from trainers.runfolder import lock_state
-from trainers.runlog import read_metrics
+from trainers.runfolder import RunFolder
 
 COLUMNS = ("run_id", "state", "steps", "reward", "true_kl", "win_rate", "wall_time")
 
 
-def run_folders(root: str | Path) -> list[Path]:
-    """Folders under `root` (itself included) holding a config.json, outside checkpoints, sorted."""
-    root = Path(root)
-    found = [p.parent for p in root.rglob("config.json") if "checkpoints" not in p.relative_to(root).parts]
-    return sorted(set(found))
-
-
-def state_of(folder: Path, total: int, done: int) -> str:
-    lock = lock_state(folder)
+def state_of(folder: RunFolder, total: int) -> str:
+    lock = folder.lock_state()
     if lock == "held":
         return "running"
-    last = ckpt_io.latest_checkpoint(folder)
-    if last is not None and last.name == ckpt_io.checkpoint_dir(folder, total).name:
+    if folder.is_finished(total):
         return "finished"
     return "stale lock" if lock == "stale" else "failed"
 
@@ -53,15 +43,14 @@ def latest_win_rates(results: str | Path) -> dict[str, tuple[int, float]]:
     return best
 
 
-def describe(folder: Path, win_rates: dict[str, tuple[int, float]]) -> dict:
-    config = read_json_object(folder / "config.json")
-    facts = read_json_object(folder / "run.json") if (folder / "run.json").is_file() else {}
-    rows = read_metrics(folder / "metrics.jsonl")
+def describe(folder: RunFolder, win_rates: dict[str, tuple[int, float]]) -> dict:
+    config = folder.read_config()
+    run_id = folder.run_id()
+    rows = folder.read_metrics()
     total = int(config.get("steps", 0))
     done = rows[-1]["step"] if rows else 0
-    run_id = facts.get("run_id") or folder.name
-    win = win_rates.get(run_id) or win_rates.get(folder.name)
-    return {"run_id": run_id, "folder": str(folder), "state": state_of(folder, total, done),
+    win = win_rates.get(run_id) or win_rates.get(folder.path.name)
+    return {"run_id": run_id, "folder": str(folder.path), "state": state_of(folder, total),
             "steps_done": done, "steps_total": total,
             "reward": rows[-1].get("objective/scores") if rows else None,
             "true_kl": rows[-1].get("objective/true_kl") if rows else None,
@@ -71,7 +60,7 @@ def describe(folder: Path, win_rates: dict[str, tuple[int, float]]) -> dict:
 
 def table_rows(root: str | Path, results: str | Path, run_ids: set[str] | None = None) -> list[dict]:
     win_rates = latest_win_rates(results) if Path(results).is_dir() else {}
-    rows = [describe(folder, win_rates) for folder in run_folders(root)]
+    rows = [describe(folder, win_rates) for folder in RunFolder.find(root)]
     return [r for r in rows if run_ids is None or r["run_id"] in run_ids or Path(r["folder"]).name in run_ids]
 
 

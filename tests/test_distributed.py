@@ -15,6 +15,7 @@ from harness.executors import Job, LocalExecutor, launch_argv
 from trainers import checkpoint, ppo
 from trainers.config import TrainConfig
 from trainers.distributed import DataParallel, config_errors, parameter_digest
+from trainers.runfolder import RunFolder
 
 
 def free_port() -> int:
@@ -53,11 +54,11 @@ def test_two_cpu_processes_train_in_step_resume_and_rank_0_writes_once(tmp_path,
     assert first["ppo/learning_rate"] == 1e-3 and first["memory/kind"] == "peak_rss"
 
     # both ranks held bit-identical trainable weights at every checkpoint, and the checkpoint restores them
-    latest = checkpoint.latest_checkpoint(out)
+    latest = RunFolder(out).latest_checkpoint()
     assert latest is not None and latest.name == "step-000002"
     digests = json.loads((latest / "state.json").read_text())["rank_parameter_digests"]
     assert len(digests) == 2 and digests[0] == digests[1]
-    first_ckpt = json.loads((checkpoint.list_checkpoints(out)[0] / "state.json").read_text())
+    first_ckpt = json.loads((RunFolder(out).checkpoints()[0] / "state.json").read_text())
     assert first_ckpt["rank_parameter_digests"][0] != digests[0]  # training moved them
 
     from trainers.trainer import PPOTrainer
@@ -198,7 +199,7 @@ def _check_fsdp_checkpoint(environ: dict, run_dir: str) -> None:
     saved = {n: p.detach().clone() for n, p in dp.roles.named_parameters()}
     exp_avg = [optimizer.state[p]["exp_avg"].clone() for p in dp.roles.parameters()]
     dp.save_fsdp(Path(run_dir), 1, models, scheduler, torch.Generator(), {"kl_coef": 0.02})
-    folder = checkpoint.latest_checkpoint(Path(run_dir))
+    folder = RunFolder(Path(run_dir)).latest_checkpoint()
     # the single-process layout: the policy's safetensors, the value's trainable tensors
     policy = load_file(folder / "policy" / "model.safetensors")
     in_file = {n: p for n, p in saved.items() if n.removeprefix("policy.") in policy}

@@ -147,15 +147,16 @@ def test_a_state_json_with_nan_is_named_not_misread(run_copy, tmp_path, cache, c
 
 def test_outputs_are_cached_by_the_checkpoints_content(run_copy):
     from evals.generate import resolve_target
-    from trainers import checkpoint
+    from trainers.runfolder import content_digest, seal_state, verify
+    from trainers.runfolder.state import file_manifest
 
     first = resolve_target(str(run_copy))
     folder = step2(run_copy)
-    assert first.digest == checkpoint.content_digest(checkpoint.verify(folder))
+    assert first.digest == content_digest(verify(folder))
     (folder / "scheduler.pt").write_bytes((folder / "scheduler.pt").read_bytes() + b"\0")  # replaced in place
     state = json.loads((folder / "state.json").read_text())
-    state["files"] = checkpoint.file_manifest(folder)
-    (folder / "state.json").write_text(json.dumps(checkpoint.seal_state(state)))
+    state["files"] = file_manifest(folder)
+    (folder / "state.json").write_text(json.dumps(seal_state(state)))
     second = resolve_target(str(run_copy))
     assert second.checkpoint == first.checkpoint and second.digest != first.digest
     assert second.identity() != first.identity()  # the outputs' cache key holds the identity
@@ -212,12 +213,12 @@ def test_a_saved_reward_model_is_group_readable(tmp_path):
 ])
 def test_a_damaged_metrics_log_is_named_by_line_and_field(tmp_path, line, message):
     from trainers.errors import UserError
-    from trainers.runlog import read_metrics
+    from trainers.runfolder import RunFolder
 
     path = tmp_path / "metrics.jsonl"
     path.write_text(line)
     with pytest.raises(UserError) as error:
-        read_metrics(path)
+        RunFolder(tmp_path).read_metrics()
     assert str(error.value).startswith(f"{path}, line ") and message in str(error.value)
 
 
@@ -230,12 +231,12 @@ def test_a_damaged_metrics_log_is_named_by_line_and_field(tmp_path, line, messag
 ])
 def test_a_damaged_run_json_is_named_by_field(tmp_path, facts, message):
     from trainers.errors import UserError
-    from trainers.runfolder import read_run_facts
+    from trainers.runfolder import RunFolder
 
     path = tmp_path / "run.json"
     path.write_text(json.dumps(facts))
     with pytest.raises(UserError) as error:
-        read_run_facts(path)
+        RunFolder(tmp_path).read_facts()
     assert str(error.value).startswith(f"{path}: ") and message in str(error.value)
 
 

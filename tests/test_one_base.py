@@ -13,6 +13,7 @@ from trainers import memory_plan as mp
 from trainers.build import build_models
 from trainers.heads import ScalarHeadModel, new_head, save_reward_model
 from trainers.rollout import sequences
+from trainers.runfolder import RunFolder
 from trainers.trainer import PPOTrainer
 
 CPU = torch.device("cpu")
@@ -138,7 +139,7 @@ def test_one_base_resumes_exactly_and_checkpoints_the_value_adapter(smoke, tmp_p
     full = run(cfg, tmp_path / "full")
     part = tmp_path / "part"
     run(smoke(steps=2, checkpoint_every=2, reference="one_base"), part)
-    latest = checkpoint.latest_checkpoint(part)
+    latest = RunFolder(part).latest_checkpoint()
     assert not (latest / "policy" / "value").exists()  # the exported policy is its own adapter only
     saved = checkpoint.load_tensors(latest / "value.safetensors")
     assert {"head.weight", "head.bias"} < set(saved) and any("_A.weight" in k for k in saved)
@@ -153,7 +154,7 @@ def test_a_value_head_on_the_policy_trains_with_it(smoke, tmp_path):
     assert all(torch.isfinite(torch.tensor(r["ppo/loss/value"])) for r in records)
     assert records[0]["ppo/val/mean"] == 0.0 and records[1]["ppo/val/mean"] != 0.0  # zero head, then trained
     assert trainer.models.value.head.weight.abs().sum() > 0
-    assert not (checkpoint.latest_checkpoint(tmp_path / "head") / "policy" / "value").exists()
+    assert not (RunFolder(tmp_path / "head").latest_checkpoint() / "policy" / "value").exists()
     # the value loss's gradient reaches the policy's adapter (TRL <= 0.11's layout): with no advantage it is all there is
     with torch.no_grad():
         trainer.models.value.head.weight.fill_(0.5)

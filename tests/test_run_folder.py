@@ -7,10 +7,9 @@ import stat
 import pytest
 import torch
 
-from trainers import checkpoint
 from trainers.errors import UserError
-from trainers.runfolder import RunLock
-from trainers.runlog import MetricsLog
+from trainers.runfolder import RunFolder, RunLock, seal_state
+from trainers.runfolder.state import file_manifest
 from trainers.trainer import PPOTrainer
 
 
@@ -29,8 +28,8 @@ def two_steps(smoke, tmp_path):
 def rewrite_manifest(folder):
     """What an attacker who edits files can also do: make the manifest (and the state's seal) agree with them."""
     state = json.loads((folder / "state.json").read_text())
-    state["files"] = checkpoint.file_manifest(folder)
-    (folder / "state.json").write_text(json.dumps(checkpoint.seal_state(state)))
+    state["files"] = file_manifest(folder)
+    (folder / "state.json").write_text(json.dumps(seal_state(state)))
 
 
 class Payload:
@@ -43,7 +42,7 @@ class Payload:
 
 def test_a_pickled_payload_in_rng_pt_is_refused_not_run(two_steps, tmp_path):
     cfg, out = two_steps
-    folder = checkpoint.latest_checkpoint(out)
+    folder = RunFolder(out).latest_checkpoint()
     marker = tmp_path / "ran"
     torch.save({"torch": torch.get_rng_state(), "sampling": Payload(marker)}, folder / "rng.pt")
     rewrite_manifest(folder)
@@ -54,7 +53,7 @@ def test_a_pickled_payload_in_rng_pt_is_refused_not_run(two_steps, tmp_path):
 
 def test_an_overwritten_optimizer_file_is_named(two_steps):
     cfg, out = two_steps
-    folder = checkpoint.latest_checkpoint(out)
+    folder = RunFolder(out).latest_checkpoint()
     torch.save({"state": {}, "param_groups": []}, folder / "optimizer.pt")
     with pytest.raises(UserError, match=r"optimizer\.pt does not match the sha256"):
         train(cfg, out, resume=True)
@@ -67,11 +66,11 @@ def test_an_overwritten_optimizer_file_is_named(two_steps):
 ])
 def test_an_edited_state_json_is_refused(two_steps, edit, message):
     cfg, out = two_steps
-    folder = checkpoint.latest_checkpoint(out)
+    folder = RunFolder(out).latest_checkpoint()
     state = json.loads((folder / "state.json").read_text())
     edited = {**state, **edit}
     resealed = "kl_coef" not in edit  # past the seal (as a careful attacker would), the deeper check still holds
-    (folder / "state.json").write_text(json.dumps(checkpoint.seal_state(edited) if resealed else edited))
+    (folder / "state.json").write_text(json.dumps(seal_state(edited) if resealed else edited))
     with pytest.raises(UserError, match=message):
         train(cfg, out, resume=True)
 
@@ -85,7 +84,7 @@ def test_a_changed_config_is_refused_on_resume_even_without_config_json(two_step
 
 def test_a_truncated_tensor_file_is_a_clear_error(two_steps):
     cfg, out = two_steps
-    folder = checkpoint.latest_checkpoint(out)
+    folder = RunFolder(out).latest_checkpoint()
     data = (folder / "value.safetensors").read_bytes()
     (folder / "value.safetensors").write_bytes(data[: len(data) // 2])
     rewrite_manifest(folder)
@@ -97,7 +96,7 @@ def test_a_second_writer_fails_with_the_folder_named(two_steps):
     cfg, out = two_steps
     with RunLock(out), pytest.raises(UserError, match=f"run folder {out} is in use by another process"):
         train(cfg, out, resume=True)
-    assert [r["step"] for r in MetricsLog(out / "metrics.jsonl").read()] == [1, 2]
+    assert [r["step"] for r in RunFolder(out).read_metrics()] == [1, 2]
     assert len(train(cfg, out, resume=True)) == 3  # the lock is gone with its holder
 
 
@@ -107,7 +106,7 @@ def test_a_fresh_start_never_overwrites_a_run_whose_config_json_is_gone(two_step
     before = (out / "metrics.jsonl").read_bytes()
     with pytest.raises(UserError, match="already holds a run; pass --resume"):
         train(smoke(steps=2, checkpoint_every=2), out)
-    assert (out / "metrics.jsonl").read_bytes() == before and checkpoint.latest_checkpoint(out) is not None
+    assert (out / "metrics.jsonl").read_bytes() == before and RunFolder(out).latest_checkpoint() is not None
 
 
 def test_resume_without_a_checkpoint(smoke, tmp_path):
@@ -117,7 +116,7 @@ def test_resume_without_a_checkpoint(smoke, tmp_path):
     # a run whose log goes past its first checkpoint step has lost its checkpoints: refused
     lost = tmp_path / "lost"
     train(smoke(steps=3, checkpoint_every=2), lost)
-    for folder in checkpoint.list_checkpoints(lost):
+    for folder in RunFolder(lost).checkpoints():
         for p in sorted(folder.rglob("*"), reverse=True):
             p.rmdir() if p.is_dir() else p.unlink()
         folder.rmdir()
@@ -137,9 +136,9 @@ def test_metrics_reader_drops_only_a_torn_last_line(tmp_path):
     path = tmp_path / "metrics.jsonl"
     path.write_text('{"step": 1}\n{"step": 2, "x": 1\n{"step": 3}\n')
     with pytest.raises(UserError, match=r"metrics\.jsonl, line 2: not a JSON record"):
-        MetricsLog(path).read()
+        RunFolder(tmp_path).read_metrics()
     path.write_text('{"step": 1}\n{"step": 2}\n{"step": 3, "tr')
-    assert [r["step"] for r in MetricsLog(path).read()] == [1, 2]
+    assert [r["step"] for r in RunFolder(tmp_path).read_metrics()] == [1, 2]
 
 
 def test_run_files_are_readable_by_the_group(two_steps):
@@ -148,7 +147,7 @@ def test_run_files_are_readable_by_the_group(two_steps):
     if mask & stat.S_IRGRP:
         pytest.skip(f"umask {mask:03o} withholds group read from every file")
     _, out = two_steps
-    folder = checkpoint.latest_checkpoint(out)
+    folder = RunFolder(out).latest_checkpoint()
     for path in (out / "config.json", out / "run.json", out / "metrics.jsonl", folder, folder / "state.json",
                  folder / "rng.pt", folder / "value.safetensors", folder / "policy" / "adapter_model.safetensors"):
         assert path.stat().st_mode & stat.S_IRGRP, path

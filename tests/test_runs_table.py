@@ -12,22 +12,22 @@ from pathlib import Path
 from harness import grid
 from harness.cli import main
 from harness.results import ResultsStore, make_record
-from trainers.checkpoint_paths import checkpoint_dir
-from trainers.runfolder import LOCK, RunLock
+from trainers.runfolder import LOCK, RunFolder, RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def fake_run(folder: Path, run_id: str, steps: int, done: int, checkpoint: int | None) -> None:
     folder.mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"steps": steps, "regularizer": "kl"}))
-    (folder / "run.json").write_text(json.dumps({"run_id": run_id}))
-    (folder / "metrics.jsonl").write_text("".join(
-        json.dumps({"step": s, "objective/scores": 0.5 + s, "objective/true_kl": 0.01 * s, "time/step": 1800.0})
-        + "\n" for s in range(1, done + 1)))
+    run = RunFolder(folder)
+    run.write_config({"steps": steps, "regularizer": "kl"})
+    run.write_facts({"run_id": run_id, "parameters": {"trainable": 1, "total": 2, "policy_trainable": 1,
+                                                      "policy_total": 2}})
+    for s in range(1, done + 1):
+        run.append_metrics({"step": s, "objective/scores": 0.5 + s, "objective/true_kl": 0.01 * s, "time/step": 1800.0})
     if checkpoint:
-        checkpoint_dir(folder, checkpoint).mkdir(parents=True)
-        (checkpoint_dir(folder, checkpoint) / "state.json").write_text("{}")
+        run.checkpoint_dir(checkpoint).mkdir(parents=True)
+        (run.checkpoint_dir(checkpoint) / "state.json").write_text("{}")
 
 
 def killed_holding_the_lock(folder: Path) -> None:

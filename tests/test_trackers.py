@@ -24,7 +24,7 @@ from harness.results import ResultsStore
 from trainers import identity, trackers
 from trainers.config import TrainConfig
 from trainers.errors import UserError
-from trainers.runlog import read_metrics
+from trainers.runfolder import RunFolder
 from trainers.trainer import PPOTrainer
 
 EVAL: dict = {}  # the metrics of the `harness eval` record the fixture makes at step 2
@@ -84,8 +84,8 @@ def run(prompt_file, mlflow_server, tmp_path_factory):
         crashing._save_checkpoint = lambda: (_ for _ in ()).throw(Killed()) if crashing.step == 3 else save()
         with pytest.raises(Killed):
             crashing.train()
-        assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3]
-        first_try = read_metrics(out / "metrics.jsonl")[2]
+        assert [r["step"] for r in RunFolder(out).read_metrics()] == [1, 2, 3]
+        first_try = RunFolder(out).read_metrics()[2]
         PPOTrainer(TrainConfig(**dict(values, steps=4)), out, log=quiet).train(resume=True)
         results, eval_set = out.parent / "results", out.parent / "evalset.json"
         eval_set.write_text(json.dumps([{"instruction": f"Name a colour number {i}.", "input": ""} for i in range(4)]))
@@ -107,7 +107,7 @@ def test_tensorboard_event_files_equal_metrics_jsonl(run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out, _, _ = run
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = RunFolder(out).read_metrics()
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "tensors": 0})
     events.Reload()
@@ -129,7 +129,7 @@ def test_mlflow_server_holds_each_step_once_with_the_config(run, mlflow_server):
     from mlflow.tracking import MlflowClient
 
     out, first_try, run_name = run
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = RunFolder(out).read_metrics()
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment = client.get_experiment_by_name("grid-test")
     found = client.search_runs([experiment.experiment_id])
@@ -178,7 +178,7 @@ def _items(updates) -> dict:
 
 def test_wandb_offline_run_summary_matches(run):
     out, first_try, run_name = run
-    rows = read_metrics(out / "metrics.jsonl")
+    rows = RunFolder(out).read_metrics()
     state = json.loads((out / "trackers.json").read_text())["wandb"]
     sessions = sorted((out / "wandb").glob(f"offline-run-*-{state['id']}/run-{state['id']}.wandb"),
                       key=lambda p: p.stat().st_mtime)

@@ -9,7 +9,8 @@ import pytest
 import torch
 from peft import PeftModel
 
-from trainers import checkpoint, models
+from trainers import models
+from trainers.runfolder import RunFolder
 from trainers.trainer import PPOTrainer
 
 REQUIRED_KEYS = {
@@ -47,7 +48,7 @@ def test_cli_smoke_run_writes_metrics_and_a_resumable_checkpoint(tmp_path, promp
     assert REQUIRED_KEYS <= set(lines[0])
     assert lines[0]["objective/true_kl"] == pytest.approx(0.0, abs=1e-6)  # the policy starts as the reference
     assert lines[-1]["objective/true_kl"] > 0
-    ckpt = checkpoint.latest_checkpoint(out)
+    ckpt = RunFolder(out).latest_checkpoint()
     assert ckpt is not None and ckpt.name == "step-000003"
     peft_model = PeftModel.from_pretrained(models.load_causal_lm("tiny-random-llama", torch.float32), ckpt / "policy")
     assert peft_model.peft_config["default"].r == 8
@@ -70,8 +71,8 @@ def test_resume_reproduces_an_uninterrupted_run(smoke, tmp_path):
         f.write(json.dumps({"step": 3, "objective/scores": 123.0}) + "\n{\"step\": 4, \"trunc")
     resumed = run(cfg, part, resume=True)
     assert stable(resumed) == stable(full)
-    assert len(checkpoint.list_checkpoints(part)) == 2
-    assert not (checkpoint.list_checkpoints(part)[0] / "optimizer.pt").exists()  # only the latest keeps it
+    assert len(RunFolder(part).checkpoints()) == 2
+    assert not (RunFolder(part).checkpoints()[0] / "optimizer.pt").exists()  # only the latest keeps it
 
 
 def test_shared_and_copied_reference_give_the_same_run(smoke, tmp_path):
@@ -129,7 +130,7 @@ def test_full_fine_tune_and_value_from_policy(smoke, tmp_path):
     counts = full.models.parameter_counts()
     assert counts["policy_trainable"] == counts["policy_total"]
     assert len(full.train()) == 1
-    assert (checkpoint.latest_checkpoint(tmp_path / "full") / "policy" / "model.safetensors").is_file()
+    assert (RunFolder(tmp_path / "full").latest_checkpoint() / "policy" / "model.safetensors").is_file()
     fresh = PPOTrainer(smoke(steps=2, lora=False, reference="copy"), tmp_path / "full", log=quiet)
     assert len(fresh.train(resume=True)) == 2
     assert len(run(smoke(steps=1, value_init="policy"), tmp_path / "vp")) == 1
@@ -169,7 +170,7 @@ def test_exported_adapter_reproduces_the_trained_policy(smoke, tmp_path):
     trainer = PPOTrainer(smoke(steps=2, checkpoint_every=2), tmp_path / "run", log=quiet)
     trainer.train()
     base = models.load_causal_lm("tiny-random-llama", torch.float32)
-    exported = PeftModel.from_pretrained(base, checkpoint.latest_checkpoint(tmp_path / "run") / "policy").eval()
+    exported = PeftModel.from_pretrained(base, RunFolder(tmp_path / "run").latest_checkpoint() / "policy").eval()
     trained = trainer.models.policy.eval()
     ids = torch.tensor([[1, 40, 41, 42, 43, 44]])
     with torch.no_grad():

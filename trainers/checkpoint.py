@@ -3,22 +3,20 @@
 Contents: `policy/` (the policy's PEFT adapter, loadable with `PeftModel.from_pretrained`; the whole model in full
 fine-tune mode), `value.safetensors` (the value model's trainable tensors: head, and adapters or backbone; with
 reference='one_base', its adapter "value" of the policy's model), `optimizer.pt`, `scheduler.pt`, `rng.pt` (torch,
-CUDA and the sampling generator) and `state.json` (step, KL coefficient, config hash, the sha256 of every other
-file, and `state_sha256`, the sha256 of all its other fields, so that an edited field is refused), written last.
+CUDA and the sampling generator) and `state.json` (`trainers.runfolder.state`: step, KL coefficient, config hash,
+the sha256 of every other file, and a seal over its own fields, so that an edited field is refused), written last.
 Optimizer states of older checkpoints are dropped once a newer one is complete: they are only needed to resume,
 which uses the latest. Every file is group-readable, like the rest of a run folder.
 
 Loading never unpickles code: `.pt` files are read with `weights_only=True` (tensors and plain containers only),
-and `verify` checks the files against the manifest before anything is loaded.
+and `trainers.runfolder.verify` checks the files against the manifest before anything is loaded. Where the
+checkpoints of a run are, and which is the latest, is `trainers.runfolder.RunFolder`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import pickle
-import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -28,108 +26,10 @@ from peft import PeftModel, set_peft_model_state_dict
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from trainers.checkpoint_paths import STATE, checkpoint_dir, latest_checkpoint, list_checkpoints  # noqa: F401
 from trainers.errors import UserError
-from trainers.io import atomic_write_text, make_readable, make_tree_readable, parse_json
-
-MANIFEST = "files"  # state.json's key: {relative path: sha256} of every other file of the checkpoint
-DROPPED = "optimizer.pt"  # the one listed file an older checkpoint may lack: only resuming needs it
-SEAL = "state_sha256"  # state.json's key: sha256 of its other fields (the manifest included)
-MAX_STEP = 10**9
-SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def file_manifest(folder: Path) -> dict[str, str]:
-    return {p.relative_to(folder).as_posix(): sha256_of(p)
-            for p in sorted(folder.rglob("*")) if p.is_file() and p.name != STATE}
-
-
-def state_digest(state: dict) -> str:
-    """sha256 of a state's fields other than the seal, in canonical JSON."""
-    fields = {k: v for k, v in state.items() if k != SEAL}
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def seal_state(state: dict) -> dict:
-    """`state` with its seal: what `save` writes, and what `read_state` checks."""
-    return {**{k: v for k, v in state.items() if k != SEAL}, SEAL: state_digest(state)}
-
-
-def _state_problems(state: dict) -> list[str]:
-    """Every field of a state.json that has the wrong type or range, each named with its value."""
-    found = []
-    step = state.get("step")
-    if isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= MAX_STEP:
-        found.append(f"step={step!r} must be an integer in [0, {MAX_STEP}]")
-    kl = state.get("kl_coef")
-    if isinstance(kl, bool) or not isinstance(kl, (int, float)) or not math.isfinite(kl) or kl < 0:
-        found.append(f"kl_coef={kl!r} must be a finite number >= 0")
-    for key in ("run_id", "resume_hash"):
-        if key in state and not (isinstance(state[key], str) and state[key]):
-            found.append(f"{key}={state[key]!r} must be a non-empty string")
-    files = state.get(MANIFEST)
-    if files is not None and not (isinstance(files, dict) and all(
-            isinstance(k, str) and isinstance(v, str) and SHA256.fullmatch(v) for k, v in files.items())):
-        found.append(f"'{MANIFEST}' must map file names to sha256 digests (64 hex digits)")
-    return found
-
-
-def read_state(folder: Path) -> dict:
-    """state.json, checked field by field and against its seal; a UserError naming the file and field otherwise."""
-    path = folder / STATE
-    try:
-        state = parse_json(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path} cannot be read ({e}); the checkpoint is damaged") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path} must be a JSON object, not {type(state).__name__}; the checkpoint is damaged")
-    problems = _state_problems(state)
-    if problems:
-        raise UserError(f"{path}: " + "; ".join(problems) + "; the checkpoint is damaged or was edited")
-    if SEAL in state and state[SEAL] != state_digest(state):
-        raise UserError(f"{path} does not match its '{SEAL}': a field was edited after the checkpoint was written; "
-                        "restore the file or resume from another checkpoint")
-    return state
-
-
-def content_digest(state: dict) -> str:
-    """A checkpoint's identity by content: the sha256 of its (verified) state, which lists every file's sha256."""
-    return state[SEAL][:16]
-
-
-def verify(folder: Path) -> dict:
-    """state.json, after checking its fields, its step against the folder's name and every file against its
-    sha256."""
-    state = read_state(folder)
-    if folder.name != f"step-{state['step']:06d}":
-        raise UserError(f"{folder / STATE} says step {state['step']} but the folder is {folder.name}; "
-                        "the checkpoint was edited or moved")
-    manifest = state.get(MANIFEST)
-    if manifest is None or SEAL not in state:
-        missing = f"file manifest ('{MANIFEST}')" if manifest is None else f"seal ('{SEAL}')"
-        raise UserError(f"{folder / STATE} has no {missing}: the checkpoint cannot be checked; "
-                        "use a checkpoint written by this version, or start a new run")
-    for name, digest in manifest.items():
-        path = folder / name
-        if ".." in Path(name).parts or Path(name).is_absolute():
-            raise UserError(f"{folder / STATE} lists {name!r}, outside the checkpoint")
-        if not path.is_file():
-            if name == DROPPED:  # removed on purpose once a newer checkpoint is complete (`save`)
-                continue
-            raise UserError(f"{path} is missing from the checkpoint")
-        if sha256_of(path) != digest:
-            raise UserError(f"{path} does not match the sha256 recorded in {folder / STATE}: the file was changed "
-                            "or damaged after the checkpoint was written")
-    return state
-
+from trainers.io import make_readable, make_tree_readable
+from trainers.runfolder import RunFolder, verify, write_state
+from trainers.runfolder.state import DROPPED
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     """A safetensors file, a damaged one reported by name."""
@@ -157,7 +57,8 @@ def _trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save(run_dir: Path, step: int, models, optimizer, scheduler, generator: torch.Generator, extra: dict) -> Path:
-    final = checkpoint_dir(run_dir, step)
+    run = RunFolder(run_dir)
+    final = run.checkpoint_dir(step)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
     try:
@@ -173,8 +74,7 @@ def save(run_dir: Path, step: int, models, optimizer, scheduler, generator: torc
             rng["cuda"] = torch.cuda.get_rng_state_all()
         torch.save(rng, tmp / "rng.pt")
         make_tree_readable(tmp)  # safetensors writes 0600; every file of a run is group-readable
-        state = seal_state({"step": step, **extra, MANIFEST: file_manifest(tmp)})
-        atomic_write_text(tmp / STATE, json.dumps(state, indent=2))
+        write_state(tmp, {"step": step, **extra})
         make_readable(tmp)
         if final.exists():  # a stale copy from a run that crashed after renaming: replace it
             shutil.rmtree(final)
@@ -182,8 +82,8 @@ def save(run_dir: Path, step: int, models, optimizer, scheduler, generator: torc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for older in list_checkpoints(run_dir)[:-1]:
-        (older / "optimizer.pt").unlink(missing_ok=True)
+    for older in run.checkpoints()[:-1]:
+        (older / DROPPED).unlink(missing_ok=True)
     return final
 
 

@@ -322,6 +322,7 @@ class DataParallel:
                                                              get_optimizer_state_dict)
 
         from trainers import checkpoint
+        from trainers.runfolder import read_state, verify
 
         roles = self.roles
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -338,12 +339,13 @@ class DataParallel:
                                                              set_optimizer_state_dict)
 
         from trainers import checkpoint
+        from trainers.runfolder import read_state, verify
 
         roles = self.roles
         state: dict[str, torch.Tensor] = {}
         optim_state: dict = {}
         if self.is_main:
-            checkpoint.verify(folder)
+            verify(folder)
             policy_dir = folder / "policy"
             index = policy_dir / "model.safetensors.index.json"
             files = (sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file()
@@ -360,7 +362,7 @@ class DataParallel:
             raise ValueError(f"{folder}: the checkpoint lacks {missing[:5]}")
         set_optimizer_state_dict(roles, roles.raw_optimizer, optim_state, options=options)
         scheduler.load_state_dict(checkpoint.load_pt(folder / "scheduler.pt"))
-        return checkpoint.read_state(folder)
+        return read_state(folder)
 
 
 class TrainedRoles(nn.Module):

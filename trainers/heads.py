@@ -33,7 +33,7 @@ from transformers import AutoModel
 
 from trainers import models
 from trainers.io import make_tree_readable, read_json_object
-from trainers.specs import PREPARED, prepared_dir, resolve_reward_spec  # noqa: F401  (re-exported)
+from trainers.specs import MODEL_CONFIG, PREPARED, prepared_dir, resolve_reward_spec  # noqa: F401  (re-exported)
 
 HEAD_WEIGHTS = "scalar_head.safetensors"
 HEAD_META = "scalar_head.json"
@@ -266,7 +266,7 @@ def from_alpacafarm_layout(recovered_dir: str | Path, backbone_config_dir: str |
             if k.startswith(recover.REWARD_HEAD_PREFIX)}
     if set(head) != {"weight", "bias"} or not backbone:
         raise ValueError(f"{src} is not an AlpacaFarm reward model: expected {prefix}* and reward_head.weight/bias tensors")
-    config_path = Path(backbone_config_dir) / "config.json"
+    config_path = Path(backbone_config_dir) / MODEL_CONFIG
     if not config_path.is_file():
         raise ValueError(f"backbone config {config_path} is missing; expected the raw LLaMA-7B or SFT model directory")
     config = json.loads(config_path.read_text())
@@ -276,12 +276,12 @@ def from_alpacafarm_layout(recovered_dir: str | Path, backbone_config_dir: str |
     config["architectures"] = ["LlamaForCausalLM"]
     out.mkdir(parents=True, exist_ok=True)
     recover.save_state_dict(backbone, out)
-    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / MODEL_CONFIG).write_text(json.dumps(config, indent=2))
     for name in recover.SIDE_FILES:
         if (src / name).is_file():
             (out / name).write_bytes((src / name).read_bytes())
     save_file({k: v.float().contiguous() for k, v in head.items()}, out / HEAD_WEIGHTS)
-    reward_config = json.loads((src / "config.json").read_text()) if (src / "config.json").is_file() else {}
+    reward_config = json.loads((src / MODEL_CONFIG).read_text()) if (src / MODEL_CONFIG).is_file() else {}
     # AlpacaFarm trains its reward models without EOS (`end_sequence_with_eos=False`) and scores decoded text
     (out / HEAD_META).write_text(json.dumps({"format": "harness-reward-model", "version": 1,
                                               "score_token": "last_token", "source": "alpaca_farm RewardModel",

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from trainers import heads, models
 from trainers.config import TrainConfig
+from trainers.specs import MODEL_CONFIG
 
 GIB = 2**30
 ACT_PER_HIDDEN, ACT_PER_INTERMEDIATE = 17, 6
@@ -96,7 +97,7 @@ def dims(spec: str) -> Dims:
         return Dims.from_config(KNOWN[spec])
     if models.is_random_llama(spec):
         return Dims.from_config(models.random_llama_config(spec).to_dict())
-    path = Path(spec).expanduser() / "config.json"
+    path = Path(spec).expanduser() / MODEL_CONFIG
     if path.is_file():
         return Dims.from_config(json.loads(path.read_text()))
     from transformers import AutoConfig
@@ -109,7 +110,7 @@ def dims_offline(spec: str) -> Dims | None:
     config.json); None for a hub id."""
     backbone = heads.reward_backbone_spec(spec)
     if (backbone in (models.TINY, models.SMOLLM2) or backbone in KNOWN or models.is_random_llama(backbone)
-            or (Path(backbone).expanduser() / "config.json").is_file()):
+            or (Path(backbone).expanduser() / MODEL_CONFIG).is_file()):
         return dims(backbone)
     return None
 

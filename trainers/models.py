@@ -26,7 +26,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers import PreTrainedTokenizerFast
 
-from trainers.specs import BUILTINS, SMOLLM2, TINY, cache_dir  # noqa: F401  (re-exported)
+from trainers.specs import BUILTINS, MODEL_CONFIG, SMOLLM2, TINY, cache_dir  # noqa: F401  (re-exported)
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
@@ -48,7 +48,7 @@ def describe_spec_error(field: str, spec: str) -> str | None:
         return None
     path = Path(spec).expanduser()
     if path.is_dir():
-        if (path / "config.json").is_file():
+        if (path / MODEL_CONFIG).is_file():
             return None
         return f"{field}={spec!r} is a directory without config.json; expected a Hugging Face model directory"
     if HF_ID.match(spec) and not spec.startswith((".", "/", "~")):
@@ -67,7 +67,7 @@ def context_length(spec: str) -> int | None:
         return random_llama_config(spec).max_position_embeddings
     path = Path(spec).expanduser()
     if path.is_dir():
-        cfg = json.loads((path / "config.json").read_text())
+        cfg = json.loads((path / MODEL_CONFIG).read_text())
     else:
         cfg = AutoConfig.from_pretrained(spec).to_dict()
     cfg = cfg.get("text_config", cfg)
@@ -110,12 +110,12 @@ def random_llama_config(spec: str) -> LlamaConfig:
     if path is None:
         return LlamaConfig(**RANDOM_LLAMA_SHAPES[spec.removeprefix(RANDOM_LLAMA)], pad_token_id=0, bos_token_id=1,
                            eos_token_id=2, tie_word_embeddings=False)
-    if not (path / "config.json").is_file():
+    if not (path / MODEL_CONFIG).is_file():
         raise ValueError(f"{spec!r}: expected random-llama:SHAPE with SHAPE one of {', '.join(RANDOM_LLAMA_SHAPES)}, "
                          "or random-llama:DIR with a model directory's config.json (weights not needed)")
     cfg = AutoConfig.from_pretrained(path)
     if cfg.model_type != "llama":
-        raise ValueError(f"{spec!r}: {path / 'config.json'} describes a {cfg.model_type!r} model, not a Llama")
+        raise ValueError(f"{spec!r}: {path / MODEL_CONFIG} describes a {cfg.model_type!r} model, not a Llama")
     return cfg
 
 

@@ -32,6 +32,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from trainers.io import make_readable, replace_folder
+from trainers.specs import MODEL_CONFIG
 
 StateDict = dict[str, torch.Tensor]
 Kind = Literal["auto", "causal_lm", "reward_model"]
@@ -184,10 +185,10 @@ def recover(raw_dir: str | Path, diff_dir: str | Path, out_dir: str | Path, *, k
         raise ValueError(f"kind is {kind!r}; expected 'auto', 'causal_lm' or 'reward_model'")
     if not dtype.is_floating_point:
         raise ValueError(f"dtype is {dtype}; expected a floating-point dtype")
-    if not (diff_dir / "config.json").is_file():
-        raise ValueError(f"{diff_dir} has no config.json; expected the complete weight-diff folder")
-    config = _read_json(diff_dir / "config.json")
-    raw_config = _read_json(raw_dir / "config.json") if (raw_dir / "config.json").is_file() else config
+    if not (diff_dir / MODEL_CONFIG).is_file():
+        raise ValueError(f"{diff_dir} has no {MODEL_CONFIG}; expected the complete weight-diff folder")
+    config = _read_json(diff_dir / MODEL_CONFIG)
+    raw_config = _read_json(raw_dir / MODEL_CONFIG) if (raw_dir / MODEL_CONFIG).is_file() else config
 
     diff = load_state_dict(diff_dir)
     raw = load_state_dict(raw_dir)
@@ -239,7 +240,7 @@ def _write_side_files(diff_dir: Path, out: Path, config: dict, dtype: torch.dtyp
     for key in ("torch_dtype", "dtype"):  # say what the weights now are, so loaders pick it by default
         if key in config:
             config[key] = str(dtype).removeprefix("torch.")
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    (out / MODEL_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     for name in SIDE_FILES:
         if (diff_dir / name).is_file():
             shutil.copy2(diff_dir / name, out / name)

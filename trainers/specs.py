@@ -12,6 +12,7 @@ TINY = "tiny-random-llama"
 SMOLLM2 = "smollm2-135m-instruct"
 BUILTINS = (TINY, SMOLLM2)
 PREPARED = "prepared:"
+MODEL_CONFIG = "config.json"  # a Hugging Face model directory's architecture (a run folder's files: trainers.runfolder)
 
 
 def cache_dir() -> Path:

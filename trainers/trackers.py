@@ -12,16 +12,14 @@ hold are not sent again (on CPU a redone step is bit-identical to the first try)
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 from typing import Any
 
 from trainers.errors import UserError
-from trainers.io import atomic_write_text, read_json_object
+from trainers.runfolder import RunFolder
 from trainers.tracker_backends import options_from_env, tracker_names, tracker_spec
 
 NONE = "none"
-STATE = "trackers.json"
 DEFAULT_GROUP = "harness"
 
 
@@ -65,8 +63,7 @@ class Trackers:
                  config: dict[str, Any] | None = None, resume_step: int | None = None) -> None:
         check_installed(names)
         self.run_dir = Path(run_dir)
-        path = self.run_dir / STATE
-        self.saved: dict[str, dict] = read_json_object(path) if path.is_file() else {}
+        self.saved: dict[str, dict] = RunFolder(self.run_dir).read_trackers()
         self.backends = []
         try:
             for name in selected(names):
@@ -103,7 +100,7 @@ class Trackers:
             self.backends.pop().close(finished)
 
     def _write(self) -> None:
-        atomic_write_text(self.run_dir / STATE, json.dumps(self.saved, indent=1, sort_keys=True) + "\n")
+        RunFolder(self.run_dir).write_trackers(self.saved)
 
 
 def for_training(names: tuple[str, ...], run_dir: str | Path, run_name: str, group: str, config: dict[str, Any],
@@ -111,7 +108,7 @@ def for_training(names: tuple[str, ...], run_dir: str | Path, run_name: str, gro
     """A training's trackers: a new run (`resume_step` None) gets new tracker runs; a resumed one reopens its own
     and goes on from its checkpoint's step."""
     if resume_step is None:
-        (Path(run_dir) / STATE).unlink(missing_ok=True)
+        RunFolder(run_dir).forget_trackers()
     return Trackers(names, run_dir, run_name=run_name, group=group, config=config, resume_step=resume_step)
 
 
@@ -119,12 +116,12 @@ def log_evaluation(run_dir: str | Path, evaluator: str, step: int, metrics: dict
     """Send one evaluation of a run folder's checkpoint to the trackers its config.json names (the same tracker
     runs as its training). A tracker that fails is named in one line: the evaluation's record is already stored."""
     run_dir = Path(run_dir)
-    config = read_json_object(run_dir / "config.json")
+    config = RunFolder(run_dir).read_config()
     names = tuple(config.get("report_to", ()))
     if not selected(names):
         return
     try:
-        trackers = Trackers(names, run_dir, run_name=str(_run_name(run_dir)), group=config.get("tracker_group", ""),
+        trackers = Trackers(names, run_dir, run_name=RunFolder(run_dir).run_id(), group=config.get("tracker_group", ""),
                             config=config)
         try:
             trackers.log_evaluation(evaluator, step, metrics)
@@ -133,8 +130,3 @@ def log_evaluation(run_dir: str | Path, evaluator: str, step: int, metrics: dict
     except Exception as e:  # noqa: BLE001  (a tracker's own error types are many; the record is safe)
         log(f"trackers: the {evaluator} evaluation of step {step} was not logged to {', '.join(selected(names))}: "
             f"{str(e).splitlines()[0] if str(e) else type(e).__name__}")
-
-
-def _run_name(run_dir: Path) -> str:
-    facts = run_dir / "run.json"
-    return (read_json_object(facts).get("run_id") if facts.is_file() else None) or run_dir.name

@@ -7,8 +7,9 @@
 5. update    `noptepochs` passes over shuffled minibatches of distinct samples, gradient accumulation
 6. record    one line of metrics.jsonl, KL controller, checkpoint
 
-A run folder holds `config.json`, `metrics.jsonl` and `checkpoints/`; `train(resume=True)` continues from
-the latest checkpoint and reproduces an uninterrupted run with the same seed on CPU.
+A run folder (`trainers.runfolder.RunFolder`) holds `config.json`, `metrics.jsonl` and `checkpoints/`;
+`train(resume=True)` continues from the latest checkpoint and reproduces an uninterrupted run with the same seed on
+CPU.
 
 Launched by `accelerate launch` with WORLD_SIZE > 1, the same loop runs data-parallel (trainers.distributed): each
 process takes its share of the global batch, gradients and statistics are reduced across processes, and only
@@ -18,7 +19,6 @@ rank 0 writes the run folder.
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -31,14 +31,14 @@ from trainers.build import build_models
 from trainers.config import EXECUTION_FIELDS, TrainConfig
 from trainers.errors import UserError
 from trainers.identity import LATER_SETTINGS, without_later_defaults
-from trainers import runfolder
+from trainers.runfolder import RunFolder, check_no_checkpoint, check_resume, resume_hash, verify
 from trainers.kl_control import make_kl_controller
 from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
 from trainers.progress import Meter
 from trainers.rollout import (Rollout, collect_chunk, concat, length_groups, position_ids_from_mask, response_logits,
                               trim_query)
 from trainers.host_memory import release_host_memory
-from trainers.runlog import MetricsLog, Progress, atomic_write_text, peak_memory
+from trainers.runlog import Progress, peak_memory
 
 # a run may go on with more steps or another speed setting, but not on another device (whose dtypes differ)
 RESUMABLE_CHANGES = {"steps", "checkpoint_every"} | (EXECUTION_FIELDS - {"device"})
@@ -54,7 +54,7 @@ def resumable_changes(cfg: TrainConfig) -> set[str]:
 def settings_hash(cfg: TrainConfig) -> str:
     """The hash a checkpoint carries of the settings that shaped it: a run resumed or evaluated from it must have
     the same (`resumable_changes` may differ, e.g. `steps` extended by a resume)."""
-    return runfolder.resume_hash(without_later_defaults(cfg.to_dict()), resumable_changes(cfg))
+    return resume_hash(without_later_defaults(cfg.to_dict()), resumable_changes(cfg))
 
 
 def library_versions() -> dict[str, str]:
@@ -80,6 +80,7 @@ class PPOTrainer:
         preflight.check(cfg)
         trackers.check_installed(cfg.report_to)  # a missing tracker library: one line, before any model loads
         self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.folder = RunFolder(self.run_dir)
         self.dp = DataParallel(cfg)  # one process: the identity everywhere
         self.log = log or (lambda msg: print(msg, flush=True))
         if not self.dp.is_main:
@@ -106,7 +107,6 @@ class PPOTrainer:
         self.kl_ctl = make_kl_controller(cfg.kl_controller, cfg.kl_coef, cfg.target_kl, cfg.kl_horizon)
         self.generator = torch.Generator(self.device).manual_seed(cfg.seed)
         self.step = 0
-        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
         self.autocast = torch.autocast(self.device.type, dtype=torch.bfloat16,
                                        enabled=cfg.autocast and not cfg.lora and self.frozen_dtype == torch.bfloat16)
         counts = self.models.parameter_counts()
@@ -160,7 +160,7 @@ class PPOTrainer:
         latest = self.dp.run_on_main(lambda: self._prepare_run_dir(resume))  # rank 0 checks and writes
         if latest is None:
             if self.dp.is_main:
-                self.metrics.truncate_after(0)
+                self.folder.keep_metrics_through(0)
             self.dp.barrier()
             return
         latest = Path(latest)
@@ -171,7 +171,7 @@ class PPOTrainer:
         self.step = state["step"]
         self.kl_ctl.kl_coef = state["kl_coef"]
         if self.dp.is_main:
-            self.metrics.truncate_after(self.step)
+            self.folder.keep_metrics_through(self.step)
         self.dp.barrier()
         self.log(f"resumed from {latest} at step {self.step}")
 
@@ -179,34 +179,32 @@ class PPOTrainer:
         """Check the run folder against this configuration, write config.json and run.json; the checkpoint to
         resume from (None: start afresh)."""
         self.lock.acquire()  # held until train() returns: a second process on this folder fails here
-        saved = self.run_dir / "config.json"
-        old = runfolder.read_json_object(saved) if saved.is_file() else {}
+        old = self.folder.read_config() if self.folder.has_config() else {}
         changed = sorted(k for k, v in self.cfg.to_dict().items()  # a folder from before a setting: its old value
                          if old and k not in resumable_changes(self.cfg) and old.get(k, LATER_SETTINGS.get(k)) != v)
         if changed:
             raise UserError(f"{self.run_dir} holds a run with a different configuration "
                             f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(self.cfg, k)!r}' for k in changed)}); "
                             "use another --out")
-        logged = [r["step"] for r in self.metrics.read()]
-        latest = checkpoint.latest_checkpoint(self.run_dir)
+        logged = [r["step"] for r in self.folder.read_metrics()]
+        latest = self.folder.latest_checkpoint()
         if not resume and (logged or latest):  # config.json may be gone: the log and checkpoints still count
             raise UserError(f"{self.run_dir} already holds a run; pass --resume to continue it or use another --out")
         if resume and latest is None:
             every = old.get("checkpoint_every")
-            self.log(runfolder.check_no_checkpoint(self.run_dir, logged, every if isinstance(every, int) and every > 0
-                                                   else self.cfg.checkpoint_every))
+            self.log(check_no_checkpoint(self.run_dir, logged, every if isinstance(every, int) and every > 0
+                                         else self.cfg.checkpoint_every))
         elif resume:
-            runfolder.check_resume(latest, checkpoint.verify(latest), self._resume_hash(), logged,
-                                   self.metrics.path)
-        atomic_write_text(saved, json.dumps(self.cfg.to_dict(), indent=2, sort_keys=True))
-        atomic_write_text(self.run_dir / "run.json", json.dumps(self.facts, indent=2, sort_keys=True))
+            check_resume(latest, verify(latest), self._resume_hash(), logged, self.folder.metrics_path)
+        self.folder.write_config(self.cfg.to_dict())
+        self.folder.write_facts(self.facts)
         return None if latest is None or not resume else str(latest)
 
     def _resume_hash(self) -> str:
         return settings_hash(self.cfg)
 
     def train(self, resume: bool = False) -> list[dict]:
-        self.lock = runfolder.RunLock(self.run_dir)  # taken by rank 0 in _prepare_run_dir
+        self.lock = self.folder.lock()  # taken by rank 0 in _prepare_run_dir
         try:
             return self._train(resume)
         finally:
@@ -222,7 +220,7 @@ class PPOTrainer:
             while self.step < self.cfg.steps:
                 record = self.ppo_step()
                 if self.dp.is_main:
-                    self.metrics.append(record)
+                    self.folder.append_metrics(record)
                     sink.log_step(record)
                     progress.update(self.step, record)
                 if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
@@ -232,7 +230,7 @@ class PPOTrainer:
             if sink is not None:
                 sink.close(finished)
         self.dp.barrier()
-        return self.metrics.read()
+        return self.folder.read_metrics()
 
 
     def _save_checkpoint(self) -> None:

@@ -54,8 +54,7 @@ def echo_module(tmp_path, monkeypatch):
     (folder / "echo.py").write_text(ECHO)
     judges.judge_names()  # the package's own judges registered before the registry is copied
     monkeypatch.setattr(judges, "__path__", [*judges.__path__, str(folder)])
-    monkeypatch.setattr(judges, "_REGISTRY", dict(judges._REGISTRY))
-    monkeypatch.setattr(judges, "_discovered", False)
+    monkeypatch.setattr(judges, "_REGISTRY", judges._REGISTRY.copy(judges.__path__))
     yield
     sys.modules.pop("evals.judges.echo", None)
 

@@ -56,8 +56,7 @@ def memory_module(tmp_path, monkeypatch):
     (folder / "memory.py").write_text(MEMORY)
     tb.tracker_names()  # the package's own trackers registered before the registry is copied
     monkeypatch.setattr(tb, "__path__", [*tb.__path__, str(folder)])
-    monkeypatch.setattr(tb, "_REGISTRY", dict(tb._REGISTRY))
-    monkeypatch.setattr(tb, "_discovered", False)
+    monkeypatch.setattr(tb, "_REGISTRY", tb._REGISTRY.copy(tb.__path__))
     yield
     sys.modules.pop("trainers.tracker_backends.memory", None)
 

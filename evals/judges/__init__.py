@@ -10,14 +10,13 @@ grid` load no torch); the judge itself is imported when it is built.
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from evals.judging import Judge
 from trainers.options import check_options
+from trainers.registry import Registry
 
 DEFAULT = "simulated"  # the offline default of `harness eval` and `harness judge-check`
 PREFIX = "judge"  # option `timeout` is the flag --judge-timeout
@@ -36,8 +35,7 @@ class JudgeSpec:
     details: Callable[[], list[str]] | None = None  # more lines for `harness judges` (e.g. the configs it reads)
 
 
-_REGISTRY: dict[str, JudgeSpec] = {}
-_discovered = False
+_REGISTRY: Registry[JudgeSpec] = Registry(__name__, __path__, "judge", first=DEFAULT)
 
 
 def register_judge(name: str, *, description: str, options: type, build: Callable[..., Judge], offline: bool,
@@ -46,34 +44,17 @@ def register_judge(name: str, *, description: str, options: type, build: Callabl
     """Called by a module of this package at import: adds the judge `name` (one name, one module)."""
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"judge {name!r}: options must be a dataclass, not {options!r}")
-    if name in _REGISTRY and _REGISTRY[name].build.__module__ != build.__module__:
-        raise ValueError(f"judge {name!r} is registered twice ({_REGISTRY[name].build.__module__}, "
-                         f"{build.__module__})")
-    spec = JudgeSpec(name, description, options, build, offline, identity, cheap, details)
-    _REGISTRY[name] = spec
-    return spec
-
-
-def _discover() -> dict[str, JudgeSpec]:
-    global _discovered
-    if not _discovered:
-        for module in pkgutil.iter_modules(__path__):
-            if not module.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{module.name}")
-        _discovered = True
-    return _REGISTRY
+    return _REGISTRY.add(name, JudgeSpec(name, description, options, build, offline, identity, cheap, details),
+                         build.__module__)
 
 
 def judge_names() -> tuple[str, ...]:
     """Every registered judge: the default first, then by name."""
-    return tuple(sorted(_discover(), key=lambda n: (n != DEFAULT, n)))
+    return _REGISTRY.names()
 
 
 def judge_spec(name: str) -> JudgeSpec:
-    specs = _discover()
-    if name not in specs:
-        raise ValueError(f"judge={name!r} is not known; valid judges: {', '.join(judge_names())}")
-    return specs[name]
+    return _REGISTRY.get(name, f"judge={name!r}")
 
 
 def judges_with_option(field: str) -> list[str]:

@@ -15,14 +15,13 @@ state, purge_step, options).
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import json
 import os
-import pkgutil
 from dataclasses import dataclass
 from typing import Any
 
 from trainers.options import check_options
+from trainers.registry import Registry
 
 PREFIX = "tracker"
 
@@ -36,39 +35,23 @@ class TrackerSpec:
     backend: type  # the adapter (see the module docstring)
 
 
-_REGISTRY: dict[str, TrackerSpec] = {}
-_discovered = False
+_REGISTRY: Registry[TrackerSpec] = Registry(__name__, __path__, "tracker", first="tensorboard")
 
 
 def register_tracker(name: str, *, library: str, description: str, options: type, backend: type) -> TrackerSpec:
     """Called by a module of this package at import: adds the tracker `name`."""
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"tracker {name!r}: options must be a dataclass, not {options!r}")
-    spec = TrackerSpec(name, library, description, options, backend)
-    _REGISTRY[name] = spec
-    return spec
-
-
-def _discover() -> dict[str, TrackerSpec]:
-    global _discovered
-    if not _discovered:
-        for module in pkgutil.iter_modules(__path__):
-            if not module.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{module.name}")
-        _discovered = True
-    return _REGISTRY
+    return _REGISTRY.add(name, TrackerSpec(name, library, description, options, backend), backend.__module__)
 
 
 def tracker_names() -> tuple[str, ...]:
     """Every registered tracker, tensorboard (the default) first, then by name."""
-    return tuple(sorted(_discover(), key=lambda n: (n != "tensorboard", n)))
+    return _REGISTRY.names()
 
 
 def tracker_spec(name: str) -> TrackerSpec:
-    specs = _discover()
-    if name not in specs:
-        raise ValueError(f"tracker {name!r} is not known; valid trackers: {', '.join(tracker_names())}")
-    return specs[name]
+    return _REGISTRY.get(name)
 
 
 def options_from_env(name: str, environ: dict[str, str] | None = None) -> Any:

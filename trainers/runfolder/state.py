@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 
 from trainers.errors import UserError
-from trainers.io import atomic_write_text, parse_json
+from trainers.io import atomic_write_text, read_json_object
 from trainers.runfolder.names import STATE, checkpoint_name
 
 MANIFEST = "files"  # state.json's key: {relative path: sha256} of every other file of the checkpoint
@@ -85,11 +85,9 @@ def read_state(folder: Path) -> dict:
     """state.json, checked field by field and against its seal."""
     path = folder / STATE
     try:
-        state = parse_json(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise UserError(f"{path} cannot be read ({e}); the checkpoint is damaged") from None
-    if not isinstance(state, dict):
-        raise UserError(f"{path} must be a JSON object, not {type(state).__name__}; the checkpoint is damaged")
+        state = read_json_object(path)
+    except UserError as e:
+        raise UserError(f"{e}; the checkpoint is damaged") from None
     problems = _state_problems(state)
     if problems:
         raise UserError(f"{path}: " + "; ".join(problems) + "; the checkpoint is damaged or was edited")

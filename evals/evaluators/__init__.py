@@ -37,11 +37,11 @@ class Metric:
     higher_is_better: bool | None = None  # None: neither (a count, a size, a share that describes)
 
     def range_text(self) -> str:
-        """[low, high], >= low or `any`, as `harness evaluators` lists it."""
+        """[low, high], >= low or `unbounded`, as `harness evaluators` lists it."""
         if self.low is not None and self.high is None:
             return f">= {self.low:g}"
         if self.low is None and self.high is None:
-            return "any"
+            return "unbounded"
         low = "-inf" if self.low is None else f"{self.low:g}"
         return f"[{low}, {'inf' if self.high is None else f'{self.high:g}'}]"
 
@@ -50,7 +50,7 @@ class Metric:
         if self.unit == "percent" and (self.low, self.high) == (0, 100):
             return "a percentage in [0, 100]"
         text = self.range_text()
-        return "any finite number" if text == "any" else text if text.startswith(">=") else f"in {text}"
+        return "any finite number" if text == "unbounded" else text if text.startswith(">=") else f"in {text}"
 
     def problem(self, value: float, evaluator: str) -> str | None:
         """None when `value` (a finite number) is inside the range, else one line naming everything."""
@@ -176,8 +176,8 @@ def metric_problems(evaluator: str, metrics: dict[str, Any]) -> list[str]:
     for key, value in metrics.items():
         metric = spec.metric(key)
         if metric is None:
-            found.append(f"metrics.{key} is not a metric of evaluator {evaluator} (`harness evaluators` lists its "
-                         "metrics)")
+            found.append(f"metrics.{key:.60} is not a metric of evaluator {evaluator} (`harness evaluators` lists "
+                         "its metrics)")
         elif value is not None and isinstance(value, (int, float)) and math.isfinite(value):
             if (problem := metric.problem(value, evaluator)) is not None:
                 found.append(problem)

@@ -7,6 +7,7 @@ model loads), and stores the results with its own bookkeeping (run id, label, wh
 2. references: the eval set's own outputs, or the SFT policy's at temperature 0.7 (cached in `references_dir`);
 3. judge (annotations cached in SQLite), measure the outputs' token-level true KL against the SFT policy;
 4. factuality: FActScore on "Tell me a bio of <entity>." prompts (`evals.factuality`).
+Each evaluation is registered by name, with the metrics its records carry, in `evals.evaluators`.
 """
 
 from __future__ import annotations

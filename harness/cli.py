@@ -6,6 +6,7 @@
   harness models recover --raw DIR --diff DIR --out DIR   rebuild AlpacaFarm weights from their diffs
   harness prepare --preset tiny                     preference pairs + proxy reward model (a head on the SFT backbone)
   harness eval RUN|CHECKPOINT|MODEL [--judge simulated|openai|reward-model] [--eval-set NAME|PATH] [--step N]
+  harness evaluators                                list the evaluators: what makes them, settings, metrics
   harness judges                                    list the judges, their options, the configs of --judge openai
   harness judge-check --annotations FILE [--judge NAME]   a judge against a reference judge's annotations
   harness fit-judge --annotations FILE              fit the learned offline judge (k-fold by model)
@@ -27,7 +28,8 @@ from pathlib import Path
 
 from harness import presets
 from harness.errors import check_config_file, finite_float, float_in, int_in, preset_name, redact_urls, run_guarded
-from harness.option_flags import add_judge_arguments, judge_from_args
+from evals.evaluators import DEFAULT as DEFAULT_EVALUATOR, evaluator_spec, runnable_names
+from harness.option_flags import add_judge_arguments, add_own_flags, judge_from_args
 from trainers.config import MAX_COUNT, MAX_SIZE as MAX_TOKENS, field_help, field_types
 
 
@@ -96,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(config)
 
     sub.add_parser("presets", help="list the presets")
+    sub.add_parser("evaluators", help="list the evaluators: what each measures, the command that makes its "
+                   "records, its settings and its metrics (unit, range, direction)")
     sub.add_parser("judges", help="list the judges: what each is, offline or not, its options (and the annotator "
                    "configs --judge openai can use)")
 
@@ -170,8 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--batch-size", type=int_in(1, MAX_TOKENS), default=16)
     ev.add_argument("--order", default="both", help="both (judge each pair in both orders), random, fixed")
     ev.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0)
-    ev.add_argument("--factuality", action="store_true", help="also FActScore on 'Tell me a bio of <entity>.'")
-    ev.add_argument("--factuality-only", action="store_true", help="only factuality, no win rate")
+    ev.add_argument("--evaluators", default=None, metavar="NAMES", help="comma-separated evaluators to run, in "
+                    f"order: {', '.join(runnable_names())} (default {DEFAULT_EVALUATOR}; `harness evaluators` "
+                    "describes them)")
+    ev.add_argument("--factuality", action="store_true", help="also FActScore on 'Tell me a bio of <entity>.' "
+                    f"(--evaluators {DEFAULT_EVALUATOR},factuality)")
+    ev.add_argument("--factuality-only", action="store_true", help="only factuality, no win rate "
+                    "(--evaluators factuality)")
     ev.add_argument("--factuality-limit", type=int_in(1, MAX_COUNT), default=None,
                     help="number of bio entities (default: all)")
     ev.add_argument("--verifier", default="auto", help="factuality verifier: auto (llm with --judge openai, else "
@@ -245,13 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     jc.add_argument("--instructions", default=None, metavar="FILE", help="the instructions the indices point to "
                     "(a JSON list of {instruction, input}; default: alpaca_farm_evaluation.json beside --annotations)")
     add_judge_arguments(jc)
-    jc.add_argument("--models", default=None, help="comma-separated models to score (default: every model)")
-    jc.add_argument("--sample-instructions", type=int_in(1, 10**6), default=None, metavar="N",
-                    help="judge only a seeded sample of N instructions (default: all)")
-    jc.add_argument("--order", default="both", help="both (each pair in both orders, averaged; measures order "
-                    "consistency) or fixed")
-    jc.add_argument("--probe", type=int_in(0, 10**6), default=200, metavar="N", help="correctness-probe pairs (0: none)")
-    jc.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="instruction sample, probe and bootstrap seed")
+    add_own_flags(jc, evaluator_spec("judge_check").options)
     jc.add_argument("--results", default="results", help="results store (default results/)")
     jc.add_argument("--force", action="store_true", help="replace a record of the same check whose results differ")
 
@@ -479,9 +482,26 @@ def _eval(args: argparse.Namespace) -> int:
         refresh_judge_cache=args.refresh_judge_cache,
         proxy_reward=args.proxy_reward)
     req = EvalRequest(target=args.target, config=config, eval_set=args.eval_set, step=args.step,
-                      winrate=not args.factuality_only, factuality=args.factuality or args.factuality_only,
-                      preset=args.preset, run_id=args.run_id, force=args.force)
+                      evaluators=_evaluators_asked(args), preset=args.preset, run_id=args.run_id, force=args.force)
     return evaluate(req, args.results)
+
+
+def _evaluators_asked(args: argparse.Namespace) -> tuple[str, ...]:
+    """--evaluators, or what --factuality / --factuality-only name (checked by `EvalRequest`)."""
+    if args.evaluators is not None:
+        if args.factuality or args.factuality_only:
+            raise ValueError("--evaluators and --factuality/--factuality-only both name the evaluators; give one")
+        return tuple(n.strip() for n in args.evaluators.split(",") if n.strip())
+    if args.factuality_only:
+        return ("factuality",)
+    return (DEFAULT_EVALUATOR, "factuality") if args.factuality else (DEFAULT_EVALUATOR,)
+
+
+def _evaluators(args: argparse.Namespace) -> int:
+    from evals.evaluators import describe
+
+    print("\n".join(describe()))
+    return 0
 
 
 def _judges(args: argparse.Namespace) -> int:
@@ -551,7 +571,8 @@ def _plan(args: argparse.Namespace) -> int:
 
 
 # one handler per subcommand; `main` is the one error boundary around them
-HANDLERS = {"presets": _presets, "config": _config, "plan": _plan, "judges": _judges, "train": _train,
+HANDLERS = {"presets": _presets, "config": _config, "plan": _plan, "judges": _judges, "evaluators": _evaluators,
+            "train": _train,
             "prepare": _prepare, "eval": _eval, "grid": _reproduce, "reproduce": _reproduce, "report": _report,
             "runs": _runs,
             "models": _models, "judge-check": _judge_check,

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from evals.config import EvalConfig
+from evals.evaluators import DEFAULT as DEFAULT_EVALUATOR, check_runnable, evaluator_spec
 from evals.evalsets import EvalSet, load_eval_set
 from evals.judges import judge_identity
 from harness import presets
@@ -26,8 +27,8 @@ class EvalRequest:
     config: EvalConfig = field(default_factory=EvalConfig)
     eval_set: str = BUNDLED  # bundled, alpaca_farm, hf:DATASET[:CONFIG]:SPLIT or a local file
     step: int | None = None  # a run's checkpoint (default: its latest; 0: its base policy)
-    winrate: bool = True
-    factuality: bool = False
+    # the evaluators to run (`evals.evaluators`, those `harness eval` runs), in order
+    evaluators: tuple[str, ...] = (DEFAULT_EVALUATOR,)
     preset: str = "custom"
     run_id: str | None = None  # default: the run's own id, or sft:<policy> for a model
     label: dict | None = None  # default: from the run's config
@@ -35,8 +36,15 @@ class EvalRequest:
 
     def __post_init__(self) -> None:
         check_preset_name(self.preset, "--preset")
-        if self.factuality:
-            self.config.check_factuality()
+        names = (self.evaluators,) if isinstance(self.evaluators, str) else tuple(self.evaluators)
+        object.__setattr__(self, "evaluators", check_runnable(names))  # a job file's list read back as a tuple
+        for name in self.evaluators:
+            if (check := evaluator_spec(name).check) is not None:
+                check(self.config)
+
+    def uses(self, what: str) -> bool:
+        """Whether an evaluator of this request needs `what` ("eval_set", "judge") opened."""
+        return any(what in evaluator_spec(name).uses for name in self.evaluators)
 
     def to_dict(self) -> dict:
         return {**{f.name: getattr(self, f.name) for f in fields(self) if f.name != "config"},
@@ -57,7 +65,7 @@ def expected_identity(req: EvalRequest) -> dict[str, dict]:
     cfg = req.config
     generation = cfg.generation()
     found = {"factuality": {"settings": cfg.factuality_settings(generation)}}
-    if req.winrate:
+    if "winrate" in req.evaluators:
         found["winrate"] = {"judge": judge_identity(cfg.judge, cfg.judge_options, device=cfg.device, seed=cfg.seed),
                             "eval_set": open_eval_set(req.eval_set, cfg.limit).identity(),
                             "settings": cfg.winrate_settings(generation)}

@@ -2,8 +2,9 @@
 
 Cheap checks first, so bad input fails before any model loads: the target (run, checkpoint or model; a
 checkpoint's files against its manifest), the eval set (readable, with the needed fields), the judge (an API key
-is checked by constructing it). Each record is stored
-as soon as its evaluator finishes: a crash during factuality keeps the win-rate record.
+is checked by constructing it). The evaluators run in the order asked, each as its module in `evals.evaluators`
+says; each record is stored as soon as its evaluator finishes: a crash during factuality keeps the win-rate
+record.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import time
 
 from evals.evaluation import EvalResult, PolicyEvaluation
+from evals.evaluators import EvalInputs, evaluator_spec
 from evals.generate import Target, resolve_target
 from evals.judges import make_judge
 from harness.eval_request import EvalRequest, open_eval_set
@@ -48,23 +50,17 @@ class Evaluator:
 
             if (problem := reward_model_problem("--proxy-reward", cfg.proxy_reward)) is not None:
                 raise ValueError(problem)
-        eval_set = open_eval_set(req.eval_set, cfg.limit) if req.winrate else None
-        judge = make_judge(cfg.judge, cfg.judge_options, device=cfg.device, seed=cfg.seed) if req.winrate else None
+        eval_set = open_eval_set(req.eval_set, cfg.limit) if req.uses("eval_set") else None
+        judge = make_judge(cfg.judge, cfg.judge_options, device=cfg.device, seed=cfg.seed) if req.uses("judge") \
+            else None
+        inputs = EvalInputs(eval_set=eval_set, judge=judge, references_dir=self.store.root / "references")
         run_id = req.run_id or (target.run_id if target.run_dir else f"sft:{target.policy}")
         label = req.label or _label_for(target)
-        for evaluator, wanted in (("winrate", req.winrate), ("factuality", req.factuality)):
-            if wanted:
-                check_record_fields(preset=req.preset, run_id=run_id, label=label, step=target.step,
-                                    evaluator=evaluator)
+        for evaluator in req.evaluators:
+            check_record_fields(preset=req.preset, run_id=run_id, label=label, step=target.step, evaluator=evaluator)
         evaluation = PolicyEvaluation(cfg, target, cache_dir=cache_dir(), log=self.log, started=started)
         self.run_dir = target.run_dir  # a run's evaluations also go to the trackers its training reported to
-        records = []
-        if req.winrate:
-            records.append(self._store(evaluation.winrate(eval_set, judge, self.store.root / "references"), run_id,
-                                       label))
-        if req.factuality:
-            records.append(self._store(evaluation.factuality(), run_id, label))
-        return records
+        return [self._store(evaluator_spec(name).run(evaluation, inputs), run_id, label) for name in req.evaluators]
 
     def _store(self, result: EvalResult, run_id: str, label: dict) -> dict:
         rec = make_record(preset=self.req.preset, run_id=run_id, label=label, **result.record_fields())

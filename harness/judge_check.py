@@ -26,8 +26,10 @@ import numpy as np
 
 from evals import judge_check as jc
 from evals.annotations import AnnotationError, file_hash, judged_pairs, load_annotations, load_instructions
+from evals.evaluators.judge_check import JudgeCheckOptions
 from evals.judging import AnnotationCache, Pair, agreement_of, annotate, both_orders, combine_orders
 from harness import machine
+from harness.option_flags import options_from_args
 from harness.results import ResultsStore, make_record
 from trainers.io import repository_path
 from trainers.specs import cache_dir
@@ -85,10 +87,7 @@ def run(args, judge_name: str, options, log=print) -> dict:
     from evals.judges import judge_spec, make_judge
 
     started = time.time()
-    if args.order not in ("both", "fixed"):
-        raise AnnotationError(f"--order={args.order!r}; allowed: both, fixed")
-    if args.probe < 0:
-        raise AnnotationError(f"--probe={args.probe}: correctness-probe pairs, an integer >= 0 (0: none)")
+    options_from_args(args, JudgeCheckOptions)  # its settings, checked before anything is read
     rows, prompts = load_annotated(args.annotations, args.instructions)
     every = select(rows, models=args.models, sample_instructions=None, seed=args.seed, path=args.annotations)
     rows = select(every, models=None, sample_instructions=args.sample_instructions, seed=args.seed,

@@ -3,7 +3,8 @@
 `--judge NAME` and one `--judge-FIELD` flag per option field of any judge (`add_judge_arguments`); the flag's type,
 range and `--help` line come from the field, a field several judges share gets one flag whose help names each
 judge's meaning. `judge_from_args` turns the parsed flags into the chosen judge's options, refusing a flag that
-judge does not take.
+judge does not take. A command's own options dataclass (an evaluator's, `evals.evaluators`) becomes plain
+`--FIELD` flags (`add_own_flags`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,20 @@ def add_option_flags(group, prefix: str, owners: dict[str, type]) -> list[str]:
         kwargs["metavar"] = metavars.pop() if len(metavars) == 1 and None not in metavars else name.upper()
         group.add_argument(f"--{prefix}-{name.replace('_', '-')}", **kwargs)
     return list(found)
+
+
+def add_own_flags(p: argparse.ArgumentParser, cls: type) -> None:
+    """One `--FIELD` flag per field of a command's own options dataclass (an evaluator's), its default the
+    field's; `options_from_args` builds the dataclass back, which checks every value again."""
+    for f in dataclasses.fields(cls):
+        kwargs = {"default": f.default, "dest": f.name, "help": f.metadata.get("help", ""), **_arg_type(cls, f)}
+        if f.metadata.get("metavar"):
+            kwargs["metavar"] = f.metadata["metavar"]
+        p.add_argument(f"--{f.name.replace('_', '-')}", **kwargs)
+
+
+def options_from_args(args: argparse.Namespace, cls: type) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
 def add_judge_arguments(p: argparse.ArgumentParser, default: str | None = None) -> None:

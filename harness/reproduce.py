@@ -86,8 +86,7 @@ def cell_request(g: G.Grid, runs_root: str | Path, rid: str, run: G.Run | None, 
         config = dataclasses.replace(config, allow_empty=True)
     target = g.sft_policy if run is None else str(G.run_dir(runs_root, g.preset, rid))
     return EvalRequest(target=target, config=config, eval_set=g.spec.eval_set, step=None if run is None else step,
-                       winrate=evaluator != "factuality", factuality=evaluator == "factuality", preset=g.preset,
-                       run_id=rid, force=force)
+                       evaluators=(evaluator,), preset=g.preset, run_id=rid, force=force)
 
 
 def eval_plan(g: G.Grid) -> list[tuple[str, str | None, int, str]]:

@@ -17,11 +17,13 @@ Record schema, version `SCHEMA` (every field present; `null` where it does not a
     run_id        the run's stable id (hash of its resolved config), or a baseline name ("sft")
     label         {"regularizer": ..., "lora": bool|None, "seed": int|None, "baseline": "sft"|"sft-best"|"full"|None}
     step          PPO step of the checkpoint (0 = the SFT policy)
-    evaluator     "winrate" | "factuality" | "efficiency" | "proxy_rm" (the proxy reward model against the judge) |
-                  "judge_check" (a judge against a reference judge's annotations, `harness judge-check`)
+    evaluator     a registered evaluator (`evals.evaluators`, listed by `harness evaluators`): winrate, factuality,
+                  efficiency, proxy_rm (the proxy reward model against the judge), judge_check (a judge against a
+                  reference judge's annotations)
     judge         {"name", "model", "version"} of the judge / verifier (null for efficiency)
     eval_set      {"name", "hash", "n"} (null for efficiency)
-    metrics       flat {name: number}: win_rate, standard_error, n, true_kl, ... / factscore, answered, facts
+    metrics       flat {name: number or null}: the metrics its evaluator declares (win_rate, standard_error, n,
+                  true_kl, ... / factscore, answered, ...), each inside the range declared with it
     per_item      list of {"id", "preference"} (win rate) or {"id", "score", "facts"} (factuality), for paired stats;
                   judge_check: {"id", "model", "index", "preference"} per annotated pair (the reference judge's
                   preference is read from the annotation file the record names by hash)
@@ -47,24 +49,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from evals.evaluators import evaluator_names, metric_problems
 from harness.errors import UserError, check_preset_name
 from trainers.io import atomic_write_text, parse_json
 
 SCHEMA = "harness.record/1"
 SOURCES = ("harness", "paper")
-EVALUATORS = ("winrate", "factuality", "efficiency", "proxy_rm", "judge_check")
 REQUIRED = ("schema", "record_id", "source", "preset", "run_id", "label", "step", "evaluator", "judge",
             "eval_set", "metrics", "per_item", "details", "created", "harness")
 LABEL_KEYS = ("regularizer", "lora", "seed", "baseline")
 BASELINES = (None, "sft", "sft-best", "full")  # sft-best: SFT at its best decoding (harness.decoding_choice)
-PERCENT_METRICS = ("win_rate", "lc_win_rate", "factscore", "factscore_no_penalty", "answered", "trainable_pct", "agreement",
-                   "agreement_shorter_preferred", "longer_share", "order_consistency", "probe_correct",
-                   "unparsed_answers_pct", "gold_agreement", "noisy_agreement", "gold_agreement_cv_mean")
-NONNEGATIVE_METRICS = ("standard_error", "lc_standard_error", "n", "true_kl_train", "facts_per_answer", "gpus", "processes",
-                       "trainable_params", "total_params", "peak_memory_gib", "seconds_per_step", "tokens_per_s",
-                       "steps", "train_pairs", "heldout_pairs", "gold_agreement_cv_sd")
-
-
 MAX_STEP = 10**9  # PPO steps; a step beyond it is a typo or an attack, not a run
 MAX_MAGNITUDE = 1e15  # any metric: parameter counts and token rates stay far below
 MAX_INT = 2**63 - 1  # seeds, item ids
@@ -217,10 +211,7 @@ def _problems(rec: dict) -> list[str]:
             if not _number(v) or abs(v) > MAX_MAGNITUDE:
                 found.append(f"metrics.{k}={v!r:.60} must be a finite number of magnitude <= {MAX_MAGNITUDE:g}, "
                              "or null")
-            elif k in PERCENT_METRICS and not 0 <= v <= 100:
-                found.append(f"metrics.{k}={v!r} must be a percentage in [0, 100]")
-            elif k in NONNEGATIVE_METRICS and v < 0:
-                found.append(f"metrics.{k}={v!r} must be >= 0")
+        found += metric_problems(rec["evaluator"], metrics)  # names and ranges the evaluator declares
     found += _per_item_problems(rec["per_item"])
     for key in ("details", "harness"):
         if not isinstance(rec[key], dict):
@@ -262,8 +253,8 @@ def validate(rec: object, where: str = "record") -> dict:
         raise RecordError(f"{where}: schema={rec['schema']!r} is not supported; expected {SCHEMA!r}")
     if rec["source"] not in SOURCES:
         raise RecordError(f"{where}: source={rec['source']!r}; allowed: {', '.join(SOURCES)}")
-    if rec["evaluator"] not in EVALUATORS:
-        raise RecordError(f"{where}: evaluator={rec['evaluator']!r}; allowed: {', '.join(EVALUATORS)}")
+    if not isinstance(rec["evaluator"], str) or rec["evaluator"] not in evaluator_names():
+        raise RecordError(f"{where}: evaluator={rec['evaluator']!r:.100}; allowed: {', '.join(evaluator_names())}")
     problems = _problems(rec)
     if problems:
         raise RecordError(f"{where}: " + "; ".join(problems))

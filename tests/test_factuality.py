@@ -319,10 +319,10 @@ def test_the_llm_verifier_is_named_before_any_work_and_records_name_the_verifier
     from harness.eval_request import EvalRequest
 
     with pytest.raises(ValueError, match="--judge-model"):
-        EvalRequest(target="smollm2-135m-instruct", config=EvalConfig(judge="openai"), factuality=True)
+        EvalRequest(target="smollm2-135m-instruct", config=EvalConfig(judge="openai"), evaluators=("factuality",))
     named = EvalRequest(target="smollm2-135m-instruct", config=EvalConfig(judge="openai", judge_options=judge_options("openai", model="m")),
-                        factuality=True).config
-    offline = EvalRequest(target="smollm2-135m-instruct", factuality=True).config
+                        evaluators=("factuality",)).config
+    offline = EvalRequest(target="smollm2-135m-instruct", evaluators=("factuality",)).config
     assert named.factuality_settings(named.generation())["verifier"] == "llm"
     settings = offline.factuality_settings(offline.generation())
     assert settings["verifier"] == "consistency"

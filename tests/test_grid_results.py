@@ -131,7 +131,7 @@ def test_each_evaluation_job_of_a_grid_carries_the_identity_the_grid_looks_for(t
         path = write_job(tmp_path / "jobs" / f"{len(list(tmp_path.glob('jobs/*')))}.json", request, tmp_path / "r")
         assert read_job(str(path)) == (request, str(tmp_path / "r"))  # what the worker runs is what was planned
         cfg = request.config
-        assert request.run_id == rid and request.winrate == (ev == "winrate") and cfg.allow_empty == (run is not None)
+        assert request.run_id == rid and request.evaluators == (ev,) and cfg.allow_empty == (run is not None)
         if ev == "winrate":
             assert cfg.winrate_settings(cfg.generation()) == wanted["winrate"]["settings"]
             assert open_eval_set(request.eval_set, cfg.limit).identity() == wanted["winrate"]["eval_set"]

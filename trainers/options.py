@@ -44,7 +44,7 @@ def check_options(options: Any, prefix: str) -> None:
         value, kind = getattr(options, f.name), value_type(type(options), f.name)
         if value is None:
             continue
-        flag = f"--{prefix}-{f.name.replace('_', '-')}"
+        flag = f"--{prefix + '-' if prefix else ''}{f.name.replace('_', '-')}"  # no prefix: a command's own flag
         numeric = kind in (int, float) and not isinstance(value, bool)
         if kind is float and numeric and isinstance(value, int):
             value = float(value)

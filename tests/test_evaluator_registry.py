@@ -57,8 +57,7 @@ def brevity_module(tmp_path, monkeypatch):
     (folder / "brevity.py").write_text(BREVITY)
     evaluators.evaluator_names()  # the package's own evaluators registered before the registry is copied
     monkeypatch.setattr(evaluators, "__path__", [*evaluators.__path__, str(folder)])
-    monkeypatch.setattr(evaluators, "_REGISTRY", dict(evaluators._REGISTRY))
-    monkeypatch.setattr(evaluators, "_discovered", False)
+    monkeypatch.setattr(evaluators, "_REGISTRY", evaluators._REGISTRY.copy(evaluators.__path__))
     yield
     sys.modules.pop("evals.evaluators.brevity", None)
 

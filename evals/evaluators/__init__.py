@@ -12,12 +12,13 @@ runs.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
-import pkgutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
+
+from trainers.registry import Registry
 
 DEFAULT = "winrate"  # what `harness eval` runs when no evaluator is named
 EVAL_COMMAND = "harness eval"
@@ -100,8 +101,8 @@ class EvaluatorSpec:
         return next((m for m in self.metrics if m.name == name), None)
 
 
-_REGISTRY: dict[str, EvaluatorSpec] = {}
-_discovered = False
+# by name alone: no evaluator is a default of every command
+_REGISTRY: Registry[EvaluatorSpec] = Registry(__name__, __path__, "evaluator")
 
 
 def register_evaluator(name: str, *, description: str, produced_by: str, metrics: tuple[Metric, ...] | list[Metric],
@@ -122,30 +123,16 @@ def register_evaluator(name: str, *, description: str, produced_by: str, metrics
         raise ValueError(f"evaluator {name!r}: uses {sorted(unknown)}; allowed: eval_set, judge")
     spec = EvaluatorSpec(name, description, produced_by, tuple(metrics), options, tuple(config_fields), run,
                          tuple(uses), check)
-    _REGISTRY[name] = spec
-    return spec
-
-
-def _discover() -> dict[str, EvaluatorSpec]:
-    global _discovered
-    if not _discovered:
-        for module in pkgutil.iter_modules(__path__):
-            if not module.name.startswith("_"):
-                importlib.import_module(f"{__name__}.{module.name}")
-        _discovered = True
-    return _REGISTRY
+    return _REGISTRY.add(name, spec, sys._getframe(1).f_globals.get("__name__", "?"))  # the registering module
 
 
 def evaluator_names() -> tuple[str, ...]:
     """Every registered evaluator, by name."""
-    return tuple(sorted(_discover()))
+    return _REGISTRY.names()
 
 
 def evaluator_spec(name: str) -> EvaluatorSpec:
-    specs = _discover()
-    if name not in specs:
-        raise ValueError(f"evaluator {name!r} is not known; valid evaluators: {', '.join(evaluator_names())}")
-    return specs[name]
+    return _REGISTRY.get(name)
 
 
 def runnable_names() -> tuple[str, ...]:
@@ -162,7 +149,7 @@ def check_runnable(names: tuple[str, ...] | list[str], flag: str = "--evaluators
         raise ValueError(f"{flag}: name at least one evaluator; valid: {', '.join(valid)}")
     for name in names:
         if name not in valid:
-            known = name in _discover()
+            known = name in _REGISTRY.specs()
             why = f"its records are made by {evaluator_spec(name).produced_by}" if known else "not known"
             raise ValueError(f"{flag} {name}: {why}; {EVAL_COMMAND} runs: {', '.join(valid)}")
     return tuple(dict.fromkeys(names))

@@ -24,7 +24,7 @@ def smoke_run(tmp_path_factory, prompt_file):
     from trainers.config import TrainConfig
 
     values = presets.preset("smoke")
-    values.update(prompts=prompt_file, prompt_split="", query_len=256, threads=2, steps=2, checkpoint_every=2)
+    values.update(prompts=prompt_file, prompt_split="", query_len=256, steps=2, checkpoint_every=2)
     out = tmp_path_factory.mktemp("run") / "smoke"
     PPOTrainer(TrainConfig(**values), out, log=lambda m: None).train()
     return out

@@ -146,7 +146,7 @@ class Lever:
     """One row: the decoding settings it runs with (all on unless switched off here)."""
 
     name: str
-    setting: str  # the TrainConfig setting(s) that give this row, as `harness train --set` takes them
+    setting: str  # the ExecutionConfig setting(s) that give this row, as `harness train --set` takes them
     off: frozenset = field(default_factory=frozenset)  # levers switched off
     dtype: str = ""  # another frozen dtype than the default one ('' = the default)
 

@@ -71,7 +71,8 @@ def sampler(repeats: int) -> None:
             t0 = time.perf_counter()
             with models.sampling_context(fold, few):
                 sample(models.policy, q, m, max_new_tokens=64, temperature=1.0, stop_ids=[], pad_id=tok.pad_token_id,
-                       generator=torch.Generator().manual_seed(0), prefill_rows=4)
+                       generator=torch.Generator().manual_seed(0), prefill_rows=4, lean_step=True,
+                       packed_weights=True)
             print(f"sampler 16 x 64 tokens: folded LoRA {fold}, W x^T products {few}: "
                   f"{time.perf_counter() - t0:.2f} s", flush=True)
 

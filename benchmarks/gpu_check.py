@@ -289,10 +289,10 @@ def llama_values(spec: str, dry: bool, layout: str = "default") -> dict:
 
 def llama_plan(values: dict, dry: bool, device_bytes: int | None, query_tokens: int):
     """`trainers.memory_plan.plan` of a `random-llama:` run with `values` on one GPU (dry: this CPU process)."""
+    from harness.presets import run_config
     from trainers import memory_plan
-    from trainers.config import TrainConfig
 
-    return memory_plan.plan(TrainConfig(**values), gpus=0 if dry else 1, device_bytes=device_bytes,
+    return memory_plan.plan(run_config(values).train, gpus=0 if dry else 1, device_bytes=device_bytes,
                             query_tokens=query_tokens, frozen_dtype="float32" if dry else "bfloat16")
 
 
@@ -391,17 +391,18 @@ def run_ppo(stage: str, values: dict, tmp: Path, dry: bool) -> dict:
     warm-up), peak memory and the training phase's MFU."""
     import torch
 
-    from trainers.config import TrainConfig
+    from harness.presets import run_config
     from trainers.process_settings import configure_training_process
     from trainers.trainer import PPOTrainer
 
-    cfg = TrainConfig(**values)
-    configure_training_process(cfg)
-    cuda = cfg.device == "cuda"
+    run = run_config(values)
+    cfg, execution = run.train, run.execution
+    configure_training_process(execution)
+    cuda = execution.device == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    trainer = PPOTrainer(cfg, tmp / "run", log=lambda msg: say(stage, msg))
+    trainer = PPOTrainer(cfg, tmp / "run", execution=execution, log=lambda msg: say(stage, msg))
     say(stage, f"built in {time.perf_counter() - t0:.1f} s; {cfg.steps} PPO steps of {cfg.rollout_batch_size} "
         f"prompts x {cfg.response_len} tokens")
     steps, flops, query_tokens = [], [], 0
@@ -422,7 +423,8 @@ def run_ppo(stage: str, values: dict, tmp: Path, dry: bool) -> dict:
         f"{median['frozen_forwards']:.2f} | training {median['training']:.2f} | other {median['other']:.2f} "
         + (f"(median of {len(timed)} step(s) after a warm-up step" if len(steps) > 1 else "(one step, no warm-up")
         + "; host clocks, as the trainer records them)")
-    out: dict = {"device": cfg.device, "frozen_dtype": str(trainer.frozen_dtype), "steps": steps, "median": median}
+    out: dict = {"device": execution.device, "frozen_dtype": str(trainer.frozen_dtype), "steps": steps,
+                 "median": median}
     if cuda:
         props = torch.cuda.get_device_properties(trainer.device)
         peak = {"allocated_bytes": torch.cuda.max_memory_allocated(), "reserved_bytes": torch.cuda.max_memory_reserved()}
@@ -470,13 +472,13 @@ def decode_against_floor(trainer, prompts: list[list[int]], stage: str, buffer_m
     from trainers.rollout import left_pad, sampling_options
     from trainers.sampling import sample
 
-    cfg, models, device = trainer.cfg, trainer.models, trainer.device
+    cfg, ex, models, device = trainer.cfg, trainer.execution, trainer.models, trainer.device
     query_ids, query_mask = left_pad(prompts, models.tokenizer.pad_token_id, device)
     batch, width, n = query_ids.size(0), query_ids.size(1), cfg.response_len
-    options = {**sampling_options(models, cfg), "stop_ids": []}
+    options = {**sampling_options(models, cfg, ex), "stop_ids": []}
 
     def context():
-        return models.sampling_context(cfg.merge_adapters_for_rollout, cfg.few_row_decode_products)
+        return models.sampling_context(ex.merge_adapters_for_rollout, ex.few_row_decode_products)
 
     def draw(tokens: int, lean: bool):
         with torch.inference_mode(), context():
@@ -490,7 +492,7 @@ def decode_against_floor(trainer, prompts: list[list[int]], stage: str, buffer_m
     models.policy.eval()
     try:
         for name, change in DECODE_VARIANTS.items():
-            lean = change.get("lean_decode_step", cfg.lean_decode_step)
+            lean = change.get("lean_decode_step", ex.lean_decode_step)
             draw(2, lean)  # warm-up: kernels loaded, weights packed once
             seconds, out = decode_floor.decode_step_seconds(lambda k: draw(k, lean), n, repeats=2)
             with context():

@@ -37,7 +37,6 @@ def main(argv: list[str] | None = None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     from harness import presets
-    from trainers.config import TrainConfig
     from trainers.process_settings import configure_training_process
     from trainers.trainer import PPOTrainer
 
@@ -45,9 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         values = presets.preset("tiny")
         values.update(settings(write_prompts(Path(tmp) / "prompts.json")))
         values.update(presets.parse_overrides(args.set))
-        cfg = TrainConfig(**values)
-        configure_training_process(cfg)  # as `harness train` does: the step is measured as a run takes it
-        trainer = PPOTrainer(cfg, Path(tmp) / "run", log=lambda _m: None)
+        run = presets.run_config(values)
+        configure_training_process(run.execution)  # as `harness train` does: the step is measured as a run takes it
+        trainer = PPOTrainer(run.train, Path(tmp) / "run", execution=run.execution, log=lambda _m: None)
         trainer.ppo_step()  # warm-up
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         if args.no_profile:

@@ -1,18 +1,20 @@
 """One evaluation's settings: the judge, how outputs are generated and judged, the factuality protocol.
 
 Frozen and validated on construction (cheap: no model loads), so a bad setting fails before any work starts; the
-settings that change a record's result (`winrate_settings`, `factuality_settings`) are part of its id. Torch-free:
+settings that change a record's result (`winrate_settings`, `factuality_settings`) are part of its id; how outputs
+are decoded (`decoding`, the levers of `trainers.execution`) never is. Torch-free:
 a grid names the records it needs from these without loading a model.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from evals.generation_settings import GenerationSettings
 from evals.judges import DEFAULT as DEFAULT_JUDGE, checked_options, options_from_dict
 from evals.judging import ORDERS
+from trainers.execution import DecodeLevers, ExecutionConfig
 
 VERIFIERS = ("auto", "consistency", "lexical", "smollm2", "llm")
 DEFAULT_MAX_NEW_TOKENS = 300  # the paper's, when neither the config nor the run says
@@ -44,6 +46,8 @@ class EvalConfig:
     # the reward model whose mean score of the outputs a win-rate record keeps (metric proxy_reward); None: the
     # evaluated run's own (the base policy then has none); a rule reward is not scored
     proxy_reward: str | None = None
+    # how outputs are decoded: the same outputs whichever levers are on (defaults: `ExecutionConfig`'s)
+    decoding: DecodeLevers = field(default_factory=lambda: ExecutionConfig().decoding)
 
     def __post_init__(self) -> None:
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
@@ -91,7 +95,8 @@ class EvalConfig:
         if unknown:
             raise ValueError(f"an evaluation request has no field(s) {', '.join(f'config.{k}' for k in unknown)}")
         judge = data.get("judge", DEFAULT_JUDGE)
-        return cls(**{**data, "judge_options": options_from_dict(judge, data.get("judge_options"))})
+        return cls(**{**data, "judge_options": options_from_dict(judge, data.get("judge_options")),
+                      "decoding": DecodeLevers.from_dict(data.get("decoding") or {})})
 
     def generation(self, run_response_len: int | None = None) -> GenerationSettings:
         """How the target's outputs are generated; `run_response_len`: the evaluated run's, when it is a run."""

@@ -217,8 +217,8 @@ class PolicyEvaluation:
 
     # ---- shared -----------------------------------------------------------------------------------------------
     def _generate(self, model, tokenizer, records, settings: GenerationSettings, what: str) -> list[str]:
-        return generate(model, tokenizer, list(records), self.target.template, settings, self.config.device,
-                        self._progress(what))
+        return generate(model, tokenizer, list(records), self.target.template, settings, self.config.decoding,
+                        self.config.device, self._progress(what))
 
     def _cached_outputs(self, kind: str, key_parts: list, make: Callable[[], list[str]]) -> list[str]:
         """Outputs cached by everything that makes them: the target (a checkpoint by its content digest), the

@@ -12,6 +12,7 @@ prompts are sorted by length so batches carry little padding, and outputs are re
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import pickle
@@ -25,11 +26,13 @@ from safetensors import SafetensorError
 from evals.generation_settings import GenerationSettings
 from trainers import identity
 from trainers.config import TrainConfig
+from trainers.execution import DecodeLevers, ExecutionConfig
 from trainers.data import format_prompt
 from trainers.runfolder import RunFolder, content_digest, has_state, verify
 from trainers.runfolder.names import CONFIG, METRICS, STATE
 from trainers.models import describe_spec_error, load_causal_lm, load_tokenizer, stop_token_ids
 from trainers.decode_linear import few_row_products
+from trainers.resumption import settings_hash
 from trainers.sampling import sample
 
 
@@ -94,9 +97,8 @@ def resolve_target(target: str, step: int | None = None, template: str = "alpaca
         state = verify(chosen)
         step, digest = state["step"], content_digest(state)
         # the settings that shaped the checkpoint, not the run id: a resume may extend `steps` (a new id)
-        from trainers.trainer import settings_hash
-
-        if state.get("resume_hash") not in (None, settings_hash(cfg)):
+        execution = ExecutionConfig.from_dict(run.read_execution())
+        if state.get("resume_hash") not in (None, settings_hash(cfg, execution)):
             raise TargetError(f"{run.config_path} (run {run_id}) is not the configuration that wrote "
                               f"{chosen / STATE} (run {state.get('run_id')}): {CONFIG} was changed after "
                               "training; restore it")
@@ -132,8 +134,9 @@ def _first_line(e: BaseException) -> str:
 
 
 def generate(model, tokenizer, records: list[dict], template: str, settings: GenerationSettings,
-             device: str = "cpu", progress=None) -> list[str]:
-    """One output per record (decoded continuation, special tokens dropped), in the records' order."""
+             decoding: DecodeLevers, device: str = "cpu", progress=None) -> list[str]:
+    """One output per record (decoded continuation, special tokens dropped), in the records' order; `decoding`:
+    how it decodes, the same outputs whichever levers are on."""
     prompts = [format_prompt(r, template, tokenizer) for r in records]
     ids = [tokenizer(p, add_special_tokens=True)["input_ids"][-settings.max_prompt_tokens:] for p in prompts]
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
@@ -150,10 +153,12 @@ def generate(model, tokenizer, records: list[dict], template: str, settings: Gen
         for row, i in enumerate(chunk):
             q[row, width - len(ids[i]):] = torch.tensor(ids[i])
             m[row, width - len(ids[i]):] = 1
-        with few_row_products(model):  # decoding's few-row products in the layout MKL runs fastest (CPU only)
+        few_rows = few_row_products(model) if decoding.few_row_decode_products else contextlib.nullcontext()
+        with few_rows:
             out = sample(model, q.to(device), m.to(device), max_new_tokens=settings.max_new_tokens,
                          temperature=settings.temperature, top_k=settings.top_k, top_p=settings.top_p,
-                         stop_ids=stop, pad_id=pad, generator=generator, keep_logits=False)
+                         stop_ids=stop, pad_id=pad, generator=generator, keep_logits=False,
+                         lean_step=decoding.lean_decode_step, packed_weights=decoding.packed_decode_weights)
         for row, i in enumerate(chunk):
             n = int(out.mask[row].sum())
             outputs[i] = tokenizer.decode(out.tokens[row, :n].tolist(), skip_special_tokens=True)

@@ -24,6 +24,7 @@ from evals.judging import AnnotationCache, Pair, annotate
 from evals.simulated import SimulatedJudge, training_labels
 from trainers import data
 from trainers.config import TrainConfig
+from trainers.execution import DecodeLevers
 from trainers.models import cache_dir, load_causal_lm, load_tokenizer
 from trainers.io import atomic_write_text
 
@@ -31,7 +32,8 @@ HELD_OUT = 0.15
 LABEL_FLIP = 0.25
 
 
-def sample_responses(cfg: TrainConfig, folder: Path, log, limit: int | None, k: int) -> list[dict]:
+def sample_responses(cfg: TrainConfig, folder: Path, log, limit: int | None, k: int,
+                     decoding: DecodeLevers) -> list[dict]:
     """[{id, instruction, input, outputs: [K strings]}] for the preference instructions. Each response comes from
     one seeded sampling pass over all instructions (seed 1..K); passes are cached, so a larger K samples only the
     passes it lacks."""
@@ -53,7 +55,7 @@ def sample_responses(cfg: TrainConfig, folder: Path, log, limit: int | None, k: 
             settings = GenerationSettings(max_new_tokens=cfg.response_len, temperature=1.0, top_p=1.0,
                                           batch_size=32, seed=seed)
             log(f"samples: response {seed} of {k} for {len(records)} preference instructions")
-            passes[str(seed)] = generate(model, tok, records, cfg.prompt_template, settings,
+            passes[str(seed)] = generate(model, tok, records, cfg.prompt_template, settings, decoding,
                                          progress=lambda d, t, n, s: log(f"  {d}/{t} prompts, "
                                                                          f"{n / max(s, 1e-9):.0f} tokens/s"))
             atomic_write_text(path, json.dumps({"key": key, "passes": passes}, ensure_ascii=False))

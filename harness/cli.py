@@ -30,16 +30,21 @@ from harness import presets
 from harness.errors import check_config_file, finite_float, float_in, int_in, preset_name, redact_urls, run_guarded
 from evals.evaluators import DEFAULT as DEFAULT_EVALUATOR, evaluator_spec, runnable_names
 from harness.option_flags import add_judge_arguments, add_own_flags, judge_from_args
-from trainers.config import MAX_COUNT, MAX_SIZE as MAX_TOKENS, field_help, field_types
+from trainers import config as train_config, execution as execution_config
+from trainers.config import MAX_COUNT, MAX_SIZE as MAX_TOKENS
 
 
 def _fields_epilog() -> str:
     lines = ["settings (--set FIELD=VALUE, or keys of a --config YAML/JSON file):"]
-    types_ = field_types()
-    for name, text in field_help().items():
-        tp = str(types_[name]).replace("typing.", "")
-        lines.append(f"  {name} [{tp}]")
-        lines.extend(textwrap.wrap(text, 96, initial_indent="      ", subsequent_indent="      "))
+    for title, part in (("what the run computes (its run id)", train_config),
+                        ("how it executes (never its run id; a --config file may hold them in an 'execution' "
+                         "section)", execution_config)):
+        lines.append(f" {title}:")
+        types_ = part.field_types()
+        for name, text in part.field_help().items():
+            tp = str(types_[name]).replace("typing.", "")
+            lines.append(f"  {name} [{tp}]")
+            lines.extend(textwrap.wrap(text, 96, initial_indent="      ", subsequent_indent="      "))
     return "\n".join(lines)
 
 
@@ -308,13 +313,14 @@ def _presets(args: argparse.Namespace) -> int:
 def _config(args: argparse.Namespace) -> int:
     from trainers import identity
 
-    cfg = presets.resolve(args.preset, args.config, args.set)
-    print(json.dumps({"run_id": identity.run_id(cfg), **cfg.to_dict(), "derived": cfg.derived()}, indent=2))
+    run = presets.resolve(args.preset, args.config, args.set)
+    print(json.dumps({"run_id": identity.run_id(run.train), **run.to_dict(), "derived": run.train.derived()},
+                     indent=2))
     return 0
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = presets.resolve(args.preset, args.config, [*args.set, *_report_to_overrides(args)])
+    run = presets.resolve(args.preset, args.config, [*args.set, *_report_to_overrides(args)])
     from trainers.runfolder import check_out
 
     if os.environ.get("RANK", "0") == "0":  # before any model loads; one rank checks (and briefly locks) the folder
@@ -322,8 +328,8 @@ def _train(args: argparse.Namespace) -> int:
     from trainers.process_settings import configure_training_process  # heavy imports only when training
     from trainers.trainer import PPOTrainer
 
-    configure_training_process(cfg)
-    records = PPOTrainer(cfg, args.out).train(resume=args.resume)
+    configure_training_process(run.execution)
+    records = PPOTrainer(run.train, args.out, execution=run.execution).train(resume=args.resume)
     last = records[-1] if records else {}
     if os.environ.get("RANK", "0") != "0":
         return 0  # rank 0 reports for a multi-process run
@@ -338,8 +344,8 @@ def _prepare(args: argparse.Namespace) -> int:
 
     check_output_folder(args.results, "--results")
     name = args.preset or "tiny"
-    cfg = presets.resolve(name, args.config, args.set)
-    prepare(name, cfg, force=args.force, limit=args.limit, epochs=args.epochs, samples=args.samples,
+    run = presets.resolve(name, args.config, args.set)
+    prepare(name, run, force=args.force, limit=args.limit, epochs=args.epochs, samples=args.samples,
             method=args.method, l2=args.l2, read=args.read, results=args.results)
     return 0
 
@@ -382,10 +388,9 @@ def _reproduce(args: argparse.Namespace) -> int:
     if config.report is not None:
         check_output_folder(config.report, "--report")
     from trainers import trackers
-    from trainers.config import TrainConfig
 
-    default = TrainConfig.__dataclass_fields__["report_to"].default  # trackers checked before any run
-    trackers.check_installed(presets.parse_overrides(list(config.overrides)).get("report_to", default))
+    # trackers checked before any run
+    trackers.check_installed(presets.execution_config(presets.parse_overrides(list(config.overrides))).report_to)
     return reproduce.run(config)
 
 
@@ -533,7 +538,7 @@ def _plan(args: argparse.Namespace) -> int:
     overrides = list(args.set)
     if args.lora is not None:
         overrides += ["lora=true"] if args.lora else ["lora=false", "reference=copy"]
-    cfg = presets.resolve(args.preset, args.config, overrides)
+    cfg = presets.resolve(args.preset, args.config, overrides).train
     policy_dims = reward_dims = mp.Dims.from_config(mp.KNOWN[args.arch]) if args.arch else None
     if args.arch is None and (args.preset or "") == "paper":
         policy_dims = _paper_dims("policy", cfg.policy)

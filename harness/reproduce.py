@@ -36,6 +36,7 @@ from harness.eval_request import EvalRequest, expected_identity
 from harness.reproduce_config import ReproduceConfig
 from harness.results import ResultsStore, make_record
 from trainers.io import repository_path
+from trainers.run_config import RunConfig
 from trainers.runfolder import RunFolder
 
 
@@ -67,7 +68,7 @@ def eval_config(g: G.Grid, evaluator: str = "winrate") -> EvalConfig:
         temperature, samples = spec.eval_temperature, spec.eval_samples
     return EvalConfig(judge=spec.judge, limit=spec.eval_limit or None, max_new_tokens=spec.eval_max_new_tokens,
                       temperature=temperature, samples=samples, factuality_limit=spec.factuality_limit or None,
-                      proxy_reward=proxy)
+                      proxy_reward=proxy, decoding=g.execution.decoding)
 
 
 def grid_identity(g: G.Grid) -> dict[str, dict]:
@@ -204,7 +205,10 @@ def manifest(run: G.Run, folder: Path, command: str | None = None) -> dict:
     from harness.results import harness_identity
 
     config = dict(run.config.to_dict(), prompts=repository_path(run.config.prompts))
-    return {"run_id": run.run_id, "label": run.label, "config": config, "facts": facts,
+    # how it ran (threads as its job had them), beside what it computed
+    execution = RunFolder(folder).read_execution() if RunFolder(folder).has_config() else run.execution.to_dict()
+    return {"run_id": run.run_id, "label": run.label, "config": config, "execution": execution,
+            "facts": facts,
             "host": {"node": platform.node(), "platform": platform.platform(), "python": platform.python_version(),
                      "cpus": os.cpu_count()},
             "harness": harness_identity(), "steps": len(rows), "command": command,
@@ -317,7 +321,7 @@ def reproduce(g: G.Grid, config: ReproduceConfig, store: ResultsStore) -> int:
 
         from harness import presets
 
-        prepare(name, presets.resolve(name), results=store.root)
+        prepare(name, dataclasses.replace(presets.resolve(name), execution=g.execution), results=store.root)
     fresh = ids_after_prepare(g)
     if fresh is not g:
         g = fresh
@@ -339,10 +343,11 @@ def reproduce(g: G.Grid, config: ReproduceConfig, store: ResultsStore) -> int:
         folder = G.run_dir(config.runs, g.preset, run.run_id)
         if G.run_state(folder, run) == "done" or run in reused:
             continue
-        values = dict(run.config.to_dict(), threads=threads if workers > 1 else run.config.threads)
+        job_threads = threads if workers > 1 else run.execution.threads
         if cluster is not None:
-            values["threads"] = cluster.threads(run) or run.config.threads
-        cfg_path = RunFolder(folder).write_grid_config(values)
+            job_threads = cluster.threads(run) or run.execution.threads
+        execution = dataclasses.replace(run.execution, threads=job_threads)
+        cfg_path = RunFolder(folder).write_grid_config(RunConfig(run.config, execution).to_dict())
         job = Job(run_id=run.run_id, argv=(*HARNESS, "train", "--config", str(cfg_path), "--out", str(folder),
                                            "--resume"), log_path=str(RunFolder(folder).train_log_path), cpus=threads,
                   env=job_env if workers > 1 else ())

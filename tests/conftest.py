@@ -32,7 +32,7 @@ def smoke(prompt_file):
 
     def make(**overrides) -> TrainConfig:
         values = presets.preset("smoke")
-        values.update(prompts=prompt_file, prompt_split="", query_len=256, threads=2)
+        values.update(prompts=prompt_file, prompt_split="", query_len=256)
         values.update(overrides)
         return TrainConfig(**values)
 

@@ -8,12 +8,14 @@ import pytest
 
 from harness import presets
 from trainers import identity, models
-from trainers.config import TrainConfig, field_names
+from trainers.config import TrainConfig
+from trainers.execution import ExecutionConfig
+from trainers.run_config import RunConfig, field_names
 from trainers.trainer import PPOTrainer
 
 
 def test_defaults_are_the_papers_lora_and_ppo_settings():
-    cfg = presets.resolve("paper")
+    cfg = presets.resolve("paper").train
     assert (cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout) == (8, 64.0, 0.1)
     assert cfg.lora_target_modules == ("q_proj", "k_proj", "v_proj", "o_proj")
     # the authors' command: 256 rollouts, one optimiser step per 16 of them, 2 epochs
@@ -51,22 +53,26 @@ def test_invalid_configurations_name_field_value_and_allowed(overrides, expected
 
 
 def test_config_is_frozen_and_its_run_id_is_stable():
-    a, b = presets.resolve("smoke"), presets.resolve("smoke")
+    a, b = presets.resolve("smoke").train, presets.resolve("smoke").train
     with pytest.raises(AttributeError):
         a.steps = 5
     assert identity.run_id(a) == identity.run_id(b)
-    assert identity.run_id(presets.resolve("smoke", overrides=["seed=1"])) != identity.run_id(a)
+    assert identity.run_id(presets.resolve("smoke", overrides=["seed=1"]).train) != identity.run_id(a)
     assert TrainConfig.from_dict(json.loads(json.dumps(a.to_dict()))) == a
+    run = presets.resolve("smoke", overrides=["threads=3", "lean_decode_step=false"])
+    with pytest.raises(AttributeError):
+        run.execution.threads = 5
+    assert RunConfig.from_dict(json.loads(json.dumps(run.to_dict()))) == run
 
 
 def test_none_regularizer_forces_dropout_zero():
-    assert presets.resolve("smoke", overrides=["regularizer=none"]).effective_lora_dropout == 0.0
-    assert presets.resolve("smoke", overrides=["regularizer=dropout_only"]).effective_lora_dropout == 0.1
+    assert presets.resolve("smoke", overrides=["regularizer=none"]).train.effective_lora_dropout == 0.0
+    assert presets.resolve("smoke", overrides=["regularizer=dropout_only"]).train.effective_lora_dropout == 0.1
 
 
 def test_overrides_are_typed_and_unknown_names_get_suggestions():
     cfg = presets.resolve("smoke", overrides=["steps=3", "lr=5e-4", "lora=false", "reference=copy",
-                                              "penalty_reward=none", "lora_target_modules=q_proj,v_proj"])
+                                              "penalty_reward=none", "lora_target_modules=q_proj,v_proj"]).train
     assert (cfg.steps, cfg.lr, cfg.lora, cfg.penalty_reward) == (3, 5e-4, False, None)
     assert cfg.lora_target_modules == ("q_proj", "v_proj")
     with pytest.raises(ValueError, match="did you mean regularizer"):
@@ -80,7 +86,7 @@ def test_overrides_are_typed_and_unknown_names_get_suggestions():
 def test_yaml_config_file_with_preset_and_override_order(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("preset: smoke\nlr: 1e-5\nsteps: 7\nregularizer: bregman\n")
-    cfg = presets.resolve(None, str(path), ["steps=2"])
+    cfg = presets.resolve(None, str(path), ["steps=2"]).train
     assert (cfg.lr, cfg.steps, cfg.regularizer, cfg.policy) == (1e-5, 2, "bregman", "tiny-random-llama")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"stpes": 3}))
@@ -120,3 +126,32 @@ def test_cli_help_documents_every_field_and_errors_are_clean(tmp_path):
     assert bad.returncode == 2
     assert "regularizer='kl2' is not known" in bad.stderr and "Traceback" not in bad.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_config_file_holds_execution_settings_mixed_in_or_in_their_section(tmp_path):
+    """What `harness reproduce` writes (grid-config.json: an `execution` section) and older files (every setting at
+    the top level) resolve alike, the execution settings apart from the experiment's."""
+    mixed, nested = tmp_path / "mixed.json", tmp_path / "nested.yaml"
+    mixed.write_text(json.dumps({"preset": "smoke", "steps": 3, "threads": 2, "report_to": ["none"],
+                                 "frozen_dtype": "float32"}))
+    nested.write_text("preset: smoke\nsteps: 3\nexecution:\n  threads: 2\n  report_to: [none]\n")
+    a, b = presets.resolve(None, str(mixed)), presets.resolve(None, str(nested))
+    assert a == b and a.train.steps == 3 and a.train.frozen_dtype == "float32"
+    assert a.execution == ExecutionConfig(threads=2, report_to=("none",))
+    clash = tmp_path / "clash.json"
+    clash.write_text(json.dumps({"threads": 1, "execution": {"threads": 2}}))
+    with pytest.raises(ValueError, match="threads given both at the top level and in the 'execution' section"):
+        presets.resolve("smoke", str(clash))
+    with pytest.raises(ValueError, match="unknown setting 'thread'"):
+        presets.resolve("smoke", None, ["thread=2"])
+
+
+def test_execution_settings_are_validated_on_construction():
+    with pytest.raises(ValueError, match="threads=2000 must be <= 1024"):
+        ExecutionConfig(threads=2000)
+    with pytest.raises(ValueError, match="device='tpu' is invalid"):
+        ExecutionConfig(device="tpu")
+    with pytest.raises(ValueError, match="lean_decode_step=1 is invalid: expected bool"):
+        ExecutionConfig(lean_decode_step=1)
+    with pytest.raises(TypeError):
+        TrainConfig(threads=2)  # not an experiment setting

@@ -34,6 +34,7 @@ def _prompts(tok, texts=TEXTS):
 
 
 def _sample(bundle, ids, mask, **levers):
+    levers = {"lean_step": True, "packed_weights": True, **levers}
     return sample(bundle.policy, ids, mask, max_new_tokens=12, temperature=1.0, stop_ids=[],
                   pad_id=bundle.tokenizer.pad_token_id, generator=torch.Generator().manual_seed(3), **levers)
 

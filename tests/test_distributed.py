@@ -63,7 +63,7 @@ def test_two_cpu_processes_train_in_step_resume_and_rank_0_writes_once(tmp_path,
 
     from trainers.trainer import PPOTrainer
 
-    cfg = TrainConfig.from_dict(json.loads((out / "config.json").read_text()))
+    cfg = TrainConfig.from_dict(RunFolder(out).read_config())
     fresh = PPOTrainer(cfg, tmp_path / "unused", log=lambda _m: None)
     assert parameter_digest(fresh.models.trainable_parameters()) != digests[0]
     checkpoint.load(latest, fresh.models, fresh.optimizer, fresh.scheduler, fresh.generator)
@@ -97,9 +97,8 @@ def _two_processes(rank: int, world: int, port: int, run_dir: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     environ = {"RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_RANK": str(rank)}
-    cfg = SimpleNamespace(seed=0, lora=True, device="cpu", rollout_batch_size=8, step_batch_size=8,
-                          micro_batch_size=2)
-    dp = DataParallel(cfg, environ=environ)
+    cfg = SimpleNamespace(seed=0, lora=True, rollout_batch_size=8, step_batch_size=8, micro_batch_size=2)
+    dp = DataParallel(cfg, "cpu", environ=environ)
     try:
         _check_collectives(dp, rank)
         _check_fsdp_checkpoint(environ, run_dir)

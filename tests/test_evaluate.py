@@ -24,7 +24,7 @@ def smoke_run(tmp_path_factory, prompt_file):
     from trainers.config import TrainConfig
 
     values = presets.preset("smoke")
-    values.update(prompts=prompt_file, prompt_split="", query_len=256, threads=2, steps=2, checkpoint_every=2)
+    values.update(prompts=prompt_file, prompt_split="", query_len=256, steps=2, checkpoint_every=2)
     out = tmp_path_factory.mktemp("run") / "smoke"
     PPOTrainer(TrainConfig(**values), out, log=lambda m: None).train()
     return out
@@ -102,9 +102,11 @@ def test_prepare_fits_a_proxy_reward_model_records_its_agreement_and_is_idempote
     from harness.prepare import prepare
     from trainers import heads
     from trainers.config import TrainConfig
+    from trainers.run_config import RunConfig
 
     # the local prompt file has no 'preference' split: point prepare at the bundled one
-    cfg = TrainConfig(**dict(presets.preset("smoke"), prompts=presets.INSTRUCTIONS, prompt_split="", response_len=8))
+    cfg = RunConfig(TrainConfig(**dict(presets.preset("smoke"), prompts=presets.INSTRUCTIONS, prompt_split="",
+                                       response_len=8)))
     report = prepare("smoke-test", cfg, limit=24, samples=samples, method=method, batch_size=4,
                      results=tmp_path / "results", log=lambda m: None)
     # pairs among each instruction's responses; 4 of the 24 instructions held out, none of their pairs trained on

@@ -29,23 +29,23 @@ def test_predictions_match_the_measured_tiny_peaks_within_15_percent():
     rows = json.loads(RESULTS.read_text())["rows"]
     assert {row["mode"] for row in rows} == set(MODES)  # every mode the benchmark runs, one-base mode included
     for row in rows:
-        cfg = presets.resolve("tiny", None, MODES[row["mode"]] + ["stop_at_eos=false"])
+        cfg = presets.resolve("tiny", None, MODES[row["mode"]] + ["stop_at_eos=false"]).train
         predicted = mp.plan(cfg, frozen_dtype=row["frozen_dtype"], query_tokens=100).total
         assert predicted == pytest.approx(row["peak_memory_bytes"], rel=0.15), row["mode"]
 
 
 def test_the_papers_layouts():
     paper = dict(policy_dims=LLAMA, reward_dims=LLAMA)
-    lora = presets.resolve("paper", None, ["lora=true", "reference=copy"])
+    lora = presets.resolve("paper", None, ["lora=true", "reference=copy"]).train
     gpu = 80 * mp.GIB
     # the paper's code keeps fp32 frozen copies: LoRA needs 2 A100-80GB, as the paper reports
     assert not mp.plan(lora, gpus=1, device_bytes=gpu, frozen_dtype="float32", **paper).fits
     assert mp.plan(lora, gpus=2, device_bytes=gpu, frozen_dtype="float32", **paper).fits
-    full = presets.resolve("paper", None, ["lora=false", "reference=copy"])
+    full = presets.resolve("paper", None, ["lora=false", "reference=copy"]).train
     assert not mp.plan(full, gpus=2, device_bytes=gpu, **paper).fits
     assert mp.plan(full, gpus=8, device_bytes=gpu, **paper).fits
     assert mp.smallest_fitting(full, gpu, **paper) > mp.smallest_fitting(lora, gpu, **paper)
-    shared = presets.resolve("paper", None, ["lora=true", "reference=shared"])
+    shared = presets.resolve("paper", None, ["lora=true", "reference=shared"]).train
     assert mp.plan(shared, gpus=1, **paper).total < mp.plan(lora, gpus=1, **paper).total
 
 

@@ -121,7 +121,7 @@ def test_kv_cached_sampling_logits_equal_a_full_forward():
     model = models.load_causal_lm("tiny-random-llama", torch.float32)
     ids, mask = _batch(tok, ["Short.", "A much longer prompt, with padding on the left of the first row."])
     out = sample(model, ids, mask, max_new_tokens=12, temperature=0.8, stop_ids=[2], pad_id=0,
-                 generator=torch.Generator().manual_seed(0))
+                 generator=torch.Generator().manual_seed(0), lean_step=True, packed_weights=True)
     seq, amask, pos = sequences(ids, mask, out.tokens)
     with torch.no_grad():
         full = response_logits(model, seq, amask, pos, out.tokens.size(1)) / 0.8
@@ -136,7 +136,8 @@ def test_sampling_stops_at_eos_and_masks_after_it():
         model.lm_head.weight[2] += 50 * model.lm_head.weight.abs().max()
         model.lm_head.weight[2] = model.model.norm.weight.sign() * 10
     ids, mask = _batch(tok, ["Stop.", "Stop now."])
-    out = sample(model, ids, mask, max_new_tokens=20, temperature=1.0, stop_ids=[2], pad_id=0)
+    out = sample(model, ids, mask, max_new_tokens=20, temperature=1.0, stop_ids=[2], pad_id=0, lean_step=True,
+                 packed_weights=True)
     assert out.tokens.size(1) < 20 and out.ended.all()
     lengths = out.mask.sum(1)
     for row, n in zip(out.tokens, lengths):
@@ -164,5 +165,5 @@ def test_sampling_without_stop_tokens_always_fills_the_length():
     model = models.load_causal_lm("tiny-random-llama", torch.float32)
     ids, mask = _batch(tok, ["One.", "Two words."])
     out = sample(model, ids, mask, max_new_tokens=9, temperature=1.0, stop_ids=[], pad_id=0,
-                 generator=torch.Generator().manual_seed(1))
+                 generator=torch.Generator().manual_seed(1), lean_step=True, packed_weights=True)
     assert out.tokens.shape == (2, 9) and out.mask.sum().item() == 18 and not out.ended.any()

@@ -76,7 +76,8 @@ def test_the_reference_forward_gives_the_reward_and_sampling_leaves_the_other_ro
         before = (bundle.reward.score_at(ids, amask, pos, torch.tensor([6, 6])),
                   bundle.value.values(ids, amask, pos, start=3, length=3))
         adapted = bundle.policy(input_ids=ids, attention_mask=amask).logits
-        with bundle.sampling_context(fold_adapters=True):  # only the policy's own update is folded in
+        # only the policy's own update is folded in
+        with bundle.sampling_context(fold_adapters=True, few_row_products=False):
             folded = bundle.policy(input_ids=ids, attention_mask=amask).logits
         after = (bundle.reward.score_at(ids, amask, pos, torch.tensor([6, 6])),
                  bundle.value.values(ids, amask, pos, start=3, length=3))
@@ -160,7 +161,7 @@ def test_a_value_head_on_the_policy_trains_with_it(smoke, tmp_path):
         trainer.models.value.head.weight.fill_(0.5)
     from trainers.rollout import collect_chunk
 
-    ro = collect_chunk(trainer.models, cfg, trainer.batch_prompts(0), trainer.generator, CPU,
+    ro = collect_chunk(trainer.models, cfg, trainer.execution, trainer.batch_prompts(0), trainer.generator, CPU,
                        {"rollout": 0.0, "score": 0.0})
     trainer.models.policy.train()
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -206,15 +207,16 @@ def test_a_reward_adapter_of_the_base_is_run_as_a_frozen_named_adapter(smoke, tm
 
 def test_the_planner_holds_one_backbone_fewer_in_one_base_mode():
     paper = dict(policy_dims=LLAMA, reward_dims=LLAMA, gpus=1, frozen_dtype="bfloat16")
-    shared = mp.plan(presets.resolve("paper", None, ["reference=shared"]), **paper)
-    one = mp.plan(presets.resolve("paper", None, ["reference=one_base"]), **paper)
+    shared = mp.plan(presets.resolve("paper", None, ["reference=shared"]).train, **paper)
+    one = mp.plan(presets.resolve("paper", None, ["reference=one_base"]).train, **paper)
     assert shared.total - one.total == LLAMA.params * 2  # one bf16 backbone
     assert one.components["weights/policy"] == LLAMA.params * 2 and one.components["weights/reward"] == 0
     head = mp.plan(presets.resolve("paper", None, ["reference=one_base", "value_model=policy_head",
-                                                   "value_init=policy"]), **paper)
+                                                   "value_init=policy"]).train, **paper)
     assert head.components["trainable/weights+grads+adam"] < one.components["trainable/weights+grads+adam"]
-    copy_head = mp.plan(presets.resolve("paper", None, ["value_model=policy_head", "value_init=policy"]), **paper)
-    copy_sep = mp.plan(presets.resolve("paper", None, ["value_init=policy"]), **paper)
+    copy_head = mp.plan(presets.resolve("paper", None, ["value_model=policy_head", "value_init=policy"]).train,
+                        **paper)
+    copy_sep = mp.plan(presets.resolve("paper", None, ["value_init=policy"]).train, **paper)
     assert copy_sep.total - copy_head.total > LLAMA.params * 2  # no value backbone
 
 
@@ -234,7 +236,7 @@ def test_plan_reads_a_random_llamas_shape_without_files():
     assert out.returncode == 0, out.stderr
     assert "not on disk" not in out.stdout
     cfg = presets.resolve("paper", None, ["policy=random-llama:33b", "reward=head:random-llama:33b",
-                                          "reference=one_base"])
+                                          "reference=one_base"]).train
     assert mp.plan(cfg, gpus=1).components["weights/policy"] == 32_528_943_616 * 2  # bf16 on a GPU
     assert "smallest listed GPU that holds it is h200" in out.stdout
 

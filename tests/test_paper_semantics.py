@@ -16,7 +16,7 @@ from trainers.trainer import PPOTrainer
 
 
 def test_paper_preset_shows_the_seed_codes_values():
-    cfg = presets.resolve("paper")
+    cfg = presets.resolve("paper").train
     # rl_trainer.step_with_rollouts: one AdamW step per step_per_device_batch_size=16 rollouts, 2 epochs of 256
     assert cfg.optimizer_steps_per_ppo_step == 256 // 16 * 2 == 32
     assert cfg.derived()["optimizer_steps_per_ppo_step"] == 32

@@ -145,7 +145,7 @@ def trained(tmp_path_factory, prompt_file):
     from trainers.trainer import PPOTrainer
 
     values = presets.preset("smoke")
-    values.update(prompts=prompt_file, prompt_split="", query_len=256, threads=2, steps=2, checkpoint_every=1)
+    values.update(prompts=prompt_file, prompt_split="", query_len=256, steps=2, checkpoint_every=1)
     out = tmp_path_factory.mktemp("run") / "smoke"
     PPOTrainer(TrainConfig(**values), out, log=lambda m: None).train()
     return out

@@ -5,6 +5,7 @@ import torch
 
 from trainers import models
 from trainers.build import build_models
+from trainers.execution import ExecutionConfig
 from trainers.lora_merge import folded_adapters
 from trainers.rollout import left_pad, length_groups, trim_query
 from trainers.sampling import prefill, sample
@@ -48,7 +49,7 @@ def test_grouped_prefill_samples_the_same_tokens(smoke):
     for rows in (0, 2):
         runs.append(sample(bundle.policy, ids, mask, max_new_tokens=12, temperature=1.0, stop_ids=[],
                            pad_id=bundle.tokenizer.pad_token_id, generator=torch.Generator().manual_seed(3),
-                           prefill_rows=rows))
+                           prefill_rows=rows, lean_step=True, packed_weights=True))
     assert torch.equal(runs[0].tokens, runs[1].tokens)
     torch.testing.assert_close(runs[1].logits, runs[0].logits, rtol=1e-4, atol=1e-4)
 
@@ -109,9 +110,10 @@ def test_a_ppo_step_is_the_same_with_and_without_the_levers(smoke, tmp_path, ove
     records, params = {}, {}
     for on in (True, False):
         cfg = smoke(steps=1, lora_dropout=0.0, rollout_batch_size=8, step_batch_size=8, micro_batch_size=2,
-                    rollout_micro_batch_size=8, group_by_length=on, merge_adapters_for_rollout=on,
-                    lean_decode_step=on, packed_decode_weights=on, **overrides)
-        trainer = PPOTrainer(cfg, tmp_path / str(on), log=lambda _m: None)
+                    rollout_micro_batch_size=8, **overrides)
+        levers = ExecutionConfig(group_by_length=on, merge_adapters_for_rollout=on, lean_decode_step=on,
+                                 packed_decode_weights=on)
+        trainer = PPOTrainer(cfg, tmp_path / str(on), execution=levers, log=lambda _m: None)
         records[on] = trainer.train()[-1]
         params[on] = [p.detach().clone() for p in trainer.models.trainable_parameters()]
     for key in ("objective/scores", "objective/true_kl", "objective/kl_sampled", "objective/entropy",
@@ -133,9 +135,9 @@ def test_the_trainer_decodes_as_its_decoding_levers_say(smoke, tmp_path, monkeyp
                         lambda self, *a, **k: built.append(1) or original(self, *a, **k))
     for on in (False, True):
         built.clear()
-        cfg = smoke(steps=1, rollout_batch_size=4, step_batch_size=4, micro_batch_size=2, rollout_micro_batch_size=4,
-                    lean_decode_step=on)
-        PPOTrainer(cfg, tmp_path / str(on), log=lambda _m: None).train()
+        cfg = smoke(steps=1, rollout_batch_size=4, step_batch_size=4, micro_batch_size=2, rollout_micro_batch_size=4)
+        PPOTrainer(cfg, tmp_path / str(on), execution=ExecutionConfig(lean_decode_step=on),
+                   log=lambda _m: None).train()
         assert bool(built) == on
 
 
@@ -212,10 +214,12 @@ def test_process_settings_are_the_entry_points_not_the_trainers(smoke, tmp_path)
 
     before = torch.get_num_threads()
     try:
-        applied = configure_training_process(smoke(threads=1, device="cpu"), environ={})
+        applied = configure_training_process(ExecutionConfig(threads=1, device="cpu"), environ={})
         assert applied.threads == 1 and torch.get_num_threads() == 1
         assert applied.keep_freed_memory == (host_memory._libc() is not None)
-        PPOTrainer(smoke(threads=2), tmp_path / "run", log=lambda _m: None)
+        untuned = ExecutionConfig(threads=1, device="cpu", tune_host_allocator=False)
+        assert not configure_training_process(untuned, environ={}).keep_freed_memory
+        PPOTrainer(smoke(), tmp_path / "run", execution=ExecutionConfig(threads=2), log=lambda _m: None)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -23,6 +23,7 @@ from harness.cli import main
 from harness.results import ResultsStore
 from trainers import identity, trackers
 from trainers.config import TrainConfig
+from trainers.execution import ExecutionConfig
 from trainers.errors import UserError
 from trainers.runfolder import RunFolder
 from trainers.trainer import PPOTrainer
@@ -75,18 +76,18 @@ def run(prompt_file, mlflow_server, tmp_path_factory):
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     out = tmp_path_factory.mktemp("runs") / "run"
-    values = dict(presets.preset("smoke"), prompts=prompt_file, prompt_split="", query_len=256, threads=2,
-                  checkpoint_every=2, report_to=("tensorboard", "mlflow", "wandb"), tracker_group="grid-test")
+    values = dict(presets.preset("smoke"), prompts=prompt_file, prompt_split="", query_len=256, checkpoint_every=2)
+    execution = ExecutionConfig(threads=2, report_to=("tensorboard", "mlflow", "wandb"), tracker_group="grid-test")
     quiet = lambda msg: None  # noqa: E731
     try:
-        crashing = PPOTrainer(TrainConfig(**dict(values, steps=3)), out, log=quiet)
+        crashing = PPOTrainer(TrainConfig(**dict(values, steps=3)), out, execution=execution, log=quiet)
         save = crashing._save_checkpoint
         crashing._save_checkpoint = lambda: (_ for _ in ()).throw(Killed()) if crashing.step == 3 else save()
         with pytest.raises(Killed):
             crashing.train()
         assert [r["step"] for r in RunFolder(out).read_metrics()] == [1, 2, 3]
         first_try = RunFolder(out).read_metrics()[2]
-        PPOTrainer(TrainConfig(**dict(values, steps=4)), out, log=quiet).train(resume=True)
+        PPOTrainer(TrainConfig(**dict(values, steps=4)), out, execution=execution, log=quiet).train(resume=True)
         results, eval_set = out.parent / "results", out.parent / "evalset.json"
         eval_set.write_text(json.dumps([{"instruction": f"Name a colour number {i}.", "input": ""} for i in range(4)]))
         assert main(["eval", str(out), "--step", "2", "--results", str(results), "--eval-set", str(eval_set),
@@ -224,13 +225,16 @@ def test_the_command_line_refuses_a_bad_report_to_before_any_work(value, message
     assert not (tmp_path / "r").exists()  # refused before the run folder was made
 
 
-def test_trackers_are_an_execution_setting_outside_the_run_id(smoke):
-    plain, tracked = smoke(), smoke(report_to=("wandb", "mlflow"), tracker_group="g")
-    assert identity.run_id(plain) == identity.run_id(tracked)
+def test_trackers_are_an_execution_setting_outside_the_run_id():
+    plain = presets.resolve("smoke")
+    tracked = presets.resolve("smoke", None, ["report_to=wandb,mlflow", "tracker_group=g"])
+    assert tracked.train == plain.train and tracked.execution.report_to == ("wandb", "mlflow")
+    assert identity.run_id(plain.train) == identity.run_id(tracked.train)
     with pytest.raises(ValueError, match="report_to='tensorboard,tensorboard' names a tracker twice"):
-        smoke(report_to=("tensorboard", "tensorboard"))
-    assert presets.resolve("smoke", None, ["report_to=none"]).report_to == ("none",)
-    assert presets.resolve("smoke").report_to == presets.resolve("tiny").report_to == ("tensorboard",)
+        ExecutionConfig(report_to=("tensorboard", "tensorboard"))
+    assert presets.resolve("smoke", None, ["report_to=none"]).execution.report_to == ("none",)
+    assert presets.resolve("smoke").execution.report_to == presets.resolve("tiny").execution.report_to \
+        == ("tensorboard",)
 
 
 def test_the_trackio_adapter_calls_its_api_in_order(tmp_path, monkeypatch):

@@ -144,8 +144,8 @@ def test_non_eos_responses_get_the_penalty(smoke, tmp_path):
     with torch.no_grad():  # make EOS likely enough that some rows end within 6 tokens and some do not
         model.lm_head.weight[2] = model.model.norm.weight.sign() * 0.5
     timings = {"rollout": 0.0, "score": 0.0}
-    ro = collect_chunk(trainer.models, trainer.cfg, trainer.batch_prompts(0), trainer.generator,
-                       torch.device("cpu"), timings)
+    ro = collect_chunk(trainer.models, trainer.cfg, trainer.execution, trainer.batch_prompts(0),
+                       trainer.generator, torch.device("cpu"), timings)
     assert ro.ended.any() and not ro.ended.all(), ro.ended
     assert torch.equal(ro.scores[~ro.ended], torch.full_like(ro.scores[~ro.ended], -3.0))
     assert torch.equal(ro.scores[ro.ended], ro.raw_scores[ro.ended])

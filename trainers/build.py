@@ -55,7 +55,7 @@ class PPOModels:
             return self.base.adapters(())
         return self.policy.disable_adapter() if self.reference is None else contextlib.nullcontext()
 
-    def sampling_context(self, fold_adapters: bool, few_row_products: bool = False):
+    def sampling_context(self, fold_adapters: bool, few_row_products: bool):
         """Context for sampling from the policy: its LoRA updates folded into the weights, and its linear
         layers in the layout that suits few-row products, when asked (trainers.lora_merge, .decode_linear)."""
         from trainers import decode_linear, lora_merge

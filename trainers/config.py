@@ -1,4 +1,7 @@
-"""`TrainConfig`: every setting of a PPO run, frozen and validated on construction.
+"""`TrainConfig`: every setting of what a PPO run computes, frozen and validated on construction.
+
+How fast and where a run computes it (threads, device, decoding levers, trackers) is `trainers.execution.
+ExecutionConfig`; a run's id is a function of this configuration alone (`trainers.identity`).
 
 Checks here need no files and no weights (types, ranges, names, cross-field rules); checks that look at
 the file system or a model's config.json live in `trainers.preflight`. Every field's help text becomes
@@ -9,23 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from trainers import regularizers, trackers
+from trainers import fieldtypes, regularizers
 
 Dtype = Literal["auto", "bfloat16", "float32", "float16"]
 
-# Fields that choose where and how fast the same quantities are computed, not which: they are left out of a run's
-# identity (`trainers.identity`), and a run may be resumed with them changed. Results differ only by
-# floating-point summation order.
-EXECUTION_FIELDS = frozenset({"threads", "device", "group_by_length", "merge_adapters_for_rollout",
-                              "few_row_decode_products", "lean_decode_step", "packed_decode_weights",
-                              "report_to", "tracker_group"})
-
 # Upper bounds of counts and sizes: beyond them a value is a typo (it would end in MemoryError or run for years)
-MAX_THREADS = 1024
 MAX_COUNT = 10**9
 MAX_SIZE = 10**6
 
@@ -119,28 +113,9 @@ class TrainConfig:
     # bookkeeping
     seed: int = _f(42, "seed of sampling, dropout, shuffling and head initialisation")
     checkpoint_every: int = _f(20, "save a checkpoint every N steps (and at the last step)")
-    device: Literal["auto", "cpu", "cuda"] = _f("auto", "auto: cuda when available")
-    threads: int = _f(0, "CPU threads for torch (0: all cores)")
-    report_to: tuple[str, ...] = _f(("tensorboard",), "experiment trackers the run logs its metrics, configuration "
-                                    f"and evaluations to, several at once: {', '.join(trackers.tracker_names())}, or "
-                                    "none (tensorboard: event files in RUN/tensorboard/)")
-    tracker_group: str = _f("", "the runs logged together: W&B group, MLflow experiment, trackio project (empty: "
-                            f"{trackers.DEFAULT_GROUP!r}; `harness reproduce` names it after its grid)")
-    # speed: how the same sums are computed, never what they are (see EXECUTION_FIELDS)
-    group_by_length: bool = _f(True, "order rows by length before splitting them into micro-batches (prefill, "
-                               "scoring forwards, training), so that each micro-batch carries little padding")
-    merge_adapters_for_rollout: bool = _f(True, "sample with the LoRA update folded into temporary copies of the "
-                                          "adapted weights (the originals are put back untouched afterwards)")
-    few_row_decode_products: bool = _f(True, "on CPUs, decode with each float32 linear layer computed as W x^T, "
-                                       "which MKL runs faster than x W^T for a few rows")
-    lean_decode_step: bool = _f(True, "decode Llama models with their weights' tensor operations alone, without "
-                                "the per-token work of the model's forward (mask building, module dispatch); the "
-                                "same logits")
-    packed_decode_weights: bool = _f(True, "on CPUs, decode bf16 linear layers with copies of their weights packed "
-                                     "once per rollout into oneDNN's blocked layout; the same logits")
 
     def __post_init__(self) -> None:
-        _check_types(self)
+        fieldtypes.check_types(self)
         errors = list(_cross_field_errors(self))
         if errors:
             raise ValueError("invalid training configuration:\n  - " + "\n  - ".join(errors))
@@ -191,43 +166,11 @@ def field_names() -> list[str]:
 
 
 def field_types() -> dict[str, Any]:
-    return typing.get_type_hints(TrainConfig)
+    return fieldtypes.field_types(TrainConfig)
 
 
 def field_help() -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
-
-
-def _allowed(tp: Any) -> str:
-    if typing.get_origin(tp) is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    return getattr(tp, "__name__", str(tp))
-
-
-def _check_types(cfg: TrainConfig) -> None:
-    for name, tp in field_types().items():
-        value = getattr(cfg, name)
-        origin, args = typing.get_origin(tp), typing.get_args(tp)
-        if origin is Literal:
-            ok = value in args
-        elif origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-            ok = any(_is_instance(value, a) for a in args)
-        else:
-            ok = _is_instance(value, tp)
-        if not ok:
-            raise ValueError(f"{name}={value!r} is invalid: expected {_allowed(tp)}")
-
-
-def _is_instance(value: Any, tp: Any) -> bool:
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if typing.get_origin(tp) is tuple:
-        return isinstance(value, tuple) and all(isinstance(v, str) for v in value)
-    return isinstance(value, tp)
 
 
 def _cross_field_errors(c: TrainConfig):
@@ -266,10 +209,10 @@ def _cross_field_errors(c: TrainConfig):
         yield f"adam_eps={c.adam_eps} must be > 0"
     if c.lr_decay_epochs < 0:
         yield f"lr_decay_epochs={c.lr_decay_epochs} must be >= 0 (0: decay over the run's steps)"
-    for name in ("warmup_steps", "weight_decay", "max_grad_norm", "vf_coef", "kl_coef", "threads"):
+    for name in ("warmup_steps", "weight_decay", "max_grad_norm", "vf_coef", "kl_coef"):
         if getattr(c, name) < 0:
             yield f"{name}={getattr(c, name)} must be >= 0"
-    for name, most in (("threads", MAX_THREADS), ("steps", MAX_COUNT), ("checkpoint_every", MAX_COUNT),
+    for name, most in (("steps", MAX_COUNT), ("checkpoint_every", MAX_COUNT),
                        ("kl_horizon", MAX_COUNT), ("warmup_steps", MAX_COUNT), ("noptepochs", MAX_SIZE),
                        ("rollout_batch_size", MAX_SIZE), ("step_batch_size", MAX_SIZE), ("micro_batch_size", MAX_SIZE),
                        ("rollout_micro_batch_size", MAX_SIZE), ("query_len", MAX_SIZE), ("response_len", MAX_SIZE),
@@ -292,4 +235,3 @@ def _cross_field_errors(c: TrainConfig):
         yield "prompts='' is empty: give a JSON/JSONL file or 'hf:DATASET[:CONFIG]:SPLIT'"
     if not c.lora_target_modules:
         yield "lora_target_modules=() is empty"
-    yield from trackers.names_errors(c.report_to)

@@ -65,7 +65,7 @@ def fsdp_requested(environ: Mapping[str, str] = os.environ) -> bool:
     return environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def config_errors(cfg, world_size: int, fsdp: bool = False) -> list[str]:
+def config_errors(cfg, world_size: int, fsdp: bool = False, device: str = "auto") -> list[str]:
     """What prevents `cfg` from running on `world_size` processes (nothing for one process)."""
     if world_size <= 1:
         return []
@@ -81,8 +81,8 @@ def config_errors(cfg, world_size: int, fsdp: bool = False) -> list[str]:
     if fsdp and cfg.lora:
         errors.append("lora=true under an accelerate FSDP config: the FSDP path is for the full fine-tune "
                       "(lora=false); launch LoRA runs with harness/accelerate/ddp_lora_2gpu.yaml")
-    if fsdp and (cfg.device == "cpu" or not torch.cuda.is_available()):
-        errors.append(f"device={cfg.device!r} under an accelerate FSDP config: the FSDP path needs CUDA GPUs")
+    if fsdp and (device == "cpu" or not torch.cuda.is_available()):
+        errors.append(f"device={device!r} under an accelerate FSDP config: the FSDP path needs CUDA GPUs")
     return errors
 
 
@@ -97,16 +97,16 @@ def parameter_digest(params: Sequence[torch.Tensor]) -> str:
 class DataParallel:
     """The process group and the collective steps of a PPO step; the identity when world_size == 1."""
 
-    def __init__(self, cfg, environ: Mapping[str, str] = os.environ) -> None:
+    def __init__(self, cfg, device: str = "auto", environ: Mapping[str, str] = os.environ) -> None:
         self.seed = cfg.seed
         self.world_size = env_int("WORLD_SIZE", 1, environ)
         self.rank = env_int("RANK", 0, environ)
         self.local_rank = env_int("LOCAL_RANK", 0, environ)
         self.fsdp = self.enabled and fsdp_requested(environ) and not cfg.lora
-        errors = config_errors(cfg, self.world_size, self.enabled and fsdp_requested(environ))
+        errors = config_errors(cfg, self.world_size, self.enabled and fsdp_requested(environ), device)
         if errors:  # every rank raises the same error before any collective: nobody waits forever
             raise ValueError("invalid training configuration:\n  - " + "\n  - ".join(errors))
-        self.device = self._device(cfg.device)
+        self.device = self._device(device)
         self.backend = None
         self.roles: TrainedRoles | None = None
         if self.enabled:

@@ -1,8 +1,9 @@
 """A run's one identity: `<regularizer>-<lora|full>-s<seed>-<digest>`, derived from its resolved configuration.
 
-The digest covers every field that changes what a run computes (not where or how fast: `EXECUTION_FIELDS`; a
-setting added later is left out at the value that computes what runs did before it existed: `LATER_SETTINGS`), with
-each file input named by its content instead of its path:
+The digest covers every field of `TrainConfig`, what a run computes (where and how fast it computes it is
+`trainers.execution.ExecutionConfig`, which the id never sees; a setting added later is left out at the value that
+computes what runs did before it existed: `LATER_SETTINGS`), with each file input named by its content instead of
+its path:
 - `prompts`: a local file by the sha256 of its bytes; a dataset id as written;
 - `policy`, `reward`: a builtin model by its name, a directory (a prepared reward model included) by the sha256 of
   its files' names and contents; a Hub id as written. A prepared reward model that is not there yet is named
@@ -18,7 +19,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from trainers.config import EXECUTION_FIELDS, TrainConfig
+from trainers.config import TrainConfig
 from trainers.specs import BUILTINS, PREPARED, cache_dir, resolve_reward_spec
 
 ABSENT = "absent:"
@@ -34,7 +35,7 @@ def run_id(cfg: TrainConfig) -> str:
 
 
 def run_digest(cfg: TrainConfig) -> str:
-    values = {k: v for k, v in without_later_defaults(cfg.to_dict()).items() if k not in EXECUTION_FIELDS}
+    values = without_later_defaults(cfg.to_dict())
     values["prompts"] = file_fingerprint(cfg.prompts)
     values["policy"] = model_fingerprint(cfg.policy)
     if not cfg.reward_is_rule:

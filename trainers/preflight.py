@@ -8,8 +8,8 @@ from trainers import data, heads, models, rewards
 from trainers.config import TrainConfig
 
 
-def problems(cfg: TrainConfig) -> list[str]:
-    """Every problem found, each naming the field, the value and what is allowed."""
+def problems(cfg: TrainConfig, device: str = "auto") -> list[str]:
+    """Every problem found, each naming the field, the value and what is allowed; `device`: the execution's."""
     found: list[str] = []
     if (msg := models.describe_spec_error("policy", cfg.policy)) is not None:
         found.append(msg)
@@ -22,7 +22,7 @@ def problems(cfg: TrainConfig) -> list[str]:
         found.append(msg)
     if (msg := data.describe_source_error(cfg.prompts)) is not None:
         found.append(msg)
-    if cfg.device == "cuda" and not torch.cuda.is_available():
+    if device == "cuda" and not torch.cuda.is_available():
         found.append("device='cuda' but torch sees no CUDA device; valid here: auto, cpu")
     if not found:
         specs = [("policy", cfg.policy)]
@@ -52,8 +52,8 @@ def reward_model_problem(field: str, spec: str) -> str | None:
     return None
 
 
-def check(cfg: TrainConfig) -> None:
+def check(cfg: TrainConfig, device: str = "auto") -> None:
     """Raise ValueError listing every problem, or return."""
-    found = problems(cfg)
+    found = problems(cfg, device)
     if found:
         raise ValueError("the run cannot start:\n  - " + "\n  - ".join(found))

@@ -5,7 +5,8 @@ computes.
 - torch threads: the configured number, else this machine's cores shared by the training processes on it;
   processes whose OpenMP threads outnumber the cores spin against each other (`python -m benchmarks.ppo_modes
   --set threads=N` times a step at N threads).
-- glibc's allocator keeps freed memory within a PPO phase on a CPU run (`trainers.host_memory`).
+- glibc's allocator keeps freed memory within a PPO phase on a CPU run (`trainers.host_memory`), unless
+  `tune_host_allocator` is off.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from trainers.config import TrainConfig
+from trainers.execution import ExecutionConfig
 from trainers.distributed import env_int
 from trainers.host_memory import keep_freed_memory_within_a_phase
 
@@ -38,8 +39,10 @@ def runs_on_cpu(device: str) -> bool:
     return device == "cpu" or (device == "auto" and not torch.cuda.is_available())
 
 
-def configure_training_process(cfg: TrainConfig, environ: Mapping[str, str] = os.environ) -> ProcessSettings:
-    """Apply the process-wide settings `cfg` asks for; returns what was applied."""
-    threads = torch_threads(cfg.threads, environ)
+def configure_training_process(execution: ExecutionConfig,
+                               environ: Mapping[str, str] = os.environ) -> ProcessSettings:
+    """Apply the process-wide settings `execution` asks for; returns what was applied."""
+    threads = torch_threads(execution.threads, environ)
     torch.set_num_threads(threads)
-    return ProcessSettings(threads, runs_on_cpu(cfg.device) and keep_freed_memory_within_a_phase())
+    keep = execution.tune_host_allocator and runs_on_cpu(execution.device) and keep_freed_memory_within_a_phase()
+    return ProcessSettings(threads, keep)

@@ -25,6 +25,7 @@ from torch.nn.utils.rnn import pad_sequence
 from trainers import ppo, regularizers
 from trainers.build import PPOModels
 from trainers.config import TrainConfig
+from trainers.execution import ExecutionConfig
 from trainers.heads import ScalarHeadModel, response_start
 from trainers.sampling import length_groups, position_ids_from_mask, sample, trim_query
 
@@ -142,21 +143,23 @@ def _eos_appended(tokens: Tensor, lengths: Tensor, ended: Tensor, eos_id: int) -
     return tokens, lengths + (~ended).long()
 
 
-def sampling_options(models: PPOModels, cfg: TrainConfig) -> dict:
+def sampling_options(models: PPOModels, cfg: TrainConfig, execution: ExecutionConfig) -> dict:
     """`trainers.sampling.sample`'s keyword arguments for a rollout of `cfg` (all but the generator)."""
     return dict(max_new_tokens=cfg.response_len, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
                 stop_ids=models.stop_ids if cfg.stop_at_eos else [], pad_id=models.tokenizer.pad_token_id,
-                prefill_rows=cfg.micro_batch_size if cfg.group_by_length else 0, lean_step=cfg.lean_decode_step,
-                packed_weights=cfg.packed_decode_weights)
+                prefill_rows=cfg.micro_batch_size if execution.group_by_length else 0,
+                lean_step=execution.lean_decode_step, packed_weights=execution.packed_decode_weights)
 
 
 @torch.inference_mode()
-def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]], generator, device, timings) -> Rollout:
+def collect_chunk(models: PPOModels, cfg: TrainConfig, execution: ExecutionConfig, prompts: list[list[int]],
+                  generator, device, timings) -> Rollout:
     spec = regularizers.get(cfg.regularizer)
     query_ids, query_mask = left_pad(prompts, models.tokenizer.pad_token_id, device)
     t0 = time.perf_counter()
-    with models.sampling_context(cfg.merge_adapters_for_rollout, cfg.few_row_decode_products):
-        samples = sample(models.policy, query_ids, query_mask, generator=generator, **sampling_options(models, cfg))
+    with models.sampling_context(execution.merge_adapters_for_rollout, execution.few_row_decode_products):
+        samples = sample(models.policy, query_ids, query_mask, generator=generator,
+                         **sampling_options(models, cfg, execution))
     t1 = time.perf_counter()
     tokens, mask = samples.tokens, samples.mask
     batch, width = tokens.shape
@@ -166,7 +169,8 @@ def collect_chunk(models: PPOModels, cfg: TrainConfig, prompts: list[list[int]],
     lengths = query_mask.sum(1) + mask.sum(1)
     # Scoring forwards one group of rows at a time: with groups of similar length, trimmed of the columns
     # that are padding in all their rows, no forward pays for another row's long prompt or response.
-    for rows in length_groups(lengths, cfg.micro_batch_size if cfg.group_by_length else batch, cfg.group_by_length):
+    grouped = execution.group_by_length
+    for rows in length_groups(lengths, cfg.micro_batch_size if grouped else batch, grouped):
         q_ids, q_mask = trim_query(query_ids[rows], query_mask[rows])
         n = int(mask[rows].sum(1).max())
         toks, tmask = tokens[rows, :n], mask[rows, :n]

@@ -127,15 +127,16 @@ def sample(
     generator: torch.Generator | None = None,
     keep_logits: bool = True,
     prefill_rows: int = 0,
-    lean_step: bool = True,
-    packed_weights: bool = True,
+    lean_step: bool,
+    packed_weights: bool,
 ) -> Samples:
     """Sample up to `max_new_tokens` per row (temperature 0: greedy); stop when every row has stopped.
 
     `prefill_rows` > 0 reads the prompts in length-sorted groups of that many rows (see `prefill`). Decoding levers
     (each gives the same logits as without it): `lean_step` decodes with `trainers.decode_step.LeanDecoder` where
     it applies (without the per-call work of the model's forward); `packed_weights` computes bf16 linear layers
-    with weights packed once for the call (`trainers.decode_linear.packed_products`)."""
+    with weights packed once for the call (`trainers.decode_linear.packed_products`). They have no default here:
+    the caller passes its configuration's (`trainers.execution.DecodeLevers`)."""
     device = query_ids.device
     batch = query_ids.size(0)
     mask = query_mask.long()

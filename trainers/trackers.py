@@ -17,24 +17,8 @@ from typing import Any
 
 from trainers.errors import UserError
 from trainers.runfolder import RunFolder
-from trainers.tracker_backends import options_from_env, tracker_names, tracker_spec
-
-NONE = "none"
-DEFAULT_GROUP = "harness"
-
-
-def names_errors(names: tuple[str, ...]) -> list[str]:
-    """What is wrong with a `report_to` value (no library is looked at)."""
-    unknown = [n for n in names if n not in tracker_names() and n != NONE]
-    if unknown:
-        return [f"report_to={','.join(names)!r}: {', '.join(map(repr, unknown))} is not known; allowed: "
-                f"{', '.join(tracker_names())}, or {NONE} (several at once, comma-separated)"]
-    if NONE in names and len(names) > 1:
-        return [f"report_to={','.join(names)!r}: {NONE!r} cannot be combined with a tracker"]
-    if len(set(names)) != len(names):
-        return [f"report_to={','.join(names)!r} names a tracker twice"]
-    return []
-
+from trainers.tracker_backends import (DEFAULT_GROUP, NONE, names_errors, options_from_env, tracker_names,  # noqa: F401
+                                       tracker_spec)
 
 def selected(names: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(n for n in names if n != NONE)
@@ -116,13 +100,14 @@ def log_evaluation(run_dir: str | Path, evaluator: str, step: int, metrics: dict
     """Send one evaluation of a run folder's checkpoint to the trackers its config.json names (the same tracker
     runs as its training). A tracker that fails is named in one line: the evaluation's record is already stored."""
     run_dir = Path(run_dir)
-    config = RunFolder(run_dir).read_config()
-    names = tuple(config.get("report_to", ()))
+    folder = RunFolder(run_dir)
+    execution = folder.read_execution()
+    names = tuple(execution.get("report_to", ()))
     if not selected(names):
         return
     try:
-        trackers = Trackers(names, run_dir, run_name=RunFolder(run_dir).run_id(), group=config.get("tracker_group", ""),
-                            config=config)
+        trackers = Trackers(names, run_dir, run_name=folder.run_id(), group=execution.get("tracker_group", ""),
+                            config={**folder.read_config(), **execution})
         try:
             trackers.log_evaluation(evaluator, step, metrics)
         finally:

@@ -28,33 +28,19 @@ import torch
 from trainers import checkpoint, data, identity, ppo, preflight, schedule, trackers
 from trainers.distributed import DataParallel
 from trainers.build import build_models
-from trainers.config import EXECUTION_FIELDS, TrainConfig
+from trainers.config import TrainConfig
 from trainers.errors import UserError
-from trainers.identity import LATER_SETTINGS, without_later_defaults
-from trainers.runfolder import RunFolder, check_no_checkpoint, check_resume, resume_hash, verify
+from trainers.execution import ExecutionConfig
+from trainers.run_config import RunConfig
+from trainers.runfolder import RunFolder, check_no_checkpoint, check_resume, verify
 from trainers.kl_control import make_kl_controller
 from trainers.precision import cpu_matmul_gflops, resolve_frozen_dtype
 from trainers.progress import Meter
+from trainers.resumption import refused_changes, settings_hash
 from trainers.rollout import (Rollout, collect_chunk, concat, length_groups, position_ids_from_mask, response_logits,
                               trim_query)
 from trainers.host_memory import release_host_memory
 from trainers.runlog import Progress, peak_memory
-
-# a run may go on with more steps or another speed setting, but not on another device (whose dtypes differ)
-RESUMABLE_CHANGES = {"steps", "checkpoint_every"} | (EXECUTION_FIELDS - {"device"})
-
-
-def resumable_changes(cfg: TrainConfig) -> set[str]:
-    """Fields a resumed run may change: not `steps` when a linear schedule decays over them (the rate of every
-    step already taken would have been another)."""
-    decays_over_steps = cfg.lr_schedule == "linear" and cfg.lr_decay_epochs == 0
-    return RESUMABLE_CHANGES - {"steps"} if decays_over_steps else RESUMABLE_CHANGES
-
-
-def settings_hash(cfg: TrainConfig) -> str:
-    """The hash a checkpoint carries of the settings that shaped it: a run resumed or evaluated from it must have
-    the same (`resumable_changes` may differ, e.g. `steps` extended by a resume)."""
-    return resume_hash(without_later_defaults(cfg.to_dict()), resumable_changes(cfg))
 
 
 def library_versions() -> dict[str, str]:
@@ -76,16 +62,20 @@ def pick_device(choice: str) -> torch.device:
 
 
 class PPOTrainer:
-    def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, log=None) -> None:
-        preflight.check(cfg)
-        trackers.check_installed(cfg.report_to)  # a missing tracker library: one line, before any model loads
-        self.cfg, self.run_dir = cfg, Path(run_dir)
+    """The run `cfg` describes, executed as `execution` says (threads excepted: the entry point sets them,
+    `trainers.process_settings`)."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: str | Path, *, execution: ExecutionConfig = ExecutionConfig(),
+                 log=None) -> None:
+        preflight.check(cfg, execution.device)
+        trackers.check_installed(execution.report_to)  # a missing tracker library: one line, before any model loads
+        self.cfg, self.execution, self.run_dir = cfg, execution, Path(run_dir)
         self.folder = RunFolder(self.run_dir)
-        self.dp = DataParallel(cfg)  # one process: the identity everywhere
+        self.dp = DataParallel(cfg, execution.device)  # one process: the identity everywhere
         self.log = log or (lambda msg: print(msg, flush=True))
         if not self.dp.is_main:
             self.log = lambda msg: None
-        self.device = self.dp.device if self.dp.enabled else pick_device(cfg.device)
+        self.device = self.dp.device if self.dp.enabled else pick_device(execution.device)
         torch.manual_seed(cfg.seed)
         # auto may measure: every rank takes rank 0's choice
         self.frozen_dtype = self.dp.broadcast_object(resolve_frozen_dtype(cfg.frozen_dtype, self.device))
@@ -180,11 +170,10 @@ class PPOTrainer:
         resume from (None: start afresh)."""
         self.lock.acquire()  # held until train() returns: a second process on this folder fails here
         old = self.folder.read_config() if self.folder.has_config() else {}
-        changed = sorted(k for k, v in self.cfg.to_dict().items()  # a folder from before a setting: its old value
-                         if old and k not in resumable_changes(self.cfg) and old.get(k, LATER_SETTINGS.get(k)) != v)
+        old_execution = self.folder.read_execution() if old else {}
+        changed = refused_changes(old, old_execution, self.cfg, self.execution)
         if changed:
-            raise UserError(f"{self.run_dir} holds a run with a different configuration "
-                            f"({', '.join(f'{k}: {old.get(k)!r} -> {getattr(self.cfg, k)!r}' for k in changed)}); "
+            raise UserError(f"{self.run_dir} holds a run with a different configuration ({', '.join(changed)}); "
                             "use another --out")
         logged = [r["step"] for r in self.folder.read_metrics()]
         latest = self.folder.latest_checkpoint()
@@ -196,12 +185,12 @@ class PPOTrainer:
                                          else self.cfg.checkpoint_every))
         elif resume:
             check_resume(latest, verify(latest), self._resume_hash(), logged, self.folder.metrics_path)
-        self.folder.write_config(self.cfg.to_dict())
+        self.folder.write_config(RunConfig(self.cfg, self.execution).to_dict())
         self.folder.write_facts(self.facts)
         return None if latest is None or not resume else str(latest)
 
     def _resume_hash(self) -> str:
-        return settings_hash(self.cfg)
+        return settings_hash(self.cfg, self.execution)
 
     def train(self, resume: bool = False) -> list[dict]:
         self.lock = self.folder.lock()  # taken by rank 0 in _prepare_run_dir
@@ -213,8 +202,10 @@ class PPOTrainer:
     def _train(self, resume: bool) -> list[dict]:
         self._start_or_resume(resume)
         progress = Progress(self.cfg.steps, self.step)
-        sink = trackers.for_training(self.cfg.report_to, self.run_dir, self.facts["run_id"], self.cfg.tracker_group,
-                                     self.cfg.to_dict(), self.step if resume else None) if self.dp.is_main else None
+        ex = self.execution
+        sink = trackers.for_training(ex.report_to, self.run_dir, self.facts["run_id"], ex.tracker_group,
+                                     RunConfig(self.cfg, ex).flat(), self.step if resume else None) \
+            if self.dp.is_main else None
         finished = False
         try:
             while self.step < self.cfg.steps:
@@ -249,6 +240,10 @@ class PPOTrainer:
         self.dp.barrier()
 
     # ---- one PPO step ---------------------------------------------------------------------------
+    def _release_host_memory(self) -> None:
+        if self.execution.tune_host_allocator:
+            release_host_memory()
+
     def ppo_step(self) -> dict:
         cfg, models = self.cfg, self.models
         timings: dict[str, float] = defaultdict(float)
@@ -263,9 +258,10 @@ class PPOTrainer:
                    enabled=self.dp.is_main) as meter:
             for i in range(0, len(prompts), cfg.rollout_micro_batch_size):
                 with self.autocast:
-                    chunks.append(collect_chunk(models, cfg, prompts[i:i + cfg.rollout_micro_batch_size],
-                                                self.generator, self.device, timings))
-                release_host_memory()
+                    chunks.append(collect_chunk(models, cfg, self.execution,
+                                                prompts[i:i + cfg.rollout_micro_batch_size], self.generator,
+                                                self.device, timings))
+                self._release_host_memory()
                 meter.update()
         ro = concat(chunks, models.tokenizer.pad_token_id)
         if not torch.isfinite(ro.scores).all():
@@ -288,7 +284,7 @@ class PPOTrainer:
         if cfg.lr_schedule_unit == "ppo_step":
             self.scheduler.step()
         timings["train"] = time.perf_counter() - t_train
-        release_host_memory()
+        self._release_host_memory()
         # 6. record
         self.step += 1
         penalty_sum = self.dp.mean((ro.penalties * mask).sum(1).mean().item())  # the global batch's mean
@@ -345,7 +341,7 @@ class PPOTrainer:
                 # The minibatch's gradient is a sum over its tokens, whatever the split into micro-batches:
                 # splitting it by length only spares padding.
                 lengths = ro.query_mask[mb].sum(1) + ro.mask[mb].sum(1)
-                for rows in length_groups(lengths, cfg.micro_batch_size, cfg.group_by_length):
+                for rows in length_groups(lengths, cfg.micro_batch_size, self.execution.group_by_length):
                     idx = mb[rows]
                     for k, v in self._micro_step(ro, advantages, returns, idx, denom).items():
                         totals[k] += v

@@ -24,6 +24,7 @@ from trainers.runfolder.names import (CHECKPOINT_PREFIX, CHECKPOINTS, CONFIG, FA
                                       METRICS, STATE, TRACKERS, TRAIN_LOG, checkpoint_name)
 from trainers.runfolder.resume import check_no_checkpoint, check_resume, resume_hash
 from trainers.runfolder.state import content_digest, has_state, read_state, seal_state, verify, write_state
+from trainers.run_config import split
 
 __all__ = ["RunFolder", "RunLock", "check_out", "lock_state", "resume_hash", "check_resume", "check_no_checkpoint",
            "read_state", "write_state", "has_state", "verify", "seal_state", "content_digest", "checkpoint_name",
@@ -85,13 +86,26 @@ class RunFolder:
     def failed_path(self) -> Path:
         return self.path / FAILED
 
-    # ---- config.json: the resolved training configuration ----------------------------------------------------
+    # ---- config.json: the resolved configuration (`trainers.run_config.RunConfig.to_dict`) ----------------------
     def has_config(self) -> bool:
         """Whether this is a run folder: config.json is the first file `harness train` writes."""
         return self.config_path.is_file()
 
     def read_config(self) -> dict:
-        return read_json_object(self.config_path)
+        """The experiment settings (`TrainConfig`'s fields), from a config.json of either layout."""
+        return self._split_config()[0]
+
+    def read_execution(self) -> dict:
+        """The execution settings (`ExecutionConfig`'s fields): config.json's `execution` section, or those mixed
+        into the top level of a config.json written before the section existed."""
+        return self._split_config()[1]
+
+    def _split_config(self) -> tuple[dict, dict]:
+        values = read_json_object(self.config_path)
+        try:
+            return split(values)
+        except ValueError as e:
+            raise UserError(f"{self.config_path}: {e}") from None
 
     def write_config(self, values: dict) -> None:
         atomic_write_text(self.config_path, json.dumps(values, indent=2, sort_keys=True))

@@ -24,6 +24,8 @@ from trainers.options import check_options
 from trainers.registry import Registry
 
 PREFIX = "tracker"
+NONE = "none"  # `report_to` naming no tracker
+DEFAULT_GROUP = "harness"  # the group of runs logged together when `tracker_group` is empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,19 @@ def register_tracker(name: str, *, library: str, description: str, options: type
 def tracker_names() -> tuple[str, ...]:
     """Every registered tracker, tensorboard (the default) first, then by name."""
     return _REGISTRY.names()
+
+
+def names_errors(names: tuple[str, ...]) -> list[str]:
+    """What is wrong with a `report_to` value (no library is looked at)."""
+    unknown = [n for n in names if n not in tracker_names() and n != NONE]
+    if unknown:
+        return [f"report_to={','.join(names)!r}: {', '.join(map(repr, unknown))} is not known; allowed: "
+                f"{', '.join(tracker_names())}, or {NONE} (several at once, comma-separated)"]
+    if NONE in names and len(names) > 1:
+        return [f"report_to={','.join(names)!r}: {NONE!r} cannot be combined with a tracker"]
+    if len(set(names)) != len(names):
+        return [f"report_to={','.join(names)!r} names a tracker twice"]
+    return []
 
 
 def tracker_spec(name: str) -> TrackerSpec:

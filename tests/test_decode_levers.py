@@ -2,6 +2,7 @@
 decoding step reads and runs end to end on the tiny model."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -173,11 +174,13 @@ def test_floor_benchmark_dry_run(tmp_path):
     assert {"defaults", "lean_decode_step off", "packed_decode_weights off", "every decoding lever off"} <= set(rows)
     for name in ("lean_decode_step off", "packed_decode_weights off"):
         assert rows[name]["same_tokens_as_defaults"] and rows[name]["max_abs_logit_difference"] == 0
-    assert all(row["floor_ms"] > 0 and row["ms_per_step_best"] > 0 for row in rows.values())
+    # a step's time is a difference of two timings, T(n) - T(1): on a busy machine a dry run's few tokens can give
+    # any sign, so the test asks for a number; benchmarks/results/ holds the measured values
+    assert all(row["floor_ms"] > 0 and math.isfinite(row["ms_per_step_best"]) for row in rows.values())
     assert result["bandwidth_bytes_per_s_best"] > 1e8 and result["machine"]
     assert "| defaults |" in (tmp_path / "decode_floor.md").read_text()
     parts = result["step_breakdown"]  # the lean step applies to the tiny Llama: its time, split by operator group
-    assert parts["ms_per_step"] > 0 and parts["ms_per_step_adapters_disabled"] > 0
+    assert math.isfinite(parts["ms_per_step"]) and math.isfinite(parts["ms_per_step_adapters_disabled"])
     # bf16 weights: the float32 products are the adapters' alone; float32 weights: every product is float32
     fp32 = "float32 products (LoRA A and B)" if result["default_dtype"] == "bfloat16" else "float32 products"
     names = {name for name, _ in decode_floor.STEP_PARTS if "float32" not in name}

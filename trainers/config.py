@@ -11,6 +11,7 @@ the file system or a model's config.json live in `trainers.preflight`. Every fie
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -161,16 +162,10 @@ class TrainConfig:
         return cls(**{k: tuple(v) if hints[k] == tuple[str, ...] else v for k, v in data.items()})
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(TrainConfig)]
-
-
-def field_types() -> dict[str, Any]:
-    return fieldtypes.field_types(TrainConfig)
-
-
-def field_help() -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(TrainConfig)}
+# the fields of TrainConfig, by name: for the command line and the config-file readers
+field_names = functools.partial(fieldtypes.field_names, TrainConfig)
+field_types = functools.partial(fieldtypes.field_types, TrainConfig)
+field_help = functools.partial(fieldtypes.field_help, TrainConfig)
 
 
 def _cross_field_errors(c: TrainConfig):

@@ -14,6 +14,7 @@ EvalConfig.decoding`); its values default to this configuration's field defaults
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -106,16 +107,10 @@ class ExecutionConfig:
         return cls(**{k: tuple(v) if k == "report_to" and isinstance(v, list) else v for k, v in data.items()})
 
 
-def field_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(ExecutionConfig)]
-
-
-def field_types() -> dict[str, Any]:
-    return fieldtypes.field_types(ExecutionConfig)
-
-
-def field_help() -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(ExecutionConfig)}
+# the fields of ExecutionConfig, by name: for the command line and the config-file readers
+field_names = functools.partial(fieldtypes.field_names, ExecutionConfig)
+field_types = functools.partial(fieldtypes.field_types, ExecutionConfig)
+field_help = functools.partial(fieldtypes.field_help, ExecutionConfig)
 
 
 def decode_lever_names() -> list[str]:

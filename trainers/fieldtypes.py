@@ -4,6 +4,7 @@ not bools, tuples of strings. One refusal line names the field, the value and wh
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
 from typing import Any, Literal
@@ -11,6 +12,15 @@ from typing import Any, Literal
 
 def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def field_names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def field_help(cls: type) -> dict[str, str]:
+    """Each field's help text (its `metadata["help"]`), which becomes the command line's --help."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
 
 
 def check_types(obj: Any) -> None:

@@ -31,7 +31,8 @@ BREVITY = textwrap.dedent('''
         from evals.generate import generate
 
         outputs = generate(evaluation.model, evaluation.tokenizer, list(inputs.eval_set.records),
-                           evaluation.target.template, evaluation.settings, evaluation.config.device)
+                           evaluation.target.template, evaluation.settings, evaluation.config.decoding,
+                           evaluation.config.device)
         metrics = {"mean_chars": sum(map(len, outputs)) / len(outputs),
                    "empty_pct": 100.0 * sum(not o.strip() for o in outputs) / len(outputs)}
         return EvalResult("brevity", evaluation.target.step, metrics, None, inputs.eval_set.identity(), [], {},

@@ -28,8 +28,10 @@ def test_the_dry_run_prints_every_stage_and_exits_0(tmp_path):
         assert re.search(rf"\[{stage}\] training MFU: {n} GFLOP .* peak used: {n} [GT]FLOP/s", text)
         assert f"[{stage}] status: ok" in text
         for variant in gpu_check.DECODE_VARIANTS:
-            assert re.search(rf"\[{stage}\] decode \({variant}; lean step (ran|not used)\): {n} ms/step for [0-9]+ rows x 8 tokens; a step "
-                             rf"reads {n} MB .* -> floor {n} ms; {n}x the floor", text)
+            # a step's time is T(n) - T(1) over 8 tokens: on a busy machine it can take either sign (the format is
+            # what is checked here; measured values live in benchmarks/results/)
+            assert re.search(rf"\[{stage}\] decode \({variant}; lean step (ran|not used)\): -?{n} ms/step for [0-9]+ rows x 8 "
+                             rf"tokens; a step reads {n} MB .* -> floor {n} ms; -?{n}x the floor", text)
     assert "[side_by_side] prompts: " in text
     assert re.search(rf"\[llama7b\] planner prediction \(trainers.memory_plan.plan.*\): {n} GiB; measured {n} GiB", text)
     one_base = json.loads((tmp_path / "llama7b_one_base.json").read_text())

@@ -2,14 +2,16 @@
 
 1. pairs: the annotated pairs the reference judge was asked about (output != reference), minus the instructions
    the caller excludes (the offline grid's own, so that they never enter the fit);
-2. features: d = f(x, output) - f(x, reference) per pair (`learned_judge.feature_matrix`), and the difference of
-   the two outputs' bags of words over a vocabulary of the words in at least `min_df` of the fit's texts (built
-   from the fitting pairs only: each fold has its own);
+2. features: d = f(x, output) - f(x, reference) per pair (`learned_judge.feature_matrix`); with `content`, the
+   difference of the two outputs' MiniLM content features c(x, o) (`judge_embeddings.content_features`: every text
+   embedded once, cached on disk); and the difference of the two outputs' bags of words over a vocabulary of the
+   words in at least `min_df` of the fit's texts (built from the fitting pairs only: each fold has its own);
 3. k-fold over MODELS: the models are shuffled with a seeded generator and dealt into k folds; each fold's pairs
    are judged by a head fitted on the other folds' pairs only, so no model has outputs on both sides;
-4. the head: L2-penalised logistic regression of the reference judge's pick on [d / scale, word difference]
-   (scale: the standard deviation of each surface feature over the outputs), no intercept (so the judge is
-   symmetric), lbfgs: deterministic;
+4. the head: L2-penalised logistic regression of the reference judge's pick on [d / scale, content difference /
+   content scale, word difference] (scale: the standard deviation of each feature over the outputs and references;
+   `content_weight` divides the content scale, so a weight above 1 penalises that block less), no intercept (so the
+   judge is symmetric), lbfgs: deterministic;
 5. the shipped head: the same fit on every pair of step 1.
 
 Returns the held-out preferences (for `evals.judge_check` figures) and the final weights (JSON-ready).
@@ -25,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from evals.annotations import Annotation
+from evals.embeddings import VERSION as EMBEDDER
 from evals.learned_judge import FEATURES, bag_of_words, feature_matrix, weights_version
 
 
@@ -67,12 +70,31 @@ def word_matrix(bags: Sequence[set[str]], vocab: list[str]):
     return sparse.csr_matrix((data, indices, indptr), shape=(len(bags), len(vocab)))
 
 
-def _design(d, scale, bags_o, bags_r, vocab):
+def _design(dense, bags_o, bags_r, vocab):
     from scipy import sparse
 
     if not vocab:
-        return d / scale
-    return sparse.hstack([sparse.csr_matrix(d / scale), word_matrix(bags_o, vocab) - word_matrix(bags_r, vocab)]).tocsr()
+        return dense
+    return sparse.hstack([sparse.csr_matrix(dense), word_matrix(bags_o, vocab) - word_matrix(bags_r, vocab)]).tocsr()
+
+
+def _standardise(fo: np.ndarray, fr: np.ndarray, fit_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, scale) of each column over the fit's outputs and references (scale 1 where a column is constant)."""
+    both = np.vstack([fo[fit_ok], fr[fit_ok]])
+    scale = both.std(axis=0)
+    return both.mean(axis=0), np.where(scale > 1e-9, scale, 1.0)
+
+
+def content_block(rows: Sequence[Annotation], prompts: Sequence[str], log=print) -> tuple[np.ndarray, np.ndarray]:
+    """(c(x, output), c(x, reference)) per pair: `judge_embeddings.content_features` of the MiniLM embeddings."""
+    from evals.judge_embeddings import content_features, embed
+
+    p = [prompts[r.index] for r in rows]
+    texts = sorted({*p, *(r.output for r in rows), *(r.reference for r in rows)})
+    vectors = dict(zip(texts, embed(texts, log=log)))
+    ex = np.array([vectors[t] for t in p])
+    return (content_features(ex, np.array([vectors[r.output] for r in rows])),
+            content_features(ex, np.array([vectors[r.reference] for r in rows])))
 
 
 def _fit_vocab(rows, bags_o, bags_r, mask, min_df):
@@ -97,17 +119,22 @@ def preference(x, coef: np.ndarray) -> np.ndarray:
 
 
 def fit(rows: Sequence[Annotation], prompts: Sequence[str], *, exclude: set[int], k: int = 5, seed: int = 0,
-        l2: float = 3e-5, min_df: int = 20, log=print) -> FitResult:
+        l2: float = 3e-5, min_df: int = 20, content: bool = True, content_weight: float = 1.0,
+        log=print) -> FitResult:
     """Steps 1-5 of the module docstring over `rows` (pairs with output != reference, preference != 1.5)."""
     rows = list(rows)
     p = [prompts[r.index] for r in rows]
     fo, fr = feature_matrix(p, [r.output for r in rows]), feature_matrix(p, [r.reference for r in rows])
-    d = fo - fr
     y = np.array([r.preference > 1.5 for r in rows], dtype=int)
     decided = np.array([r.preference != 1.5 for r in rows])
     fit_ok = decided & np.array([r.index not in exclude for r in rows])
-    scale = np.vstack([fo, fr])[np.concatenate([fit_ok, fit_ok])].std(axis=0)
-    scale = np.where(scale > 1e-9, scale, 1.0)
+    mean, scale = _standardise(fo, fr, fit_ok)
+    dense = (fo - fr) / scale
+    if content:
+        co, cr = content_block(rows, prompts, log)
+        c_mean, c_scale = _standardise(co, cr, fit_ok)
+        c_scale = c_scale / content_weight  # a larger weight: a weaker penalty on the content block
+        dense = np.hstack([dense, (co - cr) / c_scale])
     folds = model_folds([r.model for r in rows], k, seed)
     fold = np.array([folds[r.model] for r in rows])
     bags_o, bags_r = [bag_of_words(r.output) for r in rows], [bag_of_words(r.reference) for r in rows]
@@ -115,17 +142,21 @@ def fit(rows: Sequence[Annotation], prompts: Sequence[str], *, exclude: set[int]
     for i in range(k):
         train = fit_ok & (fold != i)
         vocab = _fit_vocab(rows, bags_o, bags_r, train, min_df)
-        x = _design(d, scale, bags_o, bags_r, vocab)
+        x = _design(dense, bags_o, bags_r, vocab)
         coef = fit_head(x[train], y[train], l2)
         heldout[fold == i] = preference(x[fold == i], coef)
         log(f"fold {i + 1}/{k}: fitted on {int(train.sum())} pairs, judged {int((fold == i).sum())} held-out pairs of "
             f"{len({r.model for r, f in zip(rows, fold) if f == i})} models")
     vocab = _fit_vocab(rows, bags_o, bags_r, fit_ok, min_df)
-    coef = fit_head(_design(d, scale, bags_o, bags_r, vocab)[fit_ok], y[fit_ok], l2)
-    mean = np.vstack([fo, fr])[np.concatenate([fit_ok, fit_ok])].mean(axis=0)
-    n = len(FEATURES)
-    weights = {"features": list(FEATURES), "mean": [round(float(v), 8) for v in mean],
-               "scale": [round(float(v), 8) for v in scale], "coef": [round(float(v), 8) for v in coef[:n]],
-               "vocabulary": vocab, "word_coef": [round(float(v), 6) for v in coef[n:]], "l2": l2, "min_df": min_df}
+    coef = fit_head(_design(dense, bags_o, bags_r, vocab)[fit_ok], y[fit_ok], l2)
+    n, n_dense = len(FEATURES), dense.shape[1]
+    r8 = lambda values: [round(float(v), 8) for v in values]  # noqa: E731
+    weights = {"features": list(FEATURES), "mean": r8(mean), "scale": r8(scale), "coef": r8(coef[:n]),
+               "vocabulary": vocab, "word_coef": [round(float(v), 6) for v in coef[n_dense:]], "l2": l2,
+               "min_df": min_df}
+    if content:
+        weights["content"] = {"embedder": EMBEDDER, "features": "MiniLM e(o) (384), cos(e(o), e(x))",
+                              "mean": r8(c_mean), "scale": r8(c_scale), "coef": r8(coef[n:n_dense]),
+                              "weight": content_weight}
     weights["version"] = weights_version(weights)
     return FitResult(heldout=heldout, folds=folds, weights=weights, n_fit=int(fit_ok.sum()))

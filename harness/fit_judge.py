@@ -1,13 +1,15 @@
 """`harness fit-judge`: fit the learned offline judge on a reference judge's annotations and ship it.
 
     harness fit-judge --annotations FILE.jsonl[.gz] [--instructions FILE] [--folds 5] [--seed 0] [--l2 3e-5] [--min-df 20]
-                      [--out evals/data/learned_judge.json] [--results results]
+                      [--content minilm|none] [--content-weight 1] [--out evals/data/learned_judge.json]
+                      [--results results]
 
 Instructions that resemble any of the bundled instructions (`harness/data/instructions.json`, every split, so the
 offline grid's evaluation and preference sets) never enter the fit: word-set Jaccard >= `OVERLAP` with any of them.
 The k-fold-by-model held-out preferences are stored as a judge_check record (the learned judge's row in the
 report, its figures from models it never saw); the weights go to `--out` and the fit record beside them
-(`<out stem>.fit.json`: command, data hash, folds, excluded instructions, held-out figures, time, machine, commit).
+(`<out stem>.fit.json`: command, data hash, folds, excluded instructions, held-out figures, wall time, machine and
+its AVX flags, how many texts were embedded and how many read from the embedding cache, commit).
 """
 
 from __future__ import annotations
@@ -45,6 +47,32 @@ def overlapping(prompts: list[str], bundled: str | Path = BUNDLED) -> dict[int, 
     return found
 
 
+def cpu_flags(names: tuple[str, ...] = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")) -> dict[str, bool]:
+    """Which of `names` /proc/cpuinfo lists (what sets MiniLM's speed on CPU); empty where it cannot be read."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file():
+        return {}
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.read_text().splitlines()
+                  if line.startswith("flags")), set())
+    return {name: name in flags for name in names}
+
+
+def _embedding_cache_size() -> int:
+    import sqlite3
+
+    from evals.judge_embeddings import cache_path
+
+    if not cache_path().is_file():
+        return 0
+    db = sqlite3.connect(str(cache_path()), timeout=60)
+    try:
+        return db.execute("SELECT COUNT(*) FROM embeddings").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+
+
 def run(args, log=print) -> dict:
     from evals.judge_fit import fit, model_folds
 
@@ -59,12 +87,17 @@ def run(args, log=print) -> dict:
     exclude = overlapping(prompts)
     log(f"fit-judge: {len(pairs_rows)} pairs of {len({r.model for r in pairs_rows})} models; {len(exclude)} "
         f"instructions left out of the fit (they resemble bundled ones: {sorted(exclude)})")
+    content = getattr(args, "content", "minilm") == "minilm"
+    embedded = _embedding_cache_size()
     result = fit(pairs_rows, prompts, exclude=set(exclude), k=args.folds, seed=args.seed, l2=args.l2,
-                 min_df=args.min_df, log=log)
+                 min_df=args.min_df, content=content, content_weight=getattr(args, "content_weight", 1.0), log=log)
+    embedded = _embedding_cache_size() - embedded
     identity = {"name": "learned", "model": f"{model_description(result.weights)}, {args.folds}-fold by model, held out",
                 "version": result.weights["version"]}
     settings = {"models": sorted({r.model for r in pairs_rows}), "folds": args.folds, "seed": args.seed,
                 "l2": args.l2, "min_df": args.min_df, "heldout": True}
+    if content:  # the settings of a fit without content features stay those of before (the same record id)
+        settings.update(content="minilm", content_weight=getattr(args, "content_weight", 1.0))
     rec = build_record(identity, args.annotations, pairs_rows, list(result.heldout), None, [], [],
                        settings=settings, seed=args.seed,
                        details={"command": args.command_line, "folds": result.folds})
@@ -78,8 +111,11 @@ def run(args, log=print) -> dict:
         "weights": {"version": result.weights["version"], "pairs": result.n_fit},
         "excluded_instructions": {str(k): v for k, v in sorted(exclude.items())}, "folds": result.folds,
         "heldout_record": rec["record_id"], "heldout": {k: v for k, v in rec["metrics"].items()},
-        "seconds": round(time.time() - started, 1), "machine": machine.describe(), "harness": harness_identity(),
+        "seconds": round(time.time() - started, 1), "machine": machine.describe(), "cpu_flags": cpu_flags(),
+        "harness": harness_identity(),
     }
+    if content:
+        fit_record["texts_embedded"] = embedded  # the others were read from the embedding cache
     atomic_write_text(out.with_suffix(".fit.json"), json.dumps(fit_record, indent=1, sort_keys=True) + "\n")
     log(table([rec]))
     log(f"weights {out} ({result.weights['version']}, fitted on {result.n_fit} pairs); fit record "

@@ -98,6 +98,8 @@ GRIDS: dict[str, PresetGrid] = {
         table2=PAPER_REGULARIZERS, figure2=PAPER_REGULARIZERS, seeds=(1,),
         overrides=dict(steps=200, checkpoint_every=20), eval_limit=None, eval_max_new_tokens=512,
         factuality_limit=None, judge="openai", eval_set="alpaca_farm",
+        # settings are chosen on AlpacaFarm's own validation instructions, never on its evaluation set
+        validation_set="hf:tatsu-lab/alpaca_farm:alpaca_instructions:val",
         # the paper's full fine-tune line is AlpacaFarm's public PPO checkpoint: its rlhf_ppo.sh (clamped KL at
         # kl_coef 0.0067, 512 rollouts per PPO step, one optimiser step per 256 of them)
         full_overrides=dict(regularizer="clamped_kl", kl_coef=0.0067, rollout_batch_size=512, step_batch_size=256),

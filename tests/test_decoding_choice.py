@@ -93,3 +93,11 @@ def test_a_validation_grid_trains_the_same_runs_and_evaluates_them_on_the_valida
     assert {r.eval_set for r in requests} == {BUNDLED_VALIDATION} and {r.config.limit for r in requests} == {None}
     with pytest.raises(ValueError, match="--validation: win-rate targets only"):
         G.build_grid(("table2", "table3"), "tiny", validation=True)
+
+
+def test_the_paper_grid_validates_on_alpacafarms_validation_split_which_the_report_keeps_apart():
+    from harness.report_data import is_validation
+
+    spec = G.build_grid(("table2",), "paper", only=("kl",), validation=True).spec
+    assert spec.eval_set == "hf:tatsu-lab/alpaca_farm:alpaca_instructions:val"
+    assert is_validation({"name": spec.eval_set}) and not is_validation({"name": G.GRIDS["paper"].eval_set})

@@ -164,6 +164,17 @@ def load_annotations_from(rows):
     return [Annotation(m, i, out, "A reference answer.", float(pref)) for m, i, out, pref in rows]
 
 
+def assert_symmetric_and_deterministic(judge):
+    """Swapping the outputs maps p to 3 - p, the same pairs get the same answers, identical outputs tie."""
+    pairs = [Pair("List three fruits.", "", "Apple.", "1. Apple\n2. Pear\n3. Plum"),
+             Pair("What is 2+2?", "", "4", "I'm sorry, I cannot answer that")]
+    forward = annotate(judge, pairs, order="fixed")
+    backward = annotate(judge, [p.swapped() for p in pairs], order="fixed")
+    assert [f + b for f, b in zip(forward, backward)] == pytest.approx([3.0, 3.0])
+    assert annotate(judge, pairs, order="fixed") == forward
+    assert annotate(judge, [Pair("x", "", "same", "same")], order="fixed") == [1.5]
+
+
 def test_learned_judge_is_symmetric_and_deterministic(tmp_path):
     from evals.learned_judge import FEATURES, LearnedJudge, weights_version
 
@@ -172,13 +183,7 @@ def test_learned_judge_is_symmetric_and_deterministic(tmp_path):
          "coef": rng.normal(size=len(FEATURES)).round(3).tolist()}
     w["version"] = weights_version(w)
     judge = LearnedJudge(w)
-    pairs = [Pair("List three fruits.", "", "Apple.", "1. Apple\n2. Pear\n3. Plum"),
-             Pair("What is 2+2?", "", "4", "I'm sorry, I cannot answer that")]
-    forward = annotate(judge, pairs, order="fixed")
-    backward = annotate(judge, [p.swapped() for p in pairs], order="fixed")
-    assert [f + b for f, b in zip(forward, backward)] == pytest.approx([3.0, 3.0])
-    assert annotate(judge, pairs, order="fixed") == forward
-    assert annotate(judge, [Pair("x", "", "same", "same")], order="fixed") == [1.5]
+    assert_symmetric_and_deterministic(judge)
 
 
 def test_fit_judge_learns_length_and_holds_out_models(tmp_path, monkeypatch):

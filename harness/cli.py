@@ -151,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="--method head: the hidden states the head reads: their mean over the response and "
                               "its EOS (default), or the EOS state alone")
     prepare.add_argument("--results", default="results", help="results store for the proxy_rm record (default results/)")
+    prepare.add_argument("--ship", action="store_true", help="also copy the fitted head and its prepare.json into the "
+                         "package (harness/data/prepared/PRESET), where a fresh install finds it")
 
     ev = sub.add_parser("eval", help="win rate (and factuality) of a run, checkpoint or model")
     ev.add_argument("target", help="a run folder, a checkpoint folder (RUN/checkpoints/step-N) or a model spec")
@@ -357,7 +359,7 @@ def _prepare(args: argparse.Namespace) -> int:
     name = args.preset or "tiny"
     run = presets.resolve(name, args.config, args.set)
     prepare(name, run, force=args.force, limit=args.limit, epochs=args.epochs, samples=args.samples,
-            method=args.method, l2=args.l2, read=args.read, results=args.results)
+            method=args.method, l2=args.l2, read=args.read, results=args.results, ship=args.ship)
     return 0
 
 

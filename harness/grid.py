@@ -94,6 +94,15 @@ GRIDS: dict[str, PresetGrid] = {
         # 1e-5 0.009, 3e-5 0.047, LoRA at 5e-4 0.085) and does not collapse (docs/results.md)
         full_overrides=dict(lr=3e-5),
         note="SmolLM2-135M-Instruct on 2 CPU cores: three regularisers, 6 PPO steps, 128 eval instructions"),
+    "miniature": PresetGrid(
+        table2=FIGURE1_REGULARIZERS, figure2=FIGURE1_REGULARIZERS, seeds=(1, 2, 3),
+        overrides=dict(steps=10, checkpoint_every=2),
+        # greedy, as AlpacaFarm evaluates, for every policy of a table; the SFT policy's best decoding is its own row
+        eval_limit=128, eval_max_new_tokens=96, eval_temperature=0.0, factuality_limit=None, judge="learned",
+        sft_decodings=(0.0, 0.7, 1.0),
+        full_overrides=dict(lr=3e-5),
+        note="SmolLM2-135M-Instruct on 2 CPU cores, judged by the learned judge: three regularisers and the full "
+             "fine-tune, 3 seeds each, 10 PPO steps with 5 evaluated checkpoints, 128 greedy eval instructions"),
     "paper": PresetGrid(
         table2=PAPER_REGULARIZERS, figure2=PAPER_REGULARIZERS, seeds=(1,),
         overrides=dict(steps=200, checkpoint_every=20), eval_limit=None, eval_max_new_tokens=512,

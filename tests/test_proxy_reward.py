@@ -163,3 +163,35 @@ def test_prepare_installs_the_shipped_proxy_when_nothing_is_prepared(tmp_path, m
                                                                "l2": 3.0, "read": "response_mean"}, print) is None
     assert prep._install_packaged("smoke-test", "other-policy", {"method": "head"}, print) is None
     assert not (tmp_path / "cache").exists()
+
+
+def test_the_proxy_learns_the_preset_grids_judge_and_ships_where_a_fresh_install_finds_it(tmp_path, monkeypatch):
+    """`harness prepare` labels with the preset grid's offline judge (the rubric for tiny, the learned judge for
+    miniature) and refuses a grid judged online; `--ship` puts the head where `_install_packaged` takes it from."""
+    import json
+
+    from harness import prepare as prep
+    from trainers import heads
+
+    assert prep.gold_judge("tiny").name == "simulated" and prep.gold_judge("smoke-test").name == "simulated"
+    assert prep.gold_judge("miniature").name == "learned"
+    with pytest.raises(ValueError, match="preset='paper' is judged by 'openai', which is not an offline judge"):
+        prep.gold_judge("paper")
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(prep, "PACKAGED", tmp_path / "shipped")
+    backbone = models.tiny_random_llama().model.float().eval()
+    made = heads.save_reward_model(ScalarHeadModel(backbone, new_head(backbone.config.hidden_size, zero=False, seed=2),
+                                                   score_token="response_mean"), None, tmp_path / "fitted",
+                                   backbone_spec=models.TINY)
+    report = {"policy": models.TINY, "method": "head", "samples_per_instruction": 8, "l2": 1.0,
+              "read": "response_mean", "heldout_accuracy_gold": 64.0}
+    dest = prep.ship_prepared("smoke-test", made, report)
+    assert dest == tmp_path / "shipped" / "smoke-test"
+    assert json.loads((dest / "prepare.json").read_text()) == report
+    assert prep._install_packaged("smoke-test", models.TINY, {k: report[k] for k in
+                                                               ("method", "samples_per_instruction", "l2", "read")},
+                                  print) == report
+    # shipping again replaces the copy whole
+    prep.ship_prepared("smoke-test", made, dict(report, heldout_accuracy_gold=65.0))
+    assert json.loads((dest / "prepare.json").read_text())["heldout_accuracy_gold"] == 65.0
+    assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == ["smoke-test"]

@@ -117,7 +117,7 @@ def wait_for(path: Path, seconds: float = 60) -> None:
         time.sleep(0.05)
 
 
-def assert_ended(pids: Path, seconds: float = 10) -> None:
+def assert_ended(pids: Path, seconds: float = 60) -> None:  # bounds, not targets: a loaded 2-core machine is slow
     child, grandchild = map(int, pids.read_text().split())
     deadline = time.time() + seconds
     while (alive(child) or alive(grandchild)) and time.time() < deadline:
@@ -147,7 +147,7 @@ def test_interrupting_the_orchestrator_leaves_no_child_alive(tmp_path, sig):
     child, grandchild = map(int, pids.read_text().split())
     assert alive(child) and alive(grandchild)
     orchestrator.send_signal(sig)
-    code = orchestrator.wait(timeout=30)
+    code = orchestrator.wait(timeout=120)
     # SIGTERM: exit status 128 + 15; SIGINT: the KeyboardInterrupt propagates, Python then dies of SIGINT
     assert code == (128 + signal.SIGTERM if sig == signal.SIGTERM else -signal.SIGINT), orchestrator.stderr.read()
     assert_ended(pids)
@@ -165,8 +165,8 @@ def test_a_killed_orchestrator_takes_its_jobs_with_it(tmp_path):
     child = int(pids.read_text().split()[0])
     assert alive(child)
     orchestrator.kill()
-    orchestrator.wait(timeout=30)
-    deadline = time.time() + 10
+    orchestrator.wait(timeout=120)
+    deadline = time.time() + 60
     while alive(child) and time.time() < deadline:
         time.sleep(0.05)
     assert not alive(child)

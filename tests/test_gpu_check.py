@@ -1,6 +1,7 @@
 """The GPU check's dry run on the CPU, and the `random-llama:` specs it builds its models from."""
 
 import json
+import math
 import re
 import subprocess
 from pathlib import Path
@@ -50,7 +51,8 @@ def test_the_dry_run_prints_every_stage_and_exits_0(tmp_path):
             assert decode["new_tokens"] == 8 and decode["bandwidth_bytes_per_s"] > 0
             for variant in gpu_check.DECODE_VARIANTS:
                 row = decode[variant]
-                assert row["ms_per_step"] > 0 and row["bytes_per_step"]["weights"] > 0
+                # a difference of two timings: either sign on a loaded machine (measured values: benchmarks/results/)
+                assert math.isfinite(row["ms_per_step"]) and row["bytes_per_step"]["weights"] > 0
                 assert row["x_floor"] == pytest.approx(row["ms_per_step"] / row["floor_ms"])
             # the run's settings decode through the lean step (the policy in eval mode, as in a rollout)
             assert decode["settings"]["lean_step"] and not decode["lean_decode_step off"]["lean_step"]

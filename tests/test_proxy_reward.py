@@ -195,3 +195,24 @@ def test_the_proxy_learns_the_preset_grids_judge_and_ships_where_a_fresh_install
     prep.ship_prepared("smoke-test", made, dict(report, heldout_accuracy_gold=65.0))
     assert json.loads((dest / "prepare.json").read_text())["heldout_accuracy_gold"] == 65.0
     assert sorted(p.name for p in (tmp_path / "shipped").iterdir()) == ["smoke-test"]
+
+
+def test_the_shipped_miniature_proxy_is_the_one_its_record_describes_and_learned_the_shipped_judge():
+    """The miniature proxy was labelled by one version of the learned judge: refitting the judge without refitting
+    the proxy (`harness prepare --preset miniature --force --ship`) would leave a proxy of another judge."""
+    import json
+    from pathlib import Path
+
+    from evals.learned_judge import LearnedJudge
+    from harness.prepare import PACKAGED
+    from harness.results import ResultsStore
+    from trainers.identity import directory_sha256
+
+    shipped = PACKAGED / "miniature"
+    report = json.loads((shipped / "prepare.json").read_text())
+    assert report["judge"]["name"] == "learned" and report["judge"]["version"] == LearnedJudge().version
+    store = ResultsStore(Path(__file__).resolve().parents[1] / "results")
+    [rec] = [r for r in store.records() if r["evaluator"] == "proxy_rm" and r["run_id"] == "prepared:miniature"]
+    assert rec["metrics"]["gold_agreement"] == pytest.approx(report["heldout_accuracy_gold"])
+    assert rec["judge"] == report["judge"] and rec["metrics"]["train_pairs"] == report["train_pairs"]
+    assert rec["settings"]["reward_model"] == f"sha256:{directory_sha256(shipped / 'reward-model')[:16]}"

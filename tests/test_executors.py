@@ -110,6 +110,12 @@ LocalExecutor().run([Job("sleeper", (sys.executable, "-c", {SLEEPER!r}, sys.argv
 """
 
 
+def as_from_a_terminal() -> None:
+    """Ctrl-C's default for the orchestrator: a suite started in the background (`cmd &` in a script) runs with
+    SIGINT ignored, and children inherit that, so Python would never raise KeyboardInterrupt in them."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def wait_for(path: Path, seconds: float = 60) -> None:
     deadline = time.time() + seconds
     while not path.exists():
@@ -138,7 +144,7 @@ def test_interrupting_the_orchestrator_leaves_no_child_alive(tmp_path, sig):
     script, pids = tmp_path / "orchestrate.py", tmp_path / "pids"
     script.write_text(ORCHESTRATOR)
     orchestrator = subprocess.Popen([PY, str(script), str(pids), str(tmp_path / "sleeper.log")],
-                                    stderr=subprocess.PIPE, text=True)
+                                    stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     deadline = time.time() + 60
     while not pids.exists():
         assert orchestrator.poll() is None, orchestrator.stderr.read()
@@ -160,7 +166,7 @@ def test_a_killed_orchestrator_takes_its_jobs_with_it(tmp_path):
     script, pids = tmp_path / "orchestrate.py", tmp_path / "pids"
     script.write_text(ORCHESTRATOR)
     orchestrator = subprocess.Popen([PY, str(script), str(pids), str(tmp_path / "sleeper.log")],
-                                    stderr=subprocess.PIPE, text=True)
+                                    stderr=subprocess.PIPE, text=True, preexec_fn=as_from_a_terminal)
     wait_for(pids)
     child = int(pids.read_text().split()[0])
     assert alive(child)

@@ -161,7 +161,8 @@ def fit(rows: Sequence[Annotation], prompts: Sequence[str], *, exclude: set[int]
         dense = np.hstack([dense, (co - cr) / c_scale])
         if prompt_components:
             pca_mean, pca_axes = prompt_pca(ex[fit_ok], prompt_components)
-            m = pair_modulators(ex, er, eo, fr[:, 0], fo[:, 0], pca_mean, pca_axes)  # output_1: the reference
+            chars = FEATURES.index("log_chars")
+            m = pair_modulators(ex, er, eo, fr[:, chars], fo[:, chars], pca_mean, pca_axes)  # output_1: the reference
             m_mean, m_scale = m[fit_ok].mean(0), m[fit_ok].std(0)
             m_scale = np.where(m_scale > 1e-9, m_scale, 1.0)
             dense = np.hstack([dense, interactions(d, (m - m_mean) / m_scale)])

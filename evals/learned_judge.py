@@ -200,7 +200,8 @@ class LearnedJudge(Judge):
                vectors: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """z(x, o_1, o_2) per pair: > 0 prefers o_2. `vectors`: text -> MiniLM embedding for texts already embedded
         (the others are embedded here)."""
-        d = (feature_matrix(prompts, outputs_2) - feature_matrix(prompts, outputs_1)) / self._scale
+        f1, f2 = feature_matrix(prompts, outputs_1), feature_matrix(prompts, outputs_2)
+        d = (f2 - f1) / self._scale
         z = d @ self._coef + word_scores(outputs_2, self._words) - word_scores(outputs_1, self._words)
         if self._content:
             if vectors is None:
@@ -212,9 +213,8 @@ class LearnedJudge(Judge):
             z = z + (c / self._content["scale"]) @ np.asarray(self._content["coef"])
             if self._pair:
                 q = self._pair
-                chars_1 = np.log1p([len(o.strip()) for o in outputs_1])
-                chars_2 = np.log1p([len(o.strip()) for o in outputs_2])
-                m = pair_modulators(ex, e1, e2, chars_1, chars_2, np.asarray(q["pca_mean"]),
+                chars = FEATURES.index("log_chars")
+                m = pair_modulators(ex, e1, e2, f1[:, chars], f2[:, chars], np.asarray(q["pca_mean"]),
                                     np.asarray(q["pca_components"]).reshape(-1, DIM))
                 m = (m - np.asarray(q["mean"])) / np.asarray(q["scale"])
                 z = z + interactions(d, m) @ np.asarray(q["coef"])

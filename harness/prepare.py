@@ -60,6 +60,7 @@ def prepare(preset_name: str, run: RunConfig, *, log=None, force: bool = False, 
         raise ValueError(f"read={read!r} is not known; valid: {', '.join(HEAD_READS)}")
     if not l2 >= 0 or l2 == float("inf"):
         raise ValueError(f"l2={l2} must be a finite number >= 0 (the head's L2 penalty)")
+    judge = gold_judge(preset_name)  # an online-judged preset fails here, before any sampling
     out = prepared_dir(preset_name)
     report_path = out.parent / "prepare.json"
     wanted = {"method": method, "samples_per_instruction": samples,
@@ -87,7 +88,7 @@ def prepare(preset_name: str, run: RunConfig, *, log=None, force: bool = False, 
     t_samples = time.time() - started
 
     pairs = all_pairs(sampled)
-    gold, noisy, judge = label_pairs(pairs, cfg.seed, gold_judge(preset_name))
+    gold, noisy, judge = label_pairs(pairs, cfg.seed, judge)
     instruction_of = [p.id.split(":")[0] for p in pairs]
     train_ids, held_ids = split_instructions(instruction_of, cfg.seed)
     train = [i for i, x in enumerate(instruction_of) if x in train_ids]

@@ -5,6 +5,7 @@ id would orphan the committed records (and a fresh clone would retrain instead o
 from __future__ import annotations
 
 import json
+import shlex
 import shutil
 from pathlib import Path
 
@@ -24,3 +25,27 @@ def test_the_committed_tiny_runs_keep_their_ids(tmp_path, monkeypatch):
     assert not grid.provisional
     derived = {r.run_id for r in grid.runs}
     assert derived <= set(committed), f"derived now: {sorted(derived)}; committed: {sorted(committed)}"
+
+
+def test_the_committed_miniature_runs_keep_their_ids(tmp_path, monkeypatch):
+    """Each committed miniature run (the validation sweep's and the grid's) is a run that the command in its manifest
+    would ask for today: rebuilding that command's grid from the code derives the folder's id again."""
+    from harness.cli import build_parser, reproduce_config
+
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
+    shutil.copytree(SHIPPED.parent / "miniature", tmp_path / "prepared" / "miniature")
+    commands = {p.name: json.loads((p / "manifest.json").read_text())["command"]
+                for p in (ROOT / "results" / "runs").iterdir() if (p / "manifest.json").is_file()}
+    parser = build_parser()
+    miniature = {}
+    for run_id, command in commands.items():
+        args = parser.parse_args(shlex.split(command)[1:])
+        args.command_line = command
+        if args.preset == "miniature":
+            miniature[run_id] = args
+    assert miniature, "no committed run of the miniature preset"
+    for run_id, args in miniature.items():
+        grid = reproduce_config(args).build_grid()
+        assert not grid.provisional
+        derived = {r.run_id for r in grid.runs}
+        assert run_id in derived, f"{run_id} ({commands[run_id]}): that command derives {sorted(derived)} now"

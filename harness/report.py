@@ -37,7 +37,7 @@ from evals import stats
 from harness.errors import UserError
 from harness.report_data import (DASH, PAPER_JUDGE_TEXT, WIN_RATE_METRICS, ReportData, Series,
                                  item_answered, item_scores, item_supported, load, md_code, md_text,
-                                 pick_efficiency, preferences)
+                                 is_validation, pick_efficiency, preferences)
 from harness.results import ResultsStore
 from trainers.io import staged_folder
 
@@ -314,7 +314,11 @@ def _render(results_root: Path, write_dir: Path, out_dir: Path, preset: str | No
     files += report_figures.figure3(data, write_dir)
     from harness.report_curves import curves_figure
 
-    files += curves_figure(results_root, preset, write_dir)  # none where the store holds no curves of the preset
+    # a run evaluated on validation instructions only is a point of a settings sweep: the validation table shows it
+    sweep_only = frozenset({r["run_id"] for r in data.validation} - {r.get("run_id") for r in data.ours
+                                                                      if not is_validation(r.get("eval_set"))})
+    # none where the store holds no curves of the preset
+    files += curves_figure(results_root, preset, write_dir, leave_out=sweep_only)
     from harness.report_validation import write_validation
 
     files += write_validation(data, write_dir)  # none where the store holds no validation records

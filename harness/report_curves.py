@@ -23,8 +23,10 @@ def _label(curves: dict) -> str:
     return f"{lab.get('regularizer')} {kind} seed {lab.get('seed')}"
 
 
-def curves_figure(results_root: str | Path, preset: str, out_dir: Path) -> list[Path]:
-    runs = read_curves(results_root, preset)
+def curves_figure(results_root: str | Path, preset: str, out_dir: Path, leave_out: frozenset[str] = frozenset()
+                  ) -> list[Path]:
+    """The figure of the preset's curves, without the runs in `leave_out` (those of a settings sweep)."""
+    runs = [c for c in read_curves(results_root, preset) if c["run_id"] not in leave_out]
     return _save(draw(runs, preset), Path(out_dir), NAME) if runs else []
 
 

@@ -79,3 +79,29 @@ def test_a_damaged_curves_file_is_refused_naming_the_field(store, edit, message)
     path.write_text(json.dumps(curves))
     with pytest.raises(UserError, match=message):
         read_curves(store, "smoke")
+
+
+
+def test_a_run_evaluated_on_validation_instructions_only_is_left_out_of_the_figure(store, tmp_path, monkeypatch):
+    """A point of a settings sweep belongs to the validation table; a run with a test record stays drawn."""
+    import harness.report_curves as report_curves
+
+    drawn = []
+    monkeypatch.setattr(report_curves, "draw", lambda runs, preset: drawn.append([c["run_id"] for c in runs])
+                        or draw(runs, preset))
+
+    def validation_record(run_id, prefs):
+        ResultsStore(store).put(make_record(
+            preset="smoke", run_id=run_id, label=LABELS[run_id], step=4, evaluator="winrate",
+            metrics={"win_rate": 50.0, "standard_error": 5.0, "n": 4}, judge={"name": "j", "model": "m", "version": "1"},
+            eval_set={"name": "harness-bundled:val", "hash": "v", "n": 4},
+            per_item=[{"id": f"v{i}", "preference": p} for i, p in enumerate(prefs)]))
+
+    render_report(store, tmp_path / "a", "smoke")
+    assert drawn[-1] == list(LABELS)  # a run with no record at all is still drawn
+    validation_record("none-lora-s1-bbbbbbbbbbbb", (1.0, 1.0, 2.0, 1.0))
+    render_report(store, tmp_path / "b", "smoke")
+    assert drawn[-1] == ["kl-lora-s1-aaaaaaaaaaaa"]
+    validation_record("kl-lora-s1-aaaaaaaaaaaa", (1.0, 2.0, 2.0, 2.0))  # it has a test record too
+    render_report(store, tmp_path / "c", "smoke")
+    assert drawn[-1] == ["kl-lora-s1-aaaaaaaaaaaa"]

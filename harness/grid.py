@@ -100,6 +100,7 @@ GRIDS: dict[str, PresetGrid] = {
         # greedy, as AlpacaFarm evaluates, for every policy of a table; the SFT policy's best decoding is its own row
         eval_limit=128, eval_max_new_tokens=96, eval_temperature=0.0, factuality_limit=None, judge="learned",
         sft_decodings=(0.0, 0.7, 1.0),
+        # chosen on the validation instructions from 1e-5, 3e-5 and 1e-4, as the LoRA rate (presets.py)
         full_overrides=dict(lr=3e-5),
         note="SmolLM2-135M-Instruct on 2 CPU cores, judged by the learned judge: three regularisers and the full "
              "fine-tune, 3 seeds each, 10 PPO steps with 5 evaluated checkpoints, 128 greedy eval instructions"),

@@ -263,6 +263,19 @@ def _eval_set_key(e: dict | None) -> tuple:
     return tuple(str((e or {}).get(k)) for k in ("name", "hash"))
 
 
+def _decoding_key(record: dict) -> tuple:
+    g = (record.get("details") or {}).get("generation") or {}
+    return tuple(g.get(k) for k in ("temperature", "top_p", "top_k", "max_new_tokens"))
+
+
+def _decoding_text(key: tuple) -> str:
+    temperature, top_p, top_k, max_new_tokens = key
+    if temperature is None:
+        return "decoding not recorded"
+    return (f"{'greedy' if temperature == 0 else f'temperature {temperature:g}, top_p {top_p}, top_k {top_k}'}, "
+            f"{max_new_tokens} new tokens")
+
+
 def load(results_root: str | Path, preset: str, judge: str | None = None) -> ReportData:
     store = ResultsStore(results_root)
     records = list(store.records())
@@ -297,6 +310,13 @@ def load(results_root: str | Path, preset: str, judge: str | None = None) -> Rep
         notes.append(f"win-rate records of other eval sets left out: "
                      f"{', '.join(f'{k[0]} ({n})' for k, n in sets.items() if k != main)}")
         wr = [r for r in wr if _eval_set_key(r.get("eval_set")) == main]
+    # one decoding per table, every policy decoded alike; "SFT at its best decoding" is the row that may differ
+    decodings = Counter(_decoding_key(r) for r in wr if r["label"].get("baseline") != "sft-best")
+    if len(decodings) > 1:
+        main = decodings.most_common(1)[0][0]
+        notes.append(f"win-rate records of other decodings left out: "
+                     f"{', '.join(f'{_decoding_text(k)} ({n})' for k, n in decodings.items() if k != main)}")
+        wr = [r for r in wr if r["label"].get("baseline") == "sft-best" or _decoding_key(r) == main]
     fig = lambda r, i: r["evaluator"] == "winrate" and (r.get("details") or {}).get("figure") == i  # noqa: E731
     return ReportData(
         preset=preset, judge=chosen, winrate=group_series(wr),

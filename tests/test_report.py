@@ -415,3 +415,33 @@ def test_seed_means_average_each_instructions_preference_over_the_seeds():
     assert m["standard_error"] == pytest.approx(stats.standard_error(averaged))
     assert m["true_kl"] == pytest.approx(0.2) and m["lc_win_rate"] == pytest.approx(51.5) and m["n"] == 4
     assert out[2] is none and out[0] is sft
+
+
+def test_a_table_keeps_one_decoding_and_the_best_decoding_row_its_own(tmp_path):
+    """Records of one run at two decodings: the table keeps the decoding most of its policies share, even where the
+    other record is newer, says what it left out, and keeps 'SFT at its best decoding' at the decoding chosen for it."""
+    from harness.report_data import load
+
+    def at(run_id, label, temperature, prefs, created):
+        generation = {"temperature": temperature, "top_p": 1.0, "top_k": 0, "max_new_tokens": 96}
+        return make_record(preset="tiny", run_id=run_id, label=label, step=0 if label["baseline"] else 10,
+                           evaluator="winrate", metrics={"win_rate": stats.win_rate(prefs), "n": len(prefs)},
+                           judge=JUDGE, eval_set=EVAL_SET, details={"generation": generation},
+                           settings={"generation": generation}, created=created,
+                           per_item=[{"id": f"q{i}", "preference": p} for i, p in enumerate(prefs)])
+
+    store = ResultsStore(tmp_path)
+    greedy, sampled = [2.0] * 30 + [1.0] * 30, [2.0] * 50 + [1.0] * 10
+    store.put(at("sft:p", _label(None, None, "sft"), 0.0, [1.5] * 60, "2026-01-01T00:00:00+00:00"))
+    store.put(at("run-kl", _label("kl"), 0.0, greedy, "2026-01-01T00:00:01+00:00"))
+    store.put(at("run-none", _label("none"), 0.0, greedy, "2026-01-01T00:00:02+00:00"))
+    store.put(at("run-kl", _label("kl"), 1.0, sampled, "2026-01-02T00:00:00+00:00"))
+    store.put(at("sft-best:p", _label(None, None, "sft-best"), 1.0, sampled, "2026-01-02T00:00:01+00:00"))
+    data = load(tmp_path, "tiny")
+    kl = data.find(data.winrate, "lora", "kl")
+    assert kl.points[10]["details"]["generation"]["temperature"] == 0.0
+    assert kl.points[10]["metrics"]["win_rate"] == pytest.approx(50.0)
+    best = data.find(data.winrate, "sft_best")
+    assert best is not None and best.points[0]["details"]["generation"]["temperature"] == 1.0
+    assert data.notes == ["win-rate records of other decodings left out: temperature 1, top_p 1.0, top_k 0, "
+                          "96 new tokens (1)"]

@@ -276,6 +276,19 @@ def _decoding_text(key: tuple) -> str:
             f"{max_new_tokens} new tokens")
 
 
+def _keep_most_common(records: list[dict], key, text, what: str, notes: list[str], exempt=lambda r: False
+                      ) -> list[dict]:
+    """`records` whose `key` is the most common among the non-exempt ones (with the exempt ones); the others are
+    left out and named in `notes` ("win-rate records of other WHAT left out: ...")."""
+    counts = Counter(key(r) for r in records if not exempt(r))
+    if len(counts) <= 1:
+        return records
+    main = counts.most_common(1)[0][0]
+    notes.append(f"win-rate records of other {what} left out: "
+                 f"{', '.join(f'{text(k)} ({n})' for k, n in counts.items() if k != main)}")
+    return [r for r in records if exempt(r) or key(r) == main]
+
+
 def load(results_root: str | Path, preset: str, judge: str | None = None) -> ReportData:
     store = ResultsStore(results_root)
     records = list(store.records())
@@ -304,19 +317,10 @@ def load(results_root: str | Path, preset: str, judge: str | None = None) -> Rep
     # one eval set per table: validation records (where settings and decodings are chosen) never join a test curve
     validation = [r for r in wr if is_validation(r.get("eval_set"))]
     wr = [r for r in wr if not is_validation(r.get("eval_set"))]
-    sets = Counter(_eval_set_key(r.get("eval_set")) for r in wr)
-    if len(sets) > 1:
-        main = sets.most_common(1)[0][0]
-        notes.append(f"win-rate records of other eval sets left out: "
-                     f"{', '.join(f'{k[0]} ({n})' for k, n in sets.items() if k != main)}")
-        wr = [r for r in wr if _eval_set_key(r.get("eval_set")) == main]
+    wr = _keep_most_common(wr, lambda r: _eval_set_key(r.get("eval_set")), lambda k: k[0], "eval sets", notes)
     # one decoding per table, every policy decoded alike; "SFT at its best decoding" is the row that may differ
-    decodings = Counter(_decoding_key(r) for r in wr if r["label"].get("baseline") != "sft-best")
-    if len(decodings) > 1:
-        main = decodings.most_common(1)[0][0]
-        notes.append(f"win-rate records of other decodings left out: "
-                     f"{', '.join(f'{_decoding_text(k)} ({n})' for k, n in decodings.items() if k != main)}")
-        wr = [r for r in wr if r["label"].get("baseline") == "sft-best" or _decoding_key(r) == main]
+    wr = _keep_most_common(wr, _decoding_key, _decoding_text, "decodings", notes,
+                           exempt=lambda r: r["label"].get("baseline") == "sft-best")
     fig = lambda r, i: r["evaluator"] == "winrate" and (r.get("details") or {}).get("figure") == i  # noqa: E731
     return ReportData(
         preset=preset, judge=chosen, winrate=group_series(wr),

@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("target", help="a run folder, a checkpoint folder (RUN/checkpoints/step-N) or a model spec")
     ev.add_argument("--step", type=int_in(0, MAX_COUNT), default=None,
                     help="checkpoint step of a run (default: latest; 0 = base policy)")
-    add_judge_arguments(ev)
+    add_judge_arguments(ev, by_preset=True)
     ev.add_argument("--proxy-reward", default=None, metavar="SPEC",
                     help="reward model whose mean score of the outputs the record keeps as proxy_reward (default: "
                          "the evaluated run's own; e.g. prepared:tiny for the SFT policy)")

@@ -59,16 +59,17 @@ def options_from_args(args: argparse.Namespace, cls: type) -> Any:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def add_judge_arguments(p: argparse.ArgumentParser, default: str | None = None) -> None:
-    """`--judge` and every judge's options as flags, in a group of their own in `--help`."""
+def add_judge_arguments(p: argparse.ArgumentParser, by_preset: bool = False) -> None:
+    """`--judge` and every judge's options as flags, in a group of their own in `--help`. With `by_preset`, an
+    unnamed judge is the `--preset`'s grid judge (`default_judge`)."""
     from evals import judges
 
     names = judges.judge_names()
     listed = ", ".join(f"{n}{' (offline)' if judges.judge_spec(n).offline else ''}" for n in names)
-    default = default or judges.DEFAULT
+    default = f"the --preset's grid judge, else {judges.DEFAULT}" if by_preset else judges.DEFAULT
     group = p.add_argument_group("judge", "the judge and its options (each flag names the judges that take it; "
                                  "`harness judges` describes them)")
-    group.add_argument("--judge", default=default, metavar="NAME", help=f"{listed} (default {default})")
+    group.add_argument("--judge", default=None, metavar="NAME", help=f"{listed} (default: {default})")
     add_option_flags(group, judges.PREFIX, {n: judges.judge_spec(n).options for n in names})
 
 
@@ -79,7 +80,17 @@ def judge_from_args(args: argparse.Namespace) -> tuple[str, Any]:
 
     fields = {f.name for n in judges.judge_names() for f in dataclasses.fields(judges.judge_spec(n).options)}
     given = {name: getattr(args, f"{judges.PREFIX}_{name}", None) for name in fields}
-    return args.judge, judges.judge_options(args.judge, **given)
+    name = args.judge or default_judge(getattr(args, "preset", None))
+    return name, judges.judge_options(name, **given)
+
+
+def default_judge(preset: str | None) -> str:
+    """The judge of a command that names none: the preset's grid judge (the rubric for `tiny`, the learned judge for
+    `miniature`), so `harness eval --preset P` judges as P's grid does; else the offline default."""
+    from evals import judges
+    from harness.grid import GRIDS
+
+    return GRIDS[preset].judge if preset in GRIDS else judges.DEFAULT
 
 
 def describe_judges() -> list[str]:

@@ -90,7 +90,7 @@ def test_eval_errors_are_clear_and_early(smoke_run, tmp_path, cache, eval_file, 
     assert _eval(smoke_run, tmp_path / "r", str(bad)) == 2
     assert "record 0 has no non-empty string field 'instruction'" in capsys.readouterr().err
     assert _eval(smoke_run, tmp_path / "r", eval_file, "--judge", "oracle") == 2
-    assert ("judge='oracle' is not known; valid judges: simulated, learned, longer, model-wins, openai, reward-model"
+    assert ("judge='oracle' is not known; valid judges: learned, longer, model-wins, openai, reward-model, simulated"
             in capsys.readouterr().err)
     assert not (tmp_path / "r").exists()  # nothing written before the errors
 

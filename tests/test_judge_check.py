@@ -122,7 +122,7 @@ def test_bad_annotation_files_fail_in_one_line(tmp_path, capsys, content, expect
 def test_bad_options_fail_before_any_work(tmp_path, capsys):
     ann = _fixture(tmp_path)
     for argv, expected in ((["--annotations", str(tmp_path / "missing.jsonl")], "no such file"),
-                           (["--annotations", str(ann), "--judge", "gpt5"], "valid judges: simulated, learned"),
+                           (["--annotations", str(ann), "--judge", "gpt5"], "valid judges: learned, longer"),
                            (["--annotations", str(ann), "--models", "long,nope"], "--models nope: not in"),
                            (["--annotations", str(ann), "--judge", "learned", "--judge-model", "nope.json"],
                             "--judge-model 'nope.json': no such file"),

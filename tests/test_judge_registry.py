@@ -89,12 +89,12 @@ def test_a_dropped_in_judge_is_listed_offered_and_built(echo_module, capsys):
 def test_a_flag_the_judge_does_not_take_and_an_unknown_judge_are_one_line(tmp_path, capsys):
     results = ["--results", str(tmp_path / "r")]
     assert main(["eval", "m", *results, "--judge-config", "x"]) == 2
-    assert "--judge-config set for judge='simulated'; these options apply to --judge openai only" in \
+    assert "--judge-config set for judge='learned'; these options apply to --judge openai only" in \
         capsys.readouterr().err
     assert main(["eval", "m", *results, "--judge", "longer", "--judge-model", "x"]) == 2
     assert "these options apply to --judge learned, openai, reward-model only" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="judge='oracle' is not known; valid judges: simulated, learned, longer, "
-                                         "model-wins, openai, reward-model"):
+    with pytest.raises(ValueError, match="judge='oracle' is not known; valid judges: learned, longer, model-wins, "
+                                         "openai, reward-model, simulated"):
         judges.judge_options("oracle")
     assert not (tmp_path / "r").exists()
 
@@ -130,3 +130,18 @@ def test_discovering_the_judges_loads_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_an_unnamed_judge_is_the_presets_grid_judge_else_the_learned_one():
+    from harness.option_flags import judge_from_args
+
+    def judge_of(*argv):
+        return judge_from_args(build_parser().parse_args(list(argv)))[0]
+
+    assert judges.DEFAULT == "learned"
+    assert judge_of("eval", "m") == "learned"  # preset "custom": no grid
+    assert judge_of("eval", "m", "--preset", "tiny") == "simulated"
+    assert judge_of("eval", "m", "--preset", "miniature") == "learned"
+    assert judge_of("eval", "m", "--preset", "tiny", "--judge", "longer") == "longer"
+    assert judge_of("judge-check", "--annotations", "a.jsonl") == "learned"
+    assert "(default: the --preset's grid judge, else learned)" in " ".join(_help("eval").split())

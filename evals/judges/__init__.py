@@ -18,7 +18,7 @@ from evals.judging import Judge
 from trainers.options import check_options
 from trainers.registry import Registry
 
-DEFAULT = "simulated"  # the offline default of `harness eval` and `harness judge-check`
+DEFAULT = "learned"  # the offline default of `harness judge-check`, and of `harness eval` outside a preset's grid
 PREFIX = "judge"  # option `timeout` is the flag --judge-timeout
 
 

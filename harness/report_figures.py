@@ -205,8 +205,10 @@ def _proxy_points(ax: Axes, series: list[Series], metric: str) -> bool:
                                                       "marker": "o"}
         ax.errorbar(proxy, wr, yerr=[e or 0.0 for e in se], capsize=2, lw=1.0, ms=6, alpha=0.9, label=s.label,
                     ls="-", **style)
-        for st, x, y in zip(steps, proxy, wr):
-            ax.annotate(str(st), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=style["color"])
+        # the first and last step only: a run's middle checkpoints crowd together where the proxy barely moves
+        for i in sorted({0, len(steps) - 1}):
+            ax.annotate(str(steps[i]), (proxy[i], wr[i]), textcoords="offset points", xytext=(4, 4), fontsize=7,
+                        color=style["color"])
         drawn = True
     return drawn
 
@@ -218,5 +220,5 @@ def figure3(data: ReportData, out_dir: Path) -> list[Path]:
     _our_panel(ax, data, drawn=_proxy_points(ax, seed_means(data.winrate), metric),
                xlabel="proxy reward (the reward model PPO optimises; mean over the evaluated answers)",
                missing="no win-rate records with proxy_reward", ylabel=YLABELS[metric])
-    fig.suptitle("Judge win rate vs proxy reward, one point per checkpoint (labels: PPO step)", fontsize=11)
+    fig.suptitle("Judge win rate vs proxy reward per checkpoint (labels: first and last step)", fontsize=11)
     return _save(fig, out_dir, "figure3")

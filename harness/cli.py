@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "policy collapsed to immediate EOS); by default that is an error")
     ev.add_argument("--results", default="results", help="results store (default: results/)")
     ev.add_argument("--preset", type=preset_name, default="custom", help="preset name recorded with the result "
-                    "(letters, digits, '_', '-', '.')")
+                    "(letters, digits, '_', '-', '.'); without --judge, a preset with a grid also names the judge "
+                    "(tiny: simulated, miniature: learned)")
     ev.add_argument("--force", action="store_true", help="replace a record of the same evaluation whose results differ")
     ev.add_argument("--refresh-judge-cache", action="store_true",
                     help="ask the judge again instead of reusing its cached answers (and cache the new ones)")

@@ -162,7 +162,8 @@ def test_usr2_checkpoints_requeues_and_resumes(slurm, slurm_env, tmp_path, promp
     thread = threading.Thread(target=lambda: result.update(executor.run([Job("p", argv, str(run / "train.log"))])))
     thread.start()
     try:
-        wait_until(lambda: (run / "metrics.jsonl").is_file() and len(metrics(run)) >= 1, 180, "a step on SLURM")
+        # a complete checkpoint, not only a logged step: a signal between the two would leave nothing to resume
+        wait_until(lambda: any((run / "checkpoints").glob("step-*")), 180, "a checkpoint on SLURM")
         slurm.command("scancel", "--signal=USR2", events[0][2]["slurm_job"])
     finally:
         thread.join(timeout=300)

@@ -26,6 +26,7 @@ Missing data never raises: cells read "—", claims "not measured at this preset
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -280,13 +281,45 @@ def render_report(results_root: str | Path, out_dir: str | Path, preset: str | N
     with an `out_dir/index.md` linking them; none renders the paper-only report under the name "none".
     metric: what Figure 1 plots for our runs, "win_rate" or "lc_win_rate" (Table 2 shows both).
     Everything is rendered into a temporary folder beside `out_dir` first (`trainers.io.staged_folder`): the report
-    appears whole or not at all, and a failed write names its file."""
+    appears whole or not at all, and a failed write names its file. Then the files that the previous rendering's
+    index.md lists and this rendering lacks are removed, so `out_dir` never mixes two reports; any other file there
+    stays."""
     if metric not in WIN_RATE_METRICS:
         raise ValueError(f"metric={metric!r} is not known; allowed: {', '.join(WIN_RATE_METRICS)}")
     out_dir = Path(out_dir)
+    earlier = rendered_before(out_dir)
     with staged_folder(out_dir) as staging:
         written = _render(Path(results_root), staging, out_dir, preset, judge=judge, metric=metric)
-    return [out_dir / p.relative_to(staging) for p in written]
+    paths = [out_dir / p.relative_to(staging) for p in written]
+    for stale in sorted(earlier - set(paths)):  # an earlier report's file this one lacks would read as part of it
+        stale.unlink(missing_ok=True)
+    return paths
+
+
+_INDEX_LINK = re.compile(r"^- \[[^\]]+\]\(([^()/\\]+(?:/index\.md)?)\)$")
+
+
+def rendered_before(out_dir: Path) -> set[Path]:
+    """The files that an earlier rendering into `out_dir` wrote, as its index.md lists them (a preset's files, or
+    each preset folder of a several-preset index); nothing else in `out_dir` is ever counted as the report's."""
+    index = out_dir / "index.md"
+    try:
+        lines = index.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return set()
+    if not lines or not lines[0].startswith("# Report"):
+        return set()
+    found = {index}
+    for line in lines:
+        m = _INDEX_LINK.match(line)
+        if m is None or m.group(1).startswith("."):
+            continue
+        name = m.group(1)
+        if name.endswith("/index.md"):
+            found |= rendered_before(out_dir / name.split("/")[0])
+        elif (out_dir / name).is_file():
+            found.add(out_dir / name)
+    return found
 
 
 def _render(results_root: Path, write_dir: Path, out_dir: Path, preset: str | None, *, judge: str | None,

@@ -445,3 +445,32 @@ def test_a_table_keeps_one_decoding_and_the_best_decoding_row_its_own(tmp_path):
     assert best is not None and best.points[0]["details"]["generation"]["temperature"] == 1.0
     assert data.notes == ["win-rate records of other decodings left out: temperature 1, top_p 1.0, top_k 0, "
                           "96 new tokens (1)"]
+
+
+def test_a_new_rendering_removes_an_earlier_reports_files_it_lacks_and_nothing_else(tmp_path):
+    out = tmp_path / "report"
+    files = render_report(tmp_path / "results", out, "tiny")
+    index = out / "index.md"
+    # an earlier rendering (another preset, older code) that listed a file this one does not make
+    index.write_text(index.read_text().replace("## Files\n\n", "## Files\n\n- [validation.md](validation.md)\n"))
+    (out / "validation.md").write_text("an older report's table")
+    (out / "notes.md").write_text("the user's own notes")  # never listed by a report
+    again = render_report(tmp_path / "results", out, "tiny")
+    assert sorted(again) == sorted(files) and all(p.is_file() for p in again)
+    assert not (out / "validation.md").exists()
+    assert (out / "notes.md").read_text() == "the user's own notes"
+    assert "validation.md" not in index.read_text()
+
+
+def test_a_several_preset_index_names_the_files_of_each_preset_folder(tmp_path):
+    from harness.report import rendered_before
+
+    (tmp_path / "tiny").mkdir()
+    (tmp_path / "tiny" / "table2.md").write_text("t")
+    (tmp_path / "tiny" / "index.md").write_text("# Report, preset `tiny`\n\n## Files\n\n- [table2.md](table2.md)\n"
+                                                "- [../x](../x)\n- [gone.md](gone.md)\n")
+    (tmp_path / "index.md").write_text("# Reports\n\n- [tiny](tiny/index.md)\n")
+    assert rendered_before(tmp_path) == {tmp_path / "index.md", tmp_path / "tiny" / "index.md",
+                                         tmp_path / "tiny" / "table2.md"}
+    (tmp_path / "index.md").write_text("# My notes\n\n- [tiny](tiny/index.md)\n")  # not a report's index
+    assert rendered_before(tmp_path) == set()

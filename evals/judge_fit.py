@@ -13,7 +13,8 @@
    standardised over the fit's pairs, times every column of d / scale (`learned_judge.interactions`);
 5. the head: L2-penalised logistic regression of the reference judge's pick on [d / scale, content difference /
    content scale, pair block, word difference] (scale: the standard deviation of each feature over the outputs and
-   references; `content_weight` divides the content scale, so a weight above 1 penalises that block less), no
+   references; `content_weight` divides the content scale, so a weight above 1 penalises that block less; the
+   word difference is multiplied by `word_weight`, so a weight above 1 penalises the words less), no
    intercept (so the judge is symmetric), lbfgs: deterministic. Pairs whose shorter output the reference judge
    preferred weigh `shorter_weight` in the loss: a pure length rule already gets the rest right, and these pairs
    are where a judge shows it reads more than length;
@@ -75,12 +76,13 @@ def word_matrix(bags: Sequence[set[str]], vocab: list[str]):
     return sparse.csr_matrix((data, indices, indptr), shape=(len(bags), len(vocab)))
 
 
-def _design(dense, bags_o, bags_r, vocab):
+def _design(dense, bags_o, bags_r, vocab, word_weight: float = 1.0):
     from scipy import sparse
 
     if not vocab:
         return dense
-    return sparse.hstack([sparse.csr_matrix(dense), word_matrix(bags_o, vocab) - word_matrix(bags_r, vocab)]).tocsr()
+    words = word_weight * (word_matrix(bags_o, vocab) - word_matrix(bags_r, vocab))
+    return sparse.hstack([sparse.csr_matrix(dense), words]).tocsr()
 
 
 def _standardise(fo: np.ndarray, fr: np.ndarray, fit_ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,7 +139,8 @@ def prompt_pca(vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def fit(rows: Sequence[Annotation], prompts: Sequence[str], *, exclude: set[int], k: int = 5, seed: int = 0,
         l2: float = 1e-5, min_df: int = 20, content: bool = True, content_weight: float = 1.0,
-        prompt_components: int = 32, shorter_weight: float = 2.0, decision: str = "hard", log=print) -> FitResult:
+        prompt_components: int = 32, shorter_weight: float = 2.0, decision: str = "hard", word_weight: float = 1.0,
+        log=print) -> FitResult:
     """Steps 1-6 of the module docstring over `rows` (pairs with output != reference, preference != 1.5)."""
     if decision not in ("hard", "soft"):
         raise ValueError(f"decision={decision!r}: hard or soft")
@@ -174,19 +177,22 @@ def fit(rows: Sequence[Annotation], prompts: Sequence[str], *, exclude: set[int]
     for i in range(k):
         train = fit_ok & (fold != i)
         vocab = _fit_vocab(rows, bags_o, bags_r, train, min_df)
-        x = _design(dense, bags_o, bags_r, vocab)
+        x = _design(dense, bags_o, bags_r, vocab, word_weight)
         coef = fit_head(x[train], y[train], l2, sample_weight[train])
         heldout[fold == i] = preference(x[fold == i], coef, decision)
         log(f"fold {i + 1}/{k}: fitted on {int(train.sum())} pairs, judged {int((fold == i).sum())} held-out pairs of "
             f"{len({r.model for r, f in zip(rows, fold) if f == i})} models")
     vocab = _fit_vocab(rows, bags_o, bags_r, fit_ok, min_df)
-    coef = fit_head(_design(dense, bags_o, bags_r, vocab)[fit_ok], y[fit_ok], l2, sample_weight[fit_ok])
+    coef = fit_head(_design(dense, bags_o, bags_r, vocab, word_weight)[fit_ok], y[fit_ok], l2, sample_weight[fit_ok])
     n, n_content = len(FEATURES), (385 if content else 0)
     n_dense = dense.shape[1]
     r8 = lambda values: [round(float(v), 8) for v in values]  # noqa: E731
     weights = {"features": list(FEATURES), "mean": r8(mean), "scale": r8(scale), "coef": r8(coef[:n]),
-               "vocabulary": vocab, "word_coef": [round(float(v), 6) for v in coef[n_dense:]], "l2": l2,
+               # the judge scores the unweighted bag (`learned_judge.word_scores`): the weight goes into its coefficients
+               "vocabulary": vocab, "word_coef": [round(float(v), 6) for v in word_weight * coef[n_dense:]], "l2": l2,
                "min_df": min_df, "shorter_weight": shorter_weight, "decision": decision}
+    if word_weight != 1.0:
+        weights["word_weight"] = word_weight
     if content:
         weights["content"] = {"embedder": EMBEDDER, "features": "MiniLM e(o) (384), cos(e(o), e(x))",
                               "mean": r8(c_mean), "scale": r8(c_scale), "coef": r8(coef[n:n + n_content]),

@@ -278,6 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "embeddings of each output and its relevance to the prompt (default), or none")
     fj.add_argument("--content-weight", type=float_in(0, 1e6, low_open=True), default=1.0,
                     help="the content block's scale against the L2 penalty (default 1: standardised like the rest)")
+    fj.add_argument("--word-weight", type=float_in(0, 1e6, low_open=True), default=1.0,
+                    help="the word block's scale against the L2 penalty (default 1; above 1: a weaker penalty on it)")
     fj.add_argument("--prompt-components", type=int_in(0, 384), default=32, help="the pair block: principal "
                     "components of the prompt's embedding among the modulators of every surface difference (default "
                     "32; 0: no pair block; needs --content minilm)")

@@ -1,8 +1,8 @@
 """`harness fit-judge`: fit the learned offline judge on a reference judge's annotations and ship it.
 
     harness fit-judge --annotations FILE.jsonl[.gz] [--instructions FILE] [--folds 5] [--seed 0] [--l2 1e-5] [--min-df 20]
-                      [--content minilm|none] [--content-weight 1] [--prompt-components 32] [--shorter-weight 2]
-                      [--decision hard|soft] [--out evals/data/learned_judge.json] [--results results]
+                      [--content minilm|none] [--content-weight 1] [--word-weight 1] [--prompt-components 32]
+                      [--shorter-weight 2] [--decision hard|soft] [--out evals/data/learned_judge.json] [--results results]
 
 Instructions that resemble any of the bundled instructions (`harness/data/instructions.json`, every split, so the
 offline grid's evaluation and preference sets) never enter the fit: word-set Jaccard >= `OVERLAP` with any of them.
@@ -92,12 +92,14 @@ def run(args, log=print) -> dict:
     result = fit(pairs_rows, prompts, exclude=set(exclude), k=args.folds, seed=args.seed, l2=args.l2,
                  min_df=args.min_df, content=content, content_weight=args.content_weight,
                  prompt_components=args.prompt_components if content else 0, shorter_weight=args.shorter_weight,
-                 decision=args.decision, log=log)
+                 decision=args.decision, word_weight=args.word_weight, log=log)
     embedded = _embedding_cache_size() - embedded
     identity = {"name": "learned", "model": f"{model_description(result.weights)}, {args.folds}-fold by model, held out",
                 "version": result.weights["version"]}
     settings = {"models": sorted({r.model for r in pairs_rows}), "folds": args.folds, "seed": args.seed,
                 "l2": args.l2, "min_df": args.min_df, "heldout": True}
+    if args.word_weight != 1.0:  # records of fits before the option keep their identity
+        settings["word_weight"] = args.word_weight
     if content:
         settings.update(content="minilm", content_weight=args.content_weight,
                         prompt_components=args.prompt_components)

@@ -239,6 +239,48 @@ def test_fit_judge_learns_length_and_holds_out_models(tmp_path, monkeypatch):
     assert "texts_embedded" not in json.loads(plain.with_suffix(".fit.json").read_text())
 
 
+def test_fit_judge_word_weight_goes_into_the_shipped_coefficients(tmp_path, monkeypatch):
+    """With --word-weight w the fit sees w times the word difference; the judge scores the plain bag of words, so
+    the shipped word coefficients carry the w: the judge's logits equal the fit's own design times its head."""
+    import evals.judge_fit as judge_fit
+    from evals.learned_judge import LearnedJudge
+
+    fits = []
+    original = judge_fit.fit_head
+
+    def recording(x, y, l2, sample_weight=None):
+        coef = original(x, y, l2, sample_weight)
+        fits.append((x, coef))
+        return coef
+
+    monkeypatch.setattr(judge_fit, "fit_head", recording)
+    prompts = [f"Describe item {i}." for i in range(30)]
+    rows = []
+    for m in range(4):
+        for i in range(30):
+            good = (m + i) % 3 != 0
+            out = f"The item {i} is {'excellent' if good else 'broken'} and {'useful' if good else 'faulty'}."
+            rows.append({"model": f"m{m}", "index": i, "output": out, "reference": f"Item {i} is an item.",
+                         "preference": 2 if good else 1})
+    ann = _write(tmp_path, rows, prompts)
+    heads = {}
+    for weight in ("1", "3"):
+        out = tmp_path / f"w{weight}.json"
+        assert main(["fit-judge", "--annotations", str(ann), "--folds", "2", "--out", str(out), "--content", "none",
+                     "--min-df", "2", "--word-weight", weight, "--results", str(tmp_path / f"r{weight}")]) == 0
+        x, coef = fits[-1]  # the shipped head: fitted last, on every pair
+        weights = json.loads(out.read_text())
+        judge = LearnedJudge(weights)
+        z = judge.logits([prompts[r["index"]] for r in rows], [r["reference"] for r in rows], [r["output"] for r in rows])
+        np.testing.assert_allclose(z, np.asarray(x @ coef).ravel(), atol=1e-4)
+        heads[weight] = dict(zip(weights["vocabulary"], weights["word_coef"]))
+        rec = next(ResultsStore(tmp_path / f"r{weight}").records())
+        assert rec["settings"].get("word_weight") == (None if weight == "1" else 3.0)
+    # a weaker penalty on the words: the deciding words count more
+    assert heads["3"]["excellent"] > heads["1"]["excellent"] > 0 > heads["1"]["broken"] > heads["3"]["broken"]
+    assert "word_weight" not in json.loads((tmp_path / "w1.json").read_text())
+
+
 def test_report_judges_table(tmp_path):
     from harness.report_judges import judges_md
 

@@ -181,7 +181,9 @@ def test_wandb_offline_run_summary_matches(run):
     out, first_try, run_name = run
     rows = RunFolder(out).read_metrics()
     state = json.loads((out / "trackers.json").read_text())["wandb"]
-    sessions = sorted((out / "wandb").glob(f"offline-run-*-{state['id']}/run-{state['id']}.wandb"),
+    # a session's folder is named by the second it started; wandb adds -1, -2 to a second session of the same id
+    # that starts within the same second
+    sessions = sorted((out / "wandb").glob(f"offline-run-*-{state['id']}*/run-{state['id']}.wandb"),
                       key=lambda p: p.stat().st_mtime)
     assert len(sessions) == 3  # the killed training, its resumption, the evaluation: one W&B run id
     logs = [list(wandb_records(p)) for p in sessions]

@@ -9,7 +9,7 @@ Each (setting, seed) is one real `harness fit-judge ... --seed S --out TMP --res
 the committed `results/` are never touched), run from this checkout's code; `--workers` fits run side by side, each
 on one BLAS thread (the held-out figures do not depend on it; the wall times are those of a shared machine). One
 entry per fit is appended to `--out` (a JSON list) with the setting, the seed, the fit record's held-out figures,
-its wall time, the machine and the commit; the Markdown table beside it (`.md`) is rewritten from the whole list.
+each model's held-out win rate and the reference judge's, its wall time, the machine and the commit; the Markdown table beside it (`.md`) is rewritten from the whole list.
 """
 
 from __future__ import annotations
@@ -44,9 +44,13 @@ def fit_once(annotations: str, setting: str, seed: int, workers: int) -> dict:
         if done.returncode:
             raise SystemExit(f"fit-judge {setting!r} --seed {seed} failed:\n{done.stderr[-2000:]}")
         fit = json.loads(Path(f"{tmp}/weights.fit.json").read_text())
+        record = json.loads(Path(f"{tmp}/results/records/{fit['heldout_record']}.json").read_text())
     return {"setting": setting, "seed": seed, "heldout": {k: fit["heldout"].get(k) for k in FIGURES},
-            "heldout_record": fit["heldout_record"], "version": fit["weights"]["version"],
-            "seconds": round(time.time() - started, 1), "workers": workers, "machine": describe(),
+            "heldout_record": fit["heldout_record"],
+            # each model's held-out win rate beside the reference judge's: which models a setting misranks
+            "per_model": {m: [round(v["win_rate"], 2), round(v["reference_win_rate"], 2)]
+                          for m, v in record["details"]["per_model"].items()},
+            "version": fit["weights"]["version"], "seconds": round(time.time() - started, 1), "workers": workers, "machine": describe(),
             "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                      text=True).stdout.strip()}
 

@@ -50,7 +50,8 @@ def fit_once(annotations: str, setting: str, seed: int, workers: int) -> dict:
             # each model's held-out win rate beside the reference judge's: which models a setting misranks
             "per_model": {m: [round(v["win_rate"], 2), round(v["reference_win_rate"], 2)]
                           for m, v in record["details"]["per_model"].items()},
-            "version": fit["weights"]["version"], "seconds": round(time.time() - started, 1), "workers": workers, "machine": describe(),
+            "version": fit["weights"]["version"], "seconds": round(time.time() - started, 1), "workers": workers,
+            "machine": describe(),
             "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                                      text=True).stdout.strip()}
 

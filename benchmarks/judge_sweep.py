@@ -30,9 +30,22 @@ FIGURES = ("spearman", "spearman_ci_low", "spearman_ci_high", "kendall", "spearm
            "agreement_se", "agreement_shorter_preferred", "longer_agreement")
 
 
-def fit_once(annotations: str, setting: str, seed: int, workers: int) -> dict:
-    from harness.machine import describe
+OWN_OPTIONS = ("--seed", "--out", "--results", "--force")  # set by the sweep for every fit
 
+
+def check_setting(annotations: str, setting: str) -> None:
+    """Refuse a setting that fit-judge would refuse, or that names an option the sweep sets, before any fit starts."""
+    from harness.cli import build_parser
+
+    words = shlex.split(setting)
+    own = [w for w in words if w.split("=")[0] in OWN_OPTIONS]
+    if own:
+        raise SystemExit(f"--setting {setting!r}: {own[0]} is set by the sweep for every fit; allowed: any other "
+                         "fit-judge option")
+    build_parser().parse_args(["fit-judge", "--annotations", annotations, *words])  # argparse names a bad option
+
+
+def fit_once(annotations: str, setting: str, seed: int, workers: int) -> dict:
     with tempfile.TemporaryDirectory(prefix="judge-sweep-") as tmp:
         command = [sys.executable, "-m", "harness", "fit-judge", "--annotations", annotations, "--seed", str(seed),
                    *shlex.split(setting), "--out", f"{tmp}/weights.json", "--results", f"{tmp}/results"]
@@ -51,9 +64,7 @@ def fit_once(annotations: str, setting: str, seed: int, workers: int) -> dict:
             "per_model": {m: [round(v["win_rate"], 2), round(v["reference_win_rate"], 2)]
                           for m, v in record["details"]["per_model"].items()},
             "version": fit["weights"]["version"], "seconds": round(time.time() - started, 1), "workers": workers,
-            "machine": describe(),
-            "commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                                     text=True).stdout.strip()}
+            "machine": fit["machine"], "commit": fit["harness"]["git_commit"]}
 
 
 def markdown(entries: list[dict]) -> str:
@@ -74,27 +85,32 @@ def markdown(entries: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from harness.errors import int_in
+    from trainers.io import atomic_write_text
+
     parser = argparse.ArgumentParser(prog="python -m benchmarks.judge_sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--annotations", required=True)
     parser.add_argument("--setting", action="append", required=True, help="fit-judge options, quoted ('' = defaults)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seeds", type=int_in(0, 2**63 - 1), nargs="+", default=[0])
+    parser.add_argument("--workers", type=int_in(1, 64), default=2)
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "judge_sweep.json"))
     args = parser.parse_args(argv)
     annotations = str(Path(args.annotations).resolve())
     if not Path(annotations).is_file():
         raise SystemExit(f"--annotations {args.annotations!r}: no such file")
+    for setting in args.setting:
+        check_setting(annotations, setting)
     jobs = [(s, seed) for s in args.setting for seed in args.seeds]
     out = Path(args.out)
     started = time.time()
-    with ThreadPoolExecutor(max(1, args.workers)) as pool:
+    with ThreadPoolExecutor(args.workers) as pool:
         futures = [pool.submit(fit_once, annotations, s, seed, args.workers) for s, seed in jobs]
         for i, future in enumerate(futures, 1):
             entry = future.result()
             entries = json.loads(out.read_text()) if out.is_file() else []
             entries.append(entry)
-            out.write_text(json.dumps(entries, indent=1) + "\n")
-            out.with_suffix(".md").write_text(markdown(entries))
+            atomic_write_text(out, json.dumps(entries, indent=1) + "\n")
+            atomic_write_text(out.with_suffix(".md"), markdown(entries))
             elapsed = time.time() - started
             print(f"[{i}/{len(jobs)}] {entry['setting'] or '(defaults)'} seed {entry['seed']}: Spearman "
                   f"{entry['heldout']['spearman']}, agreement {entry['heldout']['agreement']:.2f}; "

@@ -18,9 +18,10 @@ This module orchestrates (settings, caching, the reward-model directory, the rec
 `--ship` also copies the head and its prepare.json into the package (`harness/data/prepared/P`), the copy a fresh
 install starts from.
 
-Idempotent: the samples are kept and reused; a model prepared with other settings (method, samples, l2, read) is
-refitted, and `--force` refits it anyway. Where nothing is prepared yet and the package ships a proxy for the
-preset prepared with the requested settings (`harness/data/prepared/`, the head alone), it is installed instead.
+Idempotent: the samples are kept and reused; a model prepared with other settings (method, samples, l2, read) or
+labelled by another judge (another version of the learned judge included) is refitted, and `--force` refits it
+anyway. Where nothing is prepared yet and the package ships a proxy for the preset prepared with the requested
+settings and the preset's judge (`harness/data/prepared/`, the head alone), it is installed instead.
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ def prepare(preset_name: str, run: RunConfig, *, log=None, force: bool = False, 
     report_path = out.parent / "prepare.json"
     wanted = {"method": method, "samples_per_instruction": samples,
               **({"l2": l2, "read": read} if method == "head" else {"epochs": epochs, "lr": lr})}
+    # a proxy learns one judge's labels: one labelled by another judge (or another version of it) is refitted
+    wanted["judge"] = judge.identity()
     if not out.is_dir() and not force and limit is None:
         packaged = _install_packaged(preset_name, cfg.policy, wanted, log)
         if packaged is not None:
@@ -79,8 +82,8 @@ def prepare(preset_name: str, run: RunConfig, *, log=None, force: bool = False, 
                 f"{report.get('heldout_accuracy_gold', float('nan')):.1f}%); --force refits it")
             return report
         log(f"prepare: the reward model at {out} was prepared with "
-            f"{', '.join(f'{k}={v}' for k, v in differing.items())}; refitting with "
-            f"{', '.join(f'{k}={wanted[k]}' for k in differing)}")
+            f"{', '.join(f'{k}={_shown(v)}' for k, v in differing.items())}; refitting with "
+            f"{', '.join(f'{k}={_shown(wanted[k])}' for k in differing)}")
     started = time.time()
     folder = out.parent
     folder.mkdir(parents=True, exist_ok=True)
@@ -149,6 +152,13 @@ def prepare(preset_name: str, run: RunConfig, *, log=None, force: bool = False, 
     log(f"reward model ready at {out}: held-out agreement {acc_gold:.1f}% with the judge's noiseless preferences, "
         f"{acc_noisy:.1f}% with the noisy labels (n={decided} pairs); {report['seconds']['total']:.0f} s")
     return report
+
+
+def _shown(value) -> str:
+    """A setting in one line: a judge as name (version)."""
+    if isinstance(value, dict) and "name" in value:
+        return f"{value['name']} ({value.get('version')})"
+    return str(value)
 
 
 def gold_judge(preset_name: str):

@@ -149,8 +149,9 @@ def test_prepare_installs_the_shipped_proxy_when_nothing_is_prepared(tmp_path, m
     heads.save_reward_model(ScalarHeadModel(backbone, new_head(backbone.config.hidden_size, zero=False, seed=1),
                                             score_token="response_mean"), None, shipped / "reward-model",
                             backbone_spec=models.TINY)
+    judge = prep.gold_judge("smoke-test").identity()
     report = {"policy": models.TINY, "method": "head", "samples_per_instruction": 8, "l2": 1.0,
-              "read": "response_mean", "heldout_accuracy_gold": 71.0}
+              "read": "response_mean", "heldout_accuracy_gold": 71.0, "judge": judge}
     (shipped / "prepare.json").write_text(json.dumps(report))
     monkeypatch.setattr(prep, "PACKAGED", tmp_path / "shipped")
     cfg = presets.resolve("smoke")
@@ -158,9 +159,26 @@ def test_prepare_installs_the_shipped_proxy_when_nothing_is_prepared(tmp_path, m
     assert prep.prepare("smoke-test", cfg, results=None, log=lines.append) == report
     assert "installed the proxy reward model shipped for preset smoke-test" in lines[0]
     assert heads.is_reward_model_dir(heads.prepared_dir("smoke-test"))
+    # prepared by the same judge: kept; labelled by another version of it: refitted (sampling is where it starts)
+    lines.clear()
+    assert prep.prepare("smoke-test", cfg, results=None, log=lines.append) == report
+    assert lines[0].startswith("prepare: reward model already at")
+    cached = heads.prepared_dir("smoke-test").parent / "prepare.json"
+    cached.write_text(json.dumps(dict(report, judge=dict(judge, version="rubric-0:old"))))
+
+    def sampling(*args, **kwargs):
+        raise RuntimeError("sampling started")
+
+    monkeypatch.setattr(prep, "sample_responses", sampling)
+    lines.clear()
+    with pytest.raises(RuntimeError, match="sampling started"):
+        prep.prepare("smoke-test", cfg, results=None, log=lines.append)
+    assert lines == [f"prepare: the reward model at {heads.prepared_dir('smoke-test')} was prepared with "
+                     f"judge=simulated (rubric-0:old); refitting with judge=simulated ({judge['version']})"]
     shutil.rmtree(tmp_path / "cache")
-    assert prep._install_packaged("smoke-test", models.TINY, {"method": "head", "samples_per_instruction": 8,
-                                                               "l2": 3.0, "read": "response_mean"}, print) is None
+    wanted = {"method": "head", "samples_per_instruction": 8, "l2": 1.0, "read": "response_mean", "judge": judge}
+    assert prep._install_packaged("smoke-test", models.TINY, dict(wanted, l2=3.0), print) is None
+    assert prep._install_packaged("smoke-test", models.TINY, dict(wanted, judge=dict(judge, version="x")), print) is None
     assert prep._install_packaged("smoke-test", "other-policy", {"method": "head"}, print) is None
     assert not (tmp_path / "cache").exists()
 
@@ -184,12 +202,13 @@ def test_the_proxy_learns_the_preset_grids_judge_and_ships_where_a_fresh_install
                                                    score_token="response_mean"), None, tmp_path / "fitted",
                                    backbone_spec=models.TINY)
     report = {"policy": models.TINY, "method": "head", "samples_per_instruction": 8, "l2": 1.0,
-              "read": "response_mean", "heldout_accuracy_gold": 64.0}
+              "read": "response_mean", "heldout_accuracy_gold": 64.0, "judge": prep.gold_judge("smoke-test").identity()}
     dest = prep.ship_prepared("smoke-test", made, report)
     assert dest == tmp_path / "shipped" / "smoke-test"
     assert json.loads((dest / "prepare.json").read_text()) == report
     assert prep._install_packaged("smoke-test", models.TINY, {k: report[k] for k in
-                                                               ("method", "samples_per_instruction", "l2", "read")},
+                                                               ("method", "samples_per_instruction", "l2", "read",
+                                                                "judge")},
                                   print) == report
     # shipping again replaces the copy whole
     prep.ship_prepared("smoke-test", made, dict(report, heldout_accuracy_gold=65.0))

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -43,6 +44,10 @@ class FitResult:
     folds: dict[str, int]  # model -> fold
     weights: dict  # the final head (every pair), JSON-ready
     n_fit: int  # pairs in the final fit
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
 
 
 def model_folds(models: Sequence[str], k: int, seed: int) -> dict[str, int]:
@@ -174,6 +179,7 @@ def fit(rows: Sequence[Annotation], prompts: Sequence[str], *, exclude: set[int]
     fold = np.array([folds[r.model] for r in rows])
     bags_o, bags_r = [bag_of_words(r.output) for r in rows], [bag_of_words(r.reference) for r in rows]
     heldout = np.empty(len(rows))
+    started = time.time()
     for i in range(k):
         train = fit_ok & (fold != i)
         vocab = _fit_vocab(rows, bags_o, bags_r, train, min_df)
@@ -181,7 +187,8 @@ def fit(rows: Sequence[Annotation], prompts: Sequence[str], *, exclude: set[int]
         coef = fit_head(x[train], y[train], l2, sample_weight[train])
         heldout[fold == i] = preference(x[fold == i], coef, decision)
         log(f"fold {i + 1}/{k}: fitted on {int(train.sum())} pairs, judged {int((fold == i).sum())} held-out pairs of "
-            f"{len({r.model for r, f in zip(rows, fold) if f == i})} models")
+            f"{len({r.model for r, f in zip(rows, fold) if f == i})} models; {_minutes(time.time() - started)}, "
+            f"ETA {_minutes((time.time() - started) / (i + 1) * (k - i))} (the final fit on every pair included)")
     vocab = _fit_vocab(rows, bags_o, bags_r, fit_ok, min_df)
     coef = fit_head(_design(dense, bags_o, bags_r, vocab, word_weight)[fit_ok], y[fit_ok], l2, sample_weight[fit_ok])
     n, n_content = len(FEATURES), (385 if content else 0)

@@ -33,11 +33,12 @@ def judge_rows(records: list[dict]) -> list[dict]:
 
 def _settings(rec: dict) -> str:
     s = rec.get("settings") or {}
-    parts = [f"{len(s.get('models') or [])} models"]
+    # the version tells two fits of one judge apart (a refit keeps its name and model description)
+    parts = [f"version `{rec['judge'].get('version')}`", f"{len(s.get('models') or [])} models"]
     if s.get("heldout"):
         parts.append(f"{s.get('folds')}-fold by model, held out")
     elif rec["judge"]["name"] == "learned":
-        parts.append("the shipped weights (in-sample where the file is the one they were fitted on)")
+        parts.append("the fitted weights themselves (in-sample where the file is the one they were fitted on)")
     if s.get("sample_instructions"):
         parts.append(f"{s['sample_instructions']} instructions sampled (seed {s.get('seed')})")
     if s.get("order"):

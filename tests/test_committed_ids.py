@@ -27,13 +27,37 @@ def test_the_committed_tiny_runs_keep_their_ids(tmp_path, monkeypatch):
     assert derived <= set(committed), f"derived now: {sorted(derived)}; committed: {sorted(committed)}"
 
 
+def _proxy_of_the_committed_miniature_study() -> str:
+    """The content digest of the proxy the committed miniature runs were trained against: that of the `proxy_rm`
+    record of `prepared:miniature` labelled by the judge of the committed miniature win-rate records."""
+    from harness.results import ResultsStore
+
+    records = list(ResultsStore(ROOT / "results").records())
+    judges = {json.dumps(r["judge"], sort_keys=True) for r in records
+              if r["evaluator"] == "winrate" and r.get("preset") == "miniature"}
+    assert len(judges) == 1, f"the committed miniature study is judged by one judge, not {sorted(judges)}"
+    [proxy] = [r for r in records if r["evaluator"] == "proxy_rm" and r["run_id"] == "prepared:miniature"
+               and json.dumps(r["judge"], sort_keys=True) in judges]
+    return proxy["settings"]["reward_model"]
+
+
 def test_the_committed_miniature_runs_keep_their_ids(tmp_path, monkeypatch):
     """Each committed miniature run (the validation sweep's and the grid's) is a run that the command in its manifest
-    would ask for today: rebuilding that command's grid from the code derives the folder's id again."""
+    would ask for today, against the proxy the study was made with: rebuilding that command's grid from the code
+    derives the folder's id again. That proxy is the shipped one until the judge is refitted; a refit ships a proxy of
+    the new judge (new ids: `harness reproduce` then trains afresh), and the study keeps the record of its own."""
     from harness.cli import build_parser, reproduce_config
+    from trainers import identity
+    from trainers.identity import directory_sha256
 
     monkeypatch.setenv("HARNESS_CACHE", str(tmp_path))
     shutil.copytree(SHIPPED.parent / "miniature", tmp_path / "prepared" / "miniature")
+    studied = _proxy_of_the_committed_miniature_study()
+    shipped = f"sha256:{directory_sha256(SHIPPED.parent / 'miniature' / 'reward-model')[:16]}"
+    fingerprint = identity.model_fingerprint
+    monkeypatch.setattr(identity, "model_fingerprint",
+                        lambda spec: (studied if spec == "prepared:miniature" and fingerprint(spec) == shipped
+                                      else fingerprint(spec)))
     commands = {p.name: json.loads((p / "manifest.json").read_text())["command"]
                 for p in (ROOT / "results" / "runs").iterdir() if (p / "manifest.json").is_file()}
     parser = build_parser()
